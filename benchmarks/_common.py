@@ -1,0 +1,43 @@
+"""Helpers shared by the benchmark scripts: real images when ../shared has them, else generated ones."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "intel-mini.zip"
+
+
+def dataset(workdir: Path | None = None) -> tuple[Path, str]:
+    """A data-set folder and a word on where it came from."""
+    from scenecls.data.fetch import fetch_dataset
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="scenecls-bench-"))
+    if SHARED_ZIP.exists():
+        dest = workdir / "intel-mini"
+        fetch_dataset(dest, source=SHARED_ZIP)
+        return dest, "real Intel images (shared intel-mini.zip)"
+    return generated(workdir / "generated"), "generated 150x150 images (shared data not found)"
+
+
+def generated(root: Path, per_class: int = 250, size: int = 150) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        folder = root / "train" / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            pixels[..., c % 3] //= 2
+            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"

@@ -1,0 +1,175 @@
+"""Everything the CLI shows: progress and logs on stderr, results on stdout.
+
+Colour only when the stream is a terminal (rich decides, and honours ``NO_COLOR``); ``--quiet`` silences
+stderr but never the results a command was asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+FORMATS = ("table", "json", "csv")
+
+
+def format_option(*choices: str, default: str = "table"):
+    """The ``--format`` option for a command that prints results."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices or FORMATS),
+        default=default,
+        show_default=True,
+        help="How to print results on stdout.",
+    )
+
+
+class Output:
+    def __init__(self, quiet: bool = False, debug: bool = False) -> None:
+        self.quiet = quiet
+        self.debug = debug
+        self.err = Console(stderr=True, quiet=quiet, highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True)
+
+    # ------------------------------------------------------------------------------ stderr
+    def log(self, message: str) -> None:
+        self.err.print(escape(message))
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]Warning:[/] {escape(message)}")
+
+    def reporter(self) -> RichReporter:
+        return RichReporter(self)
+
+    # ------------------------------------------------------------------------------ stdout
+    def json(self, data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, default=str))
+
+    def csv(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        click.echo(buffer.getvalue(), nl=False)
+
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        title: str | None = None,
+        numeric: Sequence[str] = (),
+    ) -> None:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for column in columns:
+            table.add_column(column, justify="right" if column in numeric else "left")
+        for row in rows:
+            table.add_row(*(Text(_cell(v)) for v in row))
+        self.out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------- progress
+
+
+class _AmountColumn(ProgressColumn):
+    """``12.3/40.0 MB 5.1 MB/s`` for bytes, ``120/400 images`` otherwise."""
+
+    def render(self, task) -> Text:
+        unit = task.fields.get("unit", "it")
+        if unit == "B":
+            from rich.filesize import decimal
+
+            total = decimal(int(task.total)) if task.total else "?"
+            speed = f" {decimal(int(task.speed))}/s" if task.speed else ""
+            return Text(f"{decimal(int(task.completed))}/{total}{speed}")
+        total = f"{int(task.total)}" if task.total is not None else "?"
+        return Text(f"{int(task.completed)}/{total} {unit}")
+
+
+class _RichTask:
+    def __init__(self, reporter: RichReporter, task_id) -> None:
+        self._reporter = reporter
+        self._id = task_id
+        self._closed = False
+
+    def advance(self, amount: float = 1) -> None:
+        self._reporter.progress.advance(self._id, amount)
+
+    def update(self, *, completed=None, total=None, description=None, info=None) -> None:
+        fields: dict[str, Any] = {}
+        if info is not None:
+            fields["info"] = info
+        self._reporter.progress.update(
+            self._id, completed=completed, total=total, description=description, **fields
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._reporter.release()
+
+
+class RichReporter:
+    """A :class:`scenecls.reporting.Reporter` drawing one shared rich progress display."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            _AmountColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=output.err,
+            disable=output.quiet,
+        )
+        self._open = 0
+
+    def log(self, message: str) -> None:
+        self.output.log(message)
+
+    def warn(self, message: str) -> None:
+        self.output.warn(message)
+
+    def task(self, description: str, total: float | None = None, unit: str = "it") -> _RichTask:
+        if self._open == 0:
+            self.progress.start()
+        self._open += 1
+        task_id = self.progress.add_task(description, total=total, unit=unit, info="")
+        return _RichTask(self, task_id)
+
+    def release(self) -> None:
+        self._open -= 1
+        if self._open == 0:
+            self.progress.stop()  # leaves the finished bars on screen as a record
+            for task_id in list(self.progress.task_ids):
+                self.progress.remove_task(task_id)

@@ -1,0 +1,193 @@
+"""Read any image a user may have as 8-bit RGB, and find the files that cannot be read.
+
+Photos arrive as grayscale, palette, RGBA, CMYK and 16-bit files, rotated by an EXIF tag, truncated by an
+interrupted copy or not images at all. Every path through the tool reads images here, so training,
+evaluation and prediction all see the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from scenecls.reporting import NullReporter, Reporter
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
+SCAN_CACHE_VERSION = 1
+
+# A truncated file must fail, not be silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageReadError(Exception):
+    """The file is not a readable image; the message says why in a few words."""
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The image as a ``(height, width, 3)`` uint8 array, upright, optionally resized to ``size``.
+
+    ``size`` is ``(height, width)``. Raises :class:`ImageReadError` for anything unreadable.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageReadError("empty file")
+        with Image.open(path) as image:
+            if size is not None and image.format == "JPEG":
+                # Let libjpeg decode at a reduced scale when the target is much smaller.
+                image.draft("RGB", (size[1], size[0]))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = to_rgb(image)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except ImageReadError:
+        raise
+    except FileNotFoundError as exc:
+        raise ImageReadError("file not found") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageReadError("not an image") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = "truncated image"
+        raise ImageReadError(reason) from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    16-bit and float images are scaled to their full range instead of clipped; transparent pixels
+    become white, as a viewer would show them on a page.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        data = np.asarray(image, dtype=np.float64)
+        peak = float(data.max()) if data.size else 0.0
+        if mode.startswith("I;16") or peak > 255:
+            top = 65535.0
+        elif mode == "F" and peak <= 1.0:
+            top = 1.0
+        else:
+            top = 255.0
+        scaled = np.clip(data / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """None if the file decodes completely, otherwise the reason it does not."""
+    try:
+        load_rgb(path)
+    except ImageReadError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class ScanResult:
+    good: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    cached: int = 0  # how many verdicts came from the cache
+
+
+def scan_images(
+    paths: Sequence[str],
+    cache_file: Path | None = None,
+    *,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> ScanResult:
+    """Decode every image once and remember the verdict, keyed by path, size and mtime.
+
+    A re-scan reads only the files that changed, so checking 20k images costs a ``stat`` each.
+    """
+    reporter = reporter or NullReporter()
+    cache = _load_cache(cache_file)
+    result = ScanResult()
+    todo: list[tuple[int, str, str]] = []
+    verdicts: list[str | None] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        key = _stat_key(path)
+        if key is None:
+            verdicts[i] = "file not found"
+            continue
+        entry = cache.get(path)
+        if entry is not None and entry[0] == key:
+            verdicts[i] = entry[1]
+            result.cached += 1
+        else:
+            todo.append((i, path, key))
+    if todo:
+        task = reporter.task("Checking images", total=len(todo), unit="images")
+        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+            for (i, path, key), reason in zip(todo, pool.map(lambda t: check_image(t[1]), todo), strict=True):
+                verdicts[i] = reason
+                cache[path] = [key, reason]
+                task.advance()
+        task.close()
+        _save_cache(cache_file, cache)
+    for path, reason in zip(paths, verdicts, strict=True):
+        if reason is None:
+            result.good.append(path)
+        else:
+            result.bad.append((path, reason))
+    return result
+
+
+def _stat_key(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def scan_cache_path(root: Path, cache_root: Path) -> Path:
+    digest = hashlib.sha1(str(root.absolute()).encode()).hexdigest()[:16]
+    return cache_root / "scans" / f"{digest}.json"
+
+
+def _load_cache(cache_file: Path | None) -> dict[str, list]:
+    if cache_file is None:
+        return {}
+    try:
+        data = json.loads(cache_file.read_text())
+        if data.get("version") == SCAN_CACHE_VERSION and isinstance(data.get("files"), dict):
+            return data["files"]
+    except (OSError, ValueError, AttributeError):
+        pass  # missing or corrupt: rebuild
+    return {}
+
+
+def _save_cache(cache_file: Path | None, files: dict[str, list]) -> None:
+    if cache_file is None:
+        return
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "files": files}))
+        tmp.replace(cache_file)
+    except OSError:
+        pass  # a cache we cannot write only costs time

@@ -1,0 +1,210 @@
+"""Recognise how a data set is laid out on disk and index it as labelled splits.
+
+Three layouts are understood, tried in this order:
+
+* a root with ``train/`` (and optionally ``val/``, ``test/``) folders of class folders, as ``fetch-data``
+  writes the Intel set;
+* a CSV of ``image_name,label`` beside a folder of images (the Analytics Vidhya variant of the Intel set
+  labels 0-5 = buildings, forest, glacier, mountain, sea, street);
+* a folder of class folders, one per class.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scenecls.data.images import is_image_path
+from scenecls.errors import DataError
+
+INTEL_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+IGNORED_DIRS = {"__MACOSX", "pred", "seg_pred"}
+
+
+@dataclass
+class Split:
+    """Image paths and their class indices (-1 for unlabelled)."""
+
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices) -> Split:
+        return Split([self.paths[i] for i in indices], [self.labels[i] for i in indices])
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    layout: str  # "splits", "csv" or "class-folders"
+    classes: list[str]
+    splits: dict[str, Split]
+
+    def fingerprint(self) -> str:
+        """Changes whenever a file is added, removed, relabelled or rewritten."""
+        digest = hashlib.sha256("\n".join(self.classes).encode())
+        for name in sorted(self.splits):
+            split = self.splits[name]
+            for path, label in sorted(zip(split.paths, split.labels, strict=True)):
+                try:
+                    st = os.stat(path)
+                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+                except OSError:
+                    stamp = "missing"
+                digest.update(f"{name}\0{path}\0{label}\0{stamp}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def index_dataset(path: Path) -> DatasetIndex:
+    """Index the data set at ``path`` (a folder or a CSV file), whatever its layout."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"{path} is a file; --data takes a folder or a CSV of image_name,label")
+        return _index_csv(path)
+    splits = _find_split_dirs(path)
+    if "train" in splits:
+        return _index_split_dirs(path, splits)
+    class_dirs = _class_dirs(path)
+    if class_dirs:
+        classes = [d.name for d in class_dirs]
+        return DatasetIndex(path, "class-folders", classes, {"train": _index_classes(class_dirs)})
+    csvs = sorted(path.glob("*.csv"))
+    if len(csvs) == 1:
+        return _index_csv(csvs[0])
+    if len(csvs) > 1:
+        names = ", ".join(c.name for c in csvs)
+        raise DataError(f"{path} holds several CSV files ({names}); pass the one to use with --data")
+    raise DataError(
+        f"cannot recognise a data set in {path}: expected class folders, train/ [val/ test/] "
+        f"folders of class folders, or a CSV of image_name,label beside an image folder"
+    )
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            candidate = root / alias
+            if candidate.is_dir() and _class_dirs(candidate):
+                found[split] = candidate
+                break
+    return found
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    """Sub-folders that hold at least one image file (at any depth)."""
+    dirs = []
+    for child in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not child.is_dir() or child.name.startswith(".") or child.name in IGNORED_DIRS:
+            continue
+        if child.name in {a for aliases in SPLIT_ALIASES.values() for a in aliases}:
+            continue
+        if any(is_image_path(p) for p in _walk_files(child)):
+            dirs.append(child)
+    return dirs
+
+
+def _walk_files(folder: Path):
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _index_classes(class_dirs: list[Path], classes: list[str] | None = None) -> Split:
+    classes = classes or [d.name for d in class_dirs]
+    split = Split()
+    for folder in class_dirs:
+        label = classes.index(folder.name)
+        for file in _walk_files(folder):
+            if is_image_path(file):
+                split.paths.append(str(file))
+                split.labels.append(label)
+    return split
+
+
+def _index_split_dirs(root: Path, splits: dict[str, Path]) -> DatasetIndex:
+    train_classes = [d.name for d in _class_dirs(splits["train"])]
+    index = DatasetIndex(root, "splits", train_classes, {})
+    for name, folder in splits.items():
+        dirs = _class_dirs(folder)
+        unknown = sorted({d.name for d in dirs} - set(train_classes))
+        if unknown:
+            raise DataError(
+                f"{folder} has classes that train/ lacks: {', '.join(unknown)}; every split must "
+                f"use the training classes"
+            )
+        index.splits[name] = _index_classes(dirs, train_classes)
+    return index
+
+
+def _index_csv(csv_path: Path) -> DatasetIndex:
+    rows = _read_label_rows(csv_path)
+    if not rows:
+        raise DataError(f"{csv_path} lists no images")
+    image_dir = _find_image_dir(csv_path, rows[0][0])
+    labels = [label for _, label in rows]
+    if all(_is_int(label) for label in labels):
+        numbers = sorted({int(label) for label in labels})
+        if numbers == list(range(len(INTEL_CLASSES))):
+            classes = list(INTEL_CLASSES)  # the seed's numbering
+        else:
+            classes = [str(n) for n in numbers]
+        to_index = {str(n): i for i, n in enumerate(numbers)}
+    else:
+        classes = sorted(set(labels))
+        to_index = {c: i for i, c in enumerate(classes)}
+    split = Split()
+    for name, label in rows:
+        key = str(int(label)) if _is_int(label) else label
+        split.paths.append(str(image_dir / name))
+        split.labels.append(to_index[key])
+    return DatasetIndex(csv_path, "csv", classes, {"train": split})
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _read_label_rows(csv_path: Path) -> list[tuple[str, str]]:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {csv_path}: {exc}") from exc
+    if rows and not is_image_path(rows[0][0].strip()):
+        rows = rows[1:]  # header
+    out = []
+    for line, row in enumerate(rows, start=2):
+        if len(row) < 2:
+            raise DataError(f"{csv_path}:{line}: expected image_name,label")
+        out.append((row[0].strip(), row[1].strip()))
+    return out
+
+
+def _find_image_dir(csv_path: Path, first_image: str) -> Path:
+    base = csv_path.parent
+    candidates = [base, base / "images", base / csv_path.stem, base / "train", base / "test"]
+    candidates += [d for d in sorted(base.iterdir()) if d.is_dir()]
+    for folder in candidates:
+        if (folder / first_image).is_file():
+            return folder
+    raise DataError(
+        f"cannot find the images that {csv_path.name} lists (e.g. {first_image}) beside it; put "
+        f"them in {base} or a folder inside it"
+    )

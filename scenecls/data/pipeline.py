@@ -1,0 +1,169 @@
+"""From an indexed data set to batches a model can eat.
+
+:func:`prepare_data` indexes and checks the images and decides the train / validation / test splits;
+:func:`make_dataset` turns one split into a ``tf.data.Dataset`` of ``(images, labels)`` with images as
+float32 0-255 RGB at the model's input size (each model scales its own input).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scenecls.data.images import ImageReadError, load_rgb, scan_cache_path, scan_images
+from scenecls.data.layout import DatasetIndex, Split, index_dataset
+from scenecls.errors import DataError
+from scenecls.paths import cache_dir
+from scenecls.reporting import NullReporter, Reporter
+
+
+@dataclass
+class PreparedData:
+    index: DatasetIndex
+    train: Split
+    val: Split
+    test: Split | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    val_source: str = "folder"  # "folder" when val/ exists, else "split"
+
+    @property
+    def classes(self) -> list[str]:
+        return self.index.classes
+
+
+def prepare_data(
+    path: Path,
+    *,
+    val_split: float = 0.2,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+    cache_root: Path | None = None,
+) -> PreparedData:
+    """Index ``path``, drop unreadable images (reported, never fatal) and split off validation.
+
+    An existing ``val/`` folder wins over ``val_split``; otherwise a seeded stratified split of the
+    training images is used, the same for the same seed and files.
+    """
+    reporter = reporter or NullReporter()
+    if not 0.0 <= val_split < 1.0:
+        raise DataError(f"--val-split must be in [0, 1), got {val_split}")
+    index = index_dataset(path)
+    all_paths = [p for split in index.splits.values() for p in split.paths]
+    cache_file = scan_cache_path(index.root, cache_root or cache_dir())
+    scan = scan_images(all_paths, cache_file, reporter=reporter)
+    bad = {p for p, _ in scan.bad}
+    for name, split in list(index.splits.items()):
+        index.splits[name] = split.subset([i for i, p in enumerate(split.paths) if p not in bad])
+    if scan.bad:
+        reporter.warn(f"skipped {len(scan.bad)} unreadable file(s); first: {_first_bad(scan.bad)}")
+
+    train = index.splits["train"]
+    if not len(train):
+        raise DataError(f"no readable training images in {index.root}")
+    if len(index.classes) < 2:
+        raise DataError(f"{index.root} has {len(index.classes)} class; at least 2 are needed")
+    if "val" in index.splits and len(index.splits["val"]):
+        val, source = index.splits["val"], "folder"
+    else:
+        train_idx, val_idx = stratified_split(train.labels, val_split, seed)
+        train, val, source = train.subset(train_idx), train.subset(val_idx), "split"
+    missing = [c for i, c in enumerate(index.classes) if i not in set(train.labels)]
+    if missing:
+        reporter.warn(f"no training images for class(es): {', '.join(missing)}")
+    test = index.splits.get("test")
+    return PreparedData(index, train, val, test if test else None, scan.bad, source)
+
+
+def _first_bad(bad: list[tuple[str, str]]) -> str:
+    path, reason = bad[0]
+    return f"{path} ({reason})"
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of (train, validation), taking ``fraction`` of every class, seeded.
+
+    Every class with at least two images keeps one on each side, so a small class never
+    vanishes from either split.
+    """
+    labels_arr = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for label in np.unique(labels_arr):
+        members = np.flatnonzero(labels_arr == label)
+        members = members[rng.permutation(len(members))]
+        n_val = round(len(members) * fraction)
+        if fraction > 0 and len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        elif len(members) < 2:
+            n_val = 0
+        val_idx.extend(members[:n_val].tolist())
+        train_idx.extend(members[n_val:].tolist())
+    return sorted(train_idx), sorted(val_idx)
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> dict[int, float]:
+    """Weights that make every class count as much as the others in the loss (``n / (k * n_c)``)."""
+    counts = Counter(labels)
+    total = sum(counts.values())
+    return {c: (total / (num_classes * counts[c]) if counts.get(c) else 1.0) for c in range(num_classes)}
+
+
+def make_dataset(
+    split: Split,
+    image_size: tuple[int, int],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment=None,
+    seed: int = 0,
+    cache: bool = False,
+    drop_unreadable: bool = True,
+):
+    """A ``tf.data.Dataset`` of ``(float32 images 0-255, int32 labels)`` batches.
+
+    Images are decoded by Pillow (see :mod:`scenecls.data.images`) in parallel, so every mode and
+    EXIF orientation is handled as everywhere else. ``augment`` is a Keras model applied per batch.
+    """
+    import tensorflow as tf
+
+    if not len(split):
+        raise DataError("cannot build a pipeline over an empty split")
+    height, width = image_size
+
+    def _load(path):
+        try:
+            return load_rgb(path.decode(), (height, width))
+        except ImageReadError as exc:
+            raise ValueError(f"{path.decode()}: {exc}") from exc
+
+    def _decode(path, label):
+        image = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
+        image.set_shape((height, width, 3))
+        return image, label
+
+    def _to_float(images, labels):
+        images = tf.cast(images, tf.float32)
+        if augment is not None:
+            images = augment(images, training=True)
+        return images, labels
+
+    labels = np.asarray(split.labels, dtype=np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(split.paths, dtype=object), labels))
+    if shuffle and not cache:
+        # Shuffle file names, not decoded images: the buffer then costs bytes, not gigabytes.
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if drop_unreadable:
+        ds = ds.ignore_errors()  # a file changed since the scan: drop it, do not kill the run
+    if cache:
+        ds = ds.cache()  # uint8, a quarter of the float32 size
+        if shuffle:
+            ds = ds.shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,32 @@
+"""Errors the tool anticipates.
+
+Every failure a user can cause or fix (a bad path, an unreachable server, a corrupt file) is raised as a
+:class:`SceneclsError`; the CLI turns it into one line on stderr and the error's ``exit_code``. Anything
+else is a bug and keeps its traceback behind ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class SceneclsError(Exception):
+    """An anticipated failure with a message fit to show a user as it is."""
+
+    exit_code = 1
+
+
+class UsageError(SceneclsError):
+    """Options that cannot work together, found after click's own parsing."""
+
+    exit_code = 2
+
+
+class DataError(SceneclsError):
+    """A data set, folder, image or archive that cannot be used."""
+
+
+class DownloadError(SceneclsError):
+    """A download that failed for a reason the user can act on."""
+
+
+class ModelError(SceneclsError):
+    """A model, checkpoint or weights file that cannot be built or loaded."""

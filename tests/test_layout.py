@@ -1,0 +1,85 @@
+"""Each supported data-set layout is recognised; anything else is a clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from scenecls.data.layout import INTEL_CLASSES, index_dataset
+from scenecls.errors import DataError
+from tests.conftest import write_class_folders
+
+
+def test_class_folders(class_folders):
+    index = index_dataset(class_folders)
+    assert index.layout == "class-folders"
+    assert index.classes == ["alpha", "beta", "gamma"]
+    assert len(index.splits["train"]) == 30
+    assert sorted(set(index.splits["train"].labels)) == [0, 1, 2]
+
+
+def test_split_folders(split_dataset):
+    (split_dataset / "pred").mkdir()
+    index = index_dataset(split_dataset)
+    assert index.layout == "splits"
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 36, "val": 12, "test": 12}
+
+
+def test_split_folder_with_unknown_class_is_refused(split_dataset):
+    write_class_folders(split_dataset / "test", 1, classes=("delta",))
+    with pytest.raises(DataError, match="delta"):
+        index_dataset(split_dataset)
+
+
+def test_csv_with_seed_numbering(tmp_path):
+    images = write_class_folders(tmp_path / "src", 1, classes=tuple("abcdef"))
+    folder = tmp_path / "set" / "train"
+    folder.mkdir(parents=True)
+    rows = ["image_name,label"]
+    for label, name in enumerate("abcdef"):
+        src = next((images / name).iterdir())
+        src.rename(folder / f"{label}.jpg")
+        rows.append(f"{label}.jpg,{label}")
+    csv_path = tmp_path / "set" / "train.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    for target in (csv_path, csv_path.parent):
+        index = index_dataset(target)
+        assert index.layout == "csv"
+        assert index.classes == list(INTEL_CLASSES)
+        assert index.splits["train"].labels == [0, 1, 2, 3, 4, 5]
+
+
+def test_csv_with_names_and_no_header(tmp_path):
+    write_class_folders(tmp_path / "src", 2, classes=("x",))
+    images = tmp_path / "images"
+    (tmp_path / "src" / "x").rename(images)
+    names = sorted(p.name for p in images.iterdir())
+    (tmp_path / "labels.csv").write_text(f"{names[0]},cat\n{names[1]},dog\n")
+    index = index_dataset(tmp_path / "labels.csv")
+    assert index.classes == ["cat", "dog"] and index.splits["train"].labels == [0, 1]
+
+
+def test_csv_whose_images_are_missing(tmp_path):
+    (tmp_path / "labels.csv").write_text("image_name,label\nnope.jpg,1\n")
+    with pytest.raises(DataError, match="cannot find the images"):
+        index_dataset(tmp_path / "labels.csv")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "no-images", "file"])
+def test_unrecognised_inputs(tmp_path, make):
+    target = tmp_path / "data"
+    if make == "empty":
+        target.mkdir()
+    elif make == "no-images":
+        (target / "a").mkdir(parents=True)
+        (target / "a" / "readme.txt").write_text("hi")
+    elif make == "file":
+        target.write_text("x")
+    with pytest.raises(DataError):
+        index_dataset(target)
+
+
+def test_fingerprint_changes_with_files(class_folders):
+    first = index_dataset(class_folders).fingerprint()
+    assert index_dataset(class_folders).fingerprint() == first
+    next((class_folders / "alpha").iterdir()).unlink()
+    assert index_dataset(class_folders).fingerprint() != first
