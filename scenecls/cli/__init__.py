@@ -19,6 +19,7 @@ from scenecls.errors import SceneclsError
 # name -> "module:function", in the order --help lists them
 COMMANDS = {
     "fetch-data": "scenecls.cli.fetch:fetch_data",
+    "backbones": "scenecls.cli.backbones:backbones",
 }
 
 EXIT_CODES_HELP = (

@@ -48,6 +48,9 @@ class Output:
         self.debug = debug
         self.err = Console(stderr=True, quiet=quiet, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
+        if not self.out.is_terminal:
+            # Piped tables keep their rows whole instead of wrapping at 80 columns.
+            self.out = Console(highlight=False, soft_wrap=True, width=200)
 
     # ------------------------------------------------------------------------------ stderr
     def log(self, message: str) -> None:

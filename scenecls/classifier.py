@@ -1,0 +1,116 @@
+"""A whole scene classifier: raw 0-255 RGB in, class probabilities out; and its model files.
+
+The backbone's own input scaling is the first layer of the saved model, so nobody can feed a saved
+model wrongly (the seed rescaled every backbone by 1/255, which none of them expects). The backbone runs
+with ``training=False``: its batch norms stay in inference mode even while fine-tuning.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from scenecls.errors import ModelError
+from scenecls.heads import HeadConfig, apply_head
+from scenecls.models.registry import SCALE_MINUS_ONE_TO_ONE, BackboneSpec, build_backbone, get_spec
+
+MODEL_PREFIX = "scenecls_"
+
+
+def build_classifier(
+    spec: BackboneSpec | str,
+    num_classes: int,
+    *,
+    size: int | None = None,
+    weights: str | Path | None = "imagenet",
+    head: HeadConfig | None = None,
+):
+    """Input -> backbone scaling -> frozen backbone -> head, named ``scenecls_<backbone>``."""
+    import keras
+
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    if num_classes < 2:
+        raise ModelError(f"a classifier needs at least 2 classes, got {num_classes}")
+    size = size or spec.default_size
+    backbone = build_backbone(spec, size, weights)
+    backbone.trainable = False
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    if spec.preprocessing == SCALE_MINUS_ONE_TO_ONE:
+        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_input")(x)
+    x = backbone(x, training=False)
+    outputs = apply_head(x, num_classes, head or HeadConfig())
+    return keras.Model(inputs, outputs, name=MODEL_PREFIX + spec.name)
+
+
+def find_backbone(model):
+    """The backbone nested inside a classifier."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ModelError(f"{model.name} is not a scenecls classifier (no single backbone inside)")
+    return nested[0]
+
+
+def backbone_of(model) -> BackboneSpec:
+    """The registered backbone a classifier was built on."""
+    if not model.name.startswith(MODEL_PREFIX):
+        raise ModelError(f"model {model.name!r} was not made by scenecls")
+    return get_spec(model.name[len(MODEL_PREFIX) :])
+
+
+def input_size(model) -> tuple[int, int]:
+    shape = model.input_shape
+    return int(shape[1]), int(shape[2])
+
+
+def num_classes(model) -> int:
+    return int(model.output_shape[-1])
+
+
+def save_model(model, path: Path) -> Path:
+    """Write ``path`` atomically: a crash mid-write never leaves a damaged model file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_model(path: Path, *, compile: bool = False):
+    """Load a scenecls ``.keras`` file in Keras's safe mode (no code runs on load)."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is not a Keras model file (damaged, truncated or another format)")
+    _register_application_layers()
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {path}: {reason}") from exc
+    backbone_of(model)  # refuses models scenecls did not make
+    return model
+
+
+def _register_application_layers() -> None:
+    """Custom layers inside some Keras applications that Keras does not register for loading."""
+    import keras
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    objects = keras.saving.get_custom_objects()
+    for cls in (CustomScaleLayer, LayerScale, StochasticDepth):
+        objects.setdefault(cls.__name__, cls)

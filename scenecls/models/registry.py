@@ -1,0 +1,142 @@
+"""Backbones by name: how to build each, what input it wants, and where its blocks are.
+
+Every architecture lives in its own small module (as in ``keras.applications``) and registers a
+:class:`BackboneSpec` here. Nothing in this module imports TensorFlow; building does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scenecls.errors import ModelError, UsageError
+from scenecls.models.blocks import BlockMap, BlockNamer, build_block_map
+
+# How an architecture wants its 0-255 RGB input scaled.
+SCALE_MINUS_ONE_TO_ONE = "[-1, 1]"  # x / 127.5 - 1 (Keras's "tf" mode)
+BUILT_IN = "built in"  # the application normalises its own input
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    build: Callable[..., object]  # (input_shape, weights) -> keras.Model without top
+    default_size: int
+    min_size: int
+    preprocessing: str
+    block_of: BlockNamer
+    weights_file: Callable[[int], str]  # Keras's cache file name for the no-top ImageNet weights
+    params: int  # without top; the same at any input size
+    layers: int
+    blocks: int
+    paper: str
+
+    def block_map(self, backbone) -> BlockMap:
+        return build_block_map(backbone, self.block_of)
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+# The seed's three first, then the others; each module registers itself when imported.
+ARCHITECTURE_MODULES = (
+    "mobilenet_v2",
+    "xception",
+    "inception_resnet_v2",
+    "efficientnet_v2",
+    "resnet_v2",
+    "convnext",
+)
+
+
+def _load_all() -> None:
+    for module in ARCHITECTURE_MODULES:
+        importlib.import_module(f"scenecls.models.{module}")
+
+
+def backbone_names() -> list[str]:
+    _load_all()
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown backbone {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weight files (``$KERAS_HOME/models``)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def cached_weights(spec: BackboneSpec, size: int | None = None) -> Path | None:
+    path = keras_cache_dir() / spec.weights_file(size or spec.default_size)
+    return path if path.is_file() else None
+
+
+def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | Path | None = "imagenet"):
+    """The backbone without its top, at ``size`` x ``size``, with ``weights``.
+
+    ``weights`` is ``"imagenet"`` (Keras's standard files and cache), ``None``/``"none"`` (random) or
+    the path of a weights file for this architecture.
+    """
+    size = size or spec.default_size
+    if size < spec.min_size:
+        raise UsageError(f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size}, got {size}")
+    shape = (size, size, 3)
+    if weights in (None, "none"):
+        return spec.build(shape, None)
+    if weights == "imagenet":
+        return _build_imagenet(spec, shape)
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    model = spec.build(shape, None)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(str(path))
+    except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a misfit file
+        raise ModelError(f"weights file {path} does not fit {spec.name}: {_first_line(exc)}") from exc
+    # Keras only warns when part of the file fits, leaving the rest random: that is no model to train.
+    skipped = [w for w in caught if "Skipping" in str(w.message) or "freshly-initialized" in str(w.message)]
+    if skipped:
+        raise ModelError(f"weights file {path} does not fit {spec.name}: {str(skipped[0].message)[:200]}")
+    return model
+
+
+def _build_imagenet(spec: BackboneSpec, shape: tuple[int, int, int]):
+    was_cached = cached_weights(spec, shape[0]) is not None
+    try:
+        return spec.build(shape, "imagenet")
+    except Exception as exc:
+        fname = spec.weights_file(shape[0])
+        where = keras_cache_dir()
+        if was_cached:
+            raise ModelError(
+                f"the cached ImageNet weights {where / fname} could not be loaded ({_first_line(exc)}); "
+                f"delete the file to download it again"
+            ) from exc
+        raise ModelError(
+            f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
+            f"({_first_line(exc)}): put {fname} in {where} (or set KERAS_HOME), or pass "
+            f"--weights PATH or --weights none"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
