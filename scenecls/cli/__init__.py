@@ -19,6 +19,11 @@ from scenecls.errors import SceneclsError
 # name -> "module:function", in the order --help lists them
 COMMANDS = {
     "fetch-data": "scenecls.cli.fetch:fetch_data",
+    "train": "scenecls.cli.train:train",
+    "finetune": "scenecls.cli.train:finetune",
+    "evaluate": "scenecls.cli.evaluate:evaluate",
+    "predict": "scenecls.cli.predict:predict",
+    "plot": "scenecls.cli.plot:plot",
     "backbones": "scenecls.cli.backbones:backbones",
 }
 

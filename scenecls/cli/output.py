@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -61,6 +63,27 @@ class Output:
 
     def reporter(self) -> RichReporter:
         return RichReporter(self)
+
+    def load_tensorflow(self) -> None:
+        """Import TensorFlow with its C++ start-up chatter (CUDA probing, oneDNN notices) silenced.
+
+        That chatter is written straight to file descriptor 2 before any Python logging exists, so
+        the descriptor itself is pointed at /dev/null while TensorFlow loads and probes devices.
+        ``--debug`` keeps it.
+        """
+        if self.debug or "tensorflow" in sys.modules:
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
     # ------------------------------------------------------------------------------ stdout
     def json(self, data: Any) -> None:

@@ -7,6 +7,8 @@ float32 0-255 RGB at the model's input size (each model scales its own input).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,6 +113,16 @@ def class_weights(labels: Sequence[int], num_classes: int) -> dict[int, float]:
     counts = Counter(labels)
     total = sum(counts.values())
     return {c: (total / (num_classes * counts[c]) if counts.get(c) else 1.0) for c in range(num_classes)}
+
+
+@contextlib.contextmanager
+def finite_dataset_warnings_silenced():
+    """Keras warns that a dataset "ran out of data" and that it cannot shuffle one; ours end each
+    epoch on purpose and are shuffled by tf.data, so those warnings are noise for our callers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+        yield
 
 
 def make_dataset(

@@ -1,0 +1,81 @@
+"""``scenecls evaluate``: metrics of a trained model on labelled images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output, format_option
+
+
+@click.command("evaluate")
+@click.argument("model", required=False)
+@click.option("--data", type=click.Path(path_type=Path), help="Data set  [default: the run's]")
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val", "train"]),
+    default=None,
+    help="[default: test when the data has one, else val]",
+)
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--project", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@format_option()
+@click.pass_obj
+def evaluate(
+    out: Output,
+    model: str | None,
+    data: Path | None,
+    split: str | None,
+    top_k: int,
+    batch_size: int,
+    project: Path,
+    fmt: str,
+) -> None:
+    """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
+
+    MODEL is a run folder or name, or a .keras file (default: the latest run). Results are also
+    saved in the run folder (evaluation.json, predictions.csv).
+    """
+    out.load_tensorflow()
+    from scenecls.evaluation import evaluate_run
+
+    outcome = evaluate_run(
+        model, project, data=data, split=split, top_k=top_k, batch_size=batch_size, reporter=out.reporter()
+    )
+    ev = outcome.evaluation
+    if fmt == "json":
+        out.json({"model": str(outcome.model_path), **ev.to_dict()})
+        return
+    if fmt == "csv":
+        rows = [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev.per_class]
+        rows += [
+            [f"{name} avg", avg["precision"], avg["recall"], avg["f1"], ev.images]
+            for name, avg in (("macro", ev.macro), ("weighted", ev.weighted))
+        ]
+        out.csv(["class", "precision", "recall", "f1", "support"], rows)
+        return
+    title = (
+        f"{ev.split}: {ev.images} images, accuracy {ev.accuracy:.4f}, top-{ev.top_k} "
+        f"{ev.top_k_accuracy:.4f}, loss {ev.loss:.4f}"
+    )
+    rows = [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev.per_class]
+    rows += [
+        [f"{name} avg", avg["precision"], avg["recall"], avg["f1"], ev.images]
+        for name, avg in (("macro", ev.macro), ("weighted", ev.weighted))
+    ]
+    out.table(
+        ["class", "precision", "recall", "f1", "support"],
+        rows,
+        title=title,
+        numeric=["precision", "recall", "f1", "support"],
+    )
+    out.table(
+        ["true \\ predicted", *ev.classes],
+        [[cls, *counts] for cls, counts in zip(ev.classes, ev.confusion, strict=True)],
+        title="Confusion matrix",
+        numeric=ev.classes,
+    )
+    for path in outcome.saved:
+        out.log(f"Saved {path}")

@@ -1,0 +1,66 @@
+"""``scenecls plot``: PNG pictures of runs, written into their folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output, format_option
+
+
+@click.command("plot")
+@click.argument("runs_", metavar="[RUN]...", nargs=-1)
+@click.option("--project", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option(
+    "--no-eval", is_flag=True, help="Only curves: do not evaluate runs that have no predictions yet."
+)
+@format_option("table", "json")
+@click.pass_obj
+def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt: str) -> None:
+    """Training curves, confusion matrix, sample predictions and highest losses of each RUN.
+
+    RUN is a run folder or name (default: the latest run). A run not yet evaluated is evaluated
+    first (see `scenecls evaluate`). With several runs, their curves are also overlaid in
+    PROJECT/compare.png.
+    """
+    from scenecls import plots
+    from scenecls.training import runs
+
+    run_dirs = [runs.resolve_run(r, project) for r in runs_] or [runs.resolve_run(None, project)]
+    written: list[Path] = []
+    histories = {}
+    for run_dir in run_dirs:
+        history = runs.read_history(run_dir / runs.HISTORY)
+        histories[runs.run_label(run_dir)] = history
+        if history:
+            written.append(plots.plot_curves(history, run_dir / "curves.png", title=runs.run_label(run_dir)))
+        else:
+            out.warn(f"{run_dir} has no finished epoch yet: no curves")
+        predictions = run_dir / runs.PREDICTIONS
+        if not predictions.is_file() and not no_eval and (run_dir / runs.BEST).is_file():
+            out.load_tensorflow()
+            from scenecls.evaluation import evaluate_run
+
+            evaluate_run(str(run_dir), project, reporter=out.reporter())
+        if predictions.is_file():
+            evaluation = runs.read_json(run_dir / runs.EVALUATION)
+            rows = runs.read_rows_csv(predictions)
+            written.append(
+                plots.plot_confusion(
+                    evaluation["confusion"],
+                    evaluation["classes"],
+                    run_dir / "confusion.png",
+                    title=f"{runs.run_label(run_dir)}: {evaluation['split']} "
+                    f"accuracy {evaluation['accuracy']:.4f}",
+                )
+            )
+            written.append(plots.plot_samples(rows, run_dir / "samples.png"))
+            written.append(plots.plot_top_losses(rows, run_dir / "top_losses.png"))
+    if len(run_dirs) > 1:
+        written.append(plots.plot_compare(histories, project / "compare.png"))
+    if fmt == "json":
+        out.json([str(p) for p in written])
+    else:
+        for path in written:
+            click.echo(str(path))

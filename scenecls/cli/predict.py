@@ -1,0 +1,89 @@
+"""``scenecls predict``: classify image files with a trained model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output, format_option
+
+
+@click.command("predict")
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--model",
+    "model_ref",
+    default=None,
+    metavar="RUN|FILE",
+    help="Run folder or name, or a .keras file  [default: the latest run]",
+)
+@click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--project", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@format_option("table", "json", "jsonl", "csv")
+@click.pass_obj
+def predict(
+    out: Output,
+    paths: tuple[str, ...],
+    model_ref: str | None,
+    top_k: int,
+    batch_size: int,
+    project: Path,
+    fmt: str,
+) -> None:
+    """Predict the class of each image in PATHS: files, folders, globs, or - to read paths from stdin.
+
+    An unreadable file gets an error row and the rest go on; the exit code is 3 when any input
+    failed, 0 when all succeeded.
+    """
+    out.load_tensorflow()
+    from scenecls.classifier import load_model, num_classes
+    from scenecls.predict import expand_inputs, predict_files
+    from scenecls.training.runs import model_classes, resolve_model
+
+    model_path, run_dir = resolve_model(model_ref, project)
+    inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
+    model = load_model(model_path)
+    classes = model_classes(model_path, run_dir) or [f"class_{i}" for i in range(num_classes(model))]
+    predictions = predict_files(
+        model, inputs, classes, batch_size=batch_size, top_k=top_k, reporter=out.reporter()
+    )
+    failed = 0
+    collected = []
+    header = ["path", "label", "confidence", *(f"top{i}" for i in range(2, top_k + 1)), "error"]
+    if fmt == "csv":
+        click.echo(_csv_line(header), nl=False)
+    for prediction in predictions:
+        failed += not prediction.ok
+        if fmt == "jsonl":
+            click.echo(json.dumps(prediction.to_dict()))
+        elif fmt == "csv":
+            click.echo(_csv_line(_flat_row(prediction, top_k)), nl=False)
+        else:
+            collected.append(prediction)
+    if fmt == "json":
+        out.json([p.to_dict() for p in collected])
+    elif fmt == "table":
+        out.table(header, [_flat_row(p, top_k) for p in collected], numeric=["confidence"])
+    if failed:
+        out.warn(f"{failed} of {len(inputs)} input(s) could not be classified")
+        raise click.exceptions.Exit(3)
+
+
+def _flat_row(prediction, top_k: int) -> list:
+    others = [f"{label} {conf:.3f}" for label, conf in prediction.top[1:]]
+    others += [""] * (top_k - 1 - len(others))
+    confidence = None if prediction.confidence is None else round(prediction.confidence, 4)
+    return [prediction.path, prediction.label or "", confidence, *others, prediction.error or ""]
+
+
+def _csv_line(row: list) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in row])
+    return buffer.getvalue()

@@ -1,0 +1,256 @@
+"""``scenecls train`` and ``scenecls finetune``: run the recipe into a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output, format_option
+from scenecls.config import LR_SCHEDULES, TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+def _backbone_choice() -> click.Choice:
+    from scenecls.models.registry import backbone_names
+
+    return click.Choice(backbone_names())
+
+
+def run_options(func):
+    """Options shared by train and finetune: where runs go and how results print."""
+    for option in reversed(
+        [
+            click.option(
+                "--project",
+                type=click.Path(path_type=Path),
+                default=Path("runs"),
+                show_default=True,
+                help="Folder that holds the run folders.",
+            ),
+            click.option("--name", default=None, help="Run folder name; a number is added when taken."),
+            click.option(
+                "--batch-size", "-b", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True
+            ),
+            click.option(
+                "--patience",
+                type=click.IntRange(1),
+                default=None,
+                help="Stop a phase after this many epochs without a better val accuracy; "
+                "the best weights are restored.",
+            ),
+            click.option(
+                "--lr-schedule",
+                type=click.Choice(LR_SCHEDULES),
+                default=DEFAULTS.lr_schedule,
+                show_default=True,
+                help="cosine: decay to 0 over each phase; plateau: x0.2 after "
+                "2 epochs without a better val loss.",
+            ),
+            click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
+            click.option(
+                "--cache-images", is_flag=True, help="Keep decoded images in memory (RAM permitting)."
+            ),
+            format_option("table", "json"),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@click.command("train")
+@click.option(
+    "--data", type=click.Path(path_type=Path), help="Data set folder or CSV  [default: the fetch-data set]"
+)
+@click.option("--backbone", type=_backbone_choice(), default=DEFAULTS.backbone, show_default=True)
+@click.option(
+    "--weights", default=DEFAULTS.weights, show_default=True, help="imagenet, none, or a weights file."
+)
+@click.option(
+    "--image-size", type=click.IntRange(16), default=None, help="Input size  [default: the backbone's]"
+)
+@click.option(
+    "--dense",
+    type=click.IntRange(0),
+    default=DEFAULTS.dense,
+    show_default=True,
+    help="Hidden dense layers in the head.",
+)
+@click.option("--units", type=click.IntRange(1), default=DEFAULTS.units, show_default=True)
+@click.option(
+    "--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.dropout, show_default=True
+)
+@click.option(
+    "--unfreeze",
+    default=DEFAULTS.unfreeze,
+    show_default=True,
+    help="Blocks to fine-tune: N, all, or stages like 1,3,5; 0 = frozen backbone only.",
+)
+@click.option(
+    "--unfreeze-layers",
+    type=click.IntRange(1),
+    default=None,
+    help="Fine-tune the last K layers instead of blocks.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(0),
+    default=DEFAULTS.epochs,
+    show_default=True,
+    help="Phase 1 epochs (frozen backbone).",
+)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True)
+@click.option(
+    "--finetune-epochs",
+    type=click.IntRange(0),
+    default=DEFAULTS.finetune_epochs,
+    show_default=True,
+    help="Epochs of each fine-tuning stage.",
+)
+@click.option(
+    "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
+)
+@click.option(
+    "--val-split",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=DEFAULTS.val_split,
+    show_default=True,
+    help="Fraction held out for validation when there is no val/ folder.",
+)
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+@click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes.")
+@click.option(
+    "--resume",
+    "resume",
+    default=None,
+    metavar="RUN",
+    help="Continue an interrupted run (folder or name); other options are taken from it.",
+)
+@click.option("--exist-ok", is_flag=True, help="Reuse --name even if it exists.")
+@run_options
+@click.pass_obj
+def train(
+    out: Output,
+    resume: str | None,
+    exist_ok: bool,
+    project: Path,
+    name: str | None,
+    fmt: str,
+    no_augment: bool,
+    data: Path | None,
+    **options,
+) -> None:
+    """Train a classifier: the head on a frozen backbone, then fine-tune the last blocks.
+
+    Every epoch updates runs/NAME/ (history.csv, last.keras, best.keras, state.json); Ctrl-C keeps
+    them and prints how to resume.
+    """
+    from scenecls.training import runs
+
+    if resume:
+        run_dir = runs.resolve_run(resume, project)
+        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
+        _run(out, config, run_dir, fmt, resume=True)
+        return
+    from scenecls.data.augment import NO_AUGMENTATION
+
+    config = TrainConfig(data=str(data) if data else None, **options)
+    if no_augment:
+        config.augment = NO_AUGMENTATION
+    run_dir = runs.create_run_dir(project, name or "train", exist_ok=exist_ok)
+    _run(out, config, run_dir, fmt)
+
+
+@click.command("finetune")
+@click.argument("run", required=False)
+@click.option("--data", type=click.Path(path_type=Path), help="Data set  [default: the run's]")
+@click.option(
+    "--backbone",
+    type=_backbone_choice(),
+    default=None,
+    help="Refuse the run unless its model has this backbone.",
+)
+@click.option("--unfreeze", default="5", show_default=True, help="Blocks to fine-tune: N, all, or 1,3,5.")
+@click.option("--unfreeze-layers", type=click.IntRange(1), default=None)
+@click.option(
+    "--finetune-epochs", type=click.IntRange(1), default=DEFAULTS.finetune_epochs, show_default=True
+)
+@click.option(
+    "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
+)
+@run_options
+@click.pass_obj
+def finetune(
+    out: Output,
+    run: str | None,
+    data: Path | None,
+    backbone: str | None,
+    project: Path,
+    name: str | None,
+    fmt: str,
+    **options,
+) -> None:
+    """Fine-tune a run's best model again, into a new run folder that records its parent.
+
+    RUN is a run folder or name (default: the latest run).
+    """
+    from scenecls.errors import ModelError
+    from scenecls.training import runs
+
+    parent = runs.resolve_run(run, project)
+    parent_config = TrainConfig.from_dict(runs.read_json(parent / runs.CONFIG))
+    if backbone and backbone != parent_config.backbone:
+        raise ModelError(f"{parent} holds a {parent_config.backbone} model, not {backbone}")
+    config = TrainConfig.from_dict(
+        {
+            **parent_config.to_dict(),
+            **options,
+            "data": str(data) if data else parent_config.data,
+            "epochs": 0,
+            "weights": "none",
+            "parent": str(parent),
+        }
+    )
+    run_dir = runs.create_run_dir(project, name or f"{parent.name}-ft")
+    _run(out, config, run_dir, fmt, start_model=parent / runs.BEST)
+
+
+def _run(
+    out: Output,
+    config: TrainConfig,
+    run_dir: Path,
+    fmt: str,
+    *,
+    resume: bool = False,
+    start_model: Path | None = None,
+) -> None:
+    out.load_tensorflow()
+    from scenecls.training.phases import TrainingInterrupted
+    from scenecls.training.phases import train as run_training
+
+    out.log(f"Run folder: {run_dir}")
+    try:
+        result = run_training(
+            config, run_dir, reporter=out.reporter(), resume=resume, start_model=start_model
+        )
+    except TrainingInterrupted as exc:
+        out.err.print(f"[yellow]Interrupted.[/] Resume with: scenecls train --resume {exc.run_dir}")
+        raise click.exceptions.Exit(130) from None
+    if fmt == "json":
+        out.json(result.to_dict())
+        return
+    if out.quiet:
+        return
+    out.table(
+        ["", ""],
+        [
+            ["best val accuracy", f"{result.best_val_accuracy:.4f}"],
+            ["best epoch", f"{result.best_epoch} ({result.best_phase})"],
+            ["test accuracy", "-" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"],
+            ["epochs", str(result.epochs) + (" (stopped early)" if result.stopped_early else "")],
+            ["time", f"{result.seconds:.0f} s"],
+            ["run folder", str(result.run_dir)],
+        ],
+        title="Training finished",
+    )

@@ -1,0 +1,161 @@
+"""Pictures of how training went, drawn with matplotlib's object API on the Agg canvas (no display,
+no global pyplot state), each written to a PNG file whose path is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenecls.data.images import ImageReadError, load_rgb
+
+RIGHT, WRONG = "#1a7f37", "#cf222e"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp)
+    tmp.replace(path)
+    return path
+
+
+def _phase_starts(history: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    starts, previous = [], None
+    for row in history:
+        if row["phase"] != previous and previous is not None:
+            starts.append((row["epoch"], row["phase"]))
+        previous = row["phase"]
+    return starts
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Accuracy and loss per epoch, train and validation, with the start of fine-tuning marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(11, 4.2)
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in zip(figure.subplots(1, 2), ("accuracy", "loss"), strict=True):
+        ax.plot(epochs, [row[metric] for row in history], "o-", label=f"train {metric}")
+        ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label=f"val {metric}")
+        for epoch, phase in _phase_starts(history):
+            ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"{phase} starts",
+                (epoch - 0.5, 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color="grey",
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = ""
+) -> Path:
+    """The confusion matrix as a heatmap of row-normalised rates, annotated with counts."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(4.5, 0.7 * len(classes) + 2)
+    figure = _figure(size + 1, size)
+    ax = figure.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=ax, label="fraction of the true class")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(title or "Confusion matrix")
+    return _save(figure, path)
+
+
+def _image_grid(rows: Sequence[dict[str, Any]], path: Path, title: str, caption) -> Path:
+    columns = min(4, max(1, len(rows)))
+    lines = max(1, -(-len(rows) // columns))
+    figure = _figure(3 * columns, 3.2 * lines)
+    axes = np.atleast_1d(figure.subplots(lines, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, row in zip(axes, rows, strict=False):
+        try:
+            ax.imshow(load_rgb(row["path"]))
+        except ImageReadError:
+            ax.text(0.5, 0.5, "unreadable", ha="center", transform=ax.transAxes)
+        text, colour = caption(row)
+        ax.set_title(text, fontsize=9, color=colour)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_samples(rows: Sequence[dict[str, Any]], path: Path, count: int = 16, seed: int = 0) -> Path:
+    """A grid of predictions, half right and half wrong where there are enough of each."""
+    rng = np.random.default_rng(seed)
+    right = [r for r in rows if r["true"] == r["predicted"]]
+    wrong = [r for r in rows if r["true"] != r["predicted"]]
+    n_wrong = min(len(wrong), count // 2)
+    n_right = min(len(right), count - n_wrong)
+    n_wrong = min(len(wrong), count - n_right)
+    chosen = [right[i] for i in sorted(rng.choice(len(right), n_right, replace=False))] if n_right else []
+    chosen += [wrong[i] for i in sorted(rng.choice(len(wrong), n_wrong, replace=False))] if n_wrong else []
+
+    def caption(row):
+        ok = row["true"] == row["predicted"]
+        text = f"{row['predicted']} {row['confidence']:.0%}" + ("" if ok else f"\n(true: {row['true']})")
+        return text, RIGHT if ok else WRONG
+
+    return _image_grid(chosen, path, "Sample predictions (green right, red wrong)", caption)
+
+
+def plot_top_losses(rows: Sequence[dict[str, Any]], path: Path, count: int = 12) -> Path:
+    """The images the model got most wrong, highest loss first."""
+    worst = sorted(rows, key=lambda r: r["loss"], reverse=True)[:count]
+
+    def caption(row):
+        text = f"{row['predicted']} / {row['true']}\nloss {row['loss']:.2f}, p {row['confidence']:.2f}"
+        return text, RIGHT if row["true"] == row["predicted"] else WRONG
+
+    return _image_grid(worst, path, "Highest losses (predicted / true)", caption)
+
+
+def plot_compare(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path:
+    """Several runs' validation accuracy and loss overlaid."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(11, 4.2)
+    for ax, metric in zip(figure.subplots(1, 2), ("val_accuracy", "val_loss"), strict=True):
+        for label, history in histories.items():
+            ax.plot(
+                [r["epoch"] for r in history], [r[metric] for r in history], "o-", label=label, markersize=3
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle("Runs compared")
+    return _save(figure, path)

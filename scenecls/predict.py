@@ -1,0 +1,143 @@
+"""Predict classes for image files: batched through the model, decoding ahead in threads, one row per
+input whatever happens to the others.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenecls.data.images import ImageReadError, is_image_path, load_rgb
+from scenecls.reporting import NullReporter, Reporter
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str | None = None
+    confidence: float | None = None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["top"] = [{"label": label, "confidence": conf} for label, conf in self.top]
+        return data
+
+
+def expand_inputs(items: Iterable[str], stdin: Iterable[str] | None = None) -> list[tuple[str, str | None]]:
+    """Files, folders (searched recursively for images), globs and ``-`` (paths read from ``stdin``).
+
+    Returns ``(path, error)`` pairs in the order given; an input that names nothing becomes an error
+    row instead of stopping the others.
+    """
+    found: list[tuple[str, str | None]] = []
+    for item in items:
+        if item == "-":
+            lines = (line.strip() for line in (stdin or []))
+            found.extend(expand_inputs([line for line in lines if line]))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            images = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.is_file() and is_image_path(p) and not p.name.startswith(".")
+            )
+            found.extend((p, None) for p in images) if images else found.append((item, "no images in folder"))
+        elif path.is_file():
+            found.append((item, None))
+        elif glob.has_magic(item):
+            matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            found.extend((p, None) for p in matches) if matches else found.append((item, "no file matches"))
+        else:
+            found.append((item, "no such file"))
+    return found
+
+
+def predict_files(
+    model,
+    inputs: list[tuple[str, str | None]],
+    classes: list[str],
+    *,
+    batch_size: int = 32,
+    top_k: int = 1,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> Iterator[Prediction]:
+    """Yield a :class:`Prediction` for every input, in order.
+
+    Images are decoded by a thread pool a few batches ahead of the model, so decoding and inference
+    overlap; the model always sees full batches (the last one padded), so it is traced once.
+    """
+    from scenecls.classifier import input_size
+
+    reporter = reporter or NullReporter()
+    height, width = input_size(model)
+    top_k = max(1, min(top_k, len(classes)))
+    task = reporter.task("Predicting", total=len(inputs), unit="images")
+    ahead = batch_size * 3
+    try:
+        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+            pending: deque[tuple[str, str | None, Future | None]] = deque()
+            queue = iter(inputs)
+
+            def submit_more() -> None:
+                while len(pending) < ahead:
+                    try:
+                        path, error = next(queue)
+                    except StopIteration:
+                        return
+                    future = None if error else pool.submit(_load, path, (height, width))
+                    pending.append((path, error, future))
+
+            submit_more()
+            while pending:
+                batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                submit_more()
+                results: list[Prediction] = []
+                images: list[np.ndarray] = []
+                slots: list[int] = []
+                for path, error, future in batch:
+                    if future is not None:
+                        image, error = future.result()
+                        if image is not None:
+                            slots.append(len(results))
+                            images.append(image)
+                    results.append(Prediction(path=path, error=error))
+                if images:
+                    probs = _forward(model, images, batch_size)
+                    for slot, p in zip(slots, probs, strict=True):
+                        order = np.argsort(-p)[:top_k]
+                        top = [(classes[i], float(p[i])) for i in order]
+                        results[slot].label, results[slot].confidence = top[0]
+                        results[slot].top = top
+                yield from results
+                task.advance(len(batch))
+    finally:
+        task.close()
+
+
+def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_rgb(path, size), None
+    except ImageReadError as exc:
+        return None, str(exc)
+
+
+def _forward(model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
+    batch = np.zeros((batch_size, *images[0].shape), dtype=np.float32)
+    batch[: len(images)] = np.stack(images)
+    return np.asarray(model.predict_on_batch(batch))[: len(images)]

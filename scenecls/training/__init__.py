@@ -1,0 +1,1 @@
+"""Running training: run folders, phases and checkpoints, progress callbacks."""

@@ -1,0 +1,430 @@
+"""The training recipe: phase 1 trains the head on a frozen backbone, then each fine-tuning stage
+unfreezes more of it with a lower learning rate.
+
+After every epoch the run folder is brought up to date — ``history.csv``, ``last.keras`` (with the
+optimizer state), ``best.keras`` when validation accuracy improved, and ``state.json`` saying where
+training stands — so that a crash or Ctrl-C loses at most the epoch in progress, and
+``--resume`` continues in the right phase and epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scenecls import __version__
+from scenecls.classifier import (
+    backbone_of,
+    build_classifier,
+    find_backbone,
+    load_model,
+    num_classes,
+    save_model,
+)
+from scenecls.config import TrainConfig
+from scenecls.data.augment import NO_AUGMENTATION, build_augmentation
+from scenecls.data.pipeline import (
+    PreparedData,
+    class_weights,
+    finite_dataset_warnings_silenced,
+    make_dataset,
+    prepare_data,
+)
+from scenecls.errors import ModelError, SceneclsError, UsageError
+from scenecls.models.registry import get_spec
+from scenecls.paths import default_dataset_dir
+from scenecls.reporting import NullReporter, Reporter
+from scenecls.training import runs
+from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, parse_unfreeze
+
+PLATEAU_PATIENCE = 2
+PLATEAU_FACTOR = 0.2
+MIN_LR = 1e-7
+
+
+class TrainingInterrupted(SceneclsError):
+    """Ctrl-C during training; the run folder holds everything up to the last finished epoch."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"training interrupted; resume with: scenecls train --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    lr: float
+    policy: UnfreezePolicy
+
+
+@dataclass
+class TrainState:
+    status: str = "running"  # running, interrupted, finished
+    phase: int = 0  # index of the phase in progress
+    phase_epoch: int = 0  # epochs finished in that phase
+    epoch: int = 0  # epochs finished in all
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    best_phase: str = ""
+    wait: int = 0  # epochs without improvement (early stopping)
+    plateau_best: float = math.inf
+    plateau_wait: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str
+    epochs: int
+    best_val_accuracy: float
+    best_epoch: int
+    best_phase: str
+    test_accuracy: float | None
+    test_loss: float | None
+    seconds: float
+    stopped_early: bool
+    unfreeze: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        return data
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    """Phase 1 (``head``) unless ``epochs`` is 0, then one ``finetune`` stage per unfreeze step."""
+    phases = []
+    if config.epochs > 0:
+        phases.append(Phase("head", config.epochs, config.lr, UnfreezePolicy("blocks", 0)))
+    if config.unfreeze_layers:
+        stages = [UnfreezePolicy("layers", config.unfreeze_layers)]
+    else:
+        stages = [p for p in parse_unfreeze(config.unfreeze) if not p.frozen]
+    if config.finetune_epochs > 0:
+        for i, policy in enumerate(stages, start=1):
+            name = "finetune" if len(stages) == 1 else f"finetune{i}"
+            phases.append(Phase(name, config.finetune_epochs, config.finetune_lr, policy))
+    if not phases:
+        raise UsageError("nothing to train: --epochs and --finetune-epochs (or --unfreeze) are all 0")
+    return phases
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+    resume: bool = False,
+    start_model: Path | None = None,
+) -> TrainResult:
+    """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model."""
+    import keras
+
+    reporter = reporter or NullReporter()
+    keras.utils.set_random_seed(config.seed)
+    spec = get_spec(config.backbone)
+    size = config.image_size or spec.default_size
+    phases = plan_phases(config)
+    data = prepare_data(
+        Path(config.data) if config.data else default_dataset_dir(),
+        val_split=config.val_split,
+        seed=config.seed,
+        reporter=reporter,
+    )
+    state = TrainState(**runs.read_json(run_dir / runs.STATE)) if resume else TrainState()
+    history = runs.read_history(run_dir / runs.HISTORY) if resume else []
+    if resume and state.status == "finished":
+        reporter.log(f"{run_dir} has already finished training")
+        return _result(run_dir, state, runs.read_json(run_dir / runs.METRICS), [])
+    if resume:
+        _check_resume_data(run_dir, data, reporter)
+    else:
+        _write_run_files(run_dir, config, data, size)
+
+    model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
+    backbone = find_backbone(model)
+    block_map = spec.block_map(backbone)
+    augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
+    train_ds = make_dataset(
+        data.train,
+        (size, size),
+        config.batch_size,
+        shuffle=True,
+        augment=augment,
+        seed=config.seed,
+        cache=config.cache_images,
+    )
+    val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
+    steps = math.ceil(len(data.train) / config.batch_size)
+    weights = class_weights(data.train.labels, len(data.classes)) if config.class_weights else None
+
+    reports: list[UnfreezeReport] = []
+    state.status = "running"
+    started = time.monotonic() - state.seconds
+    for index in range(state.phase, len(phases)):
+        phase = phases[index]
+        done = state.phase_epoch if index == state.phase else 0
+        report = apply_unfreeze(backbone, block_map, phase.policy, model=model)
+        reports.append(report)
+        if done >= phase.epochs:
+            continue
+        if not (compiled and index == state.phase and done > 0):
+            _compile(model, phase, config.lr_schedule, steps)
+        compiled = False
+        reporter.log(
+            f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
+            f" ({len(report.blocks)} blocks, {report.layers} layers); "
+            f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
+        )
+        for phase_epoch in range(done, phase.epochs):
+            epoch = state.epoch + 1
+            total_epochs = state.epoch - phase_epoch + sum(p.epochs for p in phases[index:])
+            task = reporter.task(f"Epoch {epoch}/{total_epochs} {phase.name}", total=steps, unit="batches")
+            epoch_start = time.monotonic()
+            try:
+                from scenecls.training.callbacks import BatchProgress
+
+                with finite_dataset_warnings_silenced():
+                    fit = model.fit(
+                        train_ds,
+                        validation_data=val_ds,
+                        epochs=1,
+                        verbose=0,
+                        shuffle=False,
+                        callbacks=[BatchProgress(task)],
+                        class_weight=weights,
+                    )
+            except KeyboardInterrupt:
+                state.status = "interrupted"
+                state.seconds = time.monotonic() - started
+                runs.write_json(run_dir / runs.STATE, asdict(state))
+                raise TrainingInterrupted(run_dir) from None
+            finally:
+                task.close()
+            logs = {key: float(values[-1]) for key, values in fit.history.items()}
+            row = {
+                "epoch": epoch,
+                "phase": phase.name,
+                "loss": logs.get("loss"),
+                "accuracy": logs.get("accuracy"),
+                "val_loss": logs.get("val_loss"),
+                "val_accuracy": logs.get("val_accuracy"),
+                "lr": _current_lr(model),
+                "seconds": round(time.monotonic() - epoch_start, 3),
+            }
+            history.append(row)
+            _after_epoch(model, run_dir, state, row, config, phase)
+            state.phase, state.phase_epoch, state.epoch = index, phase_epoch + 1, epoch
+            state.seconds = time.monotonic() - started
+            runs.write_history(run_dir / runs.HISTORY, history)
+            runs.write_json(run_dir / runs.STATE, asdict(state))
+            reporter.log(
+                f"epoch {epoch} {phase.name}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+                f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2g} "
+                f"({row['seconds']:.1f}s)"
+            )
+            if config.patience and state.wait >= config.patience:
+                state.stopped_early = True
+                reporter.log(f"No improvement for {config.patience} epochs: stopping {phase.name} early")
+                break
+        if config.patience and state.best_phase == phase.name:
+            model.load_weights(run_dir / runs.BEST)  # go on from this phase's best
+            save_model(model, run_dir / runs.LAST)
+        state.phase, state.phase_epoch, state.wait = index + 1, 0, 0
+        runs.write_json(run_dir / runs.STATE, asdict(state))
+
+    metrics = _final_metrics(run_dir, data, size, config, state, reporter)
+    state.status = "finished"
+    state.seconds = time.monotonic() - started
+    metrics["seconds"] = round(state.seconds, 1)
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    runs.write_json(run_dir / runs.STATE, asdict(state))
+    report_dicts = [r.to_dict() for r in reports]
+    config_data = runs.read_json(run_dir / runs.CONFIG)
+    config_data["unfreeze_reports"] = report_dicts
+    runs.write_json(run_dir / runs.CONFIG, config_data)
+    return _result(run_dir, state, metrics, report_dicts)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _write_run_files(run_dir: Path, config: TrainConfig, data: PreparedData, size: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    runs.write_json(
+        run_dir / runs.CONFIG,
+        {
+            **config.to_dict(),
+            "image_size": size,
+            "data_resolved": str(data.index.root),
+            "data_layout": data.index.layout,
+            "data_fingerprint": data.index.fingerprint(),
+            "classes": data.classes,
+            "images": {
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test) if data.test else 0,
+                "skipped": len(data.skipped),
+            },
+            "val_source": data.val_source,
+            "versions": {
+                "scenecls": __version__,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "python": platform.python_version(),
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    runs.write_json(
+        run_dir / runs.LABELS,
+        {"classes": data.classes, "backbone": config.backbone, "image_size": [size, size]},
+    )
+    if data.skipped:
+        runs.write_atomic(
+            run_dir / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in data.skipped)
+        )
+
+
+def _check_resume_data(run_dir: Path, data: PreparedData, reporter: Reporter) -> None:
+    saved = runs.read_json(run_dir / runs.CONFIG)
+    if saved.get("classes") != data.classes:
+        raise SceneclsError(
+            f"the data's classes ({', '.join(data.classes)}) differ from the run's "
+            f"({', '.join(saved.get('classes', []))}); cannot resume"
+        )
+    if saved.get("data_fingerprint") != data.index.fingerprint():
+        reporter.warn("the data set changed since this run started; resuming on the data as it is now")
+
+
+def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
+    """(model, compiled): the last checkpoint, a model to fine-tune, or a new classifier."""
+    last = run_dir / runs.LAST
+    if resume and last.is_file():
+        reporter.log(f"Resuming from {last}")
+        return load_model(last, compile=True), True
+    if start_model is not None:
+        model = load_model(start_model)
+        check_compatible(model, config.backbone, data.classes, labels_of(start_model))
+        return model, False
+    model = build_classifier(
+        config.backbone, len(data.classes), size=size, weights=config.weights, head=config.head
+    )
+    return model, False
+
+
+def labels_of(model_path: Path) -> list[str] | None:
+    labels = Path(model_path).with_name(runs.LABELS)
+    return runs.read_json(labels).get("classes") if labels.is_file() else None
+
+
+def check_compatible(
+    model, backbone: str | None, classes: list[str], model_classes: list[str] | None
+) -> None:
+    """Refuse to fine-tune a model on data (or with a backbone) it was not made for."""
+    spec = backbone_of(model)
+    if backbone and spec.name != backbone:
+        raise ModelError(f"the model is a {spec.name} classifier, not {backbone}")
+    if num_classes(model) != len(classes):
+        raise ModelError(
+            f"the model predicts {num_classes(model)} classes but the data has {len(classes)} "
+            f"({', '.join(classes)})"
+        )
+    if model_classes is not None and list(model_classes) != list(classes):
+        raise ModelError(
+            f"the model's classes ({', '.join(model_classes)}) differ from the data's ({', '.join(classes)})"
+        )
+
+
+def _compile(model, phase: Phase, schedule: str, steps: int) -> None:
+    import keras
+
+    lr: Any = phase.lr
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=max(1, steps * phase.epochs))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _current_lr(model) -> float:
+    import keras
+
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def _after_epoch(
+    model, run_dir: Path, state: TrainState, row: dict, config: TrainConfig, phase: Phase
+) -> None:
+    """Checkpoints, early-stopping and plateau bookkeeping after one epoch."""
+    save_model(model, run_dir / runs.LAST)
+    val_accuracy = row["val_accuracy"]
+    if val_accuracy > state.best_val_accuracy:
+        state.best_val_accuracy = val_accuracy
+        state.best_epoch = row["epoch"]
+        state.best_phase = phase.name
+        state.wait = 0
+        save_model(model, run_dir / runs.BEST)
+    else:
+        state.wait += 1
+    if config.lr_schedule == "plateau":
+        if row["val_loss"] < state.plateau_best:
+            state.plateau_best, state.plateau_wait = row["val_loss"], 0
+        else:
+            state.plateau_wait += 1
+            if state.plateau_wait >= PLATEAU_PATIENCE:
+                new_lr = max(_current_lr(model) * PLATEAU_FACTOR, MIN_LR)
+                model.optimizer.learning_rate.assign(new_lr)
+                state.plateau_wait = 0
+
+
+def _final_metrics(
+    run_dir: Path, data: PreparedData, size: int, config: TrainConfig, state: TrainState, reporter: Reporter
+) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "best_val_accuracy": state.best_val_accuracy,
+        "best_epoch": state.best_epoch,
+        "best_phase": state.best_phase,
+        "epochs": state.epoch,
+        "stopped_early": state.stopped_early,
+        "test_accuracy": None,
+        "test_loss": None,
+    }
+    if data.test:
+        reporter.log(f"Testing the best model on {len(data.test)} test images")
+        best = load_model(run_dir / runs.BEST)
+        best.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        test_ds = make_dataset(data.test, (size, size), config.batch_size)
+        with finite_dataset_warnings_silenced():
+            loss, accuracy = best.evaluate(test_ds, verbose=0)
+        metrics["test_accuracy"], metrics["test_loss"] = float(accuracy), float(loss)
+    return metrics
+
+
+def _result(run_dir: Path, state: TrainState, metrics: dict, reports: list[dict]) -> TrainResult:
+    return TrainResult(
+        run_dir=run_dir,
+        status=state.status,
+        epochs=state.epoch,
+        best_val_accuracy=state.best_val_accuracy,
+        best_epoch=state.best_epoch,
+        best_phase=state.best_phase,
+        test_accuracy=metrics.get("test_accuracy"),
+        test_loss=metrics.get("test_loss"),
+        seconds=round(state.seconds, 1),
+        stopped_early=state.stopped_early,
+        unfreeze=reports,
+    )

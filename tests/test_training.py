@@ -1,0 +1,205 @@
+"""End to end through the CLI: train -> evaluate -> predict -> plot, interrupt and resume, finetune.
+
+A tiny ConvNeXt (random weights, 32x32 inputs) on generated images of three colour-and-stripe classes:
+its LayerNorms keep random features informative, so a few epochs separate the classes well above chance.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from scenecls.classifier import load_model
+from scenecls.cli import cli
+from scenecls.training import callbacks, runs
+from tests.conftest import write_class_folders
+
+TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8"]
+CHANCE = 1 / 3
+
+
+def invoke(*args: str, **kwargs):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_class_folders(root / "train", 16, seed=1, size=40)
+    write_class_folders(root / "test", 6, seed=2, size=40)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    """One finished run: 3 head epochs, 1 fine-tuning epoch of the last block."""
+    project = tmp_path_factory.mktemp("runs")
+    result = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "3", "--finetune-epochs", "1", "--unfreeze", "1",
+        "--project", str(project), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run_dir"] == str(project / "train")
+    return project / "train"
+
+
+def test_train_writes_a_complete_run_folder(trained, data):
+    for name in ("config.json", "labels.json", "history.csv", "best.keras", "last.keras", "metrics.json"):
+        assert (trained / name).is_file(), name
+    config = json.loads((trained / "config.json").read_text())
+    assert config["backbone"] == "convnext_tiny" and config["dense"] == 3 and config["seed"] == 0
+    assert config["classes"] == ["alpha", "beta", "gamma"]
+    assert config["data_fingerprint"] and config["versions"]["keras"]
+    assert config["images"] == {"train": 39, "val": 9, "test": 18, "skipped": 0}
+    assert [r["blocks"] for r in config["unfreeze_reports"]] == [[], ["stage_3_block_2"]]
+    assert json.loads((trained / "labels.json").read_text())["classes"] == ["alpha", "beta", "gamma"]
+
+    history = runs.read_history(trained / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [
+        (1, "head"),
+        (2, "head"),
+        (3, "head"),
+        (4, "finetune"),
+    ]
+    assert history[3]["lr"] == pytest.approx(1e-4) and history[0]["lr"] == pytest.approx(1e-3)
+    assert all(r["seconds"] > 0 for r in history)
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["best_val_accuracy"] == max(r["val_accuracy"] for r in history)
+    assert metrics["best_val_accuracy"] > CHANCE + 0.3
+    assert metrics["test_accuracy"] > CHANCE + 0.3
+    assert json.loads((trained / "state.json").read_text())["status"] == "finished"
+    assert load_model(trained / "best.keras").output_shape == (None, 3)
+    assert load_model(trained / "last.keras", compile=True).optimizer is not None
+
+
+def test_evaluate(trained):
+    result = invoke("evaluate", str(trained), "--format", "json")
+    assert result.exit_code == 0, result.output
+    ev = json.loads(result.stdout)
+    assert ev["split"] == "test" and ev["images"] == 18
+    assert ev["accuracy"] > CHANCE + 0.3
+    assert sum(map(sum, ev["confusion"])) == 18
+    assert [row["support"] for row in ev["per_class"]] == [6, 6, 6]
+    assert json.loads((trained / "evaluation.json").read_text())["accuracy"] == ev["accuracy"]
+    rows = list(csv.DictReader(io.StringIO((trained / "predictions.csv").read_text())))
+    assert len(rows) == 18 and set(rows[0]) == {"path", "true", "predicted", "confidence", "loss"}
+
+    as_csv = invoke("evaluate", str(trained), "--split", "val", "--format", "csv")
+    table = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["class"] for r in table] == ["alpha", "beta", "gamma", "macro avg", "weighted avg"]
+
+
+def test_predict_mixed_good_and_bad_files(trained, data, tmp_path):
+    good = sorted((data / "test" / "beta").iterdir())[:3]
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good[0].read_bytes()[:300])
+    Image.new("CMYK", (50, 30), (0, 200, 200, 0)).save(tmp_path / "cmyk.jpg")
+    inputs = [str(good[0]), str(tmp_path / "zero.jpg"), str(good[1]), str(tmp_path / "notes.jpg"), str(cut),
+              str(tmp_path / "missing.jpg"), str(good[2]), str(tmp_path / "cmyk.jpg")]  # fmt: skip
+    result = invoke("predict", *inputs, "--model", str(trained), "--format", "jsonl", "--top-k", "2")
+    assert result.exit_code == 3  # some inputs failed
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in rows] == inputs
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"zero.jpg", "notes.jpg", "cut.jpg", "missing.jpg"}
+    predicted = [r for r in rows if not r["error"]]
+    assert all(len(r["top"]) == 2 and 0 <= r["confidence"] <= 1 for r in predicted)
+    assert sum(r["label"] == "beta" for r in predicted[:3]) >= 2
+
+    all_good = invoke("predict", str(data / "test" / "alpha"), "--model", str(trained / "best.keras"))
+    assert all_good.exit_code == 0
+
+    listed = "\n".join(str(p) for p in good) + "\n"
+    piped = invoke("predict", "-", "--model", str(trained), "--format", "csv", input=listed)
+    assert piped.exit_code == 0
+    table = list(csv.DictReader(io.StringIO(piped.stdout)))
+    assert [r["path"] for r in table] == [str(p) for p in good]
+    assert all(r["label"] in {"alpha", "beta", "gamma"} and r["error"] == "" for r in table)
+
+
+def test_plot_writes_pngs(trained, tmp_path):
+    result = invoke("plot", str(trained), "--format", "json")
+    assert result.exit_code == 0, result.output
+    paths = [Path(p) for p in json.loads(result.stdout)]
+    assert {p.name for p in paths} == {"curves.png", "confusion.png", "samples.png", "top_losses.png"}
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 300
+
+
+def test_interrupt_mid_epoch_then_resume(data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = callbacks.BatchProgress.on_train_batch_end
+
+    def interrupt_in_epoch_two(self, batch, logs=None):
+        calls["n"] += 1
+        if calls["n"] == 7:  # 5 batches per epoch: this is batch 2 of epoch 2
+            raise KeyboardInterrupt
+        original(self, batch, logs)
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_epoch_two)
+    project = tmp_path / "runs"
+    args = ["--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1"]
+    result = invoke("train", *args, "--project", str(project))
+    assert result.exit_code == 130
+    assert f"scenecls train --resume {project / 'train'}" in result.stderr
+    run = project / "train"
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["epoch"] == 1
+    assert len(runs.read_history(run / "history.csv")) == 1
+    assert (run / "best.keras").is_file() and (run / "last.keras").is_file()
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+    resumed = invoke("train", "--resume", str(run), "--format", "json")
+    assert resumed.exit_code == 0, resumed.output
+    history = runs.read_history(run / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [(1, "head"), (2, "head"), (3, "finetune")]
+    assert json.loads(resumed.stdout)["epochs"] == 3
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    again = invoke("train", "--resume", str(run))
+    assert again.exit_code == 0 and "already finished" in again.stderr
+
+
+def test_finetune_a_run_and_refuse_mismatches(trained, data, tmp_path):
+    project = tmp_path / "runs"
+    result = invoke(
+        "-q", "finetune", str(trained), "--unfreeze", "2", "--finetune-epochs", "1",
+        "--project", str(project), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # --quiet
+    child = Path(json.loads(result.stdout)["run_dir"])
+    assert child.parent == project
+    config = json.loads((child / "config.json").read_text())
+    assert config["parent"] == str(trained) and config["epochs"] == 0
+    assert [r["phase"] for r in runs.read_history(child / "history.csv")] == ["finetune"]
+
+    other = tmp_path / "four"
+    write_class_folders(other, 4, classes=("alpha", "beta", "gamma", "delta"), size=16)
+    refused = invoke("finetune", str(trained), "--data", str(other), "--project", str(project))
+    assert refused.exit_code == 1
+    assert "classes" in refused.stderr and "Traceback" not in refused.output
+
+    wrong_backbone = invoke("finetune", str(trained), "--backbone", "xception", "--project", str(project))
+    assert wrong_backbone.exit_code == 1 and "convnext_tiny" in wrong_backbone.stderr
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    missing = invoke("train", "--data", str(tmp_path / "nothing"), *TINY, "--project", str(tmp_path / "r"))
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    no_runs = invoke("predict", "x.jpg", "--project", str(tmp_path / "none"))
+    assert no_runs.exit_code == 1 and "no trained run" in no_runs.stderr
+    bad_unfreeze = invoke("train", "--data", str(tmp_path), "--unfreeze", "lots", "--project", str(tmp_path))
+    assert bad_unfreeze.exit_code == 2
+    for result in (missing, no_runs, bad_unfreeze):
+        assert "Traceback" not in result.output
