@@ -9,8 +9,11 @@ training stands — so that a crash or Ctrl-C loses at most the epoch in progres
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,6 +132,8 @@ def train(
     """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model."""
     import keras
 
+    from scenecls.training.callbacks import BatchProgress
+
     reporter = reporter or NullReporter()
     keras.utils.set_random_seed(config.seed)
     spec = get_spec(config.backbone)
@@ -191,8 +196,6 @@ def train(
             task = reporter.task(f"Epoch {epoch}/{total_epochs} {phase.name}", total=steps, unit="batches")
             epoch_start = time.monotonic()
             try:
-                from scenecls.training.callbacks import BatchProgress
-
                 with finite_dataset_warnings_silenced():
                     fit = model.fit(
                         train_ds,
@@ -203,30 +206,32 @@ def train(
                         callbacks=[BatchProgress(task)],
                         class_weight=weights,
                     )
+                logs = {key: float(values[-1]) for key, values in fit.history.items()}
+                row = {
+                    "epoch": epoch,
+                    "phase": phase.name,
+                    "loss": logs.get("loss"),
+                    "accuracy": logs.get("accuracy"),
+                    "val_loss": logs.get("val_loss"),
+                    "val_accuracy": logs.get("val_accuracy"),
+                    "lr": _current_lr(model),
+                    "seconds": round(time.monotonic() - epoch_start, 3),
+                }
+                with _interrupts_deferred():  # checkpoint files and state.json must agree
+                    history.append(row)
+                    _after_epoch(model, run_dir, state, row, config, phase)
+                    state.phase, state.phase_epoch, state.epoch = index, phase_epoch + 1, epoch
+                    state.seconds = time.monotonic() - started
+                    runs.write_history(run_dir / runs.HISTORY, history)
+                    runs.write_json(run_dir / runs.STATE, asdict(state))
             except KeyboardInterrupt:
+                # Everything up to the last finished epoch is on disk; the epoch in progress is lost.
                 state.status = "interrupted"
                 state.seconds = time.monotonic() - started
                 runs.write_json(run_dir / runs.STATE, asdict(state))
                 raise TrainingInterrupted(run_dir) from None
             finally:
                 task.close()
-            logs = {key: float(values[-1]) for key, values in fit.history.items()}
-            row = {
-                "epoch": epoch,
-                "phase": phase.name,
-                "loss": logs.get("loss"),
-                "accuracy": logs.get("accuracy"),
-                "val_loss": logs.get("val_loss"),
-                "val_accuracy": logs.get("val_accuracy"),
-                "lr": _current_lr(model),
-                "seconds": round(time.monotonic() - epoch_start, 3),
-            }
-            history.append(row)
-            _after_epoch(model, run_dir, state, row, config, phase)
-            state.phase, state.phase_epoch, state.epoch = index, phase_epoch + 1, epoch
-            state.seconds = time.monotonic() - started
-            runs.write_history(run_dir / runs.HISTORY, history)
-            runs.write_json(run_dir / runs.STATE, asdict(state))
             reporter.log(
                 f"epoch {epoch} {phase.name}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
                 f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2g} "
@@ -256,6 +261,22 @@ def train(
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold back Ctrl-C while the run folder is updated, and deliver it right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
 
 
 def _write_run_files(run_dir: Path, config: TrainConfig, data: PreparedData, size: int) -> None:
