@@ -39,6 +39,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     class_weights: bool = False
     cache_images: bool = False  # keep decoded images in memory after the first epoch
+    feature_cache: bool = True  # phase 1 on cached backbone features (see training.features)
+    cache_aug: int = 0  # augmented copies per image in the feature cache, besides the image itself
     parent: str | None = None  # the run a fine-tuning run started from
 
     @property

@@ -159,3 +159,33 @@ def plot_compare(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> 
         ax.legend(fontsize=8)
     figure.suptitle("Runs compared")
     return _save(figure, path)
+
+
+def plot_sweep_heatmap(rows: Sequence[dict[str, Any]], backbone: str, path: Path) -> Path:
+    """Best validation accuracy of one backbone's runs: dense layers down, unfrozen blocks across."""
+    mine = [r for r in rows if r["backbone"] == backbone]
+    dense = sorted({int(r["dense"]) for r in mine})
+    unfreeze = sorted(
+        {str(r["unfreeze"]) for r in mine}, key=lambda u: (not u.isdigit(), int(u) if u.isdigit() else 0, u)
+    )
+    grid = np.full((len(dense), len(unfreeze)), np.nan)
+    for r in mine:
+        if r["best_val_accuracy"] is not None:
+            grid[dense.index(int(r["dense"])), unfreeze.index(str(r["unfreeze"]))] = r["best_val_accuracy"]
+    figure = _figure(1.2 * len(unfreeze) + 3, 0.8 * len(dense) + 2)
+    ax = figure.subplots()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    figure.colorbar(image, ax=ax, label="best val accuracy")
+    ax.set_xticks(range(len(unfreeze)), unfreeze)
+    ax.set_yticks(range(len(dense)), dense)
+    ax.set_xlabel("unfrozen blocks")
+    ax.set_ylabel("dense layers")
+    finite = grid[np.isfinite(grid)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i in range(len(dense)):
+        for j in range(len(unfreeze)):
+            if np.isfinite(grid[i, j]):
+                colour = "black" if grid[i, j] > middle else "white"
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color=colour, fontsize=9)
+    ax.set_title(f"{backbone}: best validation accuracy")
+    return _save(figure, path)

@@ -21,6 +21,7 @@ COMMANDS = {
     "fetch-data": "scenecls.cli.fetch:fetch_data",
     "train": "scenecls.cli.train:train",
     "finetune": "scenecls.cli.train:finetune",
+    "sweep": "scenecls.cli.sweep:sweep",
     "evaluate": "scenecls.cli.evaluate:evaluate",
     "predict": "scenecls.cli.predict:predict",
     "plot": "scenecls.cli.plot:plot",

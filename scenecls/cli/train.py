@@ -52,6 +52,19 @@ def run_options(func):
             click.option(
                 "--cache-images", is_flag=True, help="Keep decoded images in memory (RAM permitting)."
             ),
+            click.option(
+                "--no-cache",
+                "no_cache",
+                is_flag=True,
+                help="Run phase 1 on images every epoch instead of on cached backbone features.",
+            ),
+            click.option(
+                "--cache-aug",
+                type=click.IntRange(0),
+                default=DEFAULTS.cache_aug,
+                show_default=True,
+                help="Augmented copies per image in the feature cache, besides the image itself.",
+            ),
             format_option("table", "json"),
         ]
     ):
@@ -138,6 +151,7 @@ def train(
     name: str | None,
     fmt: str,
     no_augment: bool,
+    no_cache: bool,
     data: Path | None,
     **options,
 ) -> None:
@@ -155,7 +169,7 @@ def train(
         return
     from scenecls.data.augment import NO_AUGMENTATION
 
-    config = TrainConfig(data=str(data) if data else None, **options)
+    config = TrainConfig(data=str(data) if data else None, feature_cache=not no_cache, **options)
     if no_augment:
         config.augment = NO_AUGMENTATION
     run_dir = runs.create_run_dir(project, name or "train", exist_ok=exist_ok)
@@ -189,6 +203,7 @@ def finetune(
     project: Path,
     name: str | None,
     fmt: str,
+    no_cache: bool,
     **options,
 ) -> None:
     """Fine-tune a run's best model again, into a new run folder that records its parent.
@@ -209,6 +224,7 @@ def finetune(
             "data": str(data) if data else parent_config.data,
             "epochs": 0,
             "weights": "none",
+            "feature_cache": not no_cache,
             "parent": str(parent),
         }
     )

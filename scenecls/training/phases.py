@@ -39,9 +39,10 @@ from scenecls.data.pipeline import (
 )
 from scenecls.errors import ModelError, SceneclsError, UsageError
 from scenecls.models.registry import get_spec
-from scenecls.paths import default_dataset_dir
+from scenecls.paths import cache_dir, default_dataset_dir
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
+from scenecls.training.features import CachedFeatures, head_model, load_or_compute
 from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, parse_unfreeze
 
 PLATEAU_PATIENCE = 2
@@ -135,6 +136,9 @@ def train(
     from scenecls.training.callbacks import BatchProgress
 
     reporter = reporter or NullReporter()
+    # A fresh Keras state per run: the same seed gives the same initial weights whatever ran before
+    # in this process (a sweep runs many), and earlier runs' graphs are freed.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     spec = get_spec(config.backbone)
     size = config.image_size or spec.default_size
@@ -173,6 +177,7 @@ def train(
     weights = class_weights(data.train.labels, len(data.classes)) if config.class_weights else None
 
     reports: list[UnfreezeReport] = []
+    cache_status = "off"
     state.status = "running"
     started = time.monotonic() - state.seconds
     for index in range(state.phase, len(phases)):
@@ -190,23 +195,22 @@ def train(
             f" ({len(report.blocks)} blocks, {report.layers} layers); "
             f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
         )
+        fit_epoch = _live_epochs(model, train_ds, val_ds, weights)
+        if phase.policy.frozen and config.feature_cache:
+            cached = load_or_compute(
+                model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
+                batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
+                seed=config.seed, reporter=reporter,
+            )  # fmt: skip
+            cache_status = "reused" if cached.reused else "built"
+            fit_epoch = _cached_epochs(model, cached, config, weights)
         for phase_epoch in range(done, phase.epochs):
             epoch = state.epoch + 1
             total_epochs = state.epoch - phase_epoch + sum(p.epochs for p in phases[index:])
             task = reporter.task(f"Epoch {epoch}/{total_epochs} {phase.name}", total=steps, unit="batches")
             epoch_start = time.monotonic()
             try:
-                with finite_dataset_warnings_silenced():
-                    fit = model.fit(
-                        train_ds,
-                        validation_data=val_ds,
-                        epochs=1,
-                        verbose=0,
-                        shuffle=False,
-                        callbacks=[BatchProgress(task)],
-                        class_weight=weights,
-                    )
-                logs = {key: float(values[-1]) for key, values in fit.history.items()}
+                logs = fit_epoch(phase_epoch, BatchProgress(task))
                 row = {
                     "epoch": epoch,
                     "phase": phase.name,
@@ -248,6 +252,7 @@ def train(
         runs.write_json(run_dir / runs.STATE, asdict(state))
 
     metrics = _final_metrics(run_dir, data, size, config, state, reporter)
+    metrics["feature_cache"] = cache_status
     state.status = "finished"
     state.seconds = time.monotonic() - started
     metrics["seconds"] = round(state.seconds, 1)
@@ -366,6 +371,59 @@ def check_compatible(
         raise ModelError(
             f"the model's classes ({', '.join(model_classes)}) differ from the data's ({', '.join(classes)})"
         )
+
+
+def _live_epochs(model, train_ds, val_ds, weights):
+    """One epoch of the whole model on images: ``fit_epoch(phase_epoch, callback) -> logs``."""
+
+    def fit_epoch(phase_epoch: int, callback) -> dict[str, float]:
+        with finite_dataset_warnings_silenced():
+            fit = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[callback],
+                class_weight=weights,
+            )
+        return {key: float(values[-1]) for key, values in fit.history.items()}
+
+    return fit_epoch
+
+
+def _cached_epochs(model, cached: CachedFeatures, config: TrainConfig, weights):
+    """One epoch of the head alone on cached features; copy ``phase_epoch mod copies`` of each image.
+
+    The head model shares the classifier's layers and optimizer, so checkpoints of the classifier
+    hold exactly what was trained, optimizer state included.
+    """
+    import tensorflow as tf
+
+    trainer = head_model(model)
+    trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    copies = cached.train.shape[0]
+    val_ds = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels)).batch(config.batch_size)
+
+    def fit_epoch(phase_epoch: int, callback) -> dict[str, float]:
+        features = cached.train[phase_epoch % copies]
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((features, cached.train_labels))
+            .shuffle(len(features), seed=config.seed + phase_epoch)
+            .batch(config.batch_size)
+        )
+        with finite_dataset_warnings_silenced():
+            fit = trainer.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=1,
+                verbose=0,
+                callbacks=[callback],
+                class_weight=weights,
+            )
+        return {key: float(values[-1]) for key, values in fit.history.items()}
+
+    return fit_epoch
 
 
 def _compile(model, phase: Phase, schedule: str, steps: int) -> None:

@@ -1,0 +1,120 @@
+"""``scenecls sweep``: the seed's grid of backbones x unfrozen blocks x dense layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output
+from scenecls.cli.train import DEFAULTS, run_options
+from scenecls.config import TrainConfig
+
+
+def _csv_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@click.command("sweep")
+@click.option("--backbones", default="mobilenet_v2,xception,inception_resnet_v2", show_default=True)
+@click.option("--unfreeze", default="0,1,3,5", show_default=True, help="Unfrozen blocks, one run per value.")
+@click.option(
+    "--dense", default="0,1,2,3", show_default=True, help="Dense layers in the head, one run per value."
+)
+@click.option("--data", type=click.Path(path_type=Path), help="Data set  [default: the fetch-data set]")
+@click.option("--weights", default=DEFAULTS.weights, show_default=True)
+@click.option("--image-size", type=click.IntRange(16), default=None)
+@click.option("--units", type=click.IntRange(1), default=DEFAULTS.units, show_default=True)
+@click.option(
+    "--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.dropout, show_default=True
+)
+@click.option("--epochs", type=click.IntRange(0), default=DEFAULTS.epochs, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True)
+@click.option(
+    "--finetune-epochs", type=click.IntRange(0), default=DEFAULTS.finetune_epochs, show_default=True
+)
+@click.option(
+    "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
+)
+@click.option(
+    "--val-split", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.val_split, show_default=True
+)
+@click.option("--no-augment", is_flag=True)
+@click.option("--class-weights", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="List the runs and what each would train; train nothing.")
+@run_options
+@click.pass_obj
+def sweep(
+    out: Output,
+    backbones: str,
+    unfreeze: str,
+    dense: str,
+    data: Path | None,
+    project: Path,
+    name: str | None,
+    fmt: str,
+    no_augment: bool,
+    no_cache: bool,
+    dry_run: bool,
+    **options,
+) -> None:
+    """Train every combination, each as a run folder inside one sweep folder, and compare them.
+
+    Re-running the same command skips finished runs and resumes an interrupted one. Results are
+    printed sorted by validation accuracy and saved as results.csv, results.json, results.md and a
+    heatmap per backbone.
+    """
+    from scenecls.data.augment import NO_AUGMENTATION
+    from scenecls.errors import UsageError
+    from scenecls.training import sweep as sweeps
+
+    try:
+        dense_values = [int(d) for d in _csv_list(dense)]
+    except ValueError:
+        raise UsageError(f"--dense takes numbers like 0,1,2,3; got {dense!r}") from None
+    points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values)
+    base = TrainConfig(data=str(data) if data else None, feature_cache=not no_cache, **options)
+    if no_augment:
+        base.augment = NO_AUGMENTATION
+    folder = project / (name or "sweep")
+    if dry_run:
+        out.load_tensorflow()
+        rows = sweeps.describe_points(points, base, _class_count(data))
+        _render(out, rows, fmt, f"{len(rows)} runs in {folder} (dry run)")
+        return
+    out.load_tensorflow()
+    from scenecls import plots
+    from scenecls.training.phases import TrainingInterrupted
+
+    out.log(f"Sweep folder: {folder} ({len(points)} runs)")
+    try:
+        rows = sweeps.run_sweep(folder, points, base, reporter=out.reporter())
+    except TrainingInterrupted:
+        out.err.print("[yellow]Interrupted.[/] Run the same command again to resume the sweep.")
+        raise click.exceptions.Exit(130) from None
+    for backbone in dict.fromkeys(p.backbone for p in points):
+        if any(r["backbone"] == backbone for r in rows):
+            out.log(f"Saved {plots.plot_sweep_heatmap(rows, backbone, folder / f'heatmap_{backbone}.png')}")
+    out.log(f"Saved {folder / 'results.csv'}, results.json, results.md")
+    _render(out, rows, fmt, f"Sweep results ({folder})")
+
+
+def _class_count(data: Path | None) -> int:
+    from scenecls.data.layout import index_dataset
+    from scenecls.paths import default_dataset_dir
+
+    try:
+        return len(index_dataset(data or default_dataset_dir()).classes)
+    except Exception:  # a dry run describes the grid even before the data is there
+        return 6
+
+
+def _render(out: Output, rows: list[dict], fmt: str, title: str) -> None:
+    if fmt == "json":
+        out.json(rows)
+        return
+    if out.quiet or not rows:
+        return
+    columns = list(rows[0])
+    numeric = [c for c in columns if isinstance(rows[0][c], (int, float)) and c not in ("dense",)]
+    out.table(columns, [[r[c] for c in columns] for r in rows], title=title, numeric=numeric)

@@ -1,0 +1,229 @@
+"""The frozen-phase feature cache.
+
+While the backbone is frozen its output for an image never changes, so running it every epoch of
+phase 1 is waste. Instead the pooled backbone features of every training image are computed once — the
+image as it is, plus ``aug_copies`` augmented versions — and the head is trained on them (epoch ``e``
+uses copy ``e mod (aug_copies + 1)``). The head's layers are the classifier's own, so phase 2 and saved
+models are exactly as without the cache.
+
+Features live on disk under a key made of everything they depend on: the backbone's actual weights
+(hashed), input size, augmentation and seed, and the exact images and labels. Any change gives a new
+key; a damaged or incomplete cache entry fails its checksums and is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scenecls.data.augment import AugmentConfig, build_augmentation
+from scenecls.data.layout import Split
+from scenecls.reporting import NullReporter, Reporter
+
+CACHE_VERSION = 1
+POOL_LAYER = "head_pool"
+
+
+@dataclass
+class CachedFeatures:
+    train: np.ndarray  # (copies, n_train, d)
+    train_labels: np.ndarray  # (n_train,)
+    val: np.ndarray  # (n_val, d)
+    val_labels: np.ndarray
+    key: str
+    reused: bool
+
+
+def backbone_digest(backbone) -> str:
+    """A hash of the backbone's weights: the same weights give the same features, whatever their source."""
+    digest = hashlib.sha256()
+    for weight in backbone.weights:
+        digest.update(weight.path.encode() if hasattr(weight, "path") else b"")
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def split_digest(split: Split) -> str:
+    digest = hashlib.sha256()
+    for path, label in zip(split.paths, split.labels, strict=True):
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(f"{path}\0{label}\0{stamp}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def cache_key(
+    backbone,
+    size: tuple[int, int],
+    augment: AugmentConfig,
+    aug_copies: int,
+    seed: int,
+    train: Split,
+    val: Split,
+) -> tuple[str, dict]:
+    fields = {
+        "version": CACHE_VERSION,
+        "backbone": backbone.name,
+        "weights": backbone_digest(backbone),
+        "size": list(size),
+        "augment": augment.to_dict() if aug_copies else None,
+        "aug_copies": aug_copies,
+        "seed": seed if aug_copies else None,
+        "train": split_digest(train),
+        "val": split_digest(val),
+    }
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+    return key, fields
+
+
+def feature_model(classifier):
+    """Image in, pooled backbone features out: the classifier up to its head's pooling layer."""
+    import keras
+
+    return keras.Model(classifier.input, classifier.get_layer(POOL_LAYER).output, name="features")
+
+
+def head_model(classifier):
+    """Pooled features in, class probabilities out, made of the classifier's own head layers."""
+    import keras
+
+    layers = []
+    seen_pool = False
+    for layer in classifier.layers:
+        if seen_pool:
+            layers.append(layer)
+        seen_pool = seen_pool or layer.name == POOL_LAYER
+    features = classifier.get_layer(POOL_LAYER).output.shape[-1]
+    inputs = keras.Input((features,), name="features")
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def compute_features(
+    classifier,
+    split: Split,
+    size: tuple[int, int],
+    *,
+    batch_size: int = 32,
+    augment: AugmentConfig | None = None,
+    aug_copies: int = 0,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+) -> np.ndarray:
+    """``(aug_copies + 1, n, d)`` features: copy 0 of the images as they are, then augmented copies."""
+    from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
+
+    reporter = reporter or NullReporter()
+    extractor = feature_model(classifier)
+    copies = []
+    steps = -(-len(split) // batch_size)
+    task = reporter.task("Caching features", total=steps * (aug_copies + 1), unit="batches")
+    try:
+        for copy in range(aug_copies + 1):
+            layers = build_augmentation(augment, seed=seed + copy) if copy and augment else None
+            dataset = make_dataset(split, size, batch_size, augment=layers, drop_unreadable=False)
+            batches = []
+            with finite_dataset_warnings_silenced():
+                for images, _ in dataset:
+                    batches.append(np.asarray(extractor.predict_on_batch(images)))
+                    task.advance()
+            copies.append(np.concatenate(batches))
+    finally:
+        task.close()
+    return np.stack(copies).astype(np.float32)
+
+
+def load_or_compute(
+    classifier,
+    backbone,
+    train: Split,
+    val: Split,
+    size: tuple[int, int],
+    *,
+    cache_root: Path,
+    batch_size: int,
+    augment: AugmentConfig,
+    aug_copies: int,
+    seed: int,
+    reporter: Reporter | None = None,
+) -> CachedFeatures:
+    reporter = reporter or NullReporter()
+    key, fields = cache_key(backbone, size, augment, aug_copies, seed, train, val)
+    folder = cache_root / "features" / key
+    cached = _read(folder, fields, len(train), len(val))
+    if cached is not None:
+        reporter.log(f"Feature cache: reusing {folder}")
+        return CachedFeatures(
+            cached[0], np.asarray(train.labels), cached[1], np.asarray(val.labels), key, True
+        )
+    if folder.exists():
+        reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+    train_features = compute_features(
+        classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
+        reporter=reporter,
+    )  # fmt: skip
+    val_features = compute_features(classifier, val, size, batch_size=batch_size, reporter=reporter)[0]
+    _write(folder, fields, train_features, val_features)
+    reporter.log(f"Feature cache: built {folder}")
+    return CachedFeatures(
+        train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
+    )
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        np.save(staging / "train.npy", train)
+        np.save(staging / "val.npy", val)
+        meta = {
+            **fields,
+            "shapes": {"train": list(train.shape), "val": list(val.shape)},
+            "sha256": {name: _digest(staging / name) for name in ("train.npy", "val.npy")},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        with contextlib.suppress(OSError):  # another run wrote the same entry first; theirs is as good
+            staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read(folder: Path, fields: dict, n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if any(meta.get(k) != v for k, v in fields.items()):
+            return None
+        for name in ("train.npy", "val.npy"):
+            if _digest(folder / name) != meta["sha256"][name]:
+                return None
+        train = np.load(folder / "train.npy")
+        val = np.load(folder / "val.npy")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if train.ndim != 3 or train.shape[1] != n_train or val.shape[0] != n_val:
+        return None
+    return train, val

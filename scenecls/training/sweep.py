@@ -1,0 +1,195 @@
+"""The seed's grid — backbones x unfrozen blocks x dense layers — as one resumable command.
+
+Every combination is a normal run folder inside one sweep folder, named ``<backbone>-d<dense>-u<unfreeze>``.
+Running the same sweep again skips finished runs and resumes an interrupted one. Runs of the same
+backbone share the frozen-phase feature cache, so phase 1 costs one pass over the data per backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scenecls.config import TrainConfig
+from scenecls.errors import SceneclsError, UsageError
+from scenecls.models.registry import get_spec
+from scenecls.reporting import NullReporter, Reporter
+from scenecls.training import runs
+
+SWEEP_FILE = "sweep.json"
+RESULT_COLUMNS = (
+    "run",
+    "backbone",
+    "dense",
+    "unfreeze",
+    "unfrozen_layers",
+    "trainable_params",
+    "best_val_accuracy",
+    "test_accuracy",
+    "epochs",
+    "seconds",
+)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    backbone: str
+    dense: int
+    unfreeze: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}-d{self.dense}-u{self.unfreeze}"
+
+
+def grid(backbones: list[str], unfreeze: list[str], dense: list[int]) -> list[GridPoint]:
+    """Every combination, backbone first so that runs sharing a feature cache follow each other."""
+    for name in backbones:
+        get_spec(name)  # unknown names fail before anything runs
+    if not (backbones and unfreeze and dense):
+        raise UsageError("a sweep needs at least one backbone, one unfreeze value and one dense value")
+    return [GridPoint(b, d, u) for b, u, d in itertools.product(backbones, unfreeze, dense)]
+
+
+def point_config(base: TrainConfig, point: GridPoint) -> TrainConfig:
+    return dataclasses.replace(base, backbone=point.backbone, dense=point.dense, unfreeze=point.unfreeze)
+
+
+def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None:
+    """Create the sweep folder, or check that an existing one holds the same sweep."""
+    description = {
+        "grid": [dataclasses.asdict(p) for p in points],
+        "base": {k: v for k, v in base.to_dict().items() if k not in ("backbone", "dense", "unfreeze")},
+    }
+    marker = folder / SWEEP_FILE
+    if marker.is_file():
+        existing = runs.read_json(marker)
+        if existing != description:
+            raise SceneclsError(
+                f"{folder} holds a different sweep (other grid or options); "
+                f"use another --name to start a new one"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_json(marker, description)
+
+
+def run_status(run_dir: Path) -> str:
+    """``new``, ``interrupted`` (has a state to resume) or ``finished``."""
+    state = run_dir / runs.STATE
+    if state.is_file():
+        return "finished" if runs.read_json(state).get("status") == "finished" else "interrupted"
+    return "new"
+
+
+def run_sweep(
+    folder: Path, points: list[GridPoint], base: TrainConfig, *, reporter: Reporter | None = None
+) -> list[dict[str, Any]]:
+    """Train every point not finished yet; returns the results table (see :func:`collect_results`)."""
+    from scenecls.training.phases import train
+
+    reporter = reporter or NullReporter()
+    open_sweep(folder, points, base)
+    for number, point in enumerate(points, start=1):
+        run_dir = folder / point.name
+        status = run_status(run_dir)
+        if status == "finished":
+            reporter.log(f"[{number}/{len(points)}] {point.name}: finished earlier, skipped")
+            continue
+        resume = status == "interrupted"
+        reporter.log(f"[{number}/{len(points)}] {point.name}: {'resuming' if resume else 'training'}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train(point_config(base, point), run_dir, reporter=reporter, resume=resume)
+    results = collect_results(folder, points)
+    write_results(folder, results)
+    return results
+
+
+def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
+    """One row per finished run, best validation accuracy first."""
+    rows = []
+    for point in points:
+        run_dir = folder / point.name
+        if run_status(run_dir) != "finished":
+            continue
+        metrics = runs.read_json(run_dir / runs.METRICS)
+        config = runs.read_json(run_dir / runs.CONFIG)
+        reports = config.get("unfreeze_reports") or [{}]
+        last = reports[-1]
+        rows.append(
+            {
+                "run": point.name,
+                "backbone": point.backbone,
+                "dense": point.dense,
+                "unfreeze": point.unfreeze,
+                "unfrozen_layers": last.get("layers", 0),
+                "trainable_params": max(r.get("trainable_params", 0) for r in reports),
+                "best_val_accuracy": metrics.get("best_val_accuracy"),
+                "test_accuracy": metrics.get("test_accuracy"),
+                "epochs": metrics.get("epochs"),
+                "seconds": metrics.get("seconds"),
+            }
+        )
+    rows.sort(key=lambda r: -(r["best_val_accuracy"] or 0))
+    return rows
+
+
+def write_results(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """``results.csv``, ``results.json`` and ``results.md`` in the sweep folder."""
+    runs.write_rows_csv(folder / "results.csv", rows)
+    runs.write_json(folder / "results.json", rows)
+    lines = [
+        "| " + " | ".join(RESULT_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in RESULT_COLUMNS) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_markdown_cell(row[c]) for c in RESULT_COLUMNS) + " |")
+    runs.write_atomic(folder / "results.md", "\n".join(lines) + "\n")
+    return [folder / "results.csv", folder / "results.json", folder / "results.md"]
+
+
+def _markdown_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def describe_points(points: list[GridPoint], base: TrainConfig, num_classes: int = 6) -> list[dict[str, Any]]:
+    """What each run would train, from the block maps of freshly built backbones (random weights)."""
+    from scenecls.classifier import build_classifier, find_backbone
+    from scenecls.training.phases import plan_phases
+    from scenecls.unfreeze import apply_unfreeze
+
+    rows = []
+    models: dict[tuple[str, int], Any] = {}
+    for point in points:
+        config = point_config(base, point)
+        spec = get_spec(point.backbone)
+        key = (point.backbone, point.dense)
+        if key not in models:
+            models[key] = build_classifier(
+                spec, num_classes, size=base.image_size or spec.default_size, weights=None, head=config.head
+            )
+        model = models[key]
+        backbone = find_backbone(model)
+        block_map = spec.block_map(backbone)
+        phases = plan_phases(config)
+        last = apply_unfreeze(backbone, block_map, phases[-1].policy, model=model)
+        rows.append(
+            {
+                "run": point.name,
+                "backbone": point.backbone,
+                "dense": point.dense,
+                "unfreeze": point.unfreeze,
+                "phases": ", ".join(f"{p.name} x{p.epochs}" for p in phases),
+                "unfrozen_blocks": len(last.blocks),
+                "unfrozen_layers": last.layers,
+                "trainable_params": last.trainable_params,
+            }
+        )
+    return rows
