@@ -1,0 +1,65 @@
+"""`predict` throughput on a folder of images vs the raw forward pass and vs a naive loop.
+
+Run: python benchmarks/predict_throughput.py [--backbone mobilenet_v2] [--size 150] [--naive 60]
+- raw forward: model.predict_on_batch on tensors already decoded and resized (the ceiling);
+- predict: scenecls.predict.predict_files on the image files (decode, resize, batch, infer);
+- naive: for each file, load it and call model.predict on a batch of one (what a first script does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _common import dataset, machine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--size", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--naive", type=int, default=60, help="images for the naive loop (it is slow)")
+    args = parser.parse_args()
+
+    from scenecls.classifier import build_classifier
+    from scenecls.data.images import load_rgb
+    from scenecls.predict import expand_inputs, predict_files
+
+    root, source = dataset()
+    inputs = expand_inputs([str(root / "train")])
+    paths = [p for p, _ in inputs]
+    model = build_classifier(args.backbone, 6, size=args.size, weights=None)
+    classes = [f"c{i}" for i in range(6)]
+    size = (args.size, args.size)
+    print(f"data: {source}, {len(paths)} images; {args.backbone} at {args.size}px, batch {args.batch}")
+    print(f"machine: {machine()}")
+
+    images = np.stack([load_rgb(p, size) for p in paths]).astype(np.float32)
+    model.predict_on_batch(images[: args.batch])  # trace once
+    start = time.perf_counter()
+    for i in range(0, len(images) - args.batch + 1, args.batch):
+        model.predict_on_batch(images[i : i + args.batch])
+    done = (len(images) // args.batch) * args.batch
+    raw = done / (time.perf_counter() - start)
+
+    list(predict_files(model, inputs[: args.batch], classes, batch_size=args.batch))  # warm-up
+    start = time.perf_counter()
+    rows = list(predict_files(model, inputs, classes, batch_size=args.batch))
+    ours = len(rows) / (time.perf_counter() - start)
+
+    subset = paths[: args.naive]
+    model.predict(images[:1], verbose=0)
+    start = time.perf_counter()
+    for path in subset:
+        model.predict(load_rgb(path, size)[None].astype(np.float32), verbose=0)
+    naive = len(subset) / (time.perf_counter() - start)
+
+    print(f"raw forward on decoded tensors {raw:8.1f} img/s")
+    print(f"scenecls predict on files       {ours:8.1f} img/s  ({ours / raw:.0%} of raw forward)")
+    print(f"naive one-at-a-time loop        {naive:8.1f} img/s  (predict is {ours / naive:.0f}x faster)")
+
+
+if __name__ == "__main__":
+    main()
