@@ -18,16 +18,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 CLASS_COLOURS = {"alpha": (200, 40, 40), "beta": (40, 180, 40), "gamma": (40, 40, 210)}
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory, monkeypatch):
-    """Never touch the user's real data or cache folders."""
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    """Never touch the user's real data, cache or credentials; session-wide, so that module-scoped
+    fixtures (set up before any function-scoped one) are isolated too."""
     home = tmp_path_factory.mktemp("scenecls-home")
-    monkeypatch.setenv("SCENECLS_HOME", str(home))
-    monkeypatch.setenv("KERAS_HOME", str(home / "keras"))
-    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    monkeypatch.delenv("KAGGLE_KEY", raising=False)
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle"))
-    return home
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SCENECLS_HOME", str(home))
+    patch.setenv("KERAS_HOME", str(home / "keras"))
+    patch.delenv("KAGGLE_USERNAME", raising=False)
+    patch.delenv("KAGGLE_KEY", raising=False)
+    patch.setenv("KAGGLE_CONFIG_DIR", str(home / "kaggle"))
+    yield home
+    patch.undo()
 
 
 def draw_scene(label: int, rng: np.random.Generator, size: int = 48) -> Image.Image:

@@ -76,6 +76,7 @@ def test_train_writes_a_complete_run_folder(trained, data):
     assert metrics["best_val_accuracy"] > CHANCE + 0.3
     assert metrics["test_accuracy"] > CHANCE + 0.3
     assert json.loads((trained / "state.json").read_text())["status"] == "finished"
+    assert metrics["feature_cache"] == "built" and set(metrics["phase_seconds"]) == {"head", "finetune"}
     assert load_model(trained / "best.keras").output_shape == (None, 3)
     assert load_model(trained / "last.keras", compile=True).optimizer is not None
 
@@ -137,7 +138,8 @@ def test_plot_writes_pngs(trained, tmp_path):
             assert image.format == "PNG" and image.width > 300
 
 
-def test_interrupt_mid_epoch_then_resume(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache", ["--no-cache", "--cache-aug=0"], ids=["images", "cached-features"])
+def test_interrupt_mid_epoch_then_resume(data, tmp_path, monkeypatch, cache):
     calls = {"n": 0}
     original = callbacks.BatchProgress.on_train_batch_end
 
@@ -149,7 +151,7 @@ def test_interrupt_mid_epoch_then_resume(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_epoch_two)
     project = tmp_path / "runs"
-    args = ["--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1"]
+    args = ["--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1", cache]
     result = invoke("train", *args, "--project", str(project))
     assert result.exit_code == 130
     assert f"scenecls train --resume {project / 'train'}" in result.stderr
@@ -169,6 +171,8 @@ def test_interrupt_mid_epoch_then_resume(data, tmp_path, monkeypatch):
     history = runs.read_history(run / "history.csv")
     assert [(r["epoch"], r["phase"]) for r in history] == [(1, "head"), (2, "head"), (3, "finetune")]
     assert json.loads(resumed.stdout)["epochs"] == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["feature_cache"] == ("off" if cache == "--no-cache" else "reused")
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
     again = invoke("train", "--resume", str(run))
     assert again.exit_code == 0 and "already finished" in again.stderr

@@ -48,25 +48,21 @@ def evaluate(
     if fmt == "json":
         out.json({"model": str(outcome.model_path), **ev.to_dict()})
         return
-    if fmt == "csv":
-        rows = [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev.per_class]
-        rows += [
-            [f"{name} avg", avg["precision"], avg["recall"], avg["f1"], ev.images]
-            for name, avg in (("macro", ev.macro), ("weighted", ev.weighted))
-        ]
-        out.csv(["class", "precision", "recall", "f1", "support"], rows)
-        return
-    title = (
-        f"{ev.split}: {ev.images} images, accuracy {ev.accuracy:.4f}, top-{ev.top_k} "
-        f"{ev.top_k_accuracy:.4f}, loss {ev.loss:.4f}"
-    )
+    columns = ["class", "precision", "recall", "f1", "support"]
     rows = [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev.per_class]
     rows += [
         [f"{name} avg", avg["precision"], avg["recall"], avg["f1"], ev.images]
         for name, avg in (("macro", ev.macro), ("weighted", ev.weighted))
     ]
+    if fmt == "csv":
+        out.csv(columns, rows)
+        return
+    title = (
+        f"{ev.split}: {ev.images} images, accuracy {ev.accuracy:.4f}, top-{ev.top_k} "
+        f"{ev.top_k_accuracy:.4f}, loss {ev.loss:.4f}"
+    )
     out.table(
-        ["class", "precision", "recall", "f1", "support"],
+        columns,
         rows,
         title=title,
         numeric=["precision", "recall", "f1", "support"],

@@ -79,7 +79,10 @@ def render_counts(
     if out.quiet:
         return
     splits = list(counts)
-    classes = sorted({cls for per_class in counts.values() for cls in per_class})
+    # Unlabelled images (Intel's pred/) after the classes.
+    classes = sorted(
+        {cls for per_class in counts.values() for cls in per_class}, key=lambda c: (c.startswith("("), c)
+    )
     table_rows = [
         [cls, *(counts[s].get(cls, 0) for s in splits), sum(counts[s].get(cls, 0) for s in splits)]
         for cls in classes

@@ -42,6 +42,18 @@ class Split:
     def subset(self, indices) -> Split:
         return Split([self.paths[i] for i in indices], [self.labels[i] for i in indices])
 
+    def digest(self) -> str:
+        """A hash of the paths, labels, sizes and modification times, in order."""
+        digest = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels, strict=True):
+            try:
+                st = os.stat(path)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            digest.update(f"{path}\0{label}\0{stamp}\n".encode())
+        return digest.hexdigest()[:20]
+
 
 @dataclass
 class DatasetIndex:
@@ -54,14 +66,7 @@ class DatasetIndex:
         """Changes whenever a file is added, removed, relabelled or rewritten."""
         digest = hashlib.sha256("\n".join(self.classes).encode())
         for name in sorted(self.splits):
-            split = self.splits[name]
-            for path, label in sorted(zip(split.paths, split.labels, strict=True)):
-                try:
-                    st = os.stat(path)
-                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
-                except OSError:
-                    stamp = "missing"
-                digest.update(f"{name}\0{path}\0{label}\0{stamp}\n".encode())
+            digest.update(f"{name}\0{self.splits[name].digest()}\n".encode())
         return digest.hexdigest()[:16]
 
 

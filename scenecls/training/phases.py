@@ -82,6 +82,7 @@ class TrainState:
     plateau_wait: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
 
 
 @dataclass
@@ -195,6 +196,7 @@ def train(
             f" ({len(report.blocks)} blocks, {report.layers} layers); "
             f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
         )
+        phase_start = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
         fit_epoch = _live_epochs(model, train_ds, val_ds, weights)
         if phase.policy.frozen and config.feature_cache:
             cached = load_or_compute(
@@ -226,6 +228,7 @@ def train(
                     _after_epoch(model, run_dir, state, row, config, phase)
                     state.phase, state.phase_epoch, state.epoch = index, phase_epoch + 1, epoch
                     state.seconds = time.monotonic() - started
+                    state.phase_seconds[phase.name] = round(time.monotonic() - phase_start, 3)
                     runs.write_history(run_dir / runs.HISTORY, history)
                     runs.write_json(run_dir / runs.STATE, asdict(state))
             except KeyboardInterrupt:
@@ -253,6 +256,7 @@ def train(
 
     metrics = _final_metrics(run_dir, data, size, config, state, reporter)
     metrics["feature_cache"] = cache_status
+    metrics["phase_seconds"] = state.phase_seconds
     state.status = "finished"
     state.seconds = time.monotonic() - started
     metrics["seconds"] = round(state.seconds, 1)
@@ -373,23 +377,23 @@ def check_compatible(
         )
 
 
+def _fit_one_epoch(trainer, train_ds, val_ds, callback, weights) -> dict[str, float]:
+    with finite_dataset_warnings_silenced():
+        fit = trainer.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+            callbacks=[callback],
+            class_weight=weights,
+        )
+    return {key: float(values[-1]) for key, values in fit.history.items()}
+
+
 def _live_epochs(model, train_ds, val_ds, weights):
     """One epoch of the whole model on images: ``fit_epoch(phase_epoch, callback) -> logs``."""
-
-    def fit_epoch(phase_epoch: int, callback) -> dict[str, float]:
-        with finite_dataset_warnings_silenced():
-            fit = model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=1,
-                verbose=0,
-                shuffle=False,
-                callbacks=[callback],
-                class_weight=weights,
-            )
-        return {key: float(values[-1]) for key, values in fit.history.items()}
-
-    return fit_epoch
+    return lambda phase_epoch, callback: _fit_one_epoch(model, train_ds, val_ds, callback, weights)
 
 
 def _cached_epochs(model, cached: CachedFeatures, config: TrainConfig, weights):
@@ -412,16 +416,7 @@ def _cached_epochs(model, cached: CachedFeatures, config: TrainConfig, weights):
             .shuffle(len(features), seed=config.seed + phase_epoch)
             .batch(config.batch_size)
         )
-        with finite_dataset_warnings_silenced():
-            fit = trainer.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=1,
-                verbose=0,
-                callbacks=[callback],
-                class_weight=weights,
-            )
-        return {key: float(values[-1]) for key, values in fit.history.items()}
+        return _fit_one_epoch(trainer, train_ds, val_ds, callback, weights)
 
     return fit_epoch
 
@@ -456,7 +451,7 @@ def _after_epoch(
         state.best_epoch = row["epoch"]
         state.best_phase = phase.name
         state.wait = 0
-        save_model(model, run_dir / runs.BEST)
+        runs.copy_atomic(run_dir / runs.LAST, run_dir / runs.BEST)  # same bytes, no second save
     else:
         state.wait += 1
     if config.lr_schedule == "plateau":
