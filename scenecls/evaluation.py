@@ -146,7 +146,7 @@ def evaluate_run(
     from scenecls.classifier import load_model, num_classes
     from scenecls.config import TrainConfig
     from scenecls.data.pipeline import prepare_data
-    from scenecls.paths import default_dataset_dir
+    from scenecls.paths import data_source
     from scenecls.training import runs
 
     reporter = reporter or NullReporter()
@@ -154,7 +154,7 @@ def evaluate_run(
     config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG)) if run_dir else TrainConfig()
     if data is None and run_dir is None:
         raise UsageError(f"{model_path} is not in a run folder: pass --data")
-    source = data or (Path(config.data) if config.data else default_dataset_dir())
+    source = data_source(data or config.data)
     prepared = prepare_data(source, val_split=config.val_split, seed=config.seed, reporter=reporter)
     splits = {"train": prepared.train, "val": prepared.val, "test": prepared.test}
     name = split or ("test" if prepared.test else "val")

@@ -31,6 +31,18 @@ def default_dataset_dir() -> Path:
     return data_home() / "datasets" / DEFAULT_DATASET
 
 
+def data_source(data: str | os.PathLike | None) -> Path:
+    """The data set to use: ``data`` when given, else the one ``fetch-data`` placed."""
+    if data:
+        return Path(data)
+    default = default_dataset_dir()
+    if not default.exists():
+        from scenecls.errors import DataError
+
+        raise DataError(f"no data set at {default}: run `scenecls fetch-data` first, or pass --data PATH")
+    return default
+
+
 def cache_dir() -> Path:
     """Caches that can always be rebuilt (image scan results, backbone features)."""
     return data_home() / "cache"

@@ -207,7 +207,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert missing.exit_code == 1 and "does not exist" in missing.stderr
     no_runs = invoke("predict", "x.jpg", "--project", str(tmp_path / "none"))
     assert no_runs.exit_code == 1 and "no trained run" in no_runs.stderr
+    nothing_fetched = invoke("train", *TINY, "--project", str(tmp_path / "r"))
+    assert nothing_fetched.exit_code == 1 and "scenecls fetch-data" in nothing_fetched.stderr
     bad_unfreeze = invoke("train", "--data", str(tmp_path), "--unfreeze", "lots", "--project", str(tmp_path))
     assert bad_unfreeze.exit_code == 2
-    for result in (missing, no_runs, bad_unfreeze):
+    for result in (missing, no_runs, nothing_fetched, bad_unfreeze):
         assert "Traceback" not in result.output

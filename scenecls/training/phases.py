@@ -39,7 +39,7 @@ from scenecls.data.pipeline import (
 )
 from scenecls.errors import ModelError, SceneclsError, UsageError
 from scenecls.models.registry import get_spec
-from scenecls.paths import cache_dir, default_dataset_dir
+from scenecls.paths import cache_dir, data_source
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
 from scenecls.training.features import CachedFeatures, head_model, load_or_compute
@@ -145,7 +145,7 @@ def train(
     size = config.image_size or spec.default_size
     phases = plan_phases(config)
     data = prepare_data(
-        Path(config.data) if config.data else default_dataset_dir(),
+        data_source(config.data),
         val_split=config.val_split,
         seed=config.seed,
         reporter=reporter,
