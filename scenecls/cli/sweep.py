@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from scenecls.cli.output import Output
-from scenecls.cli.train import DEFAULTS, run_options
+from scenecls.cli.train import recipe_options, run_options
 from scenecls.config import TrainConfig
 
 
@@ -21,26 +21,7 @@ def _csv_list(value: str) -> list[str]:
 @click.option(
     "--dense", default="0,1,2,3", show_default=True, help="Dense layers in the head, one run per value."
 )
-@click.option("--data", type=click.Path(path_type=Path), help="Data set  [default: the fetch-data set]")
-@click.option("--weights", default=DEFAULTS.weights, show_default=True)
-@click.option("--image-size", type=click.IntRange(16), default=None)
-@click.option("--units", type=click.IntRange(1), default=DEFAULTS.units, show_default=True)
-@click.option(
-    "--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.dropout, show_default=True
-)
-@click.option("--epochs", type=click.IntRange(0), default=DEFAULTS.epochs, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True)
-@click.option(
-    "--finetune-epochs", type=click.IntRange(0), default=DEFAULTS.finetune_epochs, show_default=True
-)
-@click.option(
-    "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
-)
-@click.option(
-    "--val-split", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.val_split, show_default=True
-)
-@click.option("--no-augment", is_flag=True)
-@click.option("--class-weights", is_flag=True)
+@recipe_options
 @click.option("--dry-run", is_flag=True, help="List the runs and what each would train; train nothing.")
 @run_options
 @click.pass_obj

@@ -72,27 +72,80 @@ def run_options(func):
     return func
 
 
+def recipe_options(func):
+    """The recipe's options shared by train and sweep: data, weights, head sizes, epochs, rates."""
+    for option in reversed(
+        [
+            click.option(
+                "--data",
+                type=click.Path(path_type=Path),
+                help="Data set folder or CSV  [default: the fetch-data set]",
+            ),
+            click.option(
+                "--weights",
+                default=DEFAULTS.weights,
+                show_default=True,
+                help="imagenet, none, or a weights file.",
+            ),
+            click.option(
+                "--image-size",
+                type=click.IntRange(16),
+                default=None,
+                help="Input size  [default: the backbone's]",
+            ),
+            click.option("--units", type=click.IntRange(1), default=DEFAULTS.units, show_default=True),
+            click.option(
+                "--dropout",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=DEFAULTS.dropout,
+                show_default=True,
+            ),
+            click.option(
+                "--epochs",
+                type=click.IntRange(0),
+                default=DEFAULTS.epochs,
+                show_default=True,
+                help="Phase 1 epochs (frozen backbone).",
+            ),
+            click.option(
+                "--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True
+            ),
+            click.option(
+                "--finetune-epochs",
+                type=click.IntRange(0),
+                default=DEFAULTS.finetune_epochs,
+                show_default=True,
+                help="Epochs of each fine-tuning stage.",
+            ),
+            click.option(
+                "--finetune-lr",
+                type=click.FloatRange(0, min_open=True),
+                default=DEFAULTS.finetune_lr,
+                show_default=True,
+            ),
+            click.option(
+                "--val-split",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=DEFAULTS.val_split,
+                show_default=True,
+                help="Fraction held out for validation when there is no val/ folder.",
+            ),
+            click.option("--no-augment", is_flag=True, help="Train without augmentation."),
+            click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
 @click.command("train")
-@click.option(
-    "--data", type=click.Path(path_type=Path), help="Data set folder or CSV  [default: the fetch-data set]"
-)
 @click.option("--backbone", type=_backbone_choice(), default=DEFAULTS.backbone, show_default=True)
-@click.option(
-    "--weights", default=DEFAULTS.weights, show_default=True, help="imagenet, none, or a weights file."
-)
-@click.option(
-    "--image-size", type=click.IntRange(16), default=None, help="Input size  [default: the backbone's]"
-)
 @click.option(
     "--dense",
     type=click.IntRange(0),
     default=DEFAULTS.dense,
     show_default=True,
     help="Hidden dense layers in the head.",
-)
-@click.option("--units", type=click.IntRange(1), default=DEFAULTS.units, show_default=True)
-@click.option(
-    "--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.dropout, show_default=True
 )
 @click.option(
     "--unfreeze",
@@ -107,33 +160,6 @@ def run_options(func):
     help="Fine-tune the last K layers instead of blocks.",
 )
 @click.option(
-    "--epochs",
-    type=click.IntRange(0),
-    default=DEFAULTS.epochs,
-    show_default=True,
-    help="Phase 1 epochs (frozen backbone).",
-)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True)
-@click.option(
-    "--finetune-epochs",
-    type=click.IntRange(0),
-    default=DEFAULTS.finetune_epochs,
-    show_default=True,
-    help="Epochs of each fine-tuning stage.",
-)
-@click.option(
-    "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
-)
-@click.option(
-    "--val-split",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=DEFAULTS.val_split,
-    show_default=True,
-    help="Fraction held out for validation when there is no val/ folder.",
-)
-@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
-@click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes.")
-@click.option(
     "--resume",
     "resume",
     default=None,
@@ -141,6 +167,7 @@ def run_options(func):
     help="Continue an interrupted run (folder or name); other options are taken from it.",
 )
 @click.option("--exist-ok", is_flag=True, help="Reuse --name even if it exists.")
+@recipe_options
 @run_options
 @click.pass_obj
 def train(
