@@ -213,3 +213,26 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert bad_unfreeze.exit_code == 2
     for result in (missing, no_runs, nothing_fetched, bad_unfreeze):
         assert "Traceback" not in result.output
+
+
+def test_cosine_schedule_and_early_stopping(data, tmp_path):
+    project = tmp_path / "runs"
+    result = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "6", "--unfreeze", "0", "--lr-schedule", "cosine",
+        "--project", str(project), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rates = [r["lr"] for r in runs.read_history(project / "train" / "history.csv")]
+    assert len(rates) == 6 and rates == sorted(rates, reverse=True) and rates[-1] < rates[0] / 10
+
+    stopped = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "8", "--unfreeze", "0", "--patience", "1",
+        "--project", str(project), "--format", "json",
+    )  # fmt: skip
+    summary = json.loads(stopped.stdout)
+    history = runs.read_history(Path(summary["run_dir"]) / "history.csv")
+    best = max(r["val_accuracy"] for r in history)
+    first_best = next(r["epoch"] for r in history if r["val_accuracy"] == best)
+    assert summary["stopped_early"] and len(history) < 8
+    assert len(history) == first_best + 1  # one epoch of patience after the best, then stop
+    assert summary["best_epoch"] == first_best
