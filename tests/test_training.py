@@ -152,9 +152,9 @@ def test_interrupt_mid_epoch_then_resume(data, tmp_path, monkeypatch, cache):
     monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_epoch_two)
     project = tmp_path / "runs"
     args = ["--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1", cache]
-    result = invoke("train", *args, "--project", str(project))
+    result = invoke("-q", "train", *args, "--project", str(project))
     assert result.exit_code == 130
-    assert f"scenecls train --resume {project / 'train'}" in result.stderr
+    assert f"scenecls train --resume {project / 'train'}" in result.stderr  # shown even with -q
     run = project / "train"
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "interrupted" and state["epoch"] == 1

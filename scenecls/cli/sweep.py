@@ -71,7 +71,7 @@ def sweep(
     try:
         rows = sweeps.run_sweep(folder, points, base, reporter=out.reporter())
     except TrainingInterrupted:
-        out.err.print("[yellow]Interrupted.[/] Run the same command again to resume the sweep.")
+        click.echo("Interrupted. Run the same command again to resume the sweep.", err=True)  # even with -q
         raise click.exceptions.Exit(130) from None
     for backbone in dict.fromkeys(p.backbone for p in points):
         if any(r["backbone"] == backbone for r in rows):

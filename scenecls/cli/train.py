@@ -278,7 +278,9 @@ def _run(
             config, run_dir, reporter=out.reporter(), resume=resume, start_model=start_model
         )
     except TrainingInterrupted as exc:
-        out.err.print(f"[yellow]Interrupted.[/] Resume with: scenecls train --resume {exc.run_dir}")
+        click.echo(
+            f"Interrupted. Resume with: scenecls train --resume {exc.run_dir}", err=True
+        )  # even with -q
         raise click.exceptions.Exit(130) from None
     if fmt == "json":
         out.json(result.to_dict())
