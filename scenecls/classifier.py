@@ -7,11 +7,10 @@ with ``training=False``: its batch norms stay in inference mode even while fine-
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
+from scenecls.atomic import atomic_path
 from scenecls.errors import ModelError
 from scenecls.heads import HeadConfig, apply_head
 from scenecls.models.registry import SCALE_MINUS_ONE_TO_ONE, BackboneSpec, build_backbone, get_spec
@@ -74,15 +73,8 @@ def num_classes(model) -> int:
 def save_model(model, path: Path) -> Path:
     """Write ``path`` atomically: a crash mid-write never leaves a damaged model file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from scenecls.atomic import atomic_path
 from scenecls.data.images import ImageReadError, load_rgb
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
@@ -25,10 +26,8 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp)
     return path
 
 

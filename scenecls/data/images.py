@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from scenecls.atomic import atomic_path
 from scenecls.reporting import NullReporter, Reporter
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
@@ -185,9 +186,7 @@ def _save_cache(cache_file: Path | None, files: dict[str, list]) -> None:
     if cache_file is None:
         return
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "files": files}))
-        tmp.replace(cache_file)
+        with atomic_path(cache_file) as tmp:
+            tmp.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "files": files}))
     except OSError:
         pass  # a cache we cannot write only costs time
