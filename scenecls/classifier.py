@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from scenecls.atomic import atomic_path
-from scenecls.errors import ModelError
+from scenecls.errors import ModelError, first_line
 from scenecls.heads import HeadConfig, apply_head
 from scenecls.models.registry import SCALE_MINUS_ONE_TO_ONE, BackboneSpec, build_backbone, get_spec
 
@@ -91,8 +91,7 @@ def load_model(path: Path, *, compile: bool = False):
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load {path}: {reason}") from exc
+        raise ModelError(f"cannot load {path}: {first_line(exc, 200)}") from exc
     backbone_of(model)  # refuses models scenecls did not make
     return model
 

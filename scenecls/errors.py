@@ -30,3 +30,10 @@ class DownloadError(SceneclsError):
 
 class ModelError(SceneclsError):
     """A model, checkpoint or weights file that cannot be built or loaded."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit] if limit else line

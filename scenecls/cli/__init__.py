@@ -14,7 +14,7 @@ import click
 
 from scenecls import __version__
 from scenecls.cli.output import Output
-from scenecls.errors import SceneclsError
+from scenecls.errors import SceneclsError, first_line
 
 # name -> "module:function", in the order --help lists them
 COMMANDS = {
@@ -63,7 +63,7 @@ class SceneclsGroup(click.Group):
         except SceneclsError as exc:
             if debug:
                 raise
-            raise CliError(_one_line(exc), exc.exit_code) from None
+            raise CliError(first_line(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             if debug:
                 raise
@@ -73,13 +73,8 @@ class SceneclsGroup(click.Group):
             if debug:
                 raise
             raise CliError(
-                f"unexpected {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)"
+                f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)"
             ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @click.group(cls=SceneclsGroup, epilog=EXIT_CODES_HELP)

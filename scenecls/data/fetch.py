@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from scenecls import __version__
 from scenecls.data.images import IMAGE_SUFFIXES
-from scenecls.errors import DataError, DownloadError
+from scenecls.errors import DataError, DownloadError, first_line
 from scenecls.reporting import NullReporter, Reporter
 
 INTEL_URL = "https://www.kaggle.com/api/v1/datasets/download/puneet6060/intel-image-classification"
@@ -104,11 +104,11 @@ def download(
             except (OSError, http.client.HTTPException, _Retryable) as exc:
                 if attempt >= retries:
                     raise DownloadError(
-                        f"download failed after {attempt + 1} attempts: {_describe(exc)}; "
+                        f"download failed after {attempt + 1} attempts: {first_line(exc)}; "
                         f"run the command again to resume, or use --from with a local copy"
                     ) from exc
                 delay = min(backoff * 2**attempt, 30.0)
-                reporter.warn(f"{_describe(exc)}; retrying in {delay:.0f}s")
+                reporter.warn(f"{first_line(exc)}; retrying in {delay:.0f}s")
                 time.sleep(delay)
                 attempt += 1
     finally:
@@ -193,11 +193,6 @@ def _http_advice(code: int, reason: str, url: str) -> str:
 
 def _host(url: str) -> str:
     return urllib.request.urlparse(url).netloc or url
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -289,7 +284,7 @@ def _extract_members(archive: Path, members: list[tuple], dest: Path, max_bytes:
                     dst.write(chunk)
             task.advance()
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{archive.name} is damaged or truncated: {_describe(exc)}") from exc
+        raise DataError(f"{archive.name} is damaged or truncated: {first_line(exc)}") from exc
     finally:
         task.close()
 
@@ -318,14 +313,14 @@ def _open_zip(archive: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{archive.name} is damaged or truncated: {_describe(exc)}") from exc
+        raise DataError(f"{archive.name} is damaged or truncated: {first_line(exc)}") from exc
 
 
 def _open_tar(archive: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(archive, "r:*")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{archive.name} is damaged or truncated: {_describe(exc)}") from exc
+        raise DataError(f"{archive.name} is damaged or truncated: {first_line(exc)}") from exc
 
 
 def _zip_members(handle: zipfile.ZipFile, archive: Path) -> Iterator[tuple]:
@@ -345,7 +340,7 @@ def _tar_members(handle: tarfile.TarFile, archive: Path) -> Iterator[tuple]:
     try:
         members = handle.getmembers()
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{archive.name} is damaged or truncated: {_describe(exc)}") from exc
+        raise DataError(f"{archive.name} is damaged or truncated: {first_line(exc)}") from exc
     for member in members:
         if member.issym() or member.islnk():
             raise DataError(f"refusing {archive.name}: entry {member.name!r} is a link")

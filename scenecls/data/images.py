@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from scenecls.atomic import atomic_path
+from scenecls.errors import first_line
 from scenecls.reporting import NullReporter, Reporter
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
@@ -61,7 +62,7 @@ def load_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np
     except Image.UnidentifiedImageError as exc:
         raise ImageReadError("not an image") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         if "truncated" in reason.lower():
             reason = "truncated image"
         raise ImageReadError(reason) from exc

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scenecls.errors import ModelError, UsageError
+from scenecls.errors import ModelError, UsageError, first_line
 from scenecls.models.blocks import BlockMap, BlockNamer, build_block_map
 
 # How an architecture wants its 0-255 RGB input scaled.
@@ -110,7 +110,7 @@ def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | P
             warnings.simplefilter("always")
             model.load_weights(str(path))
     except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a misfit file
-        raise ModelError(f"weights file {path} does not fit {spec.name}: {_first_line(exc)}") from exc
+        raise ModelError(f"weights file {path} does not fit {spec.name}: {first_line(exc, 200)}") from exc
     # Keras only warns when part of the file fits, leaving the rest random: that is no model to train.
     skipped = [w for w in caught if "Skipping" in str(w.message) or "freshly-initialized" in str(w.message)]
     if skipped:
@@ -127,16 +127,11 @@ def _build_imagenet(spec: BackboneSpec, shape: tuple[int, int, int]):
         where = keras_cache_dir()
         if was_cached:
             raise ModelError(
-                f"the cached ImageNet weights {where / fname} could not be loaded ({_first_line(exc)}); "
+                f"the cached ImageNet weights {where / fname} could not be loaded ({first_line(exc, 200)}); "
                 f"delete the file to download it again"
             ) from exc
         raise ModelError(
             f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
-            f"({_first_line(exc)}): put {fname} in {where} (or set KERAS_HOME), or pass "
+            f"({first_line(exc, 200)}): put {fname} in {where} (or set KERAS_HOME), or pass "
             f"--weights PATH or --weights none"
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
