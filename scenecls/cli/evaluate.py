@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option
+from scenecls.cli.output import Output, format_option, project_option
 
 
 @click.command("evaluate")
@@ -20,7 +20,7 @@ from scenecls.cli.output import Output, format_option
 )
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--project", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@project_option()
 @format_option()
 @click.pass_obj
 def evaluate(

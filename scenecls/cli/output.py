@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,6 +42,17 @@ def format_option(*choices: str, default: str = "table"):
         default=default,
         show_default=True,
         help="How to print results on stdout.",
+    )
+
+
+def project_option():
+    """``--project``: the folder that holds the run folders."""
+    return click.option(
+        "--project",
+        type=click.Path(path_type=Path),
+        default=Path("runs"),
+        show_default=True,
+        help="Folder that holds the run folders.",
     )
 
 
@@ -90,10 +102,14 @@ class Output:
         click.echo(json.dumps(data, indent=2, default=str))
 
     def csv(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        self.csv_row(columns)
+        for row in rows:
+            self.csv_row(row)
+
+    def csv_row(self, row: Sequence[Any]) -> None:
+        """One CSV line on stdout at once (for results that stream); None is an empty cell."""
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
+        csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in row])
         click.echo(buffer.getvalue(), nl=False)
 
     def table(

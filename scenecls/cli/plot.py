@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option
+from scenecls.cli.output import Output, format_option, project_option
 
 
 @click.command("plot")
 @click.argument("runs_", metavar="[RUN]...", nargs=-1)
-@click.option("--project", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@project_option()
 @click.option(
     "--no-eval", is_flag=True, help="Only curves: do not evaluate runs that have no predictions yet."
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option
+from scenecls.cli.output import Output, format_option, project_option
 
 
 @click.command("predict")
@@ -22,7 +22,7 @@ from scenecls.cli.output import Output, format_option
 )
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--project", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@project_option()
 @format_option("table", "json", "jsonl", "csv")
 @click.pass_obj
 def predict(
@@ -55,13 +55,13 @@ def predict(
     collected = []
     header = ["path", "label", "confidence", *(f"top{i}" for i in range(2, top_k + 1)), "error"]
     if fmt == "csv":
-        click.echo(_csv_line(header), nl=False)
+        out.csv_row(header)
     for prediction in predictions:
         failed += not prediction.ok
         if fmt == "jsonl":
             click.echo(json.dumps(prediction.to_dict()))
         elif fmt == "csv":
-            click.echo(_csv_line(_flat_row(prediction, top_k)), nl=False)
+            out.csv_row(_flat_row(prediction, top_k))
         else:
             collected.append(prediction)
     if fmt == "json":
@@ -78,12 +78,3 @@ def _flat_row(prediction, top_k: int) -> list:
     others += [""] * (top_k - 1 - len(others))
     confidence = None if prediction.confidence is None else round(prediction.confidence, 4)
     return [prediction.path, prediction.label or "", confidence, *others, prediction.error or ""]
-
-
-def _csv_line(row: list) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in row])
-    return buffer.getvalue()

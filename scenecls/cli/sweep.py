@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from scenecls.cli.output import Output
-from scenecls.cli.train import recipe_options, run_options
-from scenecls.config import TrainConfig
+from scenecls.cli.train import config_from_options, recipe_options, run_options
 
 
 def _csv_list(value: str) -> list[str]:
@@ -45,7 +44,6 @@ def sweep(
     printed sorted by validation accuracy and saved as results.csv, results.json, results.md and a
     heatmap per backbone.
     """
-    from scenecls.data.augment import NO_AUGMENTATION
     from scenecls.errors import UsageError
     from scenecls.training import sweep as sweeps
 
@@ -54,9 +52,7 @@ def sweep(
     except ValueError:
         raise UsageError(f"--dense takes numbers like 0,1,2,3; got {dense!r}") from None
     points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values)
-    base = TrainConfig(data=str(data) if data else None, feature_cache=not no_cache, **options)
-    if no_augment:
-        base.augment = NO_AUGMENTATION
+    base = config_from_options(data, no_augment, no_cache, options)
     folder = project / (name or "sweep")
     if dry_run:
         out.load_tensorflow()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option
+from scenecls.cli.output import Output, format_option, project_option
 from scenecls.config import LR_SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -22,13 +22,7 @@ def run_options(func):
     """Options shared by train and finetune: where runs go and how results print."""
     for option in reversed(
         [
-            click.option(
-                "--project",
-                type=click.Path(path_type=Path),
-                default=Path("runs"),
-                show_default=True,
-                help="Folder that holds the run folders.",
-            ),
+            project_option(),
             click.option("--name", default=None, help="Run folder name; a number is added when taken."),
             click.option(
                 "--batch-size", "-b", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True
@@ -138,6 +132,16 @@ def recipe_options(func):
     return func
 
 
+def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, options: dict) -> TrainConfig:
+    """A run's configuration from the recipe and run options as click passes them."""
+    from scenecls.data.augment import NO_AUGMENTATION
+
+    config = TrainConfig(data=str(data) if data else None, feature_cache=not no_cache, **options)
+    if no_augment:
+        config.augment = NO_AUGMENTATION
+    return config
+
+
 @click.command("train")
 @click.option("--backbone", type=_backbone_choice(), default=DEFAULTS.backbone, show_default=True)
 @click.option(
@@ -194,11 +198,7 @@ def train(
         config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
         _run(out, config, run_dir, fmt, resume=True)
         return
-    from scenecls.data.augment import NO_AUGMENTATION
-
-    config = TrainConfig(data=str(data) if data else None, feature_cache=not no_cache, **options)
-    if no_augment:
-        config.augment = NO_AUGMENTATION
+    config = config_from_options(data, no_augment, no_cache, options)
     run_dir = runs.create_run_dir(project, name or "train", exist_ok=exist_ok)
     _run(out, config, run_dir, fmt)
 
