@@ -61,6 +61,26 @@ def backbone_of(model) -> BackboneSpec:
     return get_spec(model.name[len(MODEL_PREFIX) :])
 
 
+def check_compatible(
+    model, classes: list[str], model_classes: list[str] | None, *, backbone: str | None = None
+) -> None:
+    """Refuse a model for data (or a backbone) it was not made for.
+
+    ``model_classes`` are the class names saved with the model, when known.
+    """
+    if backbone and backbone_of(model).name != backbone:
+        raise ModelError(f"the model is a {backbone_of(model).name} classifier, not {backbone}")
+    if model_classes is not None and list(model_classes) != list(classes):
+        raise ModelError(
+            f"the model's classes ({', '.join(model_classes)}) differ from the data's ({', '.join(classes)})"
+        )
+    if num_classes(model) != len(classes):
+        raise ModelError(
+            f"the model predicts {num_classes(model)} classes but the data has {len(classes)} "
+            f"({', '.join(classes)})"
+        )
+
+
 def input_size(model) -> tuple[int, int]:
     shape = model.input_shape
     return int(shape[1]), int(shape[2])

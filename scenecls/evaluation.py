@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from scenecls.data.layout import Split
-from scenecls.errors import ModelError, UsageError
+from scenecls.errors import UsageError
 from scenecls.reporting import NullReporter, Reporter
 
 
@@ -143,7 +143,7 @@ def evaluate_run(
     Without ``data`` the run's own data set is used: its test split when it has one, else the
     validation split, rebuilt exactly from the run's seed.
     """
-    from scenecls.classifier import load_model, num_classes
+    from scenecls.classifier import check_compatible, load_model
     from scenecls.config import TrainConfig
     from scenecls.data.pipeline import prepare_data
     from scenecls.paths import data_source
@@ -162,16 +162,7 @@ def evaluate_run(
     if not chosen:
         raise UsageError(f"{source} has no {name} split")
     model = load_model(model_path)
-    classes = runs.model_classes(model_path, run_dir)
-    if classes is not None and classes != prepared.classes:
-        raise ModelError(
-            f"the model's classes ({', '.join(classes)}) differ from the data's "
-            f"({', '.join(prepared.classes)})"
-        )
-    if num_classes(model) != len(prepared.classes):
-        raise ModelError(
-            f"the model predicts {num_classes(model)} classes, the data has {len(prepared.classes)}"
-        )
+    check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))
     reporter.log(f"Evaluating {model_path} on {len(chosen)} {name} images of {source}")
     probs = predict_split(model, chosen, batch_size)
     evaluation = evaluate_predictions(

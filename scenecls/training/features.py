@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from scenecls.data.augment import AugmentConfig, build_augmentation
+from scenecls.data.fetch import file_sha256
 from scenecls.data.layout import Split
 from scenecls.reporting import NullReporter, Reporter
 
@@ -42,7 +43,7 @@ class CachedFeatures:
     reused: bool
 
 
-def backbone_digest(backbone) -> str:
+def backbonefile_sha256(backbone) -> str:
     """A hash of the backbone's weights: the same weights give the same features, whatever their source."""
     digest = hashlib.sha256()
     for weight in backbone.weights:  # values and shapes only: variable names differ once reloaded
@@ -64,7 +65,7 @@ def cache_key(
     fields = {
         "version": CACHE_VERSION,
         "backbone": backbone.name,
-        "weights": backbone_digest(backbone),
+        "weights": backbonefile_sha256(backbone),
         "size": list(size),
         "augment": augment.to_dict() if aug_copies else None,
         "aug_copies": aug_copies,
@@ -173,14 +174,6 @@ def load_or_compute(
     )
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -190,7 +183,7 @@ def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> No
         meta = {
             **fields,
             "shapes": {"train": list(train.shape), "val": list(val.shape)},
-            "sha256": {name: _digest(staging / name) for name in ("train.npy", "val.npy")},
+            "sha256": {name: file_sha256(staging / name) for name in ("train.npy", "val.npy")},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -206,7 +199,7 @@ def _read(folder: Path, fields: dict, n_train: int, n_val: int) -> tuple[np.ndar
         if any(meta.get(k) != v for k, v in fields.items()):
             return None
         for name in ("train.npy", "val.npy"):
-            if _digest(folder / name) != meta["sha256"][name]:
+            if file_sha256(folder / name) != meta["sha256"][name]:
                 return None
         train = np.load(folder / "train.npy")
         val = np.load(folder / "val.npy")

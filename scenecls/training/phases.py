@@ -21,11 +21,10 @@ from typing import Any
 
 from scenecls import __version__
 from scenecls.classifier import (
-    backbone_of,
     build_classifier,
+    check_compatible,
     find_backbone,
     load_model,
-    num_classes,
     save_model,
 )
 from scenecls.config import TrainConfig
@@ -37,7 +36,7 @@ from scenecls.data.pipeline import (
     make_dataset,
     prepare_data,
 )
-from scenecls.errors import ModelError, SceneclsError, UsageError
+from scenecls.errors import SceneclsError, UsageError
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir, data_source
 from scenecls.reporting import NullReporter, Reporter
@@ -346,35 +345,12 @@ def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
         return load_model(last, compile=True), True
     if start_model is not None:
         model = load_model(start_model)
-        check_compatible(model, config.backbone, data.classes, labels_of(start_model))
+        check_compatible(model, data.classes, runs.model_classes(start_model, None), backbone=config.backbone)
         return model, False
     model = build_classifier(
         config.backbone, len(data.classes), size=size, weights=config.weights, head=config.head
     )
     return model, False
-
-
-def labels_of(model_path: Path) -> list[str] | None:
-    labels = Path(model_path).with_name(runs.LABELS)
-    return runs.read_json(labels).get("classes") if labels.is_file() else None
-
-
-def check_compatible(
-    model, backbone: str | None, classes: list[str], model_classes: list[str] | None
-) -> None:
-    """Refuse to fine-tune a model on data (or with a backbone) it was not made for."""
-    spec = backbone_of(model)
-    if backbone and spec.name != backbone:
-        raise ModelError(f"the model is a {spec.name} classifier, not {backbone}")
-    if num_classes(model) != len(classes):
-        raise ModelError(
-            f"the model predicts {num_classes(model)} classes but the data has {len(classes)} "
-            f"({', '.join(classes)})"
-        )
-    if model_classes is not None and list(model_classes) != list(classes):
-        raise ModelError(
-            f"the model's classes ({', '.join(model_classes)}) differ from the data's ({', '.join(classes)})"
-        )
 
 
 def _fit_one_epoch(trainer, train_ds, val_ds, callback, weights) -> dict[str, float]:
