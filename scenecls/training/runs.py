@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -123,8 +122,8 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def run_label(path: Path) -> str:
-    """A short name for a run in tables and plots: ``train3`` or ``project/train3``."""
-    return re.sub(r"^runs/", "", path.as_posix().rstrip("/").split("/")[-1])
+    """A short name for a run in tables and plots: its folder's name, such as ``train3``."""
+    return Path(path).name
 
 
 def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
