@@ -178,6 +178,40 @@ def test_interrupt_mid_epoch_then_resume(data, tmp_path, monkeypatch, cache):
     assert again.exit_code == 0 and "already finished" in again.stderr
 
 
+def test_crash_in_the_cached_phase_resumes_from_the_head_checkpoint(data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = callbacks.BatchProgress.on_train_batch_end
+
+    def crash_in_epoch_three(self, batch, logs=None):
+        calls["n"] += 1
+        if calls["n"] == 12:  # 5 batches per epoch: batch 2 of epoch 3; no Ctrl-C, no clean-up
+            raise RuntimeError("the machine went away")
+        original(self, batch, logs)
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", crash_in_epoch_three)
+    project = tmp_path / "runs"
+    args = ["--data", str(data), *TINY, "--epochs", "4", "--unfreeze", "0", "--project", str(project)]
+    assert invoke("-q", "train", *args).exit_code == 1
+    run = project / "train"
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "running" and state["epoch"] == 2 and state["head_checkpoint"]
+    # The epochs live in the head checkpoint; last.keras is the model as phase 1 began (untrained head).
+    assert (run / "last_head.npz").is_file() and (run / "best_head.npz").is_file()
+    assert int(load_model(run / "last.keras", compile=True).optimizer.iterations) == 0
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+    resumed = invoke("train", "--resume", str(run), "--format", "json")
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["epoch"] for r in runs.read_history(run / "history.csv")] == [1, 2, 3, 4]
+    last = load_model(run / "last.keras", compile=True)
+    assert int(last.optimizer.iterations) >= 4 * 5  # two epochs restored, two trained on
+    assert not (run / "last_head.npz").exists() and not (run / "best_head.npz").exists()
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "finished" and not state["head_checkpoint"]
+    best = json.loads(resumed.stdout)
+    assert best["best_val_accuracy"] > CHANCE and (run / "best.keras").is_file()
+
+
 def test_finetune_a_run_and_refuse_mismatches(trained, data, tmp_path):
     project = tmp_path / "runs"
     result = invoke(

@@ -112,12 +112,16 @@ def compute_features(
     aug_copies: int = 0,
     seed: int = 0,
     reporter: Reporter | None = None,
+    extractor=None,
 ) -> np.ndarray:
-    """``(aug_copies + 1, n, d)`` features: copy 0 of the images as they are, then augmented copies."""
+    """``(aug_copies + 1, n, d)`` features: copy 0 of the images as they are, then augmented copies.
+
+    Pass the same ``extractor`` (:func:`feature_model`) for several splits: it is traced once.
+    """
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
     reporter = reporter or NullReporter()
-    extractor = feature_model(classifier)
+    extractor = extractor or feature_model(classifier)
     copies = []
     steps = -(-len(split) // batch_size)
     task = reporter.task("Caching features", total=steps * (aug_copies + 1), unit="batches")
@@ -128,12 +132,20 @@ def compute_features(
             batches = []
             with finite_dataset_warnings_silenced():
                 for images, _ in dataset:
-                    batches.append(np.asarray(extractor.predict_on_batch(images)))
+                    batches.append(_forward_full_batch(extractor, np.asarray(images), batch_size))
                     task.advance()
             copies.append(np.concatenate(batches))
     finally:
         task.close()
     return np.stack(copies).astype(np.float32)
+
+
+def _forward_full_batch(extractor, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The last batch is padded to the full size, so the extractor is never traced a second time."""
+    count = len(images)
+    if count < batch_size:
+        images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
+    return np.asarray(extractor.predict_on_batch(images))[:count]
 
 
 def load_or_compute(
@@ -162,11 +174,14 @@ def load_or_compute(
     if folder.exists():
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
+    extractor = feature_model(classifier)
     train_features = compute_features(
         classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
-        reporter=reporter,
+        reporter=reporter, extractor=extractor,
     )  # fmt: skip
-    val_features = compute_features(classifier, val, size, batch_size=batch_size, reporter=reporter)[0]
+    val_features = compute_features(
+        classifier, val, size, batch_size=batch_size, reporter=reporter, extractor=extractor
+    )[0]
     _write(folder, fields, train_features, val_features)
     reporter.log(f"Feature cache: built {folder}")
     return CachedFeatures(

@@ -25,7 +25,6 @@ from scenecls.classifier import (
     check_compatible,
     find_backbone,
     load_model,
-    save_model,
 )
 from scenecls.config import TrainConfig
 from scenecls.data.augment import NO_AUGMENTATION, build_augmentation
@@ -41,6 +40,7 @@ from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir, data_source
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
+from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
 from scenecls.training.features import CachedFeatures, head_model, load_or_compute
 from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, parse_unfreeze
 
@@ -80,6 +80,7 @@ class TrainState:
     plateau_best: float = math.inf
     plateau_wait: int = 0
     stopped_early: bool = False
+    head_checkpoint: bool = False  # the phase's head checkpoints are newer than last.keras
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
 
@@ -180,38 +181,48 @@ def train(
     cache_status = "off"
     state.status = "running"
     started = time.monotonic() - state.seconds
-    for index in range(state.phase, len(phases)):
-        phase = phases[index]
-        done = state.phase_epoch if index == state.phase else 0
-        report = apply_unfreeze(backbone, block_map, phase.policy, model=model)
-        reports.append(report)
-        if done >= phase.epochs:
-            continue
-        if not (compiled and index == state.phase and done > 0):
-            _compile(model, phase, config.lr_schedule, steps)
-        compiled = False
-        reporter.log(
-            f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
-            f" ({len(report.blocks)} blocks, {report.layers} layers); "
-            f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
-        )
-        phase_start = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
-        fit_epoch = _live_epochs(model, train_ds, val_ds, weights)
-        if phase.policy.frozen and config.feature_cache:
-            cached = load_or_compute(
-                model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
-                batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
-                seed=config.seed, reporter=reporter,
-            )  # fmt: skip
-            cache_status = "reused" if cached.reused else "built"
-            fit_epoch = _cached_epochs(model, cached, config, weights)
-        for phase_epoch in range(done, phase.epochs):
-            epoch = state.epoch + 1
-            total_epochs = state.epoch - phase_epoch + sum(p.epochs for p in phases[index:])
-            task = reporter.task(f"Epoch {epoch}/{total_epochs} {phase.name}", total=steps, unit="batches")
-            epoch_start = time.monotonic()
-            try:
-                logs = fit_epoch(phase_epoch, BatchProgress(task))
+    checkpoints: ModelCheckpoints | None = None
+    try:
+        for index in range(state.phase, len(phases)):
+            phase = phases[index]
+            done = state.phase_epoch if index == state.phase else 0
+            report = apply_unfreeze(backbone, block_map, phase.policy, model=model)
+            reports.append(report)
+            resumed_head = index == state.phase and state.head_checkpoint
+            if done >= phase.epochs and not resumed_head:
+                continue
+            if not (compiled and index == state.phase and done > 0):
+                _compile(model, phase, config.lr_schedule, steps)
+            compiled = False
+            reporter.log(
+                f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
+                f" ({len(report.blocks)} blocks, {report.layers} layers); "
+                f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
+            )
+            phase_start = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
+            fit_epoch = _live_epochs(model, train_ds, val_ds, weights)
+            checkpoints = ModelCheckpoints(model, run_dir)
+            if phase.policy.frozen and config.feature_cache:
+                cached = load_or_compute(
+                    model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
+                    batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
+                    seed=config.seed, reporter=reporter,
+                )  # fmt: skip
+                cache_status = "reused" if cached.reused else "built"
+                fit_epoch, trainer = _cached_epochs(model, cached, config, weights)
+                checkpoints = HeadCheckpoints(model, trainer, run_dir)
+            checkpoints.begin(resumed=resumed_head)
+            for phase_epoch in range(done, phase.epochs):
+                epoch = state.epoch + 1
+                total_epochs = state.epoch - phase_epoch + sum(p.epochs for p in phases[index:])
+                task = reporter.task(
+                    f"Epoch {epoch}/{total_epochs} {phase.name}", total=steps, unit="batches"
+                )
+                epoch_start = time.monotonic()
+                try:
+                    logs = fit_epoch(phase_epoch, BatchProgress(task))
+                finally:
+                    task.close()
                 row = {
                     "epoch": epoch,
                     "phase": phase.name,
@@ -224,35 +235,44 @@ def train(
                 }
                 with _interrupts_deferred():  # checkpoint files and state.json must agree
                     history.append(row)
-                    _after_epoch(model, run_dir, state, row, config, phase)
+                    _after_epoch(model, checkpoints, state, row, config, phase)
                     state.phase, state.phase_epoch, state.epoch = index, phase_epoch + 1, epoch
+                    state.head_checkpoint = checkpoints.pending
                     state.seconds = time.monotonic() - started
                     state.phase_seconds[phase.name] = round(time.monotonic() - phase_start, 3)
                     runs.write_history(run_dir / runs.HISTORY, history)
                     runs.write_json(run_dir / runs.STATE, asdict(state))
-            except KeyboardInterrupt:
-                # Everything up to the last finished epoch is on disk; the epoch in progress is lost.
-                state.status = "interrupted"
-                state.seconds = time.monotonic() - started
+                reporter.log(
+                    f"epoch {epoch} {phase.name}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+                    f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
+                    f"lr {row['lr']:.2g} ({row['seconds']:.1f}s)"
+                )
+                if config.patience and state.wait >= config.patience:
+                    state.stopped_early = True
+                    reporter.log(f"No improvement for {config.patience} epochs: stopping {phase.name} early")
+                    break
+            with _interrupts_deferred():
+                checkpoints.finish(
+                    best_in_phase=state.best_phase == phase.name, continue_from_best=bool(config.patience)
+                )
+                state.phase, state.phase_epoch, state.wait = index + 1, 0, 0
+                state.head_checkpoint = False
+                state.phase_seconds[phase.name] = round(time.monotonic() - phase_start, 3)
                 runs.write_json(run_dir / runs.STATE, asdict(state))
-                raise TrainingInterrupted(run_dir) from None
-            finally:
-                task.close()
-            reporter.log(
-                f"epoch {epoch} {phase.name}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-                f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} lr {row['lr']:.2g} "
-                f"({row['seconds']:.1f}s)"
-            )
-            if config.patience and state.wait >= config.patience:
-                state.stopped_early = True
-                reporter.log(f"No improvement for {config.patience} epochs: stopping {phase.name} early")
-                break
-        if config.patience and state.best_phase == phase.name:
-            model.load_weights(run_dir / runs.BEST)  # go on from this phase's best
-            save_model(model, run_dir / runs.LAST)
-        state.phase, state.phase_epoch, state.wait = index + 1, 0, 0
+            checkpoints.discard()
+            checkpoints = None
+    except KeyboardInterrupt:
+        # Everything up to the last finished epoch is on disk; the epoch in progress is lost.
+        if checkpoints is not None and checkpoints.pending:
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: --resume uses the head files
+                checkpoints.finish(best_in_phase=state.best_phase == phase.name, continue_from_best=False)
+        state.status = "interrupted"
+        state.head_checkpoint = checkpoints is not None and checkpoints.pending
+        state.seconds = time.monotonic() - started
         runs.write_json(run_dir / runs.STATE, asdict(state))
-
+        if checkpoints is not None and not checkpoints.pending:
+            checkpoints.discard()
+        raise TrainingInterrupted(run_dir) from None
     metrics = _final_metrics(run_dir, data, size, config, state, reporter)
     metrics["feature_cache"] = cache_status
     metrics["phase_seconds"] = state.phase_seconds
@@ -373,7 +393,8 @@ def _live_epochs(model, train_ds, val_ds, weights):
 
 
 def _cached_epochs(model, cached: CachedFeatures, config: TrainConfig, weights):
-    """One epoch of the head alone on cached features; copy ``phase_epoch mod copies`` of each image.
+    """``(fit_epoch, trainer)``: one epoch of the head alone on cached features, using copy
+    ``phase_epoch mod copies`` of each image, and the head model it trains.
 
     The head model shares the classifier's layers and optimizer, so checkpoints of the classifier
     hold exactly what was trained, optimizer state included.
@@ -394,7 +415,7 @@ def _cached_epochs(model, cached: CachedFeatures, config: TrainConfig, weights):
         )
         return _fit_one_epoch(trainer, train_ds, val_ds, callback, weights)
 
-    return fit_epoch
+    return fit_epoch, trainer
 
 
 def _compile(model, phase: Phase, schedule: str, steps: int) -> None:
@@ -417,17 +438,17 @@ def _current_lr(model) -> float:
 
 
 def _after_epoch(
-    model, run_dir: Path, state: TrainState, row: dict, config: TrainConfig, phase: Phase
+    model, checkpoints: ModelCheckpoints, state: TrainState, row: dict, config: TrainConfig, phase: Phase
 ) -> None:
     """Checkpoints, early-stopping and plateau bookkeeping after one epoch."""
-    save_model(model, run_dir / runs.LAST)
+    checkpoints.save_last()
     val_accuracy = row["val_accuracy"]
     if val_accuracy > state.best_val_accuracy:
         state.best_val_accuracy = val_accuracy
         state.best_epoch = row["epoch"]
         state.best_phase = phase.name
         state.wait = 0
-        runs.copy_atomic(run_dir / runs.LAST, run_dir / runs.BEST)  # same bytes, no second save
+        checkpoints.save_best()
     else:
         state.wait += 1
     if config.lr_schedule == "plateau":
