@@ -90,6 +90,22 @@ def num_classes(model) -> int:
     return int(model.output_shape[-1])
 
 
+def inference_function(model):
+    """``images -> outputs`` as one traced graph, for batched inference.
+
+    Calling the model inside a ``tf.function`` skips the per-batch bookkeeping of Keras's
+    ``predict_on_batch`` (about 10 % of a MobileNetV2 batch on 2 CPU cores). Feed batches of one
+    shape and it is traced once.
+    """
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return model(images, training=False)
+
+    return forward
+
+
 def save_model(model, path: Path) -> Path:
     """Write ``path`` atomically: a crash mid-write never leaves a damaged model file behind."""
     path = Path(path)

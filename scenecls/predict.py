@@ -82,10 +82,11 @@ def predict_files(
     Images are decoded by a thread pool a few batches ahead of the model, so decoding and inference
     overlap; the model always sees full batches (the last one padded), so it is traced once.
     """
-    from scenecls.classifier import input_size
+    from scenecls.classifier import inference_function, input_size
 
     reporter = reporter or NullReporter()
     height, width = input_size(model)
+    forward = inference_function(model)
     top_k = max(1, min(top_k, len(classes)))
     task = reporter.task("Predicting", total=len(inputs), unit="images")
     ahead = batch_size * 3
@@ -118,7 +119,7 @@ def predict_files(
                             images.append(image)
                     results.append(Prediction(path=path, error=error))
                 if images:
-                    probs = _forward(model, images, batch_size)
+                    probs = _forward(forward, images, batch_size)
                     for slot, p in zip(slots, probs, strict=True):
                         order = np.argsort(-p)[:top_k]
                         top = [(classes[i], float(p[i])) for i in order]
@@ -137,7 +138,7 @@ def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray | None, str | No
         return None, str(exc)
 
 
-def _forward(model, images: list[np.ndarray], batch_size: int) -> np.ndarray:
+def _forward(forward, images: list[np.ndarray], batch_size: int) -> np.ndarray:
     batch = np.zeros((batch_size, *images[0].shape), dtype=np.float32)
     batch[: len(images)] = np.stack(images)
-    return np.asarray(model.predict_on_batch(batch))[: len(images)]
+    return np.asarray(forward(batch))[: len(images)]
