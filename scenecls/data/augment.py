@@ -2,13 +2,13 @@
 
 The seed used Keras 2's ``ImageDataGenerator(rotation_range=40, width_shift_range=0.2,
 height_shift_range=0.2, shear_range=0.2, zoom_range=0.2, horizontal_flip=True, fill_mode="nearest")``.
-The same ranges are expressed here with the layers that replaced it. Note that ``ImageDataGenerator``
-took ``shear_range`` in *degrees*, so the seed's 0.2 is a very slight shear; we keep that meaning.
+The same ranges are drawn here and, as ``ImageDataGenerator`` did, composed into one affine resampling
+per image. Note that ``ImageDataGenerator`` took ``shear_range`` in *degrees*, so the seed's 0.2 is a
+very slight shear; we keep that meaning.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 
@@ -32,22 +32,20 @@ NO_AUGMENTATION = AugmentConfig(rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, fl
 
 
 def build_augmentation(config: AugmentConfig, seed: int | None = None):
-    """A ``keras.Sequential`` that augments a batch of 0-255 float images; None when disabled."""
-    import keras
+    """A Keras layer that augments a batch of 0-255 float images; None when disabled.
 
+    All the geometric changes and the flip are one resampling (see :mod:`scenecls.data.affine`).
+    """
     if not config.enabled:
         return None
-    fill = {"fill_mode": "nearest"}
-    layers = []
-    if config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if config.rotation:
-        layers.append(keras.layers.RandomRotation(config.rotation / 360.0, seed=seed, **fill))
-    if config.shift:
-        layers.append(keras.layers.RandomTranslation(config.shift, config.shift, seed=seed, **fill))
-    if config.shear:
-        factor = abs(math.tan(math.radians(config.shear)))
-        layers.append(keras.layers.RandomShear(x_factor=factor, seed=seed, **fill))
-    if config.zoom:
-        layers.append(keras.layers.RandomZoom(config.zoom, config.zoom, seed=seed, **fill))
-    return keras.Sequential(layers, name="augmentation")
+    from scenecls.data.affine import RandomAffine
+
+    return RandomAffine(
+        rotation=config.rotation,
+        shift=config.shift,
+        shear=config.shear,
+        zoom=config.zoom,
+        flip=config.flip,
+        seed=seed,
+        name="augmentation",
+    )
