@@ -212,6 +212,27 @@ def test_crash_in_the_cached_phase_resumes_from_the_head_checkpoint(data, tmp_pa
     assert best["best_val_accuracy"] > CHANCE and (run / "best.keras").is_file()
 
 
+def test_ctrl_c_while_caching_features_is_an_interrupted_run(data, tmp_path, monkeypatch):
+    from scenecls.training import features
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(features, "compute_features", interrupted)
+    project = tmp_path / "runs"
+    args = ["--data", str(data), *TINY, "--epochs", "1", "--unfreeze", "0", "--seed", "7"]  # a new cache key
+    result = invoke("-q", "train", *args, "--project", str(project))
+    assert result.exit_code == 130
+    assert f"scenecls train --resume {project / 'train'}" in result.stderr
+    state = json.loads((project / "train" / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["epoch"] == 0
+
+    monkeypatch.undo()
+    resumed = invoke("train", "--resume", str(project / "train"), "--format", "json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["epochs"] == 1
+
+
 def test_finetune_a_run_and_refuse_mismatches(trained, data, tmp_path):
     project = tmp_path / "runs"
     result = invoke(

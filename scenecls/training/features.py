@@ -29,7 +29,7 @@ from scenecls.data.fetch import file_sha256
 from scenecls.data.layout import Split
 from scenecls.reporting import NullReporter, Reporter
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: augmented copies made by one affine resampling
 POOL_LAYER = "head_pool"
 
 
@@ -84,6 +84,13 @@ def feature_model(classifier):
     return keras.Model(classifier.input, classifier.get_layer(POOL_LAYER).output, name="features")
 
 
+def extractor(classifier):
+    """``images -> pooled features`` as one traced function (faster than ``predict_on_batch``)."""
+    from scenecls.classifier import inference_function
+
+    return inference_function(feature_model(classifier))
+
+
 def head_model(classifier):
     """Pooled features in, class probabilities out, made of the classifier's own head layers."""
     import keras
@@ -112,16 +119,17 @@ def compute_features(
     aug_copies: int = 0,
     seed: int = 0,
     reporter: Reporter | None = None,
-    extractor=None,
+    forward=None,
 ) -> np.ndarray:
     """``(aug_copies + 1, n, d)`` features: copy 0 of the images as they are, then augmented copies.
 
-    Pass the same ``extractor`` (:func:`feature_model`) for several splits: it is traced once.
+    ``forward`` (images -> features, see :func:`extractor`) can be shared by several splits, so that
+    it is traced once.
     """
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
     reporter = reporter or NullReporter()
-    extractor = extractor or feature_model(classifier)
+    forward = forward or extractor(classifier)
     copies = []
     steps = -(-len(split) // batch_size)
     task = reporter.task("Caching features", total=steps * (aug_copies + 1), unit="batches")
@@ -132,7 +140,7 @@ def compute_features(
             batches = []
             with finite_dataset_warnings_silenced():
                 for images, _ in dataset:
-                    batches.append(_forward_full_batch(extractor, np.asarray(images), batch_size))
+                    batches.append(_forward_full_batch(forward, np.asarray(images), batch_size))
                     task.advance()
             copies.append(np.concatenate(batches))
     finally:
@@ -140,12 +148,12 @@ def compute_features(
     return np.stack(copies).astype(np.float32)
 
 
-def _forward_full_batch(extractor, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """The last batch is padded to the full size, so the extractor is never traced a second time."""
+def _forward_full_batch(forward, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The last batch is padded to the full size, so ``forward`` is never traced a second time."""
     count = len(images)
     if count < batch_size:
         images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
-    return np.asarray(extractor.predict_on_batch(images))[:count]
+    return np.asarray(forward(images))[:count]
 
 
 def load_or_compute(
@@ -174,13 +182,13 @@ def load_or_compute(
     if folder.exists():
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    extractor = feature_model(classifier)
+    forward = extractor(classifier)
     train_features = compute_features(
         classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
-        reporter=reporter, extractor=extractor,
+        reporter=reporter, forward=forward,
     )  # fmt: skip
     val_features = compute_features(
-        classifier, val, size, batch_size=batch_size, reporter=reporter, extractor=extractor
+        classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward
     )[0]
     _write(folder, fields, train_features, val_features)
     reporter.log(f"Feature cache: built {folder}")
