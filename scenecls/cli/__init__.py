@@ -29,7 +29,8 @@ COMMANDS = {
 }
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 success, 1 error, 2 bad usage, 3 finished but some inputs failed, 130 interrupted."
+    "Exit codes: 0 success, 1 error, 2 bad usage, 3 finished but some inputs failed, 4 every input failed,"
+    " 130 interrupted."
 )
 
 

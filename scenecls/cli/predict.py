@@ -36,8 +36,8 @@ def predict(
 ) -> None:
     """Predict the class of each image in PATHS: files, folders, globs, or - to read paths from stdin.
 
-    An unreadable file gets an error row and the rest go on; the exit code is 3 when any input
-    failed, 0 when all succeeded.
+    An unreadable file gets an error row and the rest go on; the exit code is 0 when all succeeded,
+    3 when some inputs failed and 4 when every one did.
     """
     out.load_tensorflow()
     from scenecls.classifier import load_model, num_classes
@@ -68,6 +68,9 @@ def predict(
         out.json([p.to_dict() for p in collected])
     elif fmt == "table":
         out.table(header, [_flat_row(p, top_k) for p in collected], numeric=["confidence"])
+    if failed == len(inputs):
+        out.warn(f"none of the {len(inputs)} input(s) could be classified")
+        raise click.exceptions.Exit(4)
     if failed:
         out.warn(f"{failed} of {len(inputs)} input(s) could not be classified")
         raise click.exceptions.Exit(3)
