@@ -31,7 +31,7 @@ def main() -> None:
 
     root, source = dataset()
     data = prepare_data(root, val_split=0.2, seed=0)
-    forward = inference_function(build_classifier("mobilenet_v2", 6, size=150, weights=None))
+    forward = inference_function(build_classifier("mobilenet_v2", 6, size=150, weights=None), 32)
     print(f"data: {source}; machine: {machine()}")
 
     def autotuned(split):

@@ -48,7 +48,7 @@ def main() -> None:
         return done / (time.perf_counter() - start)
 
     keras_raw = raw_forward(model.predict_on_batch)
-    raw = raw_forward(inference_function(model))
+    raw = raw_forward(inference_function(model, args.batch))
 
     list(predict_files(model, inputs[: args.batch], classes, batch_size=args.batch))  # warm-up
     start = time.perf_counter()

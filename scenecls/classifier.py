@@ -90,18 +90,27 @@ def num_classes(model) -> int:
     return int(model.output_shape[-1])
 
 
-def inference_function(model):
-    """``images -> outputs`` as one traced graph, for batched inference.
+def inference_function(model, batch_size: int):
+    """``images -> outputs`` as numpy arrays, through one traced graph, for batched inference.
 
     Calling the model inside a ``tf.function`` skips the per-batch bookkeeping of Keras's
-    ``predict_on_batch`` (about 10 % of a MobileNetV2 batch on 2 CPU cores). Feed batches of one
-    shape and it is traced once.
+    ``predict_on_batch`` (about 7 % of a MobileNetV2 batch on 2 CPU cores). A batch shorter than
+    ``batch_size`` (the last one) is padded to it, so the graph is traced once.
     """
+    import numpy as np
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
-    def forward(images):
+    def traced(images):
         return model(images, training=False)
+
+    def forward(images):
+        images = np.asarray(images, dtype=np.float32)
+        count = len(images)
+        if count < batch_size:
+            padding = np.zeros((batch_size - count, *images.shape[1:]), dtype=np.float32)
+            images = np.concatenate([images, padding])
+        return np.asarray(traced(images))[:count]
 
     return forward
 

@@ -86,7 +86,7 @@ def predict_files(
 
     reporter = reporter or NullReporter()
     height, width = input_size(model)
-    forward = inference_function(model)
+    forward = inference_function(model, batch_size)
     top_k = max(1, min(top_k, len(classes)))
     task = reporter.task("Predicting", total=len(inputs), unit="images")
     ahead = batch_size * 3
@@ -119,7 +119,7 @@ def predict_files(
                             images.append(image)
                     results.append(Prediction(path=path, error=error))
                 if images:
-                    probs = _forward(forward, images, batch_size)
+                    probs = forward(np.stack(images))
                     for slot, p in zip(slots, probs, strict=True):
                         order = np.argsort(-p)[:top_k]
                         top = [(classes[i], float(p[i])) for i in order]
@@ -136,9 +136,3 @@ def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray | None, str | No
         return load_rgb(path, size), None
     except ImageReadError as exc:
         return None, str(exc)
-
-
-def _forward(forward, images: list[np.ndarray], batch_size: int) -> np.ndarray:
-    batch = np.zeros((batch_size, *images[0].shape), dtype=np.float32)
-    batch[: len(images)] = np.stack(images)
-    return np.asarray(forward(batch))[: len(images)]
