@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class ServerState:
     redirects: dict[str, str] = field(default_factory=dict)  # path -> location
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes, then drop (once)
     ignore_range: bool = False
+    etags: bool = True  # send an ETag (the body's hash) and honour If-Range
+    content_type: dict[str, str] = field(default_factory=dict)  # path -> Content-Type
     requests: list[dict] = field(default_factory=list)
 
 
@@ -100,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "path": self.path,
                 "range": self.headers.get("Range"),
                 "auth": self.headers.get("Authorization"),
+                "if_range": self.headers.get("If-Range"),
             }
         )
         if self.path in state.redirects:
@@ -116,6 +120,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start = 0
         header = self.headers.get("Range")
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and (not state.etags or if_range != etag):
+            header = None  # the file changed since the partial download: send all of it (RFC 9110)
         if header and not state.ignore_range:
             start = int(header.split("=")[1].split("-")[0])
             if start >= len(body):
@@ -129,6 +137,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         payload = body[start:]
         self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Type", state.content_type.get(self.path, "application/octet-stream"))
+        if state.etags:
+            self.send_header("ETag", etag)
         self.end_headers()
         cut = state.cut_after.pop(self.path, None)
         if cut is not None:

@@ -6,6 +6,7 @@ TensorFlow at import time, so ``scenecls --help`` answers at once.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -30,8 +31,10 @@ COMMANDS = {
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success, 1 error, 2 bad usage, 3 finished but some inputs failed, 4 every input failed,"
-    " 130 interrupted."
+    " 130 interrupted, 141 output pipe closed."
 )
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool that `head` stopped reading
+QUIET_HELP = "Only errors on stderr; results still go to stdout."
 
 
 class CliError(click.ClickException):
@@ -53,7 +56,9 @@ class SceneclsGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        _accept_quiet(command)
+        return command
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
@@ -70,6 +75,16 @@ class SceneclsGroup(click.Group):
                 raise
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader (head, grep -m) has what it wanted: stop quietly, as Unix tools do. Point
+            # stdout at /dev/null so that Python's final flush does not fail a second time.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
+        except OSError as exc:
+            if debug or not exc.errno or not exc.strerror:
+                raise
+            raise CliError(_os_error_message(exc)) from None
         except Exception as exc:
             if debug:
                 raise
@@ -78,9 +93,44 @@ class SceneclsGroup(click.Group):
             ) from None
 
 
+def _os_error_message(exc: OSError) -> str:
+    """A system error (disk full, read-only, no permission) as a sentence; the saved files are intact
+    because every file is replaced atomically."""
+    where = f": {exc.filename}" if exc.filename else ""
+    advice = {
+        errno.ENOSPC: "; free some space and run again (files already saved are intact)",
+        errno.EDQUOT: "; free some space and run again (files already saved are intact)",
+        errno.EROFS: "; choose a writable folder",
+        errno.EACCES: "; choose a folder you may write to",
+        errno.EPERM: "; choose a folder you may write to",
+    }.get(exc.errno, "")
+    return f"{exc.strerror}{where}{advice}"
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and isinstance(ctx.obj, Output):
+        ctx.obj.set_quiet()
+
+
+def _accept_quiet(command: click.Command) -> None:
+    """Let ``-q`` follow the subcommand too (``scenecls train ... -q``), as users type it."""
+    if any(param.name == "quiet" for param in command.params):
+        return
+    command.params.append(
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_quiet,
+            help=QUIET_HELP,
+        )
+    )
+
+
 @click.group(cls=SceneclsGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="scenecls")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; results still go to stdout.")
+@click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.pass_context
 def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:

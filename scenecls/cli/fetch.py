@@ -76,8 +76,6 @@ def render_counts(
     if fmt == "csv":
         out.csv(("split", "class", "images"), rows)
         return
-    if out.quiet:
-        return
     splits = list(counts)
     # Unlabelled images (Intel's pred/) after the classes.
     classes = sorted(

@@ -66,6 +66,11 @@ class Output:
             # Piped tables keep their rows whole instead of wrapping at 80 columns.
             self.out = Console(highlight=False, soft_wrap=True, width=200)
 
+    def set_quiet(self) -> None:
+        """``-q`` given after the subcommand: silence stderr from now on."""
+        self.quiet = True
+        self.err.quiet = True
+
     # ------------------------------------------------------------------------------ stderr
     def log(self, message: str) -> None:
         self.err.print(escape(message))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from scenecls.cli.output import Output
-from scenecls.cli.train import config_from_options, recipe_options, run_options
+from scenecls.cli.train import cache_options, config_from_options, recipe_options, run_options
 
 
 def _csv_list(value: str) -> list[str]:
@@ -22,6 +22,7 @@ def _csv_list(value: str) -> list[str]:
 )
 @recipe_options
 @click.option("--dry-run", is_flag=True, help="List the runs and what each would train; train nothing.")
+@cache_options
 @run_options
 @click.pass_obj
 def sweep(
@@ -50,7 +51,9 @@ def sweep(
     try:
         dense_values = [int(d) for d in _csv_list(dense)]
     except ValueError:
-        raise UsageError(f"--dense takes numbers like 0,1,2,3; got {dense!r}") from None
+        dense_values = [-1]
+    if any(d < 0 for d in dense_values):
+        raise UsageError(f"--dense takes numbers of 0 or more like 0,1,2,3; got {dense!r}")
     points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values)
     base = config_from_options(data, no_augment, no_cache, options)
     folder = project / (name or "sweep")
@@ -86,12 +89,44 @@ def _class_count(data: Path | None) -> int:
         return 6
 
 
+HEADERS = {
+    "run": "run",
+    "backbone": "backbone",
+    "dense": "dense",
+    "unfreeze": "unfreeze",
+    "phases": "phases",
+    "unfrozen_blocks": "unfrozen blocks",
+    "unfrozen_layers": "unfrozen layers",
+    "trainable_params": "trainable params",
+    "best_val_accuracy": "best val acc",
+    "test_accuracy": "test acc",
+    "epochs": "epochs",
+    "seconds": "time",
+}
+
+
 def _render(out: Output, rows: list[dict], fmt: str, title: str) -> None:
+    """The table on stdout (results, so even with -q), or JSON."""
     if fmt == "json":
         out.json(rows)
         return
-    if out.quiet or not rows:
+    if not rows:
         return
     columns = list(rows[0])
-    numeric = [c for c in columns if isinstance(rows[0][c], (int, float)) and c not in ("dense",)]
-    out.table(columns, [[r[c] for c in columns] for r in rows], title=title, numeric=numeric)
+    numeric = [HEADERS.get(c, c) for c in columns if isinstance(rows[0][c], (int, float)) and c != "dense"]
+    out.table(
+        [HEADERS.get(c, c) for c in columns],
+        [[_cell(c, r[c]) for c in columns] for r in rows],
+        title=title,
+        numeric=numeric,
+    )
+
+
+def _cell(column: str, value):
+    if value is None:
+        return "-"
+    if column == "seconds":
+        return f"{value:.0f} s"
+    if column == "trainable_params":
+        return f"{value:,}"
+    return value

@@ -46,6 +46,17 @@ def run_options(func):
             click.option(
                 "--cache-images", is_flag=True, help="Keep decoded images in memory (RAM permitting)."
             ),
+            format_option("table", "json"),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def cache_options(func):
+    """The frozen-phase feature cache's options: for train and sweep, whose runs have a phase 1."""
+    for option in reversed(
+        [
             click.option(
                 "--no-cache",
                 "no_cache",
@@ -59,7 +70,6 @@ def run_options(func):
                 show_default=True,
                 help="Augmented copies per image in the feature cache, besides the image itself.",
             ),
-            format_option("table", "json"),
         ]
     ):
         func = option(func)
@@ -119,10 +129,10 @@ def recipe_options(func):
             ),
             click.option(
                 "--val-split",
-                type=click.FloatRange(0, 1, max_open=True),
+                type=click.FloatRange(0, 1, min_open=True, max_open=True),
                 default=DEFAULTS.val_split,
                 show_default=True,
-                help="Fraction held out for validation when there is no val/ folder.",
+                help="Fraction held out for validation when there is no val/ folder (0 < F < 1).",
             ),
             click.option("--no-augment", is_flag=True, help="Train without augmentation."),
             click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
@@ -172,6 +182,7 @@ def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, opt
 )
 @click.option("--exist-ok", is_flag=True, help="Reuse --name even if it exists.")
 @recipe_options
+@cache_options
 @run_options
 @click.pass_obj
 def train(
@@ -230,7 +241,6 @@ def finetune(
     project: Path,
     name: str | None,
     fmt: str,
-    no_cache: bool,
     **options,
 ) -> None:
     """Fine-tune a run's best model again, into a new run folder that records its parent.
@@ -251,7 +261,6 @@ def finetune(
             "data": str(data) if data else parent_config.data,
             "epochs": 0,
             "weights": "none",
-            "feature_cache": not no_cache,
             "parent": str(parent),
         }
     )
@@ -284,8 +293,6 @@ def _run(
         raise click.exceptions.Exit(130) from None
     if fmt == "json":
         out.json(result.to_dict())
-        return
-    if out.quiet:
         return
     out.table(
         ["", ""],

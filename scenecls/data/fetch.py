@@ -4,6 +4,10 @@ A download streams into ``<name>.part`` and resumes with an HTTP ``Range`` reque
 within one run and across runs. An archive is checked as a whole before one byte is written (no absolute
 paths, no ``..``, no links or devices, a cap on the unpacked size), unpacked into a hidden temporary folder
 beside the destination, and renamed into place only when complete.
+
+What it will touch: a destination is replaced only when it is empty or holds the marker file this
+module writes into every data set it places (``.scenecls.json``); any other folder is refused untouched.
+Folders given with ``--from`` obey the archive rules: no links that lead out, no loops, no devices.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import lzma
 import os
 import shutil
 import socket
@@ -21,15 +26,17 @@ import tarfile
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from scenecls import __version__
 from scenecls.data.images import IMAGE_SUFFIXES
-from scenecls.errors import DataError, DownloadError, first_line
+from scenecls.errors import DataError, DownloadError, UsageError, first_line
 from scenecls.reporting import NullReporter, Reporter
 
 INTEL_URL = "https://www.kaggle.com/api/v1/datasets/download/puneet6060/intel-image-classification"
@@ -37,7 +44,21 @@ INTEL_URL = "https://www.kaggle.com/api/v1/datasets/download/puneet6060/intel-im
 INTEL_SPLITS = {"seg_train": "train", "seg_test": "test", "seg_pred": "pred"}
 SPLIT_DIRS = ("train", "val", "test", "pred")
 MARKER = ".scenecls.json"
-DEFAULT_MAX_BYTES = 20 * 1024**3  # the real Intel archive unpacks to well under 1 GiB
+GIB = 1024**3
+DEFAULT_MAX_BYTES = 20 * GIB  # the real Intel archive unpacks to well under 1 GiB
+# Images barely compress (the Intel zip is 0.96x its content); text and padding do. A ratio past this
+# on an archive that unpacks to more than RATIO_FLOOR is a bomb, not a data set.
+MAX_RATIO = 100
+RATIO_FLOOR = 256 * 1024**2
+DISK_HEADROOM = 512 * 1024**2  # left free after unpacking, so that training can still write its runs
+ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+ZIP_METHOD_NAMES = {9: "Deflate64", 93: "Zstandard", 95: "xz", 98: "PPMd", 99: "AES"}
+SHA256_HEX = frozenset("0123456789abcdef")
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
@@ -65,6 +86,31 @@ def kaggle_credentials() -> tuple[str, str] | None:
         return str(data["username"]), str(data["key"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def is_kaggle_url(url: str) -> bool:
+    """True only for https URLs on kaggle.com or one of its subdomains: where credentials may go."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    return parts.scheme.lower() == "https" and (host == "kaggle.com" or host.endswith(".kaggle.com"))
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host; a one-line error otherwise."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--url takes an http:// or https:// address, got {url!r}")
+    return url.strip()
+
+
+def check_sha256(value: str | None) -> str | None:
+    """The checksum in lower case, or a one-line error before anything is downloaded."""
+    if value is None:
+        return None
+    clean = value.strip().lower()
+    if len(clean) != 64 or not set(clean) <= SHA256_HEX:
+        raise UsageError(f"--sha256 takes 64 hexadecimal digits, got {value!r}")
+    return clean
 
 
 # ------------------------------------------------------------------------------------------ download
@@ -114,6 +160,7 @@ def download(
     finally:
         task.close()
     part.replace(target)
+    _validator_path(part).unlink(missing_ok=True)
     _verify_checksum(target, sha256)
     return target
 
@@ -122,11 +169,46 @@ class _Retryable(Exception):
     """A failure worth another attempt (server error, short body)."""
 
 
+def _validator_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _read_validator(part: Path, url: str) -> str | None:
+    """The ETag (or Last-Modified) the partial file was downloaded under, if it was this URL's."""
+    try:
+        data = json.loads(_validator_path(part).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("validator") if isinstance(data, dict) and data.get("url") == url else None
+
+
+def _write_validator(part: Path, url: str, headers) -> None:
+    etag = headers.get("ETag")
+    # A weak ETag may not be used with If-Range (RFC 9110 13.1.5); Last-Modified then serves.
+    validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
+    _validator_path(part).write_text(json.dumps({"url": url, "validator": validator}))
+
+
+def discard_partial(target: Path) -> None:
+    """Forget a download in progress or finished: its ``.part`` file, validator and result."""
+    part = target.with_name(target.name + ".part")
+    for path in (target, part, _validator_path(part)):
+        path.unlink(missing_ok=True)
+
+
 def _download_once(url: str, part: Path, auth: tuple[str, str] | None, timeout: float, task) -> None:
     offset = part.stat().st_size if part.exists() else 0
+    validator = _read_validator(part, url) if offset else None
+    if offset and validator is None:
+        # Bytes of unknown origin (another URL, or a server that gave no validator): resuming could
+        # splice two different files together.
+        part.unlink()
+        offset = 0
     request = urllib.request.Request(url, headers={"User-Agent": f"scenecls/{__version__}"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+        # The server sends the rest only if the file is still the one we started; else all of it.
+        request.add_header("If-Range", validator)
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         # Unredirected: the credentials go to the host we asked, never to the storage host that
@@ -162,7 +244,9 @@ def _download_once(url: str, part: Path, auth: tuple[str, str] | None, timeout: 
                 raise _Retryable("the server resumed at the wrong offset; starting again")
             mode = "ab"
         else:
-            offset, mode = 0, "wb"  # the server ignored Range: take the whole body
+            # The server ignored Range, or the file changed since (If-Range): take the whole body.
+            offset, mode = 0, "wb"
+            _write_validator(part, url, response.headers)
         total = offset + int(length) if length and length.isdigit() else None
         task.update(completed=offset, total=total)
         received = offset
@@ -218,6 +302,32 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_looks_like_archive(path: Path, url: str) -> None:
+    """Refuse (and delete) a download that is no archive at all, such as a login or error page."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if _archive_kind(head) is None and not _is_tar(path):
+        path.unlink(missing_ok=True)
+        what = "a web page" if head.lstrip()[:1] == b"<" else "not a zip or tar archive"
+        raise DownloadError(
+            f"{_host(url)} sent {what} instead of the data set; it was deleted. Check --url (for Kaggle, "
+            f"the credentials), or download the archive yourself and use --from PATH"
+        )
+
+
+def _archive_kind(head: bytes) -> str | None:
+    """What the first bytes of a file say it is: ``zip``, a compressed stream, or None."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh"):
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    return None
+
+
 def _verify_checksum(path: Path, expected: str | None) -> None:
     if not expected:
         return
@@ -243,7 +353,8 @@ def extract_archive(
     """Unpack a zip or tar archive into ``dest`` after checking every entry.
 
     Refuses the whole archive if any entry would land outside ``dest`` (absolute path, ``..``), is a
-    link or a device, or if the unpacked size would pass ``max_bytes``.
+    link or a device, is encrypted or packed in a way Python cannot unpack, or if the unpacked size
+    would pass ``max_bytes``, :data:`MAX_RATIO` times the archive's size, or the free disk space.
     """
     reporter = reporter or NullReporter()
     with contextlib.ExitStack() as stack:
@@ -252,17 +363,62 @@ def extract_archive(
         elif _is_tar(archive):
             members = list(_tar_members(stack.enter_context(_open_tar(archive)), archive))
         else:
-            raise DataError(f"{archive} is not a zip or tar archive")
+            raise DataError(_not_an_archive(archive))
+        _check_unpacked_size(archive, sum(size for _, _, size, _ in members), dest, max_bytes)
         _extract_members(archive, members, dest, max_bytes, reporter)
 
 
-def _extract_members(archive: Path, members: list[tuple], dest: Path, max_bytes: int, reporter) -> None:
-    declared = sum(size for _, _, size, _ in members)
+def _not_an_archive(archive: Path) -> str:
+    """Why ``archive`` opens as neither zip nor tar, in words that say what to do."""
+    try:
+        with open(archive, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        return f"cannot read {archive}: {exc.strerror or first_line(exc)}"
+    kind = _archive_kind(head)
+    if kind == "zip":
+        return f"{archive.name} is a truncated zip (its end is missing); download or copy it again"
+    if kind is not None:
+        return f"{archive.name} is a damaged or truncated {kind} file; download or copy it again"
+    if not head:
+        return f"{archive.name} is empty; download or copy it again"
+    return f"{archive.name} is not a zip or tar archive"
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 1024**2:.1f} MiB"
+
+
+def _check_unpacked_size(archive: Path, declared: int, dest: Path, max_bytes: int) -> None:
+    """Refuse an archive bomb before one byte is written."""
     if declared > max_bytes:
         raise DataError(
-            f"refusing {archive.name}: it would unpack to {declared / 1e9:.1f} GB, more than the "
-            f"{max_bytes / 1e9:.1f} GB limit"
+            f"refusing {archive.name}: it would unpack to {gib(declared)}, more than the "
+            f"{gib(max_bytes)} limit"
         )
+    packed = archive.stat().st_size
+    if declared > RATIO_FLOOR and declared > MAX_RATIO * packed:
+        raise DataError(
+            f"refusing {archive.name}: {gib(packed)} would unpack to {gib(declared)}, a compression ratio "
+            f"over {MAX_RATIO}:1 (an archive bomb, not images)"
+        )
+    _check_free_space(archive, declared, dest)
+
+
+def _check_free_space(what: Path, size: int, dest: Path) -> None:
+    """Refuse to start writing ``size`` bytes that would (nearly) fill the disk under ``dest``."""
+    probe = dest
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if size + DISK_HEADROOM > free:
+        raise DataError(
+            f"not enough disk space for {what.name}: it needs {gib(size)} and {probe} has {gib(free)} "
+            f"free ({gib(DISK_HEADROOM)} must stay free)"
+        )
+
+
+def _extract_members(archive: Path, members: list[tuple], dest: Path, max_bytes: int, reporter) -> None:
     task = reporter.task("Extracting", total=len(members), unit="files")
     written = 0
     try:
@@ -278,12 +434,15 @@ def _extract_members(archive: Path, members: list[tuple], dest: Path, max_bytes:
                     written += len(chunk)
                     if written > max_bytes:
                         raise DataError(
-                            f"refusing {archive.name}: it unpacks to more than the "
-                            f"{max_bytes / 1e9:.1f} GB limit"
+                            f"refusing {archive.name}: it unpacks to more than the {gib(max_bytes)} limit"
                         )
                     dst.write(chunk)
             task.advance()
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(f"{archive.name} is damaged or truncated: {first_line(exc)}") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # the disk, not the archive: full, read-only, no permission
+            raise
         raise DataError(f"{archive.name} is damaged or truncated: {first_line(exc)}") from exc
     finally:
         task.close()
@@ -292,8 +451,8 @@ def _extract_members(archive: Path, members: list[tuple], dest: Path, max_bytes:
 def _is_tar(path: Path) -> bool:
     try:
         return tarfile.is_tarfile(path)
-    except OSError:
-        return False
+    except (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError):
+        return False  # damaged or cut short: _not_an_archive says which
 
 
 def _safe_relpath(name: str, archive: Path) -> PurePosixPath | None:
@@ -333,6 +492,17 @@ def _zip_members(handle: zipfile.ZipFile, archive: Path) -> Iterator[tuple]:
         rel = _safe_relpath(info.filename, archive)
         if rel is None:
             continue
+        if info.flag_bits & 0x1:
+            raise DataError(
+                f"refusing {archive.name}: entry {info.filename!r} is encrypted; unpack it yourself "
+                f"and use --from FOLDER"
+            )
+        if info.compress_type not in ZIP_METHODS:
+            method = ZIP_METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise DataError(
+                f"{archive.name} is compressed with {method}, which Python cannot unpack; unpack it "
+                f"with another tool and use --from FOLDER, or repack it as a plain zip or .tar.gz"
+            )
         yield rel, info.is_dir(), info.file_size, (lambda i=info: handle.open(i))
 
 
@@ -424,33 +594,59 @@ def fetch_dataset(
 ) -> FetchResult:
     """Put a data set at ``dest`` from ``source`` (archive or folder) or by downloading ``url``.
 
-    Nothing at ``dest`` changes until the new data set is complete; with ``force`` the old one is
-    replaced in one rename, otherwise an existing one is left alone and reported.
+    Nothing at ``dest`` changes until the new data set is complete. ``dest`` must be new, empty, or a
+    data set this function placed (it holds :data:`MARKER`); anything else is refused untouched. An
+    existing data set is left alone and reported, or with ``force`` replaced in one rename (or, for a
+    mount point, which cannot be renamed, by moving its entries). A symbolic link as ``dest`` stays a
+    link: the folder it points to is filled or replaced.
     """
     reporter = reporter or NullReporter()
-    dest = dest.expanduser().absolute()
+    shown = dest.expanduser().absolute()
+    dest = Path(os.path.realpath(shown))  # a link to a folder: work on the folder, keep the link
+    sha256 = check_sha256(sha256)
+    if url is not None:
+        url = check_url(url)
+    if source is not None:
+        source = Path(os.path.realpath(source.expanduser()))
+        if not source.exists():
+            raise DataError(f"{source} does not exist")
+        if source.is_dir() and sha256:
+            raise UsageError("--sha256 checks an archive, but --from names a folder")
     if dest.exists() and not dest.is_dir():
-        raise DataError(f"{dest} exists and is not a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not force:
-        return FetchResult(dest, already_present=True, counts=count_images(dest))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(dest)
+        raise DataError(f"{shown} exists and is not a folder")
+    in_place = os.path.ismount(dest)  # cannot be renamed: stage inside it, then move entries
+    staging_parent = dest if in_place else dest.parent
+    if dest.is_dir():
+        _remove_stale_partials(dest, staging_parent)
+        state = _dest_state(dest)
+        if state == "foreign":
+            raise DataError(
+                f"{shown} holds files that fetch-data did not put there; it only fills a new or empty "
+                f"folder or replaces a data set it placed itself (nothing was changed)"
+            )
+        if state == "ours" and not force:
+            return FetchResult(shown, already_present=True, counts=count_images(dest))
+        if source is not None and state == "ours" and _is_within(source, dest):
+            raise DataError(f"--from {source} lies inside {shown}, which --force would replace; move it out")
+    if source is not None and source.is_dir() and _is_within(dest, source):
+        raise DataError(f"--dest {shown} lies inside --from {source}; choose a folder outside it")
+    staging_parent.mkdir(parents=True, exist_ok=True)
+    if not in_place:
+        _remove_stale_partials(dest, staging_parent)
 
     archive: Path | None = None
     downloaded = False
-    if source is not None:
-        source = source.expanduser()
-        if not source.exists():
-            raise DataError(f"{source} does not exist")
-        if source.is_file():
-            archive = source
-            if sha256:
-                _verify_source_checksum(source, sha256)
-    else:
+    if source is not None and source.is_file():
+        archive = source
+        if sha256:
+            _verify_source_checksum(source, sha256)
+    elif source is None:
         url = url or INTEL_URL
         name = "download-" + hashlib.sha1(url.encode()).hexdigest()[:12]
         archive = dest.parent / ".downloads" / name
-        auth = kaggle_credentials() if _host(url).endswith("kaggle.com") else None
+        if force:
+            archive.unlink(missing_ok=True)  # fetch again; a partial download still resumes
+        auth = kaggle_credentials() if is_kaggle_url(url) else None
         download(
             url,
             archive,
@@ -460,18 +656,26 @@ def fetch_dataset(
             backoff=backoff,
             reporter=reporter,
         )
+        _check_looks_like_archive(archive, url)
         downloaded = True
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=_staging_prefix(dest, in_place), suffix=".partial", dir=staging_parent)
+    )
     try:
         unpacked = staging / "data"
         if archive is not None:
             unpacked.mkdir()
-            extract_archive(archive, unpacked, max_bytes=max_bytes, reporter=reporter)
+            try:
+                extract_archive(archive, unpacked, max_bytes=max_bytes, reporter=reporter)
+            except DataError:
+                if downloaded:  # a damaged download must not be reused by the next run
+                    discard_partial(archive)
+                raise
         else:
             assert source is not None
             reporter.log(f"Copying {source}")
-            shutil.copytree(source, unpacked, ignore=shutil.ignore_patterns(*IGNORED_NAMES))
+            copy_folder(source, unpacked, max_bytes=max_bytes)
         root = normalise_layout(unpacked)
         counts = count_images(root)
         if not any(n for per_class in counts.values() for n in per_class.values()):
@@ -487,12 +691,35 @@ def fetch_dataset(
                 indent=2,
             )
         )
-        _swap_into_place(root, dest)
+        if in_place:
+            _replace_contents(root, dest, staging)
+        else:
+            _swap_into_place(root, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if downloaded and archive is not None and not keep_archive:
         archive.unlink(missing_ok=True)
-    return FetchResult(dest, already_present=False, counts=counts)
+    return FetchResult(shown, already_present=False, counts=counts)
+
+
+def _dest_state(dest: Path) -> str:
+    """``empty``, ``ours`` (holds the marker this module writes) or ``foreign``."""
+    try:
+        entries = list(dest.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot read {dest}: {exc.strerror or first_line(exc)}") from exc
+    if not entries:
+        return "empty"
+    marker = dest / MARKER
+    return "ours" if marker.is_file() and not marker.is_symlink() else "foreign"
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _staging_prefix(dest: Path, in_place: bool) -> str:
+    return ".scenecls." if in_place else f".{dest.name}."
 
 
 def _verify_source_checksum(path: Path, expected: str) -> None:
@@ -504,16 +731,85 @@ def _verify_source_checksum(path: Path, expected: str) -> None:
 def _swap_into_place(new: Path, dest: Path) -> None:
     """Rename ``new`` to ``dest``; an old ``dest`` is moved aside first and deleted after."""
     old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-        dest.rename(old / "data")
+    if dest.is_dir():
+        if any(dest.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            try:
+                dest.rename(old / "data")
+            except OSError:
+                old.rmdir()
+                raise
+        else:
+            dest.rmdir()
     new.rename(dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_stale_partials(dest: Path) -> None:
+def _replace_contents(new: Path, dest: Path, staging: Path) -> None:
+    """For a ``dest`` that cannot be renamed (a mount point): move its old entries aside, the new
+    ones in, then delete the old. ``new`` lies inside ``dest`` (in ``staging``), so every move is a rename."""
+    old = Path(tempfile.mkdtemp(prefix=".scenecls.", suffix=".old", dir=dest))
+    for entry in list(dest.iterdir()):
+        if entry not in (old, staging):
+            entry.rename(old / entry.name)
+    for entry in list(new.iterdir()):
+        entry.rename(dest / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_partials(dest: Path, staging_parent: Path) -> None:
     """Left-overs of a run that was killed before it could clean up."""
-    for pattern in (f".{dest.name}.*.partial", f".{dest.name}.*.old"):
-        for stale in dest.parent.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
+    prefix = _staging_prefix(dest, staging_parent == dest)
+    for pattern in (f"{prefix}*.partial", f"{prefix}*.old"):
+        for stale in staging_parent.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def copy_folder(source: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Copy an extracted data set with the archive rules: links are followed only to files inside
+    ``source`` (copied as files), never out of it or into a folder (no loops); devices and pipes are
+    refused; the total size is capped."""
+    source = source.resolve()
+    entries: list[tuple[PurePosixPath, Path | None]] = []  # (relative path, file to copy or None: a folder)
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            if name in IGNORED_NAMES:
+                dirnames.remove(name)
+            elif (here / name).is_symlink():
+                raise DataError(f"refusing {source}: {here / name} is a link to a folder")
+        for name in [*dirnames, *filenames]:
+            path = here / name
+            if name in IGNORED_NAMES or name.startswith("._"):
+                continue
+            rel = PurePosixPath(*path.relative_to(source).parts)
+            if name in dirnames:
+                entries.append((rel, None))
+                continue
+            real = path
+            if path.is_symlink():
+                real = Path(os.path.realpath(path))
+                if not _is_within(real, source):
+                    raise DataError(f"refusing {source}: {path} is a link to {real}, outside the folder")
+            try:
+                info = real.stat()
+            except OSError as exc:
+                raise DataError(f"refusing {source}: {path} is a broken link") from exc
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"refusing {source}: {path} is not a regular file")
+            total += info.st_size
+            entries.append((rel, real))
+    if total > max_bytes:
+        raise DataError(f"refusing {source}: it holds {gib(total)}, more than the {gib(max_bytes)} limit")
+    _check_free_space(source, total, target)
+    target.mkdir(parents=True, exist_ok=True)
+    for rel, real in entries:
+        out = target.joinpath(*rel.parts)
+        if real is None:
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(real, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,9 +25,17 @@ from scenecls.reporting import NullReporter, Reporter
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
 SCAN_CACHE_VERSION = 1
+# The most pixels decoded for one image. A 13000x13000 PNG of 30 KB would otherwise take gigabytes; a
+# 40-megapixel photo still fits (about 120 MB as RGB). JPEGs are decoded at a reduced scale first (up to
+# 1/8 of each side), so a JPEG counts by the size it is decoded at, not its nominal size.
+MAX_PIXELS = 40_000_000
+CHECK_SIDE = 1024  # checking a file decodes all of its data, but a JPEG at no more than this size
 
 # A truncated file must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own bomb check warns at open, before the reduced JPEG decoding that makes most large images
+# harmless; MAX_PIXELS below replaces the warning with a verdict. (Its error for absurd sizes stays.)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageReadError(Exception):
@@ -40,8 +49,14 @@ def is_image_path(path: str | os.PathLike) -> bool:
 def load_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """The image as a ``(height, width, 3)`` uint8 array, upright, optionally resized to ``size``.
 
-    ``size`` is ``(height, width)``. Raises :class:`ImageReadError` for anything unreadable.
+    ``size`` is ``(height, width)``. Raises :class:`ImageReadError` for anything unreadable, and for
+    images over :data:`MAX_PIXELS` as decoded.
     """
+    return np.asarray(_decode(path, size, resize=size is not None), dtype=np.uint8)
+
+
+def _decode(path: str | os.PathLike, size: tuple[int, int] | None, *, resize: bool) -> Image.Image:
+    """Open, decode (a JPEG at the smallest scale still at least ``size``), check, turn upright, RGB."""
     try:
         if os.path.getsize(path) == 0:
             raise ImageReadError("empty file")
@@ -49,19 +64,26 @@ def load_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np
             if size is not None and image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
                 image.draft("RGB", (size[1], size[0]))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageReadError(
+                    f"too large: {width}x{height} pixels, over the {MAX_PIXELS // 1_000_000}-megapixel limit"
+                )
             image.load()
             image = ImageOps.exif_transpose(image)
             image = to_rgb(image)
-            if size is not None and image.size != (size[1], size[0]):
+            if resize and size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
+            return image
     except ImageReadError:
         raise
     except FileNotFoundError as exc:
         raise ImageReadError("file not found") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageReadError("not an image") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"too large: over the {MAX_PIXELS // 1_000_000}-megapixel limit") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         reason = first_line(exc)
         if "truncated" in reason.lower():
             reason = "truncated image"
@@ -78,7 +100,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        data = np.asarray(image, dtype=np.float64)
+        data = np.asarray(image, dtype=np.float32)
         peak = float(data.max()) if data.size else 0.0
         if mode.startswith("I;16") or peak > 255:
             top = 65535.0
@@ -101,7 +123,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def check_image(path: str | os.PathLike) -> str | None:
     """None if the file decodes completely, otherwise the reason it does not."""
     try:
-        load_rgb(path)
+        _decode(path, (CHECK_SIDE, CHECK_SIDE), resize=False)
     except ImageReadError as exc:
         return str(exc)
     return None

@@ -51,6 +51,7 @@ def grid(backbones: list[str], unfreeze: list[str], dense: list[int]) -> list[Gr
         get_spec(name)  # unknown names fail before anything runs
     if not (backbones and unfreeze and dense):
         raise UsageError("a sweep needs at least one backbone, one unfreeze value and one dense value")
+    backbones, unfreeze, dense = (list(dict.fromkeys(values)) for values in (backbones, unfreeze, dense))
     return [GridPoint(b, d, u) for b, u, d in itertools.product(backbones, unfreeze, dense)]
 
 
