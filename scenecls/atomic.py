@@ -20,9 +20,29 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide run files from the user's group
     try:
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: Path, names) -> list[Path]:
+    """Delete the hidden temporary files that :func:`atomic_path` leaves beside ``names`` when the
+    process is killed mid-write (``.<name>.<random><suffix>``); returns what it removed."""
+    removed = []
+    for name in names:
+        for path in Path(folder).glob(f".{name}.*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

@@ -136,7 +136,7 @@ def load_model(path: Path, *, compile: bool = False):
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:
-        raise ModelError(f"cannot load {path}: {first_line(exc, 200)}") from exc
+        raise ModelError(f"cannot load {path}: {first_line(exc, 300)}") from exc
     backbone_of(model)  # refuses models scenecls did not make
     return model
 

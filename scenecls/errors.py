@@ -33,7 +33,18 @@ class ModelError(SceneclsError):
 
 
 def first_line(exc: BaseException, limit: int | None = None) -> str:
-    """The first line of an exception's message (at most ``limit`` characters), or its type's name."""
+    """The first line of an exception's message, or its type's name.
+
+    With ``limit``, a longer line is cut at the last sentence or clause end (else word) before it and
+    marked with an ellipsis, never in the middle of a word.
+    """
     text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:limit] if limit else line
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    if not limit or len(line) <= limit:
+        return line
+    head = line[:limit]
+    for mark in (". ", "; ", ": ", ", ", " "):
+        cut = head.rfind(mark)
+        if cut > limit // 2:
+            return head[:cut].rstrip(" .;:,") + " …"
+    return head + "…"

@@ -121,6 +121,9 @@ def predict_files(
                 if images:
                     probs = forward(np.stack(images))
                     for slot, p in zip(slots, probs, strict=True):
+                        if not np.all(np.isfinite(p)):
+                            results[slot].error = "the model's output is not a number (a diverged model?)"
+                            continue
                         order = np.argsort(-p)[:top_k]
                         top = [(classes[i], float(p[i])) for i in order]
                         results[slot].label, results[slot].confidence = top[0]

@@ -71,12 +71,22 @@ def is_batchnorm(layer) -> bool:
     return type(layer).__name__ in ("BatchNormalization", "SyncBatchNormalization")
 
 
+def check_policy(block_map: BlockMap, policy: UnfreezePolicy) -> None:
+    """Refuse to unfreeze more blocks than the backbone has (silently taking them all would hide a typo)."""
+    if policy.kind == "blocks" and policy.count > len(block_map.blocks):
+        raise UsageError(
+            f"--unfreeze {policy.count}: this backbone has {len(block_map.blocks)} blocks; choose up "
+            f"to {len(block_map.blocks)}, or --unfreeze all"
+        )
+
+
 def apply_unfreeze(backbone, block_map: BlockMap, policy: UnfreezePolicy, model=None) -> UnfreezeReport:
     """Set the backbone's ``trainable`` flags for ``policy`` and say what it did."""
     layers = list(backbone.layers)
     if policy.kind == "all":
         start, blocks = 0, list(block_map.names)
     elif policy.kind == "blocks":
+        check_policy(block_map, policy)
         chosen = block_map.last(policy.count)
         start = chosen[0].start if chosen else len(layers)
         blocks = [b.name for b in chosen]

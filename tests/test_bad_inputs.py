@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import subprocess
 import sys
@@ -468,3 +469,373 @@ def test_quiet_is_accepted_after_the_subcommand(tmp_path, intel_zip):
     assert "alpha" in result.stdout  # the results still print
     loud = CliRunner().invoke(cli, ["fetch-data", "--from", str(intel_zip), "--dest", str(tmp_path / "d")])
     assert "already holds" in loud.stderr
+
+
+# ------------------------------------------------------------------------------------- training
+
+TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8"]
+
+
+def strict_json(path: Path):
+    """Parse as standard JSON: ``NaN`` and ``Infinity`` are refused."""
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    write_class_folders(root / "train", 8, seed=1, size=40)
+    return root
+
+
+def train_cli(*args: str):
+    return CliRunner().invoke(cli, ["train", *args])
+
+
+def test_diverged_training_fails_with_advice_and_valid_json(small_set, tmp_path):
+    project = tmp_path / "runs"
+    result = train_cli(
+        "--data", str(small_set), *TINY, "--epochs", "3", "--finetune-epochs", "0", "--lr", "1e38",
+        "--project", str(project), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "diverged" in line and "lower --lr" in line
+    assert result.stdout == ""  # no summary, no Keras message among the results
+    run = project / "train"
+    state = strict_json(run / "state.json")
+    assert state["status"] == "failed" and "diverged" in state["error"]
+    assert not (run / "best.keras").exists()  # nothing non-finite is ever kept as best
+
+
+def test_predict_refuses_labels_that_do_not_fit_the_model(small_set, tmp_path):
+    project = tmp_path / "runs"
+    trained = train_cli(
+        "--data", str(small_set), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--project", str(project)
+    )
+    assert trained.exit_code == 0, trained.output
+    run = project / "train"
+    assert oct((run / "config.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    labels = json.loads((run / "labels.json").read_text())
+    labels["classes"] = labels["classes"][:2]
+    (run / "labels.json").write_text(json.dumps(labels))
+    image = next((small_set / "train" / "alpha").iterdir())
+    result = CliRunner().invoke(cli, ["predict", str(image), "--model", str(run)])
+    assert result.exit_code == 1
+    assert "labels.json names 2" in one_error_line(result)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--unfreeze", "99"], 2, "--unfreeze 99: this backbone has 18 blocks"),
+        (["--unfreeze", "1,99"], 2, "--unfreeze 99"),
+        (["--val-split", "0"], 2, "--val-split"),
+        (["--weights", "."], 1, "is a folder"),
+    ],
+)
+def test_bad_training_options_leave_no_run_folder(small_set, tmp_path, args, code, message):
+    project = tmp_path / "runs"
+    result = train_cli("--data", str(small_set), *TINY, "--epochs", "1", *args, "--project", str(project))
+    assert result.exit_code == code
+    assert message in one_error_line(result)
+    assert not (project / "train").exists()
+
+
+def test_one_image_per_class_is_a_clear_error(tmp_path):
+    data = write_class_folders(tmp_path / "one", 1, size=16)
+    project = tmp_path / "runs"
+    result = train_cli("--data", str(data), *TINY, "--project", str(project))
+    assert result.exit_code == 1
+    assert "no validation images" in one_error_line(result)
+    assert not (project / "train").exists()
+    again = train_cli("--data", str(data), *TINY, "--project", str(project))
+    assert "Run folder: " + str(project / "train") in again.stderr  # not train2
+
+
+def test_non_utf8_file_names_train(tmp_path):
+    data = write_class_folders(tmp_path / "set", 6, size=16)
+    odd = data / "alpha" / os.fsdecode(b"bad\xffbyte.jpg")
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(odd, format="JPEG")
+    (data / "beta" / os.fsdecode(b"broken\xfe.jpg")).write_bytes(b"not a jpeg")
+    project = tmp_path / "runs"
+    result = train_cli(
+        "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--project", str(project)
+    )
+    assert result.exit_code == 0, result.output
+    config = strict_json(project / "train" / "config.json")
+    assert config["images"]["skipped"] == 1 and config["images"]["train"] + config["images"]["val"] == 19
+    assert "broken" in result.stderr
+
+
+def test_empty_class_folder_is_reported(tmp_path):
+    from scenecls.data.pipeline import prepare_data
+
+    data = write_class_folders(tmp_path / "set", 3, size=16)
+    (data / "delta").mkdir()
+    (data / "delta" / "notes.txt").write_text("no images yet")
+    warnings: list[str] = []
+
+    class Collect:
+        def log(self, message):
+            pass
+
+        def warn(self, message):
+            warnings.append(message)
+
+        def task(self, *args, **kwargs):
+            from scenecls.reporting import NullReporter
+
+            return NullReporter().task("")
+
+    prepared = prepare_data(data, reporter=Collect(), cache_root=tmp_path / "cache")
+    assert prepared.classes == ["alpha", "beta", "gamma"]
+    assert any("delta" in w and "no images" in w for w in warnings)
+
+
+def test_killed_before_the_first_epoch_resumes(small_set, tmp_path):
+    """SIGKILL while the model is being built: the run folder says where it stands, --resume finishes it,
+    and a half-written temporary file of a killed save is cleaned up."""
+    import signal
+    import time
+
+    project = tmp_path / "runs"
+    args = [
+        "--data",
+        str(small_set),
+        *TINY,
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--project",
+        str(project),
+    ]
+    env = {**os.environ, "SCENECLS_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scenecls", "-q", "train", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = project / "train" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert state.exists() and not (project / "train" / "history.csv").exists()
+    stale = project / "train" / ".last.keras.abcd1234.keras"
+    stale.write_bytes(b"half a model")
+    resumed = subprocess.run(
+        [sys.executable, "-m", "scenecls", "train", "--resume", str(project / "train")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert strict_json(state)["status"] == "finished"
+    assert not stale.exists()
+
+
+def test_predict_explains_a_missing_model_in_phase_one(tmp_path):
+    from scenecls.training import runs
+
+    run = tmp_path / "runs" / "train"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    state = {"status": "running", "epoch": 31, "phase": 0, "head_checkpoint": True}
+    (run / "state.json").write_text(json.dumps(state))
+    with pytest.raises(Exception, match="phase 1 after 31 epochs"):
+        runs.resolve_model(str(run), tmp_path / "runs")
+
+
+def test_feature_cache_status_survives_a_resume_in_fine_tuning(small_set, tmp_path, monkeypatch):
+    from scenecls.training import callbacks
+
+    calls = {"n": 0}
+    original = callbacks.BatchProgress.on_train_batch_end
+
+    def interrupt_in_fine_tuning(self, batch, logs=None):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 2 batches of the head epoch, then 2 of fine-tuning, then this one
+            raise KeyboardInterrupt
+        original(self, batch, logs)
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_fine_tuning)
+    project = tmp_path / "runs"
+    args = ["--data", str(small_set), *TINY, "-b", "12", "--epochs", "1", "--finetune-epochs", "2",
+            "--unfreeze", "1", "--project", str(project)]  # fmt: skip
+    assert train_cli(*args).exit_code == 130
+    phase_one = strict_json(project / "train" / "state.json")["feature_cache"]
+    assert phase_one in ("built", "reused")  # reused when an earlier test cached these images
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+    assert train_cli("--resume", str(project / "train")).exit_code == 0
+    assert strict_json(project / "train" / "metrics.json")["feature_cache"] == phase_one
+
+
+# ---------------------------------------------------------------------------------------- CSV
+
+
+@pytest.fixture
+def csv_set(tmp_path) -> Path:
+    """``train.csv`` beside ``images/`` holding 0.jpg ... 5.jpg."""
+    source = write_class_folders(tmp_path / "src", 1, size=8, classes=tuple("abcdef"))
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    for number, name in enumerate("abcdef"):
+        next((source / name).iterdir()).rename(root / "images" / f"{number}.jpg")
+    return root
+
+
+def write_csv(root: Path, rows: list[str]) -> Path:
+    path = root / "train.csv"
+    path.write_text("image_name,label\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_folder_with_an_images_folder_is_recognised(csv_set):
+    from scenecls.data.layout import INTEL_CLASSES, index_dataset
+
+    write_csv(csv_set, [f"{n}.jpg,{n}" for n in range(6)])
+    index = index_dataset(csv_set)
+    assert index.layout == "csv" and index.classes == list(INTEL_CLASSES)
+
+
+def test_csv_label_subsets_keep_the_intel_names(csv_set):
+    from scenecls.data.layout import INTEL_CLASSES, index_dataset
+
+    write_csv(csv_set, ["0.jpg,0", "2.jpg,2", "5.jpg,5"])
+    index = index_dataset(csv_set)
+    assert index.classes == list(INTEL_CLASSES)
+    assert [INTEL_CLASSES[i] for i in index.splits["train"].labels] == ["buildings", "glacier", "street"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["0.jpg,0", "1.jpg,"], "train.csv:3: 1.jpg has an empty label"),
+        (["0.jpg,0", "1.jpg,7x"], "train.csv:3: label '7x' is not a class number"),
+        (["0.jpg,0", "../../../etc/passwd.jpg,1"], "lies outside"),
+        (["0.jpg,0", "/etc/hosts.jpg,1"], "lies outside"),
+    ],
+)
+def test_bad_csv_rows_are_refused_with_their_line(csv_set, rows, message):
+    from scenecls.data.layout import index_dataset
+
+    write_csv(csv_set, rows)
+    with pytest.raises(DataError, match=message.replace(".", r"\.").replace("'", ".")):
+        index_dataset(csv_set / "train.csv")
+
+
+# ------------------------------------------------------------------------------ small ones
+
+
+def test_long_errors_are_cut_at_a_boundary():
+    from scenecls.errors import first_line
+
+    message = "the weights do not fit; " + " ".join(f"layer_{i} expected shape (3, 3, 32)" for i in range(40))
+    cut = first_line(ValueError(message), 120)
+    assert len(cut) <= 122 and cut.endswith(" …")
+    assert cut[:-2] == message[: len(cut) - 2]  # a prefix of the message ...
+    assert message[len(cut) - 2] in " ;,."  # ... ending where a word ends
+
+
+def test_finetune_offers_no_cache_options():
+    result = CliRunner().invoke(cli, ["finetune", "--help"])
+    assert result.exit_code == 0
+    assert "--cache-aug" not in result.output and "--no-cache" not in result.output
+    assert "--cache-aug" in CliRunner().invoke(cli, ["train", "--help"]).output
+
+
+def test_sweep_grid_values_run_once_and_negative_dense_is_usage():
+    from scenecls.training.sweep import grid
+
+    points = grid(["mobilenet_v2", "mobilenet_v2"], ["1", "1", "3"], [1, 1, 2])
+    assert [p.name for p in points] == [
+        "mobilenet_v2-d1-u1",
+        "mobilenet_v2-d2-u1",
+        "mobilenet_v2-d1-u3",
+        "mobilenet_v2-d2-u3",
+    ]
+    result = CliRunner().invoke(cli, ["sweep", "--dense", "-1", "--dry-run"])
+    assert result.exit_code == 2
+    assert "--dense" in one_error_line(result)
+
+
+def test_disk_full_while_training_keeps_the_saved_epochs(small_set, tmp_path, monkeypatch):
+    from scenecls.classifier import load_model
+    from scenecls.training import checkpoints
+
+    real_save = checkpoints.save_model
+    calls = {"n": 0}
+
+    def save_then_fill_the_disk(model, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(model, path)
+
+    monkeypatch.setattr(checkpoints, "save_model", save_then_fill_the_disk)
+    project = tmp_path / "runs"
+    result = train_cli(
+        "--data", str(small_set), *TINY, "--epochs", "0", "--finetune-epochs", "3", "--unfreeze", "1",
+        "--project", str(project),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "No space left on device" in line and "intact" in line
+    run = project / "train"
+    assert strict_json(run / "state.json")["status"] == "failed"
+    assert load_model(run / "best.keras").output_shape == (None, 3)
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+
+
+SHARED_CACHE = Path(__file__).resolve().parents[2] / "shared" / "weights" / "keras-cache" / "models"
+
+
+@pytest.mark.skipif(not SHARED_CACHE.is_dir(), reason="needs ../shared/weights (real MobileNetV2 weights)")
+def test_quiet_imagenet_training_prints_nothing_on_stderr(small_set, tmp_path):
+    """Keras warns that its 224-pixel file is loaded into another input size; with -q nothing shows."""
+    keras_home = tmp_path / "keras"
+    (keras_home / "models").mkdir(parents=True)
+    for weights in SHARED_CACHE.glob("*.h5"):
+        (keras_home / "models" / weights.name).symlink_to(weights)
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "SCENECLS_HOME": str(tmp_path / "home")}
+    args = ["--data", str(small_set), "--backbone", "mobilenet_v2", "--weights", "imagenet",
+            "--image-size", "64", "-b", "8", "--epochs", "1", "--finetune-epochs", "0",
+            "--project", str(tmp_path / "runs")]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "scenecls", "train", *args, "-q", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert json.loads(done.stdout)["status"] == "finished"
+
+
+def test_quiet_sweep_still_prints_its_table_with_readable_headers():
+    from scenecls.cli.sweep import _cell
+
+    args = ["-q", "sweep", "--backbones", "mobilenet_v2", "--unfreeze", "1", "--dense", "1,1",
+            "--image-size", "32", "--weights", "none", "--dry-run"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert "unfrozen blocks" in result.stdout and "unfrozen_blocks" not in result.stdout
+    assert result.stdout.count("mobilenet_v2-d1-u1") == 1
+    assert _cell("seconds", 12.3456) == "12 s"

@@ -199,7 +199,8 @@ def test_crash_in_the_cached_phase_resumes_from_the_head_checkpoint(data, tmp_pa
     assert invoke("-q", "train", *args).exit_code == 1
     run = project / "train"
     state = json.loads((run / "state.json").read_text())
-    assert state["status"] == "running" and state["epoch"] == 2 and state["head_checkpoint"]
+    assert state["status"] == "failed" and state["error"] == "the machine went away"
+    assert state["epoch"] == 2 and state["head_checkpoint"]
     # The epochs live in the head checkpoint; last.keras is the model as phase 1 began (untrained head).
     assert (run / "last_head.npz").is_file() and (run / "best_head.npz").is_file()
     assert int(load_model(run / "last.keras", compile=True).optimizer.iterations) == 0

@@ -73,10 +73,10 @@ class Output:
 
     # ------------------------------------------------------------------------------ stderr
     def log(self, message: str) -> None:
-        self.err.print(escape(message))
+        self.err.print(escape(printable(message)))
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]Warning:[/] {escape(message)}")
+        self.err.print(f"[yellow]Warning:[/] {escape(printable(message))}")
 
     def reporter(self) -> RichReporter:
         return RichReporter(self)
@@ -104,7 +104,8 @@ class Output:
 
     # ------------------------------------------------------------------------------ stdout
     def json(self, data: Any) -> None:
-        click.echo(json.dumps(data, indent=2, default=str))
+        """Standard JSON on stdout: non-finite numbers as null; non-UTF-8 file names as escapes."""
+        click.echo(dumps(data, indent=2))
 
     def csv(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         self.csv_row(columns)
@@ -115,7 +116,7 @@ class Output:
         """One CSV line on stdout at once (for results that stream); None is an empty cell."""
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in row])
-        click.echo(buffer.getvalue(), nl=False)
+        click.echo(printable(buffer.getvalue()), nl=False)
 
     def table(
         self,
@@ -129,8 +130,21 @@ class Output:
         for column in columns:
             table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:
-            table.add_row(*(Text(_cell(v)) for v in row))
+            table.add_row(*(Text(printable(_cell(v))) for v in row))
         self.out.print(table)
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a non-UTF-8 file name shown as U+FFFD, so that printing
+    it cannot fail."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def dumps(data: Any, indent: int | None = None) -> str:
+    """JSON for stdout: NaN and infinities become null (``NaN`` is not JSON)."""
+    from scenecls.training.runs import finite_or_none
+
+    return json.dumps(finite_or_none(data), indent=indent, default=str, allow_nan=False)
 
 
 def _cell(value: Any) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option, project_option
+from scenecls.cli.output import Output, dumps, format_option, project_option
 
 
 @click.command("predict")
@@ -41,13 +40,20 @@ def predict(
     """
     out.load_tensorflow()
     from scenecls.classifier import load_model, num_classes
+    from scenecls.errors import ModelError
     from scenecls.predict import expand_inputs, predict_files
     from scenecls.training.runs import model_classes, resolve_model
 
     model_path, run_dir = resolve_model(model_ref, project)
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
     model = load_model(model_path)
-    classes = model_classes(model_path, run_dir) or [f"class_{i}" for i in range(num_classes(model))]
+    classes = model_classes(model_path, run_dir)
+    if classes is not None and len(classes) != num_classes(model):
+        raise ModelError(
+            f"{model_path} predicts {num_classes(model)} classes but its labels.json names {len(classes)}; "
+            f"the two files do not belong together"
+        )
+    classes = classes or [f"class_{i}" for i in range(num_classes(model))]
     predictions = predict_files(
         model, inputs, classes, batch_size=batch_size, top_k=top_k, reporter=out.reporter()
     )
@@ -59,7 +65,7 @@ def predict(
     for prediction in predictions:
         failed += not prediction.ok
         if fmt == "jsonl":
-            click.echo(json.dumps(prediction.to_dict()))
+            click.echo(dumps(prediction.to_dict()))
         elif fmt == "csv":
             out.csv_row(_flat_row(prediction, top_k))
         else:

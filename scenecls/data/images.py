@@ -189,7 +189,7 @@ def _stat_key(path: str) -> str | None:
 
 
 def scan_cache_path(root: Path, cache_root: Path) -> Path:
-    digest = hashlib.sha1(str(root.absolute()).encode()).hexdigest()[:16]
+    digest = hashlib.sha1(os.fsencode(root.absolute())).hexdigest()[:16]
     return cache_root / "scans" / f"{digest}.json"
 
 

@@ -51,7 +51,7 @@ class Split:
                 stamp = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 stamp = "missing"
-            digest.update(f"{path}\0{label}\0{stamp}\n".encode())
+            digest.update(f"{path}\0{label}\0{stamp}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:20]
 
 
@@ -61,10 +61,11 @@ class DatasetIndex:
     layout: str  # "splits", "csv" or "class-folders"
     classes: list[str]
     splits: dict[str, Split]
+    empty_dirs: list[Path] = field(default_factory=list)  # class-like folders without one image
 
     def fingerprint(self) -> str:
         """Changes whenever a file is added, removed, relabelled or rewritten."""
-        digest = hashlib.sha256("\n".join(self.classes).encode())
+        digest = hashlib.sha256("\n".join(self.classes).encode("utf-8", "surrogateescape"))
         for name in sorted(self.splits):
             digest.update(f"{name}\0{self.splits[name].digest()}\n".encode())
         return digest.hexdigest()[:16]
@@ -81,17 +82,23 @@ def index_dataset(path: Path) -> DatasetIndex:
         return _index_csv(path)
     splits = _find_split_dirs(path)
     if "train" in splits:
-        return _index_split_dirs(path, splits)
+        index = _index_split_dirs(path, splits)
+        index.empty_dirs = [d for folder in splits.values() for d in _empty_dirs(folder)]
+        return index
+    label_csvs = [c for c in sorted(path.glob("*.csv")) if _is_label_csv(c)]
+    if len(label_csvs) > 1 and path / "train.csv" in label_csvs:
+        label_csvs = [path / "train.csv"]
+    if len(label_csvs) == 1:
+        return _index_csv(label_csvs[0])
+    if len(label_csvs) > 1:
+        names = ", ".join(c.name for c in label_csvs)
+        raise DataError(f"{path} holds several CSV files ({names}); pass the one to use with --data")
     class_dirs = _class_dirs(path)
     if class_dirs:
         classes = [d.name for d in class_dirs]
-        return DatasetIndex(path, "class-folders", classes, {"train": _index_classes(class_dirs)})
-    csvs = sorted(path.glob("*.csv"))
-    if len(csvs) == 1:
-        return _index_csv(csvs[0])
-    if len(csvs) > 1:
-        names = ", ".join(c.name for c in csvs)
-        raise DataError(f"{path} holds several CSV files ({names}); pass the one to use with --data")
+        return DatasetIndex(
+            path, "class-folders", classes, {"train": _index_classes(class_dirs)}, _empty_dirs(path)
+        )
     raise DataError(
         f"cannot recognise a data set in {path}: expected class folders, train/ [val/ test/] "
         f"folders of class folders, or a CSV of image_name,label beside an image folder"
@@ -120,6 +127,30 @@ def _class_dirs(folder: Path) -> list[Path]:
         if any(is_image_path(p) for p in _walk_files(child)):
             dirs.append(child)
     return dirs
+
+
+def _empty_dirs(folder: Path) -> list[Path]:
+    """Class-like sub-folders that hold no image: worth a word, since they are left out."""
+    skip = {a for aliases in SPLIT_ALIASES.values() for a in aliases} | IGNORED_DIRS
+    return [
+        child
+        for child in sorted(folder.iterdir(), key=lambda p: p.name)
+        if child.is_dir()
+        and not child.name.startswith(".")
+        and child.name not in skip
+        and not any(is_image_path(p) for p in _walk_files(child))
+    ]
+
+
+def _is_label_csv(path: Path) -> bool:
+    """A CSV whose first data row is ``image_name,label`` (not, say, a results table)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [row for _, row in zip(range(2), csv.reader(handle), strict=False)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    data = [row for row in rows if row and is_image_path(row[0].strip())]
+    return bool(data) and len(data[0]) >= 2
 
 
 def _walk_files(folder: Path):
@@ -158,47 +189,72 @@ def _index_split_dirs(root: Path, splits: dict[str, Path]) -> DatasetIndex:
 
 
 def _index_csv(csv_path: Path) -> DatasetIndex:
+    """Labels 0-5 are the Intel classes by number (any subset of them, so that a test CSV holding only
+    some classes still means the same classes); other numbers and names are classes of their own."""
     rows = _read_label_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path} lists no images")
-    image_dir = _find_image_dir(csv_path, rows[0][0])
-    labels = [label for _, label in rows]
-    if all(_is_int(label) for label in labels):
+    image_dir = _find_image_dir(csv_path, rows[0][1])
+    labels = [label for _, _, label in rows]
+    numeric = [_is_int(label) for label in labels]
+    if any(numeric) and not all(numeric):
+        line, _, label = rows[numeric.index(False)]
+        raise DataError(f"{csv_path}:{line}: label {label!r} is not a class number like the others")
+    if all(numeric):
         numbers = sorted({int(label) for label in labels})
-        if numbers == list(range(len(INTEL_CLASSES))):
+        if set(numbers) <= set(range(len(INTEL_CLASSES))):
             classes = list(INTEL_CLASSES)  # the seed's numbering
+            to_index = {str(n): n for n in range(len(INTEL_CLASSES))}
         else:
             classes = [str(n) for n in numbers]
-        to_index = {str(n): i for i, n in enumerate(numbers)}
+            to_index = {str(n): i for i, n in enumerate(numbers)}
     else:
         classes = sorted(set(labels))
         to_index = {c: i for i, c in enumerate(classes)}
+    base = csv_path.parent.resolve()
     split = Split()
-    for name, label in rows:
+    for line, name, label in rows:
+        image = image_dir / name
+        if Path(name).is_absolute() or not _inside(image, base):
+            raise DataError(
+                f"{csv_path}:{line}: {name!r} lies outside {base}; list images inside the data folder"
+            )
         key = str(int(label)) if _is_int(label) else label
-        split.paths.append(str(image_dir / name))
+        split.paths.append(str(image))
         split.labels.append(to_index[key])
     return DatasetIndex(csv_path, "csv", classes, {"train": split})
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    resolved = Path(os.path.realpath(path))
+    return resolved == folder or folder in resolved.parents
 
 
 def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
 
 
-def _read_label_rows(csv_path: Path) -> list[tuple[str, str]]:
+def _read_label_rows(csv_path: Path) -> list[tuple[int, str, str]]:
+    """``(line number, image name, label)`` for every row; an empty label is an error."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+            rows = [
+                (n, row)
+                for n, row in enumerate(csv.reader(handle), start=1)
+                if row and any(c.strip() for c in row)
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {csv_path}: {exc}") from exc
-    if rows and not is_image_path(rows[0][0].strip()):
+    if rows and not is_image_path(rows[0][1][0].strip()):
         rows = rows[1:]  # header
     out = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         if len(row) < 2:
             raise DataError(f"{csv_path}:{line}: expected image_name,label")
-        out.append((row[0].strip(), row[1].strip()))
+        name, label = row[0].strip(), row[1].strip()
+        if not label:
+            raise DataError(f"{csv_path}:{line}: {name} has an empty label")
+        out.append((line, name, label))
     return out
 
 

@@ -8,6 +8,7 @@ float32 0-255 RGB at the model's input size (each model scales its own input).
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -54,6 +55,8 @@ def prepare_data(
     if not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split must be in [0, 1), got {val_split}")
     index = index_dataset(path)
+    for folder in index.empty_dirs:
+        reporter.warn(f"{folder} holds no images; left out")
     all_paths = [p for split in index.splits.values() for p in split.paths]
     cache_file = scan_cache_path(index.root, cache_root or cache_dir())
     scan = scan_images(all_paths, cache_file, reporter=reporter)
@@ -73,6 +76,12 @@ def prepare_data(
     else:
         train_idx, val_idx = stratified_split(train.labels, val_split, seed)
         train, val, source = train.subset(train_idx), train.subset(val_idx), "split"
+        if not len(val):
+            why = "--val-split is 0" if val_split == 0 else "no class has 2 readable images to split"
+            raise DataError(
+                f"no validation images: {why}; training needs some to choose the best epoch. Use a "
+                f"--val-split above 0 with at least 2 images per class, or add a val/ folder"
+            )
     missing = [c for i, c in enumerate(index.classes) if i not in set(train.labels)]
     if missing:
         reporter.warn(f"no training images for class(es): {', '.join(missing)}")
@@ -149,9 +158,9 @@ def make_dataset(
 
     def _load(path):
         try:
-            return load_rgb(path.decode(), (height, width))
+            return load_rgb(os.fsdecode(path), (height, width))
         except ImageReadError as exc:
-            raise ValueError(f"{path.decode()}: {exc}") from exc
+            raise ValueError(f"{os.fsdecode(path)!r}: {exc}") from exc
 
     def _decode(path, label):
         image = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
@@ -165,7 +174,9 @@ def make_dataset(
         return images, labels
 
     labels = np.asarray(split.labels, dtype=np.int32)
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(split.paths, dtype=object), labels))
+    # As bytes, the file system's own: a name that is not valid UTF-8 cannot become a tf.string otherwise.
+    paths = np.asarray([os.fsencode(p) for p in split.paths], dtype=object)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     if shuffle and not cache:
         # Shuffle file names, not decoded images: the buffer then costs bytes, not gigabytes.
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)

@@ -102,6 +102,10 @@ def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | P
     if weights == "imagenet":
         return _build_imagenet(spec, shape)
     path = Path(weights)
+    if path.is_dir():
+        raise ModelError(
+            f"--weights {path} is a folder; give a weights file (.h5 or .weights.h5) for {spec.name}"
+        )
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     model = spec.build(shape, None)
@@ -110,28 +114,34 @@ def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | P
             warnings.simplefilter("always")
             model.load_weights(str(path))
     except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a misfit file
-        raise ModelError(f"weights file {path} does not fit {spec.name}: {first_line(exc, 200)}") from exc
+        raise ModelError(f"weights file {path} does not fit {spec.name}: {first_line(exc, 300)}") from exc
     # Keras only warns when part of the file fits, leaving the rest random: that is no model to train.
     skipped = [w for w in caught if "Skipping" in str(w.message) or "freshly-initialized" in str(w.message)]
     if skipped:
-        raise ModelError(f"weights file {path} does not fit {spec.name}: {str(skipped[0].message)[:200]}")
+        raise ModelError(
+            f"weights file {path} does not fit {spec.name}: {first_line(skipped[0].message, 300)}"
+        )
     return model
 
 
 def _build_imagenet(spec: BackboneSpec, shape: tuple[int, int, int]):
     was_cached = cached_weights(spec, shape[0]) is not None
     try:
-        return spec.build(shape, "imagenet")
+        with warnings.catch_warnings():
+            # Keras warns that it loads the 224-pixel file into another input size; the convolutions'
+            # weights do not depend on the size, so for us this is the expected case, not news.
+            warnings.filterwarnings("ignore", message=".*will be loaded as the default.*")
+            return spec.build(shape, "imagenet")
     except Exception as exc:
         fname = spec.weights_file(shape[0])
         where = keras_cache_dir()
         if was_cached:
             raise ModelError(
-                f"the cached ImageNet weights {where / fname} could not be loaded ({first_line(exc, 200)}); "
+                f"the cached ImageNet weights {where / fname} could not be loaded ({first_line(exc, 300)}); "
                 f"delete the file to download it again"
             ) from exc
         raise ModelError(
             f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
-            f"({first_line(exc, 200)}): put {fname} in {where} (or set KERAS_HOME), or pass "
+            f"({first_line(exc, 300)}): put {fname} in {where} (or set KERAS_HOME), or pass "
             f"--weights PATH or --weights none"
         ) from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 from scenecls.reporting import Task
@@ -25,3 +27,13 @@ class BatchProgress(keras.callbacks.Callback):
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         self.task.update(info="validating…")
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Keras's ``TerminateOnNaN``, without its message on stdout (where our results go): stops
+    training at the first batch whose loss is NaN or infinite; the caller reports it."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True

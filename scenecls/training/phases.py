@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
+import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from scenecls import __version__
+from scenecls.atomic import remove_stale_temporaries
 from scenecls.classifier import (
     build_classifier,
     check_compatible,
@@ -35,18 +37,37 @@ from scenecls.data.pipeline import (
     make_dataset,
     prepare_data,
 )
-from scenecls.errors import SceneclsError, UsageError
+from scenecls.errors import SceneclsError, UsageError, first_line
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir, data_source
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
 from scenecls.training.features import CachedFeatures, head_model, load_or_compute
-from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, parse_unfreeze
+from scenecls.unfreeze import (
+    UnfreezePolicy,
+    UnfreezeReport,
+    apply_unfreeze,
+    check_policy,
+    parse_unfreeze,
+)
 
 PLATEAU_PATIENCE = 2
 PLATEAU_FACTOR = 0.2
 MIN_LR = 1e-7
+
+
+class TrainingDiverged(SceneclsError):
+    """The loss stopped being a number; the run folder keeps the last finished epoch and is marked failed."""
+
+    def __init__(self, run_dir: Path, epoch: int, phase: Phase, best_epoch: int) -> None:
+        kept = f"best.keras keeps epoch {best_epoch}" if best_epoch else "no epoch finished to keep"
+        option = "--lr" if phase.name == "head" else "--finetune-lr"
+        super().__init__(
+            f"training diverged: the loss is not finite in epoch {epoch} ({phase.name}, lr {phase.lr:g}); "
+            f"{kept}. Train again with a lower {option}"
+        )
+        self.run_dir = run_dir
 
 
 class TrainingInterrupted(SceneclsError):
@@ -77,12 +98,19 @@ class TrainState:
     best_epoch: int = 0
     best_phase: str = ""
     wait: int = 0  # epochs without improvement (early stopping)
-    plateau_best: float = math.inf
+    plateau_best: float | None = None  # lowest val loss so far (plateau schedule); None: none yet
     plateau_wait: int = 0
     stopped_early: bool = False
     head_checkpoint: bool = False  # the phase's head checkpoints are newer than last.keras
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
+    feature_cache: str = "off"  # what phase 1 did with the feature cache: off, built or reused
+    error: str | None = None  # why the run failed (status "failed")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -131,7 +159,49 @@ def train(
     resume: bool = False,
     start_model: Path | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model."""
+    """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model.
+
+    A run that fails before its first epoch leaves nothing behind when ``run_dir`` was empty (a new
+    run); one that fails later is marked ``failed`` in ``state.json`` with the reason, and keeps every
+    finished epoch for ``--resume``.
+    """
+    fresh = not resume and not any(run_dir.iterdir())
+    if resume:
+        removed = remove_stale_temporaries(run_dir, runs.RUN_FILES)
+        if removed:
+            (reporter or NullReporter()).log(f"Removed {len(removed)} half-written file(s) of a killed save")
+    try:
+        return _train(config, run_dir, reporter=reporter, resume=resume, start_model=start_model)
+    except TrainingInterrupted:
+        raise
+    except BaseException as exc:
+        _record_failure(run_dir, fresh, exc)
+        raise
+
+
+def _record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
+    state_file = run_dir / runs.STATE
+    try:
+        state = TrainState.from_dict(runs.read_json(state_file)) if state_file.is_file() else None
+    except SceneclsError:
+        state = None
+    if fresh and (state is None or state.epoch == 0) and not isinstance(exc, TrainingDiverged):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    if state is not None:
+        state.status = "failed"
+        state.error = first_line(exc, 300)
+        runs.write_json(state_file, asdict(state))
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    reporter: Reporter | None,
+    resume: bool,
+    start_model: Path | None,
+) -> TrainResult:
     import keras
 
     from scenecls.training.callbacks import BatchProgress
@@ -150,7 +220,7 @@ def train(
         seed=config.seed,
         reporter=reporter,
     )
-    state = TrainState(**runs.read_json(run_dir / runs.STATE)) if resume else TrainState()
+    state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE)) if resume else TrainState()
     history = runs.read_history(run_dir / runs.HISTORY) if resume else []
     if resume and state.status == "finished":
         reporter.log(f"{run_dir} has already finished training")
@@ -159,10 +229,13 @@ def train(
         _check_resume_data(run_dir, data, reporter)
     else:
         _write_run_files(run_dir, config, data, size)
+        runs.write_json(run_dir / runs.STATE, asdict(state))  # so that --resume works from the start
 
     model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
     backbone = find_backbone(model)
     block_map = spec.block_map(backbone)
+    for phase in phases:
+        check_policy(block_map, phase.policy)
     augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
     train_ds = make_dataset(
         data.train,
@@ -178,8 +251,7 @@ def train(
     weights = class_weights(data.train.labels, len(data.classes)) if config.class_weights else None
 
     reports: list[UnfreezeReport] = []
-    cache_status = "off"
-    state.status = "running"
+    state.status, state.error = "running", None
     started = time.monotonic() - state.seconds
     checkpoints: ModelCheckpoints | None = None
     try:
@@ -208,7 +280,7 @@ def train(
                     batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
                     seed=config.seed, reporter=reporter,
                 )  # fmt: skip
-                cache_status = "reused" if cached.reused else "built"
+                state.feature_cache = "reused" if cached.reused else "built"
                 fit_epoch, trainer = _cached_epochs(model, cached, config, weights)
                 checkpoints = HeadCheckpoints(model, trainer, run_dir)
             checkpoints.begin(resumed=resumed_head)
@@ -233,6 +305,19 @@ def train(
                     "lr": _current_lr(model),
                     "seconds": round(time.monotonic() - epoch_start, 3),
                 }
+                if not _finite(row["loss"], row["val_loss"], row["val_accuracy"]):
+                    # Nothing of this epoch is saved: its weights are no longer numbers.
+                    with _interrupts_deferred():
+                        history.append(row)
+                        runs.write_history(run_dir / runs.HISTORY, history)
+                        if checkpoints.pending:  # model files from the last finished epoch's head
+                            checkpoints.finish(
+                                best_in_phase=state.best_phase == phase.name, continue_from_best=False
+                            )
+                        state.head_checkpoint = False
+                        state.seconds = time.monotonic() - started
+                        runs.write_json(run_dir / runs.STATE, asdict(state))
+                    raise TrainingDiverged(run_dir, epoch, phase, state.best_epoch)
                 with _interrupts_deferred():  # checkpoint files and state.json must agree
                     history.append(row)
                     _after_epoch(model, checkpoints, state, row, config, phase)
@@ -274,7 +359,7 @@ def train(
             checkpoints.discard()
         raise TrainingInterrupted(run_dir) from None
     metrics = _final_metrics(run_dir, data, size, config, state, reporter)
-    metrics["feature_cache"] = cache_status
+    metrics["feature_cache"] = state.feature_cache
     metrics["phase_seconds"] = state.phase_seconds
     state.status = "finished"
     state.seconds = time.monotonic() - started
@@ -374,6 +459,8 @@ def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
 
 
 def _fit_one_epoch(trainer, train_ds, val_ds, callback, weights) -> dict[str, float]:
+    from scenecls.training.callbacks import StopOnNonFiniteLoss
+
     with finite_dataset_warnings_silenced():
         fit = trainer.fit(
             train_ds,
@@ -381,10 +468,15 @@ def _fit_one_epoch(trainer, train_ds, val_ds, callback, weights) -> dict[str, fl
             epochs=1,
             verbose=0,
             shuffle=False,
-            callbacks=[callback],
+            # A NaN loss stops the epoch at that batch instead of training on garbage to its end.
+            callbacks=[callback, StopOnNonFiniteLoss()],
             class_weight=weights,
         )
     return {key: float(values[-1]) for key, values in fit.history.items()}
+
+
+def _finite(*values: float | None) -> bool:
+    return all(value is not None and math.isfinite(value) for value in values)
 
 
 def _live_epochs(model, train_ds, val_ds, weights):
@@ -452,7 +544,7 @@ def _after_epoch(
     else:
         state.wait += 1
     if config.lr_schedule == "plateau":
-        if row["val_loss"] < state.plateau_best:
+        if state.plateau_best is None or row["val_loss"] < state.plateau_best:
             state.plateau_best, state.plateau_wait = row["val_loss"], 0
         else:
             state.plateau_wait += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ METRICS = "metrics.json"
 STATE = "state.json"
 EVALUATION = "evaluation.json"
 PREDICTIONS = "predictions.csv"
+
+# Every file a run writes atomically, for cleaning up after a process killed mid-write.
+RUN_FILES = (CONFIG, LABELS, HISTORY, BEST, LAST, METRICS, STATE, EVALUATION, PREDICTIONS,
+             "last_head.npz", "best_head.npz", "skipped.txt")  # fmt: skip
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -77,8 +82,9 @@ def resolve_run(value: str | None, project: Path) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it was read as.
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8", newline="")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def copy_atomic(source: Path, target: Path) -> None:
@@ -88,7 +94,19 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+    """Standard JSON: a NaN or infinity (a diverged loss) is written as null, never as ``NaN``."""
+    write_atomic(path, json.dumps(finite_or_none(data), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def finite_or_none(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by None, at any depth."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_none(value) for value in data]
+    return data
 
 
 def read_json(path: Path) -> Any:
@@ -136,8 +154,28 @@ def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
             raise SceneclsError(f"model file {path} does not exist")
     run = resolve_run(value, project)
     if not (run / BEST).is_file():
-        raise SceneclsError(f"{run} holds no {BEST} yet (has its first epoch finished?)")
+        raise SceneclsError(f"{run} holds no {BEST} yet: {_why_no_model(run)}")
     return run / BEST, run
+
+
+def _why_no_model(run: Path) -> str:
+    """What a run's state says about its missing model, in words a user can act on."""
+    try:
+        state = read_json(run / STATE)
+    except SceneclsError:
+        return "its training has not finished an epoch"
+    epochs, status = state.get("epoch", 0), state.get("status")
+    if status == "failed":
+        return f"its training failed ({state.get('error') or 'see state.json'})"
+    if not epochs:
+        return "its training has not finished an epoch"
+    if state.get("head_checkpoint"):
+        where = "stopped" if status == "interrupted" else "is"
+        return (
+            f"training {where} in phase 1 after {epochs} epochs, which keeps only the head's weights until "
+            f"the phase ends; wait for it, or stop it with Ctrl-C (which writes {BEST}) or resume it"
+        )
+    return f"its training has finished {epochs} epochs without a better validation accuracy to keep"
 
 
 def model_classes(model_path: Path, run_dir: Path | None) -> list[str] | None:
