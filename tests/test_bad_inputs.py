@@ -839,3 +839,15 @@ def test_quiet_sweep_still_prints_its_table_with_readable_headers():
     assert "unfrozen blocks" in result.stdout and "unfrozen_blocks" not in result.stdout
     assert result.stdout.count("mobilenet_v2-d1-u1") == 1
     assert _cell("seconds", 12.3456) == "12 s"
+
+
+def test_fail_under_gate_exits_5_after_writing_outputs(small_set, tmp_path):
+    project = tmp_path / "runs"
+    args = ["--data", str(small_set), *TINY, "--epochs", "1", "--finetune-epochs", "0",
+            "--project", str(project), "--format", "json"]  # fmt: skip
+    low = train_cli(*args, "--fail-under", "1.0")
+    assert low.exit_code == 5
+    assert "below --fail-under 1" in low.stderr
+    summary = json.loads(low.stdout)  # the results were printed ...
+    assert (Path(summary["run_dir"]) / "metrics.json").is_file()  # ... and saved
+    assert train_cli(*args, "--fail-under", "0").exit_code == 0

@@ -31,7 +31,7 @@ COMMANDS = {
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success, 1 error, 2 bad usage, 3 finished but some inputs failed, 4 every input failed,"
-    " 130 interrupted, 141 output pipe closed."
+    " 5 accuracy below --fail-under, 130 interrupted, 141 output pipe closed."
 )
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool that `head` stopped reading
 QUIET_HELP = "Only errors on stderr; results still go to stdout."

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option, project_option
+from scenecls.cli.output import Output, check_fail_under, fail_under_option, format_option, project_option
 
 
 @click.command("evaluate")
@@ -20,6 +20,7 @@ from scenecls.cli.output import Output, format_option, project_option
 )
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@fail_under_option()
 @project_option()
 @format_option()
 @click.pass_obj
@@ -30,6 +31,7 @@ def evaluate(
     split: str | None,
     top_k: int,
     batch_size: int,
+    fail_under: float | None,
     project: Path,
     fmt: str,
 ) -> None:
@@ -44,6 +46,12 @@ def evaluate(
     outcome = evaluate_run(
         model, project, data=data, split=split, top_k=top_k, batch_size=batch_size, reporter=out.reporter()
     )
+    ev = outcome.evaluation
+    _render(out, outcome, fmt)
+    check_fail_under(out, ev.accuracy, fail_under, f"{ev.split} accuracy")
+
+
+def _render(out: Output, outcome, fmt: str) -> None:
     ev = outcome.evaluation
     if fmt == "json":
         out.json({"model": str(outcome.model_path), **ev.to_dict()})

@@ -45,6 +45,31 @@ def format_option(*choices: str, default: str = "table"):
     )
 
 
+EXIT_BELOW_THRESHOLD = 5  # finished, outputs written, but accuracy below --fail-under
+
+
+def fail_under_option():
+    """``--fail-under X``: an accuracy gate for scripts and CI jobs."""
+    return click.option(
+        "--fail-under",
+        type=click.FloatRange(0, 1),
+        default=None,
+        metavar="ACC",
+        help=f"Exit with code {EXIT_BELOW_THRESHOLD} (after writing every output) when the accuracy is "
+        "below ACC, a fraction such as 0.93.",
+    )
+
+
+def check_fail_under(out: Output, accuracy: float | None, threshold: float | None, what: str) -> None:
+    """Exit with :data:`EXIT_BELOW_THRESHOLD` when ``accuracy`` is below ``threshold`` (or unknown)."""
+    if threshold is None:
+        return
+    if accuracy is None or not accuracy >= threshold:
+        shown = "unknown" if accuracy is None else f"{accuracy:.4f}"
+        click.echo(f"{what} {shown} is below --fail-under {threshold:g}", err=True)  # even with -q
+        raise click.exceptions.Exit(EXIT_BELOW_THRESHOLD)
+
+
 def project_option():
     """``--project``: the folder that holds the run folders."""
     return click.option(

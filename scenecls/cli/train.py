@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option, project_option
+from scenecls.cli.output import Output, check_fail_under, fail_under_option, format_option, project_option
 from scenecls.config import LR_SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -184,6 +184,7 @@ def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, opt
 @recipe_options
 @cache_options
 @run_options
+@fail_under_option()
 @click.pass_obj
 def train(
     out: Output,
@@ -192,6 +193,7 @@ def train(
     project: Path,
     name: str | None,
     fmt: str,
+    fail_under: float | None,
     no_augment: bool,
     no_cache: bool,
     data: Path | None,
@@ -207,11 +209,11 @@ def train(
     if resume:
         run_dir = runs.resolve_run(resume, project)
         config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
-        _run(out, config, run_dir, fmt, resume=True)
+        _run(out, config, run_dir, fmt, fail_under, resume=True)
         return
     config = config_from_options(data, no_augment, no_cache, options)
     run_dir = runs.create_run_dir(project, name or "train", exist_ok=exist_ok)
-    _run(out, config, run_dir, fmt)
+    _run(out, config, run_dir, fmt, fail_under)
 
 
 @click.command("finetune")
@@ -232,6 +234,7 @@ def train(
     "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
 )
 @run_options
+@fail_under_option()
 @click.pass_obj
 def finetune(
     out: Output,
@@ -241,6 +244,7 @@ def finetune(
     project: Path,
     name: str | None,
     fmt: str,
+    fail_under: float | None,
     **options,
 ) -> None:
     """Fine-tune a run's best model again, into a new run folder that records its parent.
@@ -265,7 +269,7 @@ def finetune(
         }
     )
     run_dir = runs.create_run_dir(project, name or f"{parent.name}-ft")
-    _run(out, config, run_dir, fmt, start_model=parent / runs.BEST)
+    _run(out, config, run_dir, fmt, fail_under, start_model=parent / runs.BEST)
 
 
 def _run(
@@ -273,6 +277,7 @@ def _run(
     config: TrainConfig,
     run_dir: Path,
     fmt: str,
+    fail_under: float | None = None,
     *,
     resume: bool = False,
     start_model: Path | None = None,
@@ -291,6 +296,15 @@ def _run(
             f"Interrupted. Resume with: scenecls train --resume {exc.run_dir}", err=True
         )  # even with -q
         raise click.exceptions.Exit(130) from None
+    _render(out, result, fmt)
+    # The gate judges the test split when there is one, else the best validation accuracy.
+    if result.test_accuracy is not None:
+        check_fail_under(out, result.test_accuracy, fail_under, "test accuracy")
+    else:
+        check_fail_under(out, result.best_val_accuracy, fail_under, "best validation accuracy")
+
+
+def _render(out: Output, result, fmt: str) -> None:
     if fmt == "json":
         out.json(result.to_dict())
         return
