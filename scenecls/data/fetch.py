@@ -616,8 +616,9 @@ def fetch_dataset(
         raise DataError(f"{shown} exists and is not a folder")
     in_place = os.path.ismount(dest)  # cannot be renamed: stage inside it, then move entries
     staging_parent = dest if in_place else dest.parent
-    if dest.is_dir():
+    if staging_parent.is_dir():
         _remove_stale_partials(dest, staging_parent)
+    if dest.is_dir():
         state = _dest_state(dest)
         if state == "foreign":
             raise DataError(
@@ -631,8 +632,6 @@ def fetch_dataset(
     if source is not None and source.is_dir() and _is_within(dest, source):
         raise DataError(f"--dest {shown} lies inside --from {source}; choose a folder outside it")
     staging_parent.mkdir(parents=True, exist_ok=True)
-    if not in_place:
-        _remove_stale_partials(dest, staging_parent)
 
     archive: Path | None = None
     downloaded = False

@@ -165,7 +165,8 @@ def train(
     run); one that fails later is marked ``failed`` in ``state.json`` with the reason, and keeps every
     finished epoch for ``--resume``.
     """
-    fresh = not resume and not any(run_dir.iterdir())
+    fresh = not resume and (not run_dir.exists() or not any(run_dir.iterdir()))
+    run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         removed = remove_stale_temporaries(run_dir, runs.RUN_FILES)
         if removed:
@@ -189,8 +190,10 @@ def _record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
     if state is not None:
-        state.status = "failed"
-        state.error = first_line(exc, 300)
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C before the epochs began, on a resume
+            state.status = "interrupted"
+        else:
+            state.status, state.error = "failed", first_line(exc, 300)
         runs.write_json(state_file, asdict(state))
 
 
