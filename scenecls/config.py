@@ -42,6 +42,8 @@ class TrainConfig:
     feature_cache: bool = True  # phase 1 on cached backbone features (see training.features)
     cache_aug: int = 0  # augmented copies per image in the feature cache, besides the image itself
     parent: str | None = None  # the run a fine-tuning run started from
+    tensorboard: bool = False  # TensorBoard logs in the run folder
+    last_phase_epochs: int | None = None  # set when a finished run is extended: its last phase's length
 
     @property
     def head(self) -> HeadConfig:

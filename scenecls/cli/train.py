@@ -46,6 +46,11 @@ def run_options(func):
             click.option(
                 "--cache-images", is_flag=True, help="Keep decoded images in memory (RAM permitting)."
             ),
+            click.option(
+                "--tensorboard",
+                is_flag=True,
+                help="TensorBoard logs in the run folder (see them with: tensorboard --logdir runs).",
+            ),
             format_option("table", "json"),
         ]
     ):
@@ -178,7 +183,8 @@ def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, opt
     "resume",
     default=None,
     metavar="RUN",
-    help="Continue an interrupted run (folder or name); other options are taken from it.",
+    help="Continue an interrupted run (folder or name) with its own options; with --epochs or "
+    "--finetune-epochs, give a finished run's last phase more epochs (the new total).",
 )
 @click.option("--exist-ok", is_flag=True, help="Reuse --name even if it exists.")
 @recipe_options
@@ -208,6 +214,17 @@ def train(
 
     if resume:
         run_dir = runs.resolve_run(resume, project)
+        ctx = click.get_current_context()
+        more = {
+            key: options[key]
+            for key in ("epochs", "finetune_epochs")
+            if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE
+        }
+        if more:
+            out.load_tensorflow()
+            from scenecls.training.phases import extend_run
+
+            extend_run(run_dir, **more)
         config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
         _run(out, config, run_dir, fmt, fail_under, resume=True)
         return

@@ -1,33 +1,41 @@
 """The training recipe: phase 1 trains the head on a frozen backbone, then each fine-tuning stage
 unfreezes more of it with a lower learning rate.
 
-After every epoch the run folder is brought up to date — ``history.csv``, ``last.keras`` (with the
-optimizer state), ``best.keras`` when validation accuracy improved, and ``state.json`` saying where
-training stands — so that a crash or Ctrl-C loses at most the epoch in progress, and
-``--resume`` continues in the right phase and epoch.
+The loop, in short::
+
+    phases = plan_phases(config)                       # head, then one stage per --unfreeze step
+    state, history = open the run folder (or resume it)
+    model = last.keras, a model to fine-tune, or a new classifier
+    for each phase not finished yet:
+        apply_unfreeze(...)                            # unfreeze.py: what trains
+        compile (unless resuming mid-phase with the optimizer's state)
+        source = FeatureSource or ImageSource          # sources.py: what one epoch feeds fit()
+        source.trainer.fit(..., callbacks=phase_callbacks(...))  # callbacks.py: per-epoch concerns
+        finish the phase's checkpoints, record it in state.json
+    test the best model, write metrics.json
+
+Where each concern lives: the run folder's files in ``runs.py``; checkpoints in ``checkpoints.py``
+(whole model, or only the head while phase 1 trains on cached features); the feature cache in
+``features.py``; NaN, history, early stopping, plateau, checkpoint writing and progress as callbacks in
+``callbacks.py``; TensorBoard in ``tensorboard.py``. After every epoch the run folder is up to date, so a
+crash or Ctrl-C loses at most the epoch in progress and ``--resume`` continues in the right phase and epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import platform
 import shutil
-import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from scenecls import __version__
 from scenecls.atomic import remove_stale_temporaries
-from scenecls.classifier import (
-    build_classifier,
-    check_compatible,
-    find_backbone,
-    load_model,
-)
+from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
 from scenecls.config import TrainConfig
 from scenecls.data.augment import NO_AUGMENTATION, build_augmentation
 from scenecls.data.pipeline import (
@@ -42,32 +50,23 @@ from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir, data_source
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
-from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
-from scenecls.training.features import CachedFeatures, head_model, load_or_compute
-from scenecls.unfreeze import (
-    UnfreezePolicy,
-    UnfreezeReport,
-    apply_unfreeze,
-    check_policy,
-    parse_unfreeze,
+from scenecls.training.callbacks import (
+    BatchProgress,
+    EarlyStopping,
+    HistoryRow,
+    Ledger,
+    PhaseInfo,
+    ReduceLROnPlateau,
+    RunCheckpoint,
+    StopOnNonFiniteLoss,
+    TrainingDiverged,
+    interrupts_deferred,
 )
+from scenecls.training.sources import EpochSource, FeatureSource, ImageSource
+from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, check_policy, parse_unfreeze
 
-PLATEAU_PATIENCE = 2
-PLATEAU_FACTOR = 0.2
-MIN_LR = 1e-7
-
-
-class TrainingDiverged(SceneclsError):
-    """The loss stopped being a number; the run folder keeps the last finished epoch and is marked failed."""
-
-    def __init__(self, run_dir: Path, epoch: int, phase: Phase, best_epoch: int) -> None:
-        kept = f"best.keras keeps epoch {best_epoch}" if best_epoch else "no epoch finished to keep"
-        option = "--lr" if phase.name == "head" else "--finetune-lr"
-        super().__init__(
-            f"training diverged: the loss is not finite in epoch {epoch} ({phase.name}, lr {phase.lr:g}); "
-            f"{kept}. Train again with a lower {option}"
-        )
-        self.run_dir = run_dir
+__all__ = ["Phase", "TrainResult", "TrainState", "TrainingDiverged", "TrainingInterrupted", "extend_run",
+           "plan_phases", "train"]  # fmt: skip
 
 
 class TrainingInterrupted(SceneclsError):
@@ -90,7 +89,7 @@ class Phase:
 
 @dataclass
 class TrainState:
-    status: str = "running"  # running, interrupted, finished
+    status: str = "running"  # running, interrupted, failed, finished
     phase: int = 0  # index of the phase in progress
     phase_epoch: int = 0  # epochs finished in that phase
     epoch: int = 0  # epochs finished in all
@@ -134,7 +133,10 @@ class TrainResult:
 
 
 def plan_phases(config: TrainConfig) -> list[Phase]:
-    """Phase 1 (``head``) unless ``epochs`` is 0, then one ``finetune`` stage per unfreeze step."""
+    """Phase 1 (``head``) unless ``epochs`` is 0, then one ``finetune`` stage per unfreeze step.
+
+    ``last_phase_epochs`` (set when a finished run is extended) overrides the last phase's length.
+    """
     phases = []
     if config.epochs > 0:
         phases.append(Phase("head", config.epochs, config.lr, UnfreezePolicy("blocks", 0)))
@@ -148,6 +150,8 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
             phases.append(Phase(name, config.finetune_epochs, config.finetune_lr, policy))
     if not phases:
         raise UsageError("nothing to train: --epochs and --finetune-epochs (or --unfreeze) are all 0")
+    if config.last_phase_epochs:
+        phases[-1] = replace(phases[-1], epochs=config.last_phase_epochs)
     return phases
 
 
@@ -165,19 +169,212 @@ def train(
     run); one that fails later is marked ``failed`` in ``state.json`` with the reason, and keeps every
     finished epoch for ``--resume``.
     """
+    reporter = reporter or NullReporter()
     fresh = not resume and (not run_dir.exists() or not any(run_dir.iterdir()))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        removed = remove_stale_temporaries(run_dir, runs.RUN_FILES)
-        if removed:
-            (reporter or NullReporter()).log(f"Removed {len(removed)} half-written file(s) of a killed save")
+    if resume and remove_stale_temporaries(run_dir, runs.RUN_FILES):
+        reporter.log("Removed the half-written files of a save that was killed")
     try:
-        return _train(config, run_dir, reporter=reporter, resume=resume, start_model=start_model)
+        return _train(config, run_dir, reporter, resume=resume, start_model=start_model)
     except TrainingInterrupted:
         raise
     except BaseException as exc:
         _record_failure(run_dir, fresh, exc)
         raise
+
+
+def _train(
+    config: TrainConfig, run_dir: Path, reporter: Reporter, *, resume: bool, start_model: Path | None
+) -> TrainResult:
+    import keras
+
+    # A fresh Keras state per run: the same seed gives the same initial weights whatever ran before
+    # in this process (a sweep runs many), and earlier runs' graphs are freed.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    spec = get_spec(config.backbone)
+    size = config.image_size or spec.default_size
+    phases = plan_phases(config)
+    if config.tensorboard:
+        from scenecls.training.tensorboard import require_tensorboard
+
+        require_tensorboard()
+    data = prepare_data(
+        data_source(config.data), val_split=config.val_split, seed=config.seed, reporter=reporter
+    )
+    ledger = _open_run(run_dir, config, data, size, resume, reporter)
+    if ledger.state.status == "finished":
+        reporter.log(f"{run_dir} has already finished training")
+        return _result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
+    model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
+    backbone = find_backbone(model)
+    block_map = spec.block_map(backbone)
+    for phase in phases:
+        check_policy(block_map, phase.policy)
+    images = _images(config, data, size, model)
+    reports: list[UnfreezeReport] = []
+    ledger.state.status, ledger.state.error = "running", None
+    try:
+        for index in range(ledger.state.phase, len(phases)):
+            reports.append(apply_unfreeze(backbone, block_map, phases[index].policy, model=model))
+            _run_phase(index, phases, model, backbone, reports[-1], images, ledger, config, data, size,
+                       compiled=compiled, reporter=reporter)  # fmt: skip
+            compiled = False
+    except KeyboardInterrupt:
+        _record_interrupt(ledger)
+        raise TrainingInterrupted(run_dir) from None
+    return _finish(run_dir, data, size, config, ledger, reports, reporter)
+
+
+def _run_phase(
+    index: int,
+    phases: list[Phase],
+    model,
+    backbone,
+    report: UnfreezeReport,
+    images: ImageSource,
+    ledger: Ledger,
+    config: TrainConfig,
+    data: PreparedData,
+    size: int,
+    *,
+    compiled: bool,
+    reporter: Reporter,
+) -> None:
+    """One phase: compile, choose its epoch source, one ``fit`` over its epochs, then close it."""
+    phase, state = phases[index], ledger.state
+    done = state.phase_epoch if index == state.phase else 0
+    resumed_head = index == state.phase and state.head_checkpoint
+    if done >= phase.epochs and not resumed_head:
+        return
+    if not (compiled and index == state.phase and done > 0):  # else: go on with the optimizer's state
+        _compile(model, phase, config.lr_schedule, images.steps)
+    reporter.log(
+        f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
+        f" ({len(report.blocks)} blocks, {report.layers} layers); "
+        f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
+    )
+    ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, phase.epochs, first_epoch=state.epoch - done)
+    ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
+    source = _epoch_source(phase, model, backbone, images, config, data, size, ledger, reporter)
+    ledger.checkpoints = checkpoints = source.checkpoints(ledger.run_dir)
+    checkpoints.begin(resumed=resumed_head)
+    total_epochs = state.epoch - done + sum(p.epochs for p in phases[index:])
+    callbacks = phase_callbacks(source, ledger, info, config, reporter, total_epochs)
+    stopped_before = state.stopped_early
+    weights = class_weights(data.train.labels, len(data.classes)) if config.class_weights else None
+    try:
+        with finite_dataset_warnings_silenced():
+            source.trainer.fit(
+                source.train_data,
+                validation_data=source.val_data,
+                initial_epoch=done,
+                epochs=phase.epochs,
+                verbose=0,
+                shuffle=False,
+                callbacks=callbacks,
+                class_weight=weights,
+            )
+    finally:
+        callbacks[-1].close()  # the progress bar of an epoch cut short
+    if state.stopped_early and not stopped_before:
+        reporter.log(f"No improvement for {config.patience} epochs: stopped {phase.name} early")
+    with interrupts_deferred():
+        checkpoints.finish(
+            best_in_phase=state.best_phase == phase.name, continue_from_best=bool(config.patience)
+        )
+        state.phase, state.phase_epoch, state.wait, state.head_checkpoint = index + 1, 0, 0, False
+        state.phase_seconds[phase.name] = round(time.monotonic() - ledger.phase_started, 3)
+        ledger.write_state()
+    checkpoints.discard()
+    ledger.checkpoints = None
+
+
+def phase_callbacks(
+    source: EpochSource,
+    ledger: Ledger,
+    info: PhaseInfo,
+    config: TrainConfig,
+    reporter: Reporter,
+    total_epochs: int,
+) -> list:
+    """The phase's callbacks, in the order they must see each epoch's end (progress last)."""
+    optimizer = source.trainer.optimizer
+    callbacks = [*source.callbacks(), StopOnNonFiniteLoss(), HistoryRow(ledger, info, optimizer)]
+    if config.patience:
+        callbacks.append(EarlyStopping(ledger, config.patience))
+    if config.lr_schedule == "plateau":
+        callbacks.append(ReduceLROnPlateau(ledger, optimizer))
+    callbacks.append(RunCheckpoint(ledger, info, ledger.checkpoints))
+    if config.tensorboard:
+        from scenecls.training.tensorboard import LOGDIR, TensorBoardLog
+
+        callbacks.append(TensorBoardLog(ledger, info, ledger.run_dir / LOGDIR))
+    callbacks.append(BatchProgress(reporter, ledger, info, source.steps, total_epochs))
+    return callbacks
+
+
+def _images(config: TrainConfig, data: PreparedData, size: int, model) -> ImageSource:
+    """The whole classifier on images: the source of every phase that does not run on cached features."""
+    augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
+    train_ds = make_dataset(
+        data.train, (size, size), config.batch_size, shuffle=True, augment=augment, seed=config.seed,
+        cache=config.cache_images,
+    )  # fmt: skip
+    val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
+    return ImageSource(model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
+
+
+def _epoch_source(
+    phase: Phase, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData, size: int,
+    ledger: Ledger, reporter: Reporter,
+) -> EpochSource:  # fmt: skip
+    """Cached features while the backbone is frozen (unless ``--no-cache``), else images."""
+    if not (phase.policy.frozen and config.feature_cache):
+        return images
+    from scenecls.training.features import load_or_compute
+
+    cached = load_or_compute(
+        model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
+        batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
+        seed=config.seed, reporter=reporter,
+    )  # fmt: skip
+    ledger.state.feature_cache = "reused" if cached.reused else "built"
+    return FeatureSource(model, cached, batch_size=config.batch_size, seed=config.seed)
+
+
+def _open_run(
+    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, resume: bool, reporter: Reporter
+) -> Ledger:
+    """The run's state and history: read back to resume, or a new run folder's files written."""
+    if resume:
+        state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE))
+        ledger = Ledger(
+            state, runs.read_history(run_dir / runs.HISTORY), run_dir, time.monotonic() - state.seconds
+        )
+        ledger.saved = copy.deepcopy(state)
+        if state.status != "finished":
+            _check_resume_data(run_dir, data, reporter)
+        return ledger
+    _write_run_files(run_dir, config, data, size)
+    ledger = Ledger(TrainState(), [], run_dir, time.monotonic())
+    ledger.write_state()  # so that --resume works from the start
+    return ledger
+
+
+def _record_interrupt(ledger: Ledger) -> None:
+    """Ctrl-C: everything up to the last finished epoch is on disk; say so in ``state.json``."""
+    checkpoints = ledger.checkpoints
+    state = ledger.saved if ledger.saved is not None else ledger.state  # as last written
+    if checkpoints is not None and checkpoints.pending:
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: --resume uses the head files
+            checkpoints.finish(best_in_phase=state.best_phase == ledger.phase.name, continue_from_best=False)
+    ledger.state = state
+    state.status = "interrupted"
+    state.head_checkpoint = checkpoints is not None and checkpoints.pending
+    ledger.write_state()
+    if checkpoints is not None and not checkpoints.pending:
+        checkpoints.discard()
 
 
 def _record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
@@ -197,202 +394,81 @@ def _record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
         runs.write_json(state_file, asdict(state))
 
 
-def _train(
-    config: TrainConfig,
-    run_dir: Path,
-    *,
-    reporter: Reporter | None,
-    resume: bool,
-    start_model: Path | None,
-) -> TrainResult:
-    import keras
-
-    from scenecls.training.callbacks import BatchProgress
-
-    reporter = reporter or NullReporter()
-    # A fresh Keras state per run: the same seed gives the same initial weights whatever ran before
-    # in this process (a sweep runs many), and earlier runs' graphs are freed.
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    spec = get_spec(config.backbone)
-    size = config.image_size or spec.default_size
-    phases = plan_phases(config)
-    data = prepare_data(
-        data_source(config.data),
-        val_split=config.val_split,
-        seed=config.seed,
-        reporter=reporter,
-    )
-    state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE)) if resume else TrainState()
-    history = runs.read_history(run_dir / runs.HISTORY) if resume else []
-    if resume and state.status == "finished":
-        reporter.log(f"{run_dir} has already finished training")
-        return _result(run_dir, state, runs.read_json(run_dir / runs.METRICS), [])
-    if resume:
-        _check_resume_data(run_dir, data, reporter)
-    else:
-        _write_run_files(run_dir, config, data, size)
-        runs.write_json(run_dir / runs.STATE, asdict(state))  # so that --resume works from the start
-
-    model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
-    backbone = find_backbone(model)
-    block_map = spec.block_map(backbone)
-    for phase in phases:
-        check_policy(block_map, phase.policy)
-    augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
-    train_ds = make_dataset(
-        data.train,
-        (size, size),
-        config.batch_size,
-        shuffle=True,
-        augment=augment,
-        seed=config.seed,
-        cache=config.cache_images,
-    )
-    val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
-    steps = math.ceil(len(data.train) / config.batch_size)
-    weights = class_weights(data.train.labels, len(data.classes)) if config.class_weights else None
-
-    reports: list[UnfreezeReport] = []
-    state.status, state.error = "running", None
-    started = time.monotonic() - state.seconds
-    checkpoints: ModelCheckpoints | None = None
-    try:
-        for index in range(state.phase, len(phases)):
-            phase = phases[index]
-            done = state.phase_epoch if index == state.phase else 0
-            report = apply_unfreeze(backbone, block_map, phase.policy, model=model)
-            reports.append(report)
-            resumed_head = index == state.phase and state.head_checkpoint
-            if done >= phase.epochs and not resumed_head:
-                continue
-            if not (compiled and index == state.phase and done > 0):
-                _compile(model, phase, config.lr_schedule, steps)
-            compiled = False
-            reporter.log(
-                f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
-                f" ({len(report.blocks)} blocks, {report.layers} layers); "
-                f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
-            )
-            phase_start = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
-            fit_epoch = _live_epochs(model, train_ds, val_ds, weights)
-            checkpoints = ModelCheckpoints(model, run_dir)
-            if phase.policy.frozen and config.feature_cache:
-                cached = load_or_compute(
-                    model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
-                    batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
-                    seed=config.seed, reporter=reporter,
-                )  # fmt: skip
-                state.feature_cache = "reused" if cached.reused else "built"
-                fit_epoch, trainer = _cached_epochs(model, cached, config, weights)
-                checkpoints = HeadCheckpoints(model, trainer, run_dir)
-            checkpoints.begin(resumed=resumed_head)
-            for phase_epoch in range(done, phase.epochs):
-                epoch = state.epoch + 1
-                total_epochs = state.epoch - phase_epoch + sum(p.epochs for p in phases[index:])
-                task = reporter.task(
-                    f"Epoch {epoch}/{total_epochs} {phase.name}", total=steps, unit="batches"
-                )
-                epoch_start = time.monotonic()
-                try:
-                    logs = fit_epoch(phase_epoch, BatchProgress(task))
-                finally:
-                    task.close()
-                row = {
-                    "epoch": epoch,
-                    "phase": phase.name,
-                    "loss": logs.get("loss"),
-                    "accuracy": logs.get("accuracy"),
-                    "val_loss": logs.get("val_loss"),
-                    "val_accuracy": logs.get("val_accuracy"),
-                    "lr": _current_lr(model),
-                    "seconds": round(time.monotonic() - epoch_start, 3),
-                }
-                if not _finite(row["loss"], row["val_loss"], row["val_accuracy"]):
-                    # Nothing of this epoch is saved: its weights are no longer numbers.
-                    with _interrupts_deferred():
-                        history.append(row)
-                        runs.write_history(run_dir / runs.HISTORY, history)
-                        if checkpoints.pending:  # model files from the last finished epoch's head
-                            checkpoints.finish(
-                                best_in_phase=state.best_phase == phase.name, continue_from_best=False
-                            )
-                        state.head_checkpoint = False
-                        state.seconds = time.monotonic() - started
-                        runs.write_json(run_dir / runs.STATE, asdict(state))
-                    raise TrainingDiverged(run_dir, epoch, phase, state.best_epoch)
-                with _interrupts_deferred():  # checkpoint files and state.json must agree
-                    history.append(row)
-                    _after_epoch(model, checkpoints, state, row, config, phase)
-                    state.phase, state.phase_epoch, state.epoch = index, phase_epoch + 1, epoch
-                    state.head_checkpoint = checkpoints.pending
-                    state.seconds = time.monotonic() - started
-                    state.phase_seconds[phase.name] = round(time.monotonic() - phase_start, 3)
-                    runs.write_history(run_dir / runs.HISTORY, history)
-                    runs.write_json(run_dir / runs.STATE, asdict(state))
-                reporter.log(
-                    f"epoch {epoch} {phase.name}: loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-                    f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} "
-                    f"lr {row['lr']:.2g} ({row['seconds']:.1f}s)"
-                )
-                if config.patience and state.wait >= config.patience:
-                    state.stopped_early = True
-                    reporter.log(f"No improvement for {config.patience} epochs: stopping {phase.name} early")
-                    break
-            with _interrupts_deferred():
-                checkpoints.finish(
-                    best_in_phase=state.best_phase == phase.name, continue_from_best=bool(config.patience)
-                )
-                state.phase, state.phase_epoch, state.wait = index + 1, 0, 0
-                state.head_checkpoint = False
-                state.phase_seconds[phase.name] = round(time.monotonic() - phase_start, 3)
-                runs.write_json(run_dir / runs.STATE, asdict(state))
-            checkpoints.discard()
-            checkpoints = None
-    except KeyboardInterrupt:
-        # Everything up to the last finished epoch is on disk; the epoch in progress is lost.
-        if checkpoints is not None and checkpoints.pending:
-            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: --resume uses the head files
-                checkpoints.finish(best_in_phase=state.best_phase == phase.name, continue_from_best=False)
-        state.status = "interrupted"
-        state.head_checkpoint = checkpoints is not None and checkpoints.pending
-        state.seconds = time.monotonic() - started
-        runs.write_json(run_dir / runs.STATE, asdict(state))
-        if checkpoints is not None and not checkpoints.pending:
-            checkpoints.discard()
-        raise TrainingInterrupted(run_dir) from None
+def _finish(
+    run_dir: Path, data: PreparedData, size: int, config: TrainConfig, ledger: Ledger,
+    reports: list[UnfreezeReport], reporter: Reporter,
+) -> TrainResult:  # fmt: skip
+    """Test the best model and write ``metrics.json``; the run is finished."""
+    state = ledger.state
     metrics = _final_metrics(run_dir, data, size, config, state, reporter)
     metrics["feature_cache"] = state.feature_cache
     metrics["phase_seconds"] = state.phase_seconds
     state.status = "finished"
-    state.seconds = time.monotonic() - started
-    metrics["seconds"] = round(state.seconds, 1)
+    metrics["seconds"] = round(time.monotonic() - ledger.started, 1)
     runs.write_json(run_dir / runs.METRICS, metrics)
-    runs.write_json(run_dir / runs.STATE, asdict(state))
+    ledger.write_state()
     report_dicts = [r.to_dict() for r in reports]
     config_data = runs.read_json(run_dir / runs.CONFIG)
     config_data["unfreeze_reports"] = report_dicts
     runs.write_json(run_dir / runs.CONFIG, config_data)
+    if config.tensorboard:
+        _log_confusion(run_dir, data, config, state)
     return _result(run_dir, state, metrics, report_dicts)
 
 
+def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: TrainState) -> None:
+    import numpy as np
+
+    from scenecls.evaluation import evaluate_predictions, predict_split
+    from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
+
+    split, name = (data.test, "test") if data.test else (data.val, "validation")
+    best = load_model(run_dir / runs.BEST)
+    probs = predict_split(best, split, config.batch_size)
+    evaluation = evaluate_predictions(probs, np.asarray(split.labels), data.classes, split=name)
+    title = f"best model (epoch {state.best_epoch}) on {name}: accuracy {evaluation.accuracy:.4f}"
+    log_confusion_matrix(run_dir / LOGDIR, evaluation.confusion, data.classes, step=state.epoch, title=title)
+
+
+def extend_run(
+    run_dir: Path, *, epochs: int | None = None, finetune_epochs: int | None = None
+) -> TrainConfig:
+    """Give a finished run's last phase more epochs (its new total), for ``train --resume RUN``.
+
+    History and checkpoints continue; the optimizer goes on with its state. A different recipe
+    (another unfreeze, other rates) is a ``finetune`` child run instead.
+    """
+    config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
+    state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE))
+    phases = plan_phases(config)
+    last = phases[-1]
+    option, wanted = ("--epochs", epochs) if last.name == "head" else ("--finetune-epochs", finetune_epochs)
+    if wanted is None:
+        raise UsageError(f"the last phase of {run_dir} is {last.name}: extend it with {option}")
+    if state.status != "finished":
+        raise UsageError(f"{run_dir} has not finished; resume it first (scenecls train --resume {run_dir})")
+    if config.lr_schedule == "cosine":
+        raise UsageError(
+            f"{run_dir} decayed its rate to 0 (cosine schedule); fine-tune it further as a new run: "
+            f"scenecls finetune {run_dir}"
+        )
+    if wanted <= last.epochs:
+        raise UsageError(
+            f"{option} {wanted}: the {last.name} phase already has {last.epochs} epochs; give more"
+        )
+    if last.name == "head":
+        config.epochs = wanted
+    else:
+        config.last_phase_epochs = wanted
+    data = runs.read_json(run_dir / runs.CONFIG)
+    runs.write_json(run_dir / runs.CONFIG, {**data, **config.to_dict()})
+    state.phase, state.phase_epoch = len(phases) - 1, last.epochs
+    state.status, state.stopped_early, state.wait = "interrupted", False, 0
+    runs.write_json(run_dir / runs.STATE, asdict(state))
+    return config
+
+
 # ------------------------------------------------------------------------------------------ helpers
-
-
-@contextlib.contextmanager
-def _interrupts_deferred():
-    """Hold back Ctrl-C while the run folder is updated, and deliver it right after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[tuple] = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
 
 
 def _write_run_files(run_dir: Path, config: TrainConfig, data: PreparedData, size: int) -> None:
@@ -461,58 +537,6 @@ def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
     return model, False
 
 
-def _fit_one_epoch(trainer, train_ds, val_ds, callback, weights) -> dict[str, float]:
-    from scenecls.training.callbacks import StopOnNonFiniteLoss
-
-    with finite_dataset_warnings_silenced():
-        fit = trainer.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=1,
-            verbose=0,
-            shuffle=False,
-            # A NaN loss stops the epoch at that batch instead of training on garbage to its end.
-            callbacks=[callback, StopOnNonFiniteLoss()],
-            class_weight=weights,
-        )
-    return {key: float(values[-1]) for key, values in fit.history.items()}
-
-
-def _finite(*values: float | None) -> bool:
-    return all(value is not None and math.isfinite(value) for value in values)
-
-
-def _live_epochs(model, train_ds, val_ds, weights):
-    """One epoch of the whole model on images: ``fit_epoch(phase_epoch, callback) -> logs``."""
-    return lambda phase_epoch, callback: _fit_one_epoch(model, train_ds, val_ds, callback, weights)
-
-
-def _cached_epochs(model, cached: CachedFeatures, config: TrainConfig, weights):
-    """``(fit_epoch, trainer)``: one epoch of the head alone on cached features, using copy
-    ``phase_epoch mod copies`` of each image, and the head model it trains.
-
-    The head model shares the classifier's layers and optimizer, so checkpoints of the classifier
-    hold exactly what was trained, optimizer state included.
-    """
-    import tensorflow as tf
-
-    trainer = head_model(model)
-    trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
-    copies = cached.train.shape[0]
-    val_ds = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels)).batch(config.batch_size)
-
-    def fit_epoch(phase_epoch: int, callback) -> dict[str, float]:
-        features = cached.train[phase_epoch % copies]
-        train_ds = (
-            tf.data.Dataset.from_tensor_slices((features, cached.train_labels))
-            .shuffle(len(features), seed=config.seed + phase_epoch)
-            .batch(config.batch_size)
-        )
-        return _fit_one_epoch(trainer, train_ds, val_ds, callback, weights)
-
-    return fit_epoch, trainer
-
-
 def _compile(model, phase: Phase, schedule: str, steps: int) -> None:
     import keras
 
@@ -524,37 +548,6 @@ def _compile(model, phase: Phase, schedule: str, steps: int) -> None:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-
-
-def _current_lr(model) -> float:
-    import keras
-
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-
-
-def _after_epoch(
-    model, checkpoints: ModelCheckpoints, state: TrainState, row: dict, config: TrainConfig, phase: Phase
-) -> None:
-    """Checkpoints, early-stopping and plateau bookkeeping after one epoch."""
-    checkpoints.save_last()
-    val_accuracy = row["val_accuracy"]
-    if val_accuracy > state.best_val_accuracy:
-        state.best_val_accuracy = val_accuracy
-        state.best_epoch = row["epoch"]
-        state.best_phase = phase.name
-        state.wait = 0
-        checkpoints.save_best()
-    else:
-        state.wait += 1
-    if config.lr_schedule == "plateau":
-        if state.plateau_best is None or row["val_loss"] < state.plateau_best:
-            state.plateau_best, state.plateau_wait = row["val_loss"], 0
-        else:
-            state.plateau_wait += 1
-            if state.plateau_wait >= PLATEAU_PATIENCE:
-                new_lr = max(_current_lr(model) * PLATEAU_FACTOR, MIN_LR)
-                model.optimizer.learning_rate.assign(new_lr)
-                state.plateau_wait = 0
 
 
 def _final_metrics(

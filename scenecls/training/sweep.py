@@ -20,6 +20,7 @@ from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
 
 SWEEP_FILE = "sweep.json"
+SWEEP_INDEPENDENT = ("backbone", "dense", "unfreeze", "tensorboard", "last_phase_epochs")
 RESULT_COLUMNS = (
     "run",
     "backbone",
@@ -63,7 +64,8 @@ def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None
     """Create the sweep folder, or check that an existing one holds the same sweep."""
     description = {
         "grid": [dataclasses.asdict(p) for p in points],
-        "base": {k: v for k, v in base.to_dict().items() if k not in ("backbone", "dense", "unfreeze")},
+        # What makes the runs differ; logging (tensorboard) does not, and older sweeps lack it.
+        "base": {k: v for k, v in base.to_dict().items() if k not in SWEEP_INDEPENDENT},
     }
     marker = folder / SWEEP_FILE
     if marker.is_file():

@@ -1,0 +1,97 @@
+"""Where a phase's epochs come from, behind one small interface.
+
+An *epoch source* knows what ``fit`` trains (``trainer``), on which data (``train_data``,
+``val_data``), which callbacks that data needs, and how the phase keeps its checkpoints:
+
+* :class:`ImageSource` — decoded, augmented images through the whole classifier;
+* :class:`FeatureSource` — while the backbone is frozen, the cached pooled features through the head
+  alone (see :mod:`scenecls.training.features`); epoch ``e`` uses copy ``e mod copies`` of each image.
+
+The phase loop does not know which one it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import keras
+
+from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
+from scenecls.training.features import CachedFeatures, head_model
+
+
+class EpochSource(Protocol):
+    trainer: Any  # the keras.Model that fit() trains
+    train_data: Any  # tf.data.Dataset, one pass per epoch
+    val_data: Any
+    steps: int  # batches per epoch
+
+    def callbacks(self) -> list[keras.callbacks.Callback]: ...
+
+    def checkpoints(self, run_dir: Path) -> ModelCheckpoints: ...
+
+
+class ImageSource:
+    """Images through the whole classifier (augmented as the pipeline says)."""
+
+    def __init__(self, model, train_data, val_data, steps: int) -> None:
+        self.model = model
+        self.trainer = model
+        self.train_data, self.val_data, self.steps = train_data, val_data, steps
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        return []
+
+    def checkpoints(self, run_dir: Path) -> ModelCheckpoints:
+        return ModelCheckpoints(self.model, run_dir)
+
+
+class FeatureSource:
+    """Cached pooled features through the classifier's own head layers.
+
+    The head model shares the classifier's layers and optimizer, so checkpoints of the classifier hold
+    exactly what was trained, optimizer state included. Each epoch reads the copy it is due and shuffles
+    it with a permutation of its own (seeded by the run's seed and the epoch), so an epoch after
+    ``--resume`` sees exactly what it would have seen without the interruption.
+    """
+
+    def __init__(self, model, cached: CachedFeatures, *, batch_size: int, seed: int) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.trainer = head_model(model)
+        self.trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+        copies, count = cached.train.shape[0], cached.train.shape[1]
+        self.steps = -(-count // batch_size)
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        features = tf.constant(cached.train)
+        labels = tf.constant(cached.train_labels)
+
+        def epoch_data(_):
+            epoch = self._epoch.read_value()
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+            )
+            chosen = tf.gather(features[epoch % copies], order)
+            return tf.data.Dataset.from_tensor_slices((chosen, tf.gather(labels, order)))
+
+        self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).batch(batch_size)
+        self.val_data = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels)).batch(batch_size)
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        return [_EpochCounter(self._epoch)]
+
+    def checkpoints(self, run_dir: Path) -> ModelCheckpoints:
+        return HeadCheckpoints(self.model, self.trainer, run_dir)
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    """Tells :class:`FeatureSource`'s data which epoch is starting (before its iterator is made)."""
+
+    def __init__(self, variable) -> None:
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.variable.assign(epoch)

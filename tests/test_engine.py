@@ -1,0 +1,133 @@
+"""The training engine: one fit per phase with callbacks, TensorBoard logs, extending a finished run,
+and resume giving the same epochs as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scenecls.cli import cli
+from scenecls.training import callbacks, runs
+from tests.conftest import write_class_folders
+
+TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("engine-data")
+    write_class_folders(root / "train", 12, seed=1, size=40)
+    write_class_folders(root / "test", 4, seed=2, size=40)
+    return root
+
+
+def events(folder: Path) -> dict[str, list[tuple[int, object]]]:
+    """Every summary in the event files under ``folder``: tag -> [(step, value or image bytes)]."""
+    import tensorflow as tf
+
+    found: dict[str, list] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor)
+                found.setdefault(value.tag, []).append((event.step, tensor))
+    return found
+
+
+def test_tensorboard_logs_every_epoch_per_phase_and_the_confusion_matrix(data, tmp_path):
+    project = tmp_path / "runs"
+    result = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1",
+        "--tensorboard", "--project", str(project), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    logs = project / "train" / "tensorboard"
+    history = runs.read_history(project / "train" / "history.csv")
+    head_train = events(logs / "head" / "train")
+    assert [step for step, _ in head_train["epoch_loss"]] == [1, 2]
+    assert float(head_train["epoch_loss"][0][1]) == pytest.approx(history[0]["loss"], rel=1e-5)
+    assert float(head_train["epoch_learning_rate"][1][1]) == pytest.approx(1e-3)
+    finetune_val = events(logs / "finetune" / "validation")
+    assert [step for step, _ in finetune_val["epoch_accuracy"]] == [3]
+    assert float(finetune_val["epoch_accuracy"][0][1]) == pytest.approx(history[2]["val_accuracy"], rel=1e-5)
+    image = events(logs / "evaluation")["confusion_matrix"]
+    assert image[0][0] == 3 and bytes(image[0][1][2]).startswith(b"\x89PNG")
+
+
+def test_a_finished_run_is_extended_with_more_epochs_of_its_last_phase(data, tmp_path):
+    project = tmp_path / "runs"
+    first = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1",
+        "--project", str(project),
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    run = project / "train"
+    optimizer_steps = _iterations(run / "last.keras")
+
+    refused = invoke("train", "--resume", str(run), "--finetune-epochs", "1")
+    assert refused.exit_code == 2 and "already has 1 epochs" in refused.stderr
+    wrong = invoke("train", "--resume", str(run), "--epochs", "5")
+    assert wrong.exit_code == 2 and "extend it with --finetune-epochs" in wrong.stderr
+
+    more = invoke("train", "--resume", str(run), "--finetune-epochs", "3", "--format", "json")
+    assert more.exit_code == 0, more.output
+    history = runs.read_history(run / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [
+        (1, "head"), (2, "finetune"), (3, "finetune"), (4, "finetune"),
+    ]  # fmt: skip
+    assert json.loads(more.stdout)["epochs"] == 4
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 4
+    assert json.loads((run / "config.json").read_text())["last_phase_epochs"] == 3
+    assert _iterations(run / "last.keras") > optimizer_steps  # the optimizer went on, not afresh
+    again = invoke("train", "--resume", str(run))
+    assert again.exit_code == 0 and "already finished" in again.stderr
+
+
+def _iterations(path: Path) -> int:
+    from scenecls.classifier import load_model
+
+    return int(load_model(path, compile=True).optimizer.iterations)
+
+
+def test_a_head_only_run_is_extended_with_epochs(data, tmp_path):
+    project = tmp_path / "runs"
+    args = ["--data", str(data), *TINY, "--epochs", "1", "--unfreeze", "0", "--project", str(project)]
+    assert invoke("train", *args).exit_code == 0
+    more = invoke("train", "--resume", str(project / "train"), "--epochs", "2")
+    assert more.exit_code == 0, more.output
+    history = runs.read_history(project / "train" / "history.csv")
+    assert [(r["epoch"], r["phase"]) for r in history] == [(1, "head"), (2, "head")]
+
+
+def test_resume_in_the_cached_phase_repeats_the_uninterrupted_epochs(data, tmp_path, monkeypatch):
+    """Each cached epoch has its own seeded order, so epochs after --resume are the ones an
+    uninterrupted run trains (no dropout: nothing else is random)."""
+    args = [*TINY, "--data", str(data), "--dropout", "0", "--epochs", "3", "--finetune-epochs", "0"]
+    straight = invoke("train", *args, "--project", str(tmp_path / "a"))
+    assert straight.exit_code == 0, straight.output
+
+    calls = {"n": 0}
+    original = callbacks.BatchProgress.on_train_batch_end
+
+    def interrupt_in_epoch_two(self, batch, logs=None):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 4 batches an epoch: batch 2 of epoch 2
+            raise KeyboardInterrupt
+        original(self, batch, logs)
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_epoch_two)
+    assert invoke("train", *args, "--project", str(tmp_path / "b")).exit_code == 130
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+    assert invoke("train", "--resume", str(tmp_path / "b" / "train")).exit_code == 0
+
+    a = runs.read_history(tmp_path / "a" / "train" / "history.csv")
+    b = runs.read_history(tmp_path / "b" / "train" / "history.csv")
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4, abs=1e-6), key
