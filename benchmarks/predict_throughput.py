@@ -27,6 +27,7 @@ def main() -> None:
     from scenecls.classifier import build_classifier, inference_function
     from scenecls.data.images import load_rgb
     from scenecls.predict import expand_inputs, predict_files
+    from scenecls.runtimes import KerasRuntime
 
     root, source = dataset()
     inputs = expand_inputs([str(root / "train")])
@@ -50,9 +51,10 @@ def main() -> None:
     keras_raw = raw_forward(model.predict_on_batch)
     raw = raw_forward(inference_function(model, args.batch))
 
-    list(predict_files(model, inputs[: args.batch], classes, batch_size=args.batch))  # warm-up
+    runtime = KerasRuntime.of(model, args.batch)
+    list(predict_files(runtime, inputs[: args.batch], classes, batch_size=args.batch))  # warm-up
     start = time.perf_counter()
-    rows = list(predict_files(model, inputs, classes, batch_size=args.batch))
+    rows = list(predict_files(runtime, inputs, classes, batch_size=args.batch))
     ours = len(rows) / (time.perf_counter() - start)
 
     subset = paths[: args.naive]

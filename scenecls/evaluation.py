@@ -119,6 +119,18 @@ def prediction_rows(split: Split, probs: np.ndarray, classes: list[str]) -> list
     return rows
 
 
+def check_classes(count: int, classes: list[str], model_classes: list[str] | None) -> None:
+    """Refuse an exported model for data it was not made for (as ``check_compatible`` does for Keras)."""
+    from scenecls.errors import ModelError
+
+    if model_classes is not None and list(model_classes) != list(classes):
+        raise ModelError(
+            f"the model's classes ({', '.join(model_classes)}) differ from the data's ({', '.join(classes)})"
+        )
+    if count != len(classes):
+        raise ModelError(f"the model predicts {count} classes but the data has {len(classes)}")
+
+
 @dataclass
 class RunEvaluation:
     evaluation: Evaluation
@@ -147,6 +159,8 @@ def evaluate_run(
     from scenecls.config import TrainConfig
     from scenecls.data.pipeline import prepare_data
     from scenecls.paths import data_source
+    from scenecls.predict import predict_array
+    from scenecls.runtimes import load_runtime, model_kind
     from scenecls.training import runs
 
     reporter = reporter or NullReporter()
@@ -161,17 +175,25 @@ def evaluate_run(
     chosen = splits.get(name)
     if not chosen:
         raise UsageError(f"{source} has no {name} split")
-    model = load_model(model_path)
-    check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))
     reporter.log(f"Evaluating {model_path} on {len(chosen)} {name} images of {source}")
-    probs = predict_split(model, chosen, batch_size)
+    if model_kind(model_path) == "keras":
+        model = load_model(model_path)
+        check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))
+        probs = predict_split(model, chosen, batch_size)
+    else:  # an exported model, through its own runtime
+        runtime = load_runtime(model_path, batch_size=batch_size)
+        check_classes(runtime.num_classes, prepared.classes, runs.model_classes(model_path, run_dir))
+        probs = predict_array(runtime, chosen.paths, batch_size=batch_size)
     evaluation = evaluate_predictions(
         probs, np.asarray(chosen.labels), prepared.classes, top_k=top_k, split=name
     )
     rows = prediction_rows(chosen, probs, prepared.classes)
     outcome = RunEvaluation(evaluation, model_path, run_dir, rows)
     if run_dir is not None:
-        runs.write_json(run_dir / runs.EVALUATION, {"data": str(source), **evaluation.to_dict()})
-        runs.write_rows_csv(run_dir / runs.PREDICTIONS, rows)
-        outcome.saved = [run_dir / runs.EVALUATION, run_dir / runs.PREDICTIONS]
+        # best.keras writes evaluation.json; an exported model, evaluation.<its name>.json beside it.
+        tag = "" if model_path.name == runs.BEST else f".{model_path.name}"
+        saved = [run_dir / f"evaluation{tag}.json", run_dir / f"predictions{tag}.csv"]
+        runs.write_json(saved[0], {"data": str(source), "model": str(model_path), **evaluation.to_dict()})
+        runs.write_rows_csv(saved[1], rows)
+        outcome.saved = saved
     return outcome

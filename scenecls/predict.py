@@ -68,7 +68,7 @@ def expand_inputs(items: Iterable[str], stdin: Iterable[str] | None = None) -> l
 
 
 def predict_files(
-    model,
+    runtime,
     inputs: list[tuple[str, str | None]],
     classes: list[str],
     *,
@@ -79,14 +79,13 @@ def predict_files(
 ) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every input, in order.
 
-    Images are decoded by a thread pool a few batches ahead of the model, so decoding and inference
-    overlap; the model always sees full batches (the last one padded), so it is traced once.
+    ``runtime`` is a :class:`scenecls.runtimes.Runtime` (a Keras model, SavedModel, LiteRT or ONNX
+    file). Images are decoded by a thread pool a few batches ahead of the model, so decoding and
+    inference overlap.
     """
-    from scenecls.classifier import inference_function, input_size
-
     reporter = reporter or NullReporter()
-    height, width = input_size(model)
-    forward = inference_function(model, batch_size)
+    height, width = runtime.input_size
+    forward = runtime.predict
     top_k = max(1, min(top_k, len(classes)))
     task = reporter.task("Predicting", total=len(inputs), unit="images")
     ahead = batch_size * 3
@@ -132,6 +131,20 @@ def predict_files(
                 task.advance(len(batch))
     finally:
         task.close()
+
+
+def predict_array(
+    runtime, paths: list[str], *, batch_size: int = 32, workers: int | None = None
+) -> np.ndarray:
+    """Probabilities ``(n, classes)`` for readable image files, in order, through any runtime."""
+    height, width = runtime.input_size
+    out = []
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            images = list(pool.map(lambda p: load_rgb(p, (height, width)), chunk))
+            out.append(runtime.predict(np.stack(images).astype(np.float32)))
+    return np.concatenate(out) if out else np.zeros((0, runtime.num_classes), np.float32)
 
 
 def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:

@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": "scenecls.cli.evaluate:evaluate",
     "predict": "scenecls.cli.predict:predict",
     "plot": "scenecls.cli.plot:plot",
+    "export": "scenecls.cli.export:export",
     "backbones": "scenecls.cli.backbones:backbones",
 }
 

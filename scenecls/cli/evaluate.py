@@ -40,11 +40,21 @@ def evaluate(
     MODEL is a run folder or name, or a .keras file (default: the latest run). Results are also
     saved in the run folder (evaluation.json, predictions.csv).
     """
-    out.load_tensorflow()
     from scenecls.evaluation import evaluate_run
+    from scenecls.runtimes import needs_tensorflow
+    from scenecls.training.runs import resolve_model
 
+    model_path, _ = resolve_model(model, project)
+    if needs_tensorflow(model_path):
+        out.load_tensorflow()
     outcome = evaluate_run(
-        model, project, data=data, split=split, top_k=top_k, batch_size=batch_size, reporter=out.reporter()
+        str(model_path),
+        project,
+        data=data,
+        split=split,
+        top_k=top_k,
+        batch_size=batch_size,
+        reporter=out.reporter(),
     )
     ev = outcome.evaluation
     _render(out, outcome, fmt)

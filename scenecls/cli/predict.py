@@ -17,7 +17,8 @@ from scenecls.cli.output import Output, dumps, format_option, project_option
     "model_ref",
     default=None,
     metavar="RUN|FILE",
-    help="Run folder or name, or a .keras file  [default: the latest run]",
+    help="Run folder or name, a .keras file, or an exported .tflite, .onnx or SavedModel folder  "
+    "[default: the latest run]",
 )
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
@@ -38,24 +39,25 @@ def predict(
     An unreadable file gets an error row and the rest go on; the exit code is 0 when all succeeded,
     3 when some inputs failed and 4 when every one did.
     """
-    out.load_tensorflow()
-    from scenecls.classifier import load_model, num_classes
     from scenecls.errors import ModelError
     from scenecls.predict import expand_inputs, predict_files
+    from scenecls.runtimes import load_runtime, needs_tensorflow
     from scenecls.training.runs import model_classes, resolve_model
 
     model_path, run_dir = resolve_model(model_ref, project)
+    if needs_tensorflow(model_path):  # .tflite and .onnx run without it: a fraction of a second
+        out.load_tensorflow()
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
-    model = load_model(model_path)
+    runtime = load_runtime(model_path, batch_size=batch_size)
     classes = model_classes(model_path, run_dir)
-    if classes is not None and len(classes) != num_classes(model):
+    if classes is not None and len(classes) != runtime.num_classes:
         raise ModelError(
-            f"{model_path} predicts {num_classes(model)} classes but its labels.json names {len(classes)}; "
+            f"{model_path} predicts {runtime.num_classes} classes but its labels name {len(classes)}; "
             f"the two files do not belong together"
         )
-    classes = classes or [f"class_{i}" for i in range(num_classes(model))]
+    classes = classes or [f"class_{i}" for i in range(runtime.num_classes)]
     predictions = predict_files(
-        model, inputs, classes, batch_size=batch_size, top_k=top_k, reporter=out.reporter()
+        runtime, inputs, classes, batch_size=batch_size, top_k=top_k, reporter=out.reporter()
     )
     failed = 0
     collected = []

@@ -148,9 +148,9 @@ def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
     """``(model file, run folder or None)`` from a ``.keras`` file, a run folder or name, or the latest."""
     if value is not None:
         path = Path(value)
-        if path.is_file():
+        if path.is_file() or (path.is_dir() and (path / "saved_model.pb").is_file()):
             return path, path.parent if (path.parent / CONFIG).is_file() else None
-        if path.suffix == ".keras":
+        if path.suffix in (".keras", ".tflite", ".onnx"):
             raise SceneclsError(f"model file {path} does not exist")
     run = resolve_run(value, project)
     if not (run / BEST).is_file():
@@ -179,7 +179,14 @@ def _why_no_model(run: Path) -> str:
 
 
 def model_classes(model_path: Path, run_dir: Path | None) -> list[str] | None:
-    """The class names saved beside a model (``labels.json``), if any."""
+    """The class names saved with a model: an exported model's own labels, else ``labels.json`` beside
+    it or in its run folder."""
+    if model_path.suffix != ".keras":
+        from scenecls.runtimes import exported_classes
+
+        classes = exported_classes(model_path)
+        if classes is not None:
+            return classes
     for folder in (model_path.parent, run_dir):
         if folder is not None and (folder / LABELS).is_file():
             return list(read_json(folder / LABELS)["classes"])

@@ -1,0 +1,104 @@
+"""``scenecls export``: a trained model as a SavedModel, LiteRT (.tflite) or ONNX file, checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output, project_option
+
+
+@click.command("export")
+@click.argument("model", required=False)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["savedmodel", "tflite", "onnx"]),
+    default="tflite",
+    show_default=True,
+    help="savedmodel: TensorFlow Serving; tflite: LiteRT (fast predict without TensorFlow); onnx.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: beside the model]")
+@click.option(
+    "--quantize",
+    type=click.Choice(["float16", "int8"]),
+    default=None,
+    help="tflite only: float16 weights, or int8 calibrated on the run's own images.",
+)
+@click.option(
+    "--calibration",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Images that calibrate int8.",
+)
+@click.option(
+    "--parity",
+    "parity_images",
+    type=click.IntRange(0),
+    default=200,
+    show_default=True,
+    help="Images run through both models to check the export (0: skip the check).",
+)
+@click.option("--data", type=click.Path(path_type=Path), help="Images for the check  [default: the run's]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@project_option()
+@click.pass_obj
+def export(
+    out: Output,
+    model: str | None,
+    fmt: str,
+    output: Path | None,
+    quantize: str | None,
+    calibration: int,
+    parity_images: int,
+    data: Path | None,
+    as_json: bool,
+    project: Path,
+) -> None:
+    """Export MODEL (a run folder or name, or a .keras file; default: the latest run's best model).
+
+    Writes labels.txt and the model's metadata beside it, then runs images through the exported model
+    and the Keras model and compares them; exits 1 when top-1 agreement is below the format's threshold
+    (0.99 for float exports, 0.98 float16, 0.90 int8).
+    """
+    out.load_tensorflow()
+    from scenecls.errors import SceneclsError
+    from scenecls.export import export_run
+
+    result = export_run(
+        model, project, fmt, output=output, quantize=quantize, calibration=calibration,
+        parity_images=parity_images, data=data, reporter=out.reporter(),
+    )  # fmt: skip
+    parity = result.parity
+    if as_json:
+        out.json(result.to_dict())
+    else:
+        rows = [
+            ["file", str(result.path)],
+            ["size", f"{result.bytes / 1e6:.1f} MB"],
+            ["labels", str(result.labels)],
+        ]
+        if parity is not None:
+            rows += [
+                ["checked on", f"{parity.images} images"],
+                ["top-1 agreement", f"{parity.top1_agreement:.4f} (threshold {parity.threshold:g})"],
+                ["max probability difference", f"{parity.max_abs_diff:.2e}"],
+            ]
+            if parity.keras_accuracy is not None:
+                rows += [
+                    ["accuracy, Keras", f"{parity.keras_accuracy:.4f}"],
+                    ["accuracy, exported", f"{parity.exported_accuracy:.4f}"],
+                ]
+        out.table(
+            ["", ""],
+            rows,
+            title=f"Exported ({result.format}{f', {result.quantize}' if result.quantize else ''})",
+        )
+    if parity is not None and not parity.ok:
+        raise SceneclsError(
+            f"the export disagrees with the Keras model: top-1 agreement {parity.top1_agreement:.4f} is "
+            f"below {parity.threshold:g} for {result.quantize or result.format}; the file is kept at "
+            f"{result.path}"
+        )

@@ -1,0 +1,333 @@
+"""A trained classifier out of the tool: SavedModel (TensorFlow Serving), LiteRT (``.tflite``) and ONNX,
+each checked against the Keras model before it is called done.
+
+One exporter per format, all through Keras's own export where it serves (``model.export`` with
+``litert`` and ``onnx``; ``ExportArchive`` for the SavedModel's two signatures). Beside every exported
+model go ``labels.txt`` (one class name a line, the convention of TF Hub and TFLite classifiers) and
+its metadata (input size, that inputs are raw 0-255 RGB, classes, format, quantization).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenecls import __version__
+from scenecls.errors import ModelError, UsageError, first_line
+from scenecls.runtimes import load_runtime, metadata_path
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+QUANTIZATIONS = ("float16", "int8")
+# Top-1 agreement with the Keras model below which an export is refused. Float exports compute the same
+# function (differences of rounding only); float16 weights and int8 arithmetic change it a little.
+THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "onnx": 0.99, "float16": 0.98, "int8": 0.90}
+
+
+@dataclass
+class Parity:
+    images: int
+    top1_agreement: float
+    max_abs_diff: float
+    threshold: float
+    keras_accuracy: float | None = None
+    exported_accuracy: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.top1_agreement >= self.threshold
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    quantize: str | None
+    bytes: int
+    labels: Path
+    metadata: Path
+    parity: Parity | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(path=str(self.path), labels=str(self.labels), metadata=str(self.metadata))
+        return data
+
+
+def default_output(model_path: Path, fmt: str, quantize: str | None = None) -> Path:
+    """Beside the model: ``best.tflite``, ``best_int8.tflite``, ``best.onnx``, ``best_savedmodel/``."""
+    stem = model_path.stem + (f"_{quantize}" if quantize else "")
+    return model_path.with_name(f"{stem}_savedmodel" if fmt == "savedmodel" else f"{stem}.{fmt}")
+
+
+def export_model(
+    model,
+    classes: Sequence[str],
+    fmt: str,
+    output: Path,
+    *,
+    quantize: str | None = None,
+    calibration: np.ndarray | None = None,
+    source: Path | None = None,
+) -> Path:
+    """Write ``model`` as ``fmt`` to ``output`` (atomically: a failed export leaves nothing), with its
+    labels and metadata. ``calibration`` images (raw 0-255) are needed for ``int8``."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format takes one of {', '.join(FORMATS)}, got {fmt!r}")
+    if quantize and fmt != "tflite":
+        raise UsageError("--quantize applies to --format tflite only")
+    if quantize == "int8" and (calibration is None or not len(calibration)):
+        raise UsageError("--quantize int8 needs calibration images (the run's data, or --data)")
+    output = Path(output)
+    _check_replaceable(output, fmt)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        staged = scratch / output.name
+        {"savedmodel": _savedmodel, "tflite": _tflite, "onnx": _onnx}[fmt](
+            model, staged, classes=list(classes), quantize=quantize, calibration=calibration
+        )
+        if output.is_dir() and not output.is_symlink():
+            shutil.rmtree(output)
+        staged.replace(output)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    height, width = int(model.input_shape[1]), int(model.input_shape[2])
+    labels = (output if output.is_dir() else output.parent) / "labels.txt"
+    labels.write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
+    metadata_path(output).write_text(
+        json.dumps(
+            {
+                "format": fmt,
+                "quantize": quantize,
+                "classes": list(classes),
+                "input": {"height": height, "width": width, "channels": 3, "pixels": "RGB 0-255, float32"},
+                "output": "probabilities (softmax), one per class in the order of classes",
+                "source": str(source) if source else None,
+                "scenecls": __version__,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return output
+
+
+def _check_replaceable(output: Path, fmt: str) -> None:
+    """Replace only an earlier export of the same kind, never a folder or file of something else."""
+    if not output.exists():
+        return
+    if fmt == "savedmodel":
+        if not (output.is_dir() and (output / "saved_model.pb").is_file()):
+            raise UsageError(f"--output {output} exists and is not a SavedModel; choose a new path")
+    elif output.is_dir() or output.suffix.lower() != f".{fmt}":
+        raise UsageError(f"--output {output} exists and is not a .{fmt} file; choose a new path")
+
+
+def _savedmodel(model, path: Path, *, classes: list[str], **_) -> None:
+    """Two signatures: ``serving_default`` takes encoded image bytes (JPEG, PNG, ...) as TF Serving's
+    REST API sends them (``{"b64": ...}``) and ``serve_pixels`` decoded pixels; both return
+    probabilities, class ids and class names."""
+    import keras
+    import tensorflow as tf
+
+    height, width = int(model.input_shape[1]), int(model.input_shape[2])
+    names = tf.constant(classes)
+
+    def outputs(pixels):
+        probabilities = model(pixels, training=False)
+        ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"probabilities": probabilities, "class_ids": ids, "class_names": tf.gather(names, ids)}
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), (height, width), antialias=True)
+        return tf.clip_by_value(image, 0.0, 255.0)
+
+    def serve_bytes(image_bytes):
+        pixels = tf.map_fn(
+            decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32)
+        )
+        return outputs(pixels)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    archive.add_endpoint(
+        "serve_pixels",
+        outputs,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="pixels")],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def _tflite(model, path: Path, *, quantize: str | None, calibration: np.ndarray | None, **_) -> None:
+    import tensorflow as tf
+
+    options: dict[str, Any] = {}
+    if quantize == "float16":
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "target_spec": {"supported_types": [tf.float16]},
+        }
+    elif quantize == "int8":
+
+        def representative():
+            for image in calibration:
+                yield [np.asarray(image, dtype=np.float32)[None]]
+
+        # int8 weights and activations inside, float32 raw pixels in and probabilities out.
+        options = {"optimizations": [tf.lite.Optimize.DEFAULT], "representative_dataset": representative}
+    _quietly(lambda: model.export(str(path), format="litert", verbose=False, **options))
+
+
+def _onnx(model, path: Path, **_) -> None:
+    try:
+        import tf2onnx  # noqa: F401  (Keras's ONNX export needs it)
+    except ImportError:
+        raise ModelError("--format onnx needs tf2onnx: pip install 'scenecls[onnx]'") from None
+    height, width = int(model.input_shape[1]), int(model.input_shape[2])
+    model(np.zeros((1, height, width, 3), np.float32), training=False)  # Keras exports only a called model
+    _quietly(lambda: model.export(str(path), format="onnx", verbose=False))
+
+
+def _quietly(export) -> None:
+    """Run a converter; its failures become one-line errors (converters print much and raise anything)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export()
+    except (ModelError, UsageError):
+        raise
+    except Exception as exc:
+        raise ModelError(f"the export failed: {first_line(exc, 300)}") from exc
+
+
+def check_parity(
+    model, exported: Path, images: np.ndarray, labels: np.ndarray | None, *, fmt: str, quantize: str | None
+) -> Parity:
+    """Run ``images`` through the Keras model and the exported one: top-1 agreement, the largest
+    probability difference, and both accuracies when ``labels`` are known."""
+    from scenecls.classifier import inference_function
+
+    forward = inference_function(model, 32)
+    runtime = load_runtime(exported)
+    expected = np.concatenate([forward(images[i : i + 32]) for i in range(0, len(images), 32)])
+    got = np.concatenate([runtime.predict(images[i : i + 32]) for i in range(0, len(images), 32)])
+    agree = float(np.mean(expected.argmax(axis=1) == got.argmax(axis=1)))
+    parity = Parity(
+        images=len(images),
+        top1_agreement=agree,
+        max_abs_diff=float(np.max(np.abs(expected - got))),
+        threshold=THRESHOLDS[quantize or fmt],
+    )
+    if labels is not None and len(labels):
+        parity.keras_accuracy = float(np.mean(expected.argmax(axis=1) == labels))
+        parity.exported_accuracy = float(np.mean(got.argmax(axis=1) == labels))
+    return parity
+
+
+def export_run(
+    model_ref: str | None,
+    project: Path,
+    fmt: str,
+    *,
+    output: Path | None = None,
+    quantize: str | None = None,
+    calibration: int = 100,
+    parity_images: int = 200,
+    data: Path | None = None,
+    reporter=None,
+) -> ExportResult:
+    """Export a run's best model (or a ``.keras`` file) and check it on images of its own data."""
+    from scenecls.classifier import load_model
+    from scenecls.reporting import NullReporter
+    from scenecls.training.runs import model_classes, resolve_model
+
+    reporter = reporter or NullReporter()
+    model_path, run_dir = resolve_model(model_ref, project)
+    if model_path.suffix != ".keras":
+        raise UsageError(f"{model_path} is already an exported model; export a run or a .keras file")
+    model = load_model(model_path)
+    classes = model_classes(model_path, run_dir) or [f"class_{i}" for i in range(model.output_shape[-1])]
+    size = (int(model.input_shape[1]), int(model.input_shape[2]))
+    target = output or default_output(model_path, fmt, quantize)
+    need = max(parity_images, calibration if quantize == "int8" else 0)
+    images, labels, origin = sample_images(run_dir, data, size, need, classes, reporter=reporter)
+    reporter.log(f"Exporting {model_path} as {fmt}{f' ({quantize})' if quantize else ''} to {target}")
+    export_model(
+        model, classes, fmt, target, quantize=quantize,
+        calibration=images[:calibration] if quantize == "int8" else None, source=model_path,
+    )  # fmt: skip
+    parity = None
+    if parity_images:
+        count = min(parity_images, len(images))
+        reporter.log(f"Checking the export against the Keras model on {count} {origin}")
+        parity = check_parity(
+            model,
+            target,
+            images[:count],
+            None if labels is None else labels[:count],
+            fmt=fmt,
+            quantize=quantize,
+        )
+    size_bytes = (
+        sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+        if target.is_dir()
+        else target.stat().st_size
+    )
+    labels_file = (target if target.is_dir() else target.parent) / "labels.txt"
+    return ExportResult(target, fmt, quantize, size_bytes, labels_file, metadata_path(target), parity)
+
+
+def sample_images(
+    run_dir: Path | None,
+    data: Path | None,
+    size: tuple[int, int],
+    count: int,
+    classes: list[str],
+    *,
+    reporter,
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Up to ``count`` images (raw 0-255, at ``size``) with their labels, for the parity check and int8
+    calibration: the run's validation split (rebuilt from its seed), or ``data``'s; random pixels, said
+    so, when there is no data at all."""
+    from scenecls.config import TrainConfig
+    from scenecls.data.images import load_rgb
+    from scenecls.data.pipeline import prepare_data
+    from scenecls.training import runs
+
+    if count == 0:
+        return np.zeros((0, *size, 3), np.float32), None, "images"
+    config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG)) if run_dir else None
+    source = data or (Path(config.data) if config and config.data else None)
+    if source is None and config is not None:
+        from scenecls.paths import default_dataset_dir
+
+        source = default_dataset_dir() if default_dataset_dir().exists() else None
+    if source is None or not Path(source).exists():
+        reporter.warn("no data to check the export on: using random pixels (agreement only, no accuracy)")
+        rng = np.random.default_rng(0)
+        return rng.uniform(0, 255, (count, *size, 3)).astype(np.float32), None, "random images"
+    prepared = prepare_data(
+        Path(source), val_split=config.val_split if config else 0.2, seed=config.seed if config else 0,
+        reporter=reporter,
+    )  # fmt: skip
+    split = prepared.val
+    same = list(prepared.classes) == list(classes)
+    rng = np.random.default_rng(0)
+    chosen = sorted(rng.permutation(len(split))[:count].tolist())
+    images = np.stack([load_rgb(split.paths[i], size) for i in chosen]).astype(np.float32)
+    labels = np.asarray([split.labels[i] for i in chosen]) if same else None
+    return images, labels, "validation images"

@@ -1,0 +1,231 @@
+"""A trained classifier in any of the forms it leaves the tool in, behind one ``predict`` interface.
+
+* ``.keras`` — the Keras model (imports TensorFlow);
+* a SavedModel folder (``saved_model.pb`` inside), as ``scenecls export --format savedmodel`` writes it
+  (imports TensorFlow);
+* ``.tflite`` — run by LiteRT (``ai-edge-litert``), **without** TensorFlow;
+* ``.onnx`` — run by ONNX Runtime, **without** TensorFlow.
+
+Every runtime takes raw 0-255 RGB float32 images of its ``input_size`` and returns class probabilities.
+Importing this module imports neither TensorFlow nor a runtime: each is imported when a model of its
+kind is loaded, so ``scenecls predict photo.jpg --model best.tflite`` starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from scenecls.errors import ModelError, first_line
+
+EXTRAS = {"tflite": "litert", "onnx": "onnx"}  # pip install 'scenecls[<extra>]'
+METADATA_SUFFIX = ".json"  # model.tflite -> model.tflite.json beside it; SavedModel: metadata.json inside
+
+
+class Runtime(Protocol):
+    kind: str
+    input_size: tuple[int, int]  # (height, width)
+    num_classes: int
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """``(n, height, width, 3)`` float32 0-255 RGB -> ``(n, classes)`` probabilities."""
+
+
+def model_kind(path: Path) -> str:
+    """``keras``, ``savedmodel``, ``tflite`` or ``onnx``, from the path; a one-line error otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return "savedmodel"
+        raise ModelError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
+    kinds = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+    if path.suffix.lower() in kinds:
+        return kinds[path.suffix.lower()]
+    raise ModelError(
+        f"{path}: not a model file scenecls reads (.keras, .tflite, .onnx or a SavedModel folder)"
+    )
+
+
+def needs_tensorflow(path: Path) -> bool:
+    return model_kind(path) in ("keras", "savedmodel")
+
+
+def load_runtime(path: Path, *, batch_size: int = 32) -> Runtime:
+    """The model at ``path`` ready to predict; damaged or foreign files are one-line errors."""
+    kind = model_kind(path)
+    loader = {
+        "keras": KerasRuntime,
+        "savedmodel": SavedModelRuntime,
+        "tflite": LiteRTRuntime,
+        "onnx": OnnxRuntime,
+    }
+    return loader[kind](Path(path), batch_size=batch_size)
+
+
+def metadata_path(path: Path) -> Path:
+    """Where the metadata of an exported model lives: inside a SavedModel, beside a file."""
+    path = Path(path)
+    return path / "metadata.json" if path.is_dir() else path.with_name(path.name + METADATA_SUFFIX)
+
+
+def exported_classes(path: Path) -> list[str] | None:
+    """The class names written with an exported model (its metadata, else ``labels.txt``)."""
+    path = Path(path)
+    meta = metadata_path(path)
+    if meta.is_file():
+        try:
+            return list(json.loads(meta.read_text(encoding="utf-8"))["classes"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"{meta} is unreadable: {first_line(exc)}") from exc
+    labels = (path if path.is_dir() else path.parent) / "labels.txt"
+    if labels.is_file():
+        return [line.strip() for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while native code announces itself (its INFO lines bypass
+    Python); ``SCENECLS_DEBUG=1`` keeps them."""
+    if os.environ.get("SCENECLS_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _missing_runtime(kind: str, module: str) -> ModelError:
+    return ModelError(
+        f"running a .{kind} model needs the {module} package: pip install 'scenecls[{EXTRAS[kind]}]'"
+    )
+
+
+class KerasRuntime:
+    """A scenecls ``.keras`` file, or (:meth:`of`) a classifier already in memory."""
+
+    kind = "keras"
+
+    def __init__(self, path: Path, *, batch_size: int = 32) -> None:
+        from scenecls.classifier import load_model
+
+        self._use(load_model(path), batch_size)
+
+    @classmethod
+    def of(cls, model, batch_size: int = 32) -> KerasRuntime:
+        runtime = cls.__new__(cls)
+        runtime._use(model, batch_size)
+        return runtime
+
+    def _use(self, model, batch_size: int) -> None:
+        from scenecls.classifier import inference_function, input_size, num_classes
+
+        self.model = model
+        self.input_size = input_size(model)
+        self.num_classes = num_classes(model)
+        self._forward = inference_function(model, batch_size)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self._forward(images)
+
+
+class SavedModelRuntime:
+    """A SavedModel written by ``scenecls export``: its ``serve_pixels`` signature."""
+
+    kind = "savedmodel"
+
+    def __init__(self, path: Path, *, batch_size: int = 32) -> None:
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(str(path))
+            self._serve = loaded.signatures["serve_pixels"]
+        except Exception as exc:  # TensorFlow raises many kinds for a damaged folder
+            raise ModelError(f"cannot load the SavedModel {path}: {first_line(exc, 300)}") from exc
+        self._loaded = loaded  # keeps the signature's variables alive
+        spec = self._serve.structured_input_signature[1]["pixels"]
+        self.input_size = (int(spec.shape[1]), int(spec.shape[2]))
+        self.num_classes = int(self._serve.structured_outputs["probabilities"].shape[-1])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        outputs = self._serve(pixels=tf.constant(np.asarray(images, dtype=np.float32)))
+        return np.asarray(outputs["probabilities"])
+
+
+class LiteRTRuntime:
+    kind = "tflite"
+
+    def __init__(self, path: Path, *, batch_size: int = 32) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise _missing_runtime("tflite", "ai-edge-litert") from None
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        try:
+            with _native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
+                self._interpreter = Interpreter(model_path=str(path))
+            self._input = self._interpreter.get_input_details()[0]
+            self._output = self._interpreter.get_output_details()[0]
+        except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a damaged file
+            raise ModelError(f"cannot load {path} as a LiteRT model: {first_line(exc, 300)}") from exc
+        shape = self._input["shape"]
+        if len(shape) != 4 or shape[3] != 3:
+            raise ModelError(f"{path} does not take RGB images (input shape {list(shape)})")
+        self.input_size = (int(shape[1]), int(shape[2]))
+        self.num_classes = int(self._output["shape"][-1])
+        self._batch = 0
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if len(images) != self._batch:  # the interpreter is sized for one batch size at a time
+            self._interpreter.resize_tensor_input(self._input["index"], [len(images), *self.input_size, 3])
+            with _native_stderr_silenced():
+                self._interpreter.allocate_tensors()
+            self._batch = len(images)
+        self._interpreter.set_tensor(self._input["index"], images)
+        self._interpreter.invoke()
+        return np.array(self._interpreter.get_tensor(self._output["index"]))
+
+
+class OnnxRuntime:
+    kind = "onnx"
+
+    def __init__(self, path: Path, *, batch_size: int = 32) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise _missing_runtime("onnx", "onnxruntime") from None
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        try:
+            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf kinds
+            raise ModelError(f"cannot load {path} as an ONNX model: {first_line(exc, 300)}") from exc
+        node = self._session.get_inputs()[0]
+        shape = node.shape
+        if len(shape) != 4 or shape[3] != 3 or not all(isinstance(d, int) for d in shape[1:3]):
+            raise ModelError(f"{path} does not take RGB images of a fixed size (input shape {shape})")
+        self._name = node.name
+        self.input_size = (int(shape[1]), int(shape[2]))
+        classes = self._session.get_outputs()[0].shape[-1]
+        if not isinstance(classes, int):
+            raise ModelError(f"{path} does not say how many classes it predicts")
+        self.num_classes = classes
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(None, {self._name: np.asarray(images, dtype=np.float32)})[0])

@@ -1,0 +1,169 @@
+"""`scenecls export` and exported models in `predict` and `evaluate`: every format round-trips and agrees
+with the Keras model, the SavedModel serves encoded bytes, a .tflite predict never imports TensorFlow,
+and damaged or mismatched files are one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from scenecls.cli import cli
+from tests.conftest import write_class_folders
+
+TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def one_error_line(result) -> str:
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    data = write_class_folders(root / "data", 8, seed=3, size=40)
+    result = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0",
+        "--project", str(root / "runs"), "--format", "json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return Path(json.loads(result.stdout)["run_dir"])
+
+
+@pytest.fixture(scope="module")
+def exported(run) -> dict[str, Path]:
+    paths = {}
+    for fmt in ("tflite", "onnx", "savedmodel"):
+        result = invoke("-q", "export", str(run), "--format", fmt, "--json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["parity"]["top1_agreement"] == 1.0 and report["parity"]["max_abs_diff"] < 1e-4
+        paths[fmt] = Path(report["path"])
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "savedmodel"])
+def test_each_format_predicts_as_the_keras_model(run, exported, fmt):
+    images = sorted(str(p) for p in (run.parent.parent / "data").rglob("*.jpg"))[:10]
+    keras = invoke("predict", *images, "--model", str(run), "--format", "json")
+    other = invoke("predict", *images, "--model", str(exported[fmt]), "--format", "json")
+    assert keras.exit_code == 0 and other.exit_code == 0, other.output
+    for a, b in zip(json.loads(keras.stdout), json.loads(other.stdout), strict=True):
+        assert a["label"] == b["label"]
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4)
+
+
+def test_labels_and_metadata_go_beside_the_model(run, exported):
+    classes = json.loads((run / "labels.json").read_text())["classes"]
+    assert (run / "labels.txt").read_text().split() == classes
+    meta = json.loads((run / "best.tflite.json").read_text())
+    assert meta["classes"] == classes and meta["input"]["height"] == 32
+    assert "0-255" in meta["input"]["pixels"]
+    assert (exported["savedmodel"] / "labels.txt").is_file() and (
+        exported["savedmodel"] / "metadata.json"
+    ).is_file()
+
+
+def test_savedmodel_serves_encoded_jpeg_and_png_bytes(run, exported):
+    import tensorflow as tf
+
+    from scenecls.classifier import load_model
+
+    served = tf.saved_model.load(str(exported["savedmodel"]))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    encoded = []
+    for image, fmt in zip(pixels, ("PNG", "JPEG"), strict=True):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=fmt, quality=100)
+        encoded.append(buffer.getvalue())
+    out = served.signatures["serving_default"](image_bytes=tf.constant(encoded))
+    keras = load_model(run / "best.keras")
+    expected = np.asarray(keras(pixels.astype(np.float32)))
+    probabilities = out["probabilities"].numpy()
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities[0], expected[0], atol=1e-5)  # PNG: the very same pixels
+    np.testing.assert_allclose(probabilities[1], expected[1], atol=0.05)  # JPEG: lossy, close
+    classes = json.loads((run / "labels.json").read_text())["classes"]
+    ids = out["class_ids"].numpy().tolist()
+    assert [n.decode() for n in out["class_names"].numpy()] == [classes[i] for i in ids]
+    raw = served.signatures["serve_pixels"](pixels=tf.constant(pixels.astype(np.float32)))
+    np.testing.assert_allclose(raw["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def test_tflite_predict_imports_no_tensorflow(run, exported):
+    image = next((run.parent.parent / "data").rglob("*.jpg"))
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from scenecls.cli import cli\n"
+        f"args = ['predict', {str(image)!r}, '--model', {str(exported['tflite'])!r}, '--format', 'json']\n"
+        "result = CliRunner().invoke(cli, args)\n"
+        "print(result.exit_code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["0", "False", "False"], done.stdout + done.stderr
+
+
+def test_evaluate_an_exported_model(run, exported):
+    data = run.parent.parent / "data"
+    result = invoke("evaluate", str(exported["tflite"]), "--data", str(data), "--format", "json")
+    assert result.exit_code == 0, result.output
+    keras = invoke("evaluate", str(run), "--data", str(data), "--format", "json")
+    assert json.loads(result.stdout)["accuracy"] == pytest.approx(json.loads(keras.stdout)["accuracy"])
+    assert (run / "evaluation.best.tflite.json").is_file() and (run / "evaluation.json").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
+def test_damaged_exported_files_are_one_line_errors(run, tmp_path, suffix):
+    bad = tmp_path / f"model{suffix}"
+    bad.write_bytes(b"\x00 not a model at all" * 10)
+    image = next((run.parent.parent / "data").rglob("*.jpg"))
+    result = invoke("predict", str(image), "--model", str(bad))
+    assert result.exit_code == 1
+    assert "cannot load" in one_error_line(result)
+
+
+def test_labels_that_do_not_fit_an_exported_model_are_refused(run, exported, tmp_path):
+    copy = tmp_path / "model.tflite"
+    copy.write_bytes(exported["tflite"].read_bytes())
+    (tmp_path / "labels.txt").write_text("one\ntwo\n")
+    image = next((run.parent.parent / "data").rglob("*.jpg"))
+    result = invoke("predict", str(image), "--model", str(copy))
+    assert result.exit_code == 1
+    assert "labels name 2" in one_error_line(result)
+
+
+def test_export_refuses_to_overwrite_something_else(run, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    result = invoke("export", str(run), "--format", "savedmodel", "--output", str(folder), "--parity", "0")
+    assert result.exit_code == 2
+    assert "not a SavedModel" in one_error_line(result)
+    assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def test_failed_parity_check_exits_1_and_keeps_the_file(run, tmp_path, monkeypatch):
+    from scenecls import export
+
+    monkeypatch.setitem(export.THRESHOLDS, "tflite", 1.01)  # no export can agree more than always
+    target = tmp_path / "strict.tflite"
+    result = invoke("export", str(run), "--format", "tflite", "--output", str(target))
+    assert result.exit_code == 1
+    assert "disagrees" in one_error_line(result)
+    assert target.is_file()
