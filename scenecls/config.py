@@ -43,6 +43,7 @@ class TrainConfig:
     cache_aug: int = 0  # augmented copies per image in the feature cache, besides the image itself
     parent: str | None = None  # the run a fine-tuning run started from
     tensorboard: bool = False  # TensorBoard logs in the run folder
+    export_tflite: bool = True  # best.tflite beside best.keras when the run ends (fast predict)
     last_phase_epochs: int | None = None  # set when a finished run is extended: its last phase's length
 
     @property

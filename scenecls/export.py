@@ -291,6 +291,18 @@ def export_run(
     return ExportResult(target, fmt, quantize, size_bytes, labels_file, metadata_path(target), parity)
 
 
+def export_for_predict(run_dir: Path, model, classes: list[str], images: np.ndarray, labels) -> Parity:
+    """``best.tflite`` beside a run's ``best.keras``, checked, so that ``scenecls predict`` answers without
+    TensorFlow; a file that fails its check is removed (predict then uses ``best.keras``)."""
+    target = run_dir / "best.tflite"
+    export_model(model, classes, "tflite", target, source=run_dir / "best.keras")
+    parity = check_parity(model, target, images, labels, fmt="tflite", quantize=None)
+    if not parity.ok:
+        target.unlink(missing_ok=True)
+        metadata_path(target).unlink(missing_ok=True)
+    return parity
+
+
 def sample_images(
     run_dir: Path | None,
     data: Path | None,

@@ -24,7 +24,7 @@ import numpy as np
 
 from scenecls.errors import ModelError, first_line
 
-EXTRAS = {"tflite": "litert", "onnx": "onnx"}  # pip install 'scenecls[<extra>]'
+INSTALL = {"tflite": "pip install ai-edge-litert", "onnx": "pip install 'scenecls[onnx]'"}
 METADATA_SUFFIX = ".json"  # model.tflite -> model.tflite.json beside it; SavedModel: metadata.json inside
 
 
@@ -108,9 +108,7 @@ def _native_stderr_silenced():
 
 
 def _missing_runtime(kind: str, module: str) -> ModelError:
-    return ModelError(
-        f"running a .{kind} model needs the {module} package: pip install 'scenecls[{EXTRAS[kind]}]'"
-    )
+    return ModelError(f"running a .{kind} model needs the {module} package: {INSTALL[kind]}")
 
 
 class KerasRuntime:

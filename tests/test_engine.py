@@ -13,7 +13,7 @@ from scenecls.cli import cli
 from scenecls.training import callbacks, runs
 from tests.conftest import write_class_folders
 
-TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8"]
+TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 
 
 def invoke(*args: str):

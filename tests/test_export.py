@@ -44,6 +44,31 @@ def run(tmp_path_factory) -> Path:
     return Path(json.loads(result.stdout)["run_dir"])
 
 
+def test_training_writes_a_checked_best_tflite_that_predict_uses(run):
+    """By default a run ends with best.tflite beside best.keras; predict on the run uses it (no
+    TensorFlow), and --keras still gives best.keras, with the same answers."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["export"]["tflite"] == "best.tflite" and metrics["export"]["top1_agreement"] == 1.0
+    assert (run / "best.tflite").stat().st_mtime >= (run / "best.keras").stat().st_mtime
+    image = next((run.parent.parent / "data").rglob("*.jpg"))
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from scenecls.cli import cli\n"
+        f"args = ['predict', {str(image)!r}, '--project', {str(run.parent)!r}, '--format', 'json']\n"
+        "result = CliRunner().invoke(cli, args)\n"
+        "print(result.stdout)\n"
+        "print('tensorflow' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stderr.split()[-1] == "False", done.stderr
+    fast = json.loads(done.stdout)[0]
+    keras = invoke("predict", str(image), "--project", str(run.parent), "--keras", "--format", "json")
+    slow = json.loads(keras.stdout)[0]
+    assert fast["label"] == slow["label"]
+    assert fast["confidence"] == pytest.approx(slow["confidence"], abs=1e-4)
+
+
 @pytest.fixture(scope="module")
 def exported(run) -> dict[str, Path]:
     paths = {}

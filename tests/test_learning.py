@@ -54,6 +54,14 @@ def test_weights_file_learns_real_scenes(intel_mini, tmp_path):
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
     assert (Path(summary["run_dir"]) / "evaluation.json").is_file()
     assert "below --fail-under" in evaluated.stderr
+    # The run's best.tflite (written by default) predicts as best.keras on real photographs ...
+    export = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())["export"]
+    assert export["tflite"] == "best.tflite" and export["top1_agreement"] >= 0.99
+    # ... and an int8 model calibrated on the run's own images keeps its accuracy.
+    int8 = CliRunner().invoke(cli, ["-q", "export", summary["run_dir"], "--quantize", "int8", "--json"])
+    assert int8.exit_code == 0, int8.output
+    parity = json.loads(int8.stdout)["parity"]
+    assert parity["top1_agreement"] >= 0.9 and parity["exported_accuracy"] >= TARGET
 
 
 def test_imagenet_weights_through_the_keras_cache_learn_real_scenes(intel_mini, tmp_path):
@@ -63,7 +71,7 @@ def test_imagenet_weights_through_the_keras_cache_learn_real_scenes(intel_mini, 
     for weights in KERAS_CACHE.glob("*.h5"):
         (keras_home / "models" / weights.name).symlink_to(weights)
     env = {**os.environ, "KERAS_HOME": str(keras_home)}
-    args = ["-q", "train", "--data", str(intel_mini), *RECIPE, "--weights", "imagenet",
+    args = ["-q", "train", "--data", str(intel_mini), *RECIPE, "--weights", "imagenet", "--no-export",
             "--project", str(tmp_path / "runs")]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "scenecls", *args], env=env, capture_output=True, text=True, timeout=600

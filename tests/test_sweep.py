@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -98,3 +99,59 @@ def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path):
     (project / "sweep" / "sweep.json").write_text(json.dumps({"grid": [], "base": {}}))
     result = invoke("sweep", *GRID, *TINY, "--data", str(data), "--project", str(project))
     assert result.exit_code == 1 and "different sweep" in result.stderr
+
+
+def test_two_shards_in_two_processes_make_the_unsharded_table(tmp_path):
+    """Job-array style: two processes at once, one shared project folder and feature cache; the shares
+    are disjoint and complete, and the collected table is the one a single sweep makes."""
+    import os
+    import subprocess
+    import sys
+
+    data = write_class_folders(tmp_path / "data" / "train", 6, size=32).parent
+    write_class_folders(data / "test", 2, seed=3, size=32)
+    grid = ["--backbones", "mobilenet_v2", "--unfreeze", "0,1", "--dense", "0,1"]
+    args = ["sweep", *grid, *TINY, "--data", str(data), "--format", "json"]
+    env = {**os.environ, "SCENECLS_HOME": str(tmp_path / "home")}
+
+    def scenecls(*extra: str):
+        command = [sys.executable, "-m", "scenecls", "-q", *args, *extra]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    shards = [scenecls("--project", str(tmp_path / "sharded"), "--shard", f"{i}/2") for i in (1, 2)]
+    outputs = [shard.communicate(timeout=600) for shard in shards]
+    assert [shard.returncode for shard in shards] == [0, 0], [err for _, err in outputs]
+    shares = [{row["run"] for row in json.loads(out)} for out, _ in outputs]
+    assert shares[0].isdisjoint(shares[1]) and len(shares[0]) == len(shares[1]) == 2
+    assert not (tmp_path / "sharded" / "sweep" / "results.csv").exists()  # shards write no table
+
+    collected = invoke(*args, "--project", str(tmp_path / "sharded"), "--collect")
+    assert collected.exit_code == 0, collected.output
+    whole = scenecls("--project", str(tmp_path / "whole"))
+    out, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err
+    merged = {row["run"]: row for row in json.loads(collected.stdout)}
+    single = {row["run"]: row for row in json.loads(out)}
+    assert set(merged) == set(single) == shares[0] | shares[1]
+    for name, row in single.items():
+        for key in ("best_val_accuracy", "test_accuracy", "epochs", "trainable_params", "unfrozen_layers"):
+            assert merged[name][key] == pytest.approx(row[key], abs=1e-6), (name, key)
+    assert (tmp_path / "sharded" / "sweep" / "heatmap_mobilenet_v2.png").is_file()
+
+    state = tmp_path / "sharded" / "sweep" / "mobilenet_v2-d1-u1" / "state.json"
+    state.rename(state.with_suffix(".lost"))
+    incomplete = invoke(*args, "--project", str(tmp_path / "sharded"), "--collect")
+    assert incomplete.exit_code == 3 and "mobilenet_v2-d1-u1" in incomplete.stderr
+
+
+def test_shard_arguments_are_checked():
+    from scenecls.training.sweep import GridPoint, parse_shard, shard_points
+
+    assert parse_shard("2/3") == (2, 3)
+    points = [GridPoint("b", d, "0") for d in range(7)]
+    shares = [shard_points(points, i, 3) for i in (1, 2, 3)]
+    assert sorted(p.dense for share in shares for p in share) == list(range(7))
+    assert [len(share) for share in shares] == [3, 2, 2]
+    for bad in ("0/3", "4/3", "x", "1-3"):
+        result = CliRunner().invoke(cli, ["sweep", "--shard", bad, "--dry-run"])
+        assert result.exit_code == 2 and "--shard" in result.stderr

@@ -20,7 +20,7 @@ from scenecls.cli import cli
 from scenecls.training import callbacks, runs
 from tests.conftest import write_class_folders
 
-TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8"]
+TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 CHANCE = 1 / 3
 
 
@@ -242,7 +242,7 @@ def test_ctrl_c_while_caching_features_is_an_interrupted_run(data, tmp_path, mon
 def test_finetune_a_run_and_refuse_mismatches(trained, data, tmp_path):
     project = tmp_path / "runs"
     result = invoke(
-        "-q", "finetune", str(trained), "--unfreeze", "2", "--finetune-epochs", "1",
+        "-q", "finetune", str(trained), "--unfreeze", "2", "--finetune-epochs", "1", "--no-export",
         "--project", str(project), "--format", "json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

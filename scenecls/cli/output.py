@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,9 @@ class Output:
     def warn(self, message: str) -> None:
         self.err.print(f"[yellow]Warning:[/] {escape(printable(message))}")
 
-    def reporter(self) -> RichReporter:
-        return RichReporter(self)
+    def reporter(self) -> RichReporter | PlainReporter:
+        """Live progress bars on a terminal; plain, periodic lines in a log file (a batch job's stderr)."""
+        return RichReporter(self) if self.err.is_terminal else PlainReporter(self)
 
     def load_tensorflow(self) -> None:
         """Import TensorFlow with its C++ start-up chatter (CUDA probing, oneDNN notices) silenced.
@@ -259,3 +261,104 @@ class RichReporter:
             self.progress.stop()  # leaves the finished bars on screen as a record
             for task_id in list(self.progress.task_ids):
                 self.progress.remove_task(task_id)
+
+
+# --------------------------------------------------------------------------------- plain progress
+
+PROGRESS_SECONDS = "SCENECLS_PROGRESS_SECONDS"  # how often a log gets a progress line (default 30)
+
+
+class PlainReporter:
+    """Progress for a stderr that is a file, such as a Slurm job's log: a line when a task starts, one
+    every ``interval`` seconds while it runs (count, per cent, rate, time left) and one when it ends.
+    No carriage returns or cursor moves, so the log reads top to bottom."""
+
+    def __init__(self, output: Output, interval: float | None = None) -> None:
+        self.output = output
+        if interval is None:
+            try:
+                interval = float(os.environ.get(PROGRESS_SECONDS, "30"))
+            except ValueError:
+                interval = 30.0
+        self.interval = max(0.0, interval)
+
+    def log(self, message: str) -> None:
+        self.output.log(message)
+
+    def warn(self, message: str) -> None:
+        self.output.warn(message)
+
+    def task(self, description: str, total: float | None = None, unit: str = "it") -> _PlainTask:
+        return _PlainTask(self, description, total, unit)
+
+
+class _PlainTask:
+    def __init__(self, reporter: PlainReporter, description: str, total: float | None, unit: str) -> None:
+        self._reporter = reporter
+        self.description, self.total, self.unit = description, total, unit
+        self.completed = 0.0
+        self.info = ""
+        self._start = self._last = time.monotonic()
+        self._closed = False
+
+    def advance(self, amount: float = 1) -> None:
+        self.completed += amount
+        self._maybe_print()
+
+    def update(self, *, completed=None, total=None, description=None, info=None) -> None:
+        if completed is not None:
+            self.completed = completed
+        if total is not None:
+            self.total = total
+        if description is not None:
+            self.description = description
+        if info is not None:
+            self.info = info
+        self._maybe_print()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        elapsed = time.monotonic() - self._start
+        self._reporter.log(
+            f"{self.description}: done, {self._amount(self.completed)} in {_duration(elapsed)}"
+        )
+
+    def _maybe_print(self) -> None:
+        now = time.monotonic()
+        finished = bool(self.total) and self.completed >= self.total  # close() says so
+        if now - self._last < self._reporter.interval or self._closed or finished:
+            return
+        self._last = now
+        elapsed = now - self._start
+        rate = self.completed / elapsed if elapsed > 0 else 0.0
+        parts = [self._amount(self.completed, self.total)]
+        if self.total:
+            parts[0] += f" ({self.completed / self.total:.0%})"
+        if rate > 0:
+            parts.append(f"{self._amount(rate)}/s")
+            if self.total:
+                parts.append(f"eta {_duration((self.total - self.completed) / rate)}")
+        if self.info:
+            parts.append(self.info)
+        self._reporter.log(f"{self.description}: " + ", ".join(parts))
+
+    def _amount(self, value: float, total: float | None = None) -> str:
+        if self.unit == "B":
+            from rich.filesize import decimal
+
+            return decimal(int(value)) + (f"/{decimal(int(total))}" if total else "")
+        shown = f"{value:.1f}" if value and value < 10 and value != int(value) else f"{int(value)}"
+        return shown + (f"/{int(total)}" if total else "") + f" {self.unit}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

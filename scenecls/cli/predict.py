@@ -20,6 +20,11 @@ from scenecls.cli.output import Output, dumps, format_option, project_option
     help="Run folder or name, a .keras file, or an exported .tflite, .onnx or SavedModel folder  "
     "[default: the latest run]",
 )
+@click.option(
+    "--keras",
+    is_flag=True,
+    help="Use a run's best.keras even when its best.tflite (the same model, faster) is there.",
+)
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
 @project_option()
@@ -29,6 +34,7 @@ def predict(
     out: Output,
     paths: tuple[str, ...],
     model_ref: str | None,
+    keras: bool,
     top_k: int,
     batch_size: int,
     project: Path,
@@ -42,9 +48,11 @@ def predict(
     from scenecls.errors import ModelError
     from scenecls.predict import expand_inputs, predict_files
     from scenecls.runtimes import load_runtime, needs_tensorflow
-    from scenecls.training.runs import model_classes, resolve_model
+    from scenecls.training.runs import fast_model, model_classes, resolve_model
 
     model_path, run_dir = resolve_model(model_ref, project)
+    if not keras and not (model_ref and Path(model_ref).is_file()):  # a run: its best.tflite if fresh
+        model_path = fast_model(model_path)
     if needs_tensorflow(model_path):  # .tflite and .onnx run without it: a fraction of a second
         out.load_tensorflow()
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)

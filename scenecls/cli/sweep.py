@@ -22,6 +22,17 @@ def _csv_list(value: str) -> list[str]:
 )
 @recipe_options
 @click.option("--dry-run", is_flag=True, help="List the runs and what each would train; train nothing.")
+@click.option(
+    "--shard",
+    metavar="I/N",
+    default=None,
+    help="Run only share I of N of the grid (one job of a job array; the shares never overlap).",
+)
+@click.option(
+    "--collect",
+    is_flag=True,
+    help="Train nothing: build the results tables and heatmaps from the finished runs (after the shards).",
+)
 @cache_options
 @run_options
 @click.pass_obj
@@ -37,13 +48,16 @@ def sweep(
     no_augment: bool,
     no_cache: bool,
     dry_run: bool,
+    shard: str | None,
+    collect: bool,
     **options,
 ) -> None:
     """Train every combination, each as a run folder inside one sweep folder, and compare them.
 
     Re-running the same command skips finished runs and resumes an interrupted one. Results are
     printed sorted by validation accuracy and saved as results.csv, results.json, results.md and a
-    heatmap per backbone.
+    heatmap per backbone. On a cluster, give each job --shard I/N (same other options, one shared
+    --project), then run the command once more with --collect; it exits 3 while runs are missing.
     """
     from scenecls.errors import UsageError
     from scenecls.training import sweep as sweeps
@@ -56,27 +70,62 @@ def sweep(
         raise UsageError(f"--dense takes numbers of 0 or more like 0,1,2,3; got {dense!r}")
     points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values)
     base = config_from_options(data, no_augment, no_cache, options)
+    base.export_tflite = False  # export the runs you keep: scenecls export RUN
     folder = project / (name or "sweep")
+    share = sweeps.parse_shard(shard) if shard else None
+    if share and collect:
+        raise UsageError("--collect gathers every shard's runs; give it without --shard")
     if dry_run:
         out.load_tensorflow()
-        rows = sweeps.describe_points(points, base, _class_count(data))
+        chosen = sweeps.shard_points(points, *share) if share else points
+        rows = sweeps.describe_points(chosen, base, _class_count(data))
         _render(out, rows, fmt, f"{len(rows)} runs in {folder} (dry run)")
         return
+    if collect:
+        _collect(out, folder, points, fmt)
+        return
     out.load_tensorflow()
-    from scenecls import plots
     from scenecls.training.phases import TrainingInterrupted
 
-    out.log(f"Sweep folder: {folder} ({len(points)} runs)")
+    mine = len(sweeps.shard_points(points, *share)) if share else len(points)
+    out.log(f"Sweep folder: {folder} ({mine} runs{f' of {len(points)}, shard {shard}' if share else ''})")
     try:
-        rows = sweeps.run_sweep(folder, points, base, reporter=out.reporter())
+        rows = sweeps.run_sweep(folder, points, base, shard=share, reporter=out.reporter())
     except TrainingInterrupted:
         click.echo("Interrupted. Run the same command again to resume the sweep.", err=True)  # even with -q
         raise click.exceptions.Exit(130) from None
+    if share:
+        out.log(f"Shard {shard} done; once every shard is, the same command with --collect builds the tables")
+        _render(out, rows, fmt, f"Shard {shard} results ({folder})")
+        return
+    _write_tables(out, folder, points, rows)
+    _render(out, rows, fmt, f"Sweep results ({folder})")
+
+
+def _collect(out: Output, folder: Path, points, fmt: str) -> None:
+    """Tables and heatmaps from the runs on disk; exit 3 while some are not finished."""
+    from scenecls.training import sweep as sweeps
+
+    sweeps.check_grid(folder, points)
+    rows = sweeps.collect_results(folder, points)
+    sweeps.write_results(folder, rows)
+    _write_tables(out, folder, points, rows)
+    _render(out, rows, fmt, f"Sweep results ({folder})")
+    missing = sweeps.unfinished(folder, points)
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        out.warn(f"{len(missing)} of {len(points)} runs have not finished: {shown}")
+        raise click.exceptions.Exit(3)
+
+
+def _write_tables(out: Output, folder: Path, points, rows: list[dict]) -> None:
+    """The heatmaps (results.csv, .json and .md are written by the library) and where they are."""
+    from scenecls import plots
+
     for backbone in dict.fromkeys(p.backbone for p in points):
         if any(r["backbone"] == backbone for r in rows):
             out.log(f"Saved {plots.plot_sweep_heatmap(rows, backbone, folder / f'heatmap_{backbone}.png')}")
     out.log(f"Saved {folder / 'results.csv'}, results.json, results.md")
-    _render(out, rows, fmt, f"Sweep results ({folder})")
 
 
 def _class_count(data: Path | None) -> int:

@@ -191,6 +191,7 @@ def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, opt
 @cache_options
 @run_options
 @fail_under_option()
+@click.option("--no-export", is_flag=True, help="Do not write best.tflite (fast predict) when the run ends.")
 @click.pass_obj
 def train(
     out: Output,
@@ -200,6 +201,7 @@ def train(
     name: str | None,
     fmt: str,
     fail_under: float | None,
+    no_export: bool,
     no_augment: bool,
     no_cache: bool,
     data: Path | None,
@@ -229,6 +231,7 @@ def train(
         _run(out, config, run_dir, fmt, fail_under, resume=True)
         return
     config = config_from_options(data, no_augment, no_cache, options)
+    config.export_tflite = not no_export
     run_dir = runs.create_run_dir(project, name or "train", exist_ok=exist_ok)
     _run(out, config, run_dir, fmt, fail_under)
 
@@ -252,6 +255,7 @@ def train(
 )
 @run_options
 @fail_under_option()
+@click.option("--no-export", is_flag=True, help="Do not write best.tflite (fast predict) when the run ends.")
 @click.pass_obj
 def finetune(
     out: Output,
@@ -262,6 +266,7 @@ def finetune(
     name: str | None,
     fmt: str,
     fail_under: float | None,
+    no_export: bool,
     **options,
 ) -> None:
     """Fine-tune a run's best model again, into a new run folder that records its parent.
@@ -283,6 +288,7 @@ def finetune(
             "epochs": 0,
             "weights": "none",
             "parent": str(parent),
+            "export_tflite": not no_export,
         }
     )
     run_dir = runs.create_run_dir(project, name or f"{parent.name}-ft")

@@ -158,6 +158,19 @@ def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
     return run / BEST, run
 
 
+def fast_model(model_path: Path) -> Path:
+    """For a run's ``best.keras``, the ``best.tflite`` exported from it when it is at least as new and
+    LiteRT can run it (a fraction of a second instead of seconds); else ``model_path`` itself."""
+    tflite = model_path.with_suffix(".tflite")
+    if model_path.name != BEST or not tflite.is_file():
+        return model_path
+    if tflite.stat().st_mtime < model_path.stat().st_mtime:
+        return model_path  # best.keras changed since (a resumed or extended run)
+    import importlib.util
+
+    return tflite if importlib.util.find_spec("ai_edge_litert") is not None else model_path
+
+
 def _why_no_model(run: Path) -> str:
     """What a run's state says about its missing model, in words a user can act on."""
     try:

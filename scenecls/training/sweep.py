@@ -20,7 +20,7 @@ from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
 
 SWEEP_FILE = "sweep.json"
-SWEEP_INDEPENDENT = ("backbone", "dense", "unfreeze", "tensorboard", "last_phase_epochs")
+SWEEP_INDEPENDENT = ("backbone", "dense", "unfreeze", "tensorboard", "last_phase_epochs", "export_tflite")
 RESULT_COLUMNS = (
     "run",
     "backbone",
@@ -56,6 +56,24 @@ def grid(backbones: list[str], unfreeze: list[str], dense: list[int]) -> list[Gr
     return [GridPoint(b, d, u) for b, u, d in itertools.product(backbones, unfreeze, dense)]
 
 
+def parse_shard(value: str) -> tuple[int, int]:
+    """``"2/8"`` -> ``(2, 8)``: shard 2 of 8, counted from 1 as job arrays count."""
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard takes I/N such as 1/4, got {value!r}") from None
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {value}: I must be between 1 and N")
+    return index, count
+
+
+def shard_points(points: list[GridPoint], index: int, count: int) -> list[GridPoint]:
+    """Shard ``index`` of ``count``: every ``count``-th point from the ``index``-th, so that shards differ
+    by at most one run, each gets a mix of backbones (their costs differ tenfold), and no two shards
+    share a run. Deterministic: the same grid gives every machine the same shares."""
+    return points[index - 1 :: count]
+
+
 def point_config(base: TrainConfig, point: GridPoint) -> TrainConfig:
     return dataclasses.replace(base, backbone=point.backbone, dense=point.dense, unfreeze=point.unfreeze)
 
@@ -80,6 +98,18 @@ def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None
     runs.write_json(marker, description)
 
 
+def check_grid(folder: Path, points: list[GridPoint]) -> None:
+    """Refuse to collect a sweep folder under another grid than the one its runs were made for."""
+    marker = folder / SWEEP_FILE
+    if not marker.is_file():
+        raise UsageError(f"{folder} holds no sweep ({SWEEP_FILE}); check --project and --name")
+    if runs.read_json(marker).get("grid") != [dataclasses.asdict(p) for p in points]:
+        raise UsageError(
+            f"{folder} holds a sweep of another grid; give --collect the same --backbones, --unfreeze "
+            f"and --dense as the shards"
+        )
+
+
 def run_status(run_dir: Path) -> str:
     """``new``, ``interrupted`` (has a state to resume) or ``finished``."""
     state = run_dir / runs.STATE
@@ -89,26 +119,44 @@ def run_status(run_dir: Path) -> str:
 
 
 def run_sweep(
-    folder: Path, points: list[GridPoint], base: TrainConfig, *, reporter: Reporter | None = None
+    folder: Path,
+    points: list[GridPoint],
+    base: TrainConfig,
+    *,
+    shard: tuple[int, int] | None = None,
+    reporter: Reporter | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every point not finished yet; returns the results table (see :func:`collect_results`)."""
+    """Train every point (of ``shard``, if given) not finished yet.
+
+    Without a shard, returns the results table of the whole grid and writes it (see
+    :func:`collect_results`); a shard returns its own runs' rows and writes no table, since other
+    shards may still be running: ``--collect`` writes it when they are done.
+    """
     from scenecls.training.phases import train
 
     reporter = reporter or NullReporter()
     open_sweep(folder, points, base)
-    for number, point in enumerate(points, start=1):
+    mine = shard_points(points, *shard) if shard else points
+    for number, point in enumerate(mine, start=1):
         run_dir = folder / point.name
         status = run_status(run_dir)
         if status == "finished":
-            reporter.log(f"[{number}/{len(points)}] {point.name}: finished earlier, skipped")
+            reporter.log(f"[{number}/{len(mine)}] {point.name}: finished earlier, skipped")
             continue
         resume = status == "interrupted"
-        reporter.log(f"[{number}/{len(points)}] {point.name}: {'resuming' if resume else 'training'}")
+        reporter.log(f"[{number}/{len(mine)}] {point.name}: {'resuming' if resume else 'training'}")
         run_dir.mkdir(parents=True, exist_ok=True)
         train(point_config(base, point), run_dir, reporter=reporter, resume=resume)
+    if shard:
+        return collect_results(folder, mine)
     results = collect_results(folder, points)
     write_results(folder, results)
     return results
+
+
+def unfinished(folder: Path, points: list[GridPoint]) -> list[str]:
+    """The runs of the grid that have not finished (not started, interrupted, failed or running)."""
+    return [p.name for p in points if run_status(folder / p.name) != "finished"]
 
 
 def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any]]:

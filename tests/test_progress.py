@@ -1,0 +1,67 @@
+"""Progress where stderr is a log file (a batch job): plain lines, no carriage returns, with rate and
+time left, at most every SCENECLS_PROGRESS_SECONDS."""
+
+from __future__ import annotations
+
+import re
+
+from click.testing import CliRunner
+
+from scenecls.cli import cli
+from scenecls.cli.output import Output, PlainReporter, RichReporter
+from tests.test_fetch import intel_like_zip
+
+
+class Lines:
+    """An Output stand-in that records what would be logged."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    def warn(self, message: str) -> None:
+        self.lines.append("Warning: " + message)
+
+
+def test_plain_progress_lines_say_count_rate_and_time_left(monkeypatch):
+    clock = {"now": 100.0}
+    monkeypatch.setattr("scenecls.cli.output.time.monotonic", lambda: clock["now"])
+    sink = Lines()
+    task = PlainReporter(sink, interval=10).task("Epoch 1/5 head", total=200, unit="batches")
+    for _ in range(200):
+        clock["now"] += 0.25  # 4 batches a second
+        task.advance()
+        task.update(info="loss 0.512 acc 0.810")
+    task.close()
+    assert len(sink.lines) == 5  # every 10 s of 50, then the end
+    assert sink.lines[0] == "Epoch 1/5 head: 40/200 batches (20%), 4 batches/s, eta 40s, loss 0.512 acc 0.810"
+    assert sink.lines[-1] == "Epoch 1/5 head: done, 200 batches in 50s"
+    assert not any("\r" in line for line in sink.lines)
+
+
+def test_plain_progress_of_a_download_in_bytes(monkeypatch):
+    clock = {"now": 0.0}
+    monkeypatch.setattr("scenecls.cli.output.time.monotonic", lambda: clock["now"])
+    sink = Lines()
+    task = PlainReporter(sink, interval=60).task("Downloading", unit="B")
+    task.update(total=300_000_000)
+    clock["now"] = 61.0
+    task.update(completed=100_000_000)
+    assert re.fullmatch(r"Downloading: 100\.0 MB/300\.0 MB \(33%\), 1\.6 MB/s, eta 2m02s", sink.lines[0])
+
+
+def test_a_log_file_gets_plain_lines_and_a_terminal_gets_bars(tmp_path, monkeypatch):
+    assert isinstance(Output().reporter(), PlainReporter)  # pytest's stderr is not a terminal
+    monkeypatch.setenv("SCENECLS_PROGRESS_SECONDS", "0")
+    archive = tmp_path / "intel.zip"
+    archive.write_bytes(intel_like_zip(tmp_path))
+    result = CliRunner().invoke(cli, ["fetch-data", "--from", str(archive), "--dest", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    extracting = [line for line in result.stderr.splitlines() if line.startswith("Extracting")]
+    assert extracting[-1].startswith("Extracting: done, ") and len(extracting) > 2
+    assert "\r" not in result.stderr and "\x1b[" not in result.stderr
+    forced = Output()
+    forced.err._force_terminal = True
+    assert isinstance(forced.reporter(), RichReporter)
