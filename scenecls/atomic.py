@@ -39,10 +39,16 @@ def _umask() -> int:
 def remove_stale_temporaries(folder: Path, names) -> list[Path]:
     """Delete the hidden temporary files that :func:`atomic_path` leaves beside ``names`` when the
     process is killed mid-write (``.<name>.<random><suffix>``); returns what it removed."""
+    import shutil
+
     removed = []
     for name in names:
         for path in Path(folder).glob(f".{name}.*"):
-            if path.is_file():
+            if path.is_symlink() or path.is_file():
                 path.unlink(missing_ok=True)
-                removed.append(path)
+            elif path.is_dir():  # the staging folder of an export
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                continue
+            removed.append(path)
     return removed

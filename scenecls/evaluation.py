@@ -148,6 +148,7 @@ def evaluate_run(
     split: str | None = None,
     top_k: int = 3,
     batch_size: int = 32,
+    tta: bool = False,
     reporter: Reporter | None = None,
 ) -> RunEvaluation:
     """Evaluate a run's best model (or a model file) and save the results into its run folder.
@@ -160,7 +161,7 @@ def evaluate_run(
     from scenecls.data.pipeline import prepare_data
     from scenecls.paths import data_source
     from scenecls.predict import predict_array
-    from scenecls.runtimes import load_runtime, model_kind
+    from scenecls.runtimes import FlipAveraged, KerasRuntime, load_runtime, model_kind
     from scenecls.training import runs
 
     reporter = reporter or NullReporter()
@@ -179,10 +180,14 @@ def evaluate_run(
     if model_kind(model_path) == "keras":
         model = load_model(model_path)
         check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))
-        probs = predict_split(model, chosen, batch_size)
+        runtime = KerasRuntime.of(model, batch_size) if tta else None
     else:  # an exported model, through its own runtime
         runtime = load_runtime(model_path, batch_size=batch_size)
         check_classes(runtime.num_classes, prepared.classes, runs.model_classes(model_path, run_dir))
+    if runtime is None:
+        probs = predict_split(model, chosen, batch_size)
+    else:
+        runtime = FlipAveraged(runtime) if tta else runtime
         probs = predict_array(runtime, chosen.paths, batch_size=batch_size)
     evaluation = evaluate_predictions(
         probs, np.asarray(chosen.labels), prepared.classes, top_k=top_k, split=name
@@ -191,7 +196,7 @@ def evaluate_run(
     outcome = RunEvaluation(evaluation, model_path, run_dir, rows)
     if run_dir is not None:
         # best.keras writes evaluation.json; an exported model, evaluation.<its name>.json beside it.
-        tag = "" if model_path.name == runs.BEST else f".{model_path.name}"
+        tag = ("" if model_path.name == runs.BEST else f".{model_path.name}") + (".tta" if tta else "")
         saved = [run_dir / f"evaluation{tag}.json", run_dir / f"predictions{tag}.csv"]
         runs.write_json(saved[0], {"data": str(source), "model": str(model_path), **evaluation.to_dict()})
         runs.write_rows_csv(saved[1], rows)

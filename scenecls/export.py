@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from scenecls import __version__
+from scenecls.atomic import atomic_path
 from scenecls.errors import ModelError, UsageError, first_line
 from scenecls.runtimes import load_runtime, metadata_path
 
@@ -100,8 +101,9 @@ def export_model(
         shutil.rmtree(scratch, ignore_errors=True)
     height, width = int(model.input_shape[1]), int(model.input_shape[2])
     labels = (output if output.is_dir() else output.parent) / "labels.txt"
-    labels.write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
-    metadata_path(output).write_text(
+    _write_text(labels, "".join(f"{name}\n" for name in classes))
+    _write_text(
+        metadata_path(output),
         json.dumps(
             {
                 "format": fmt,
@@ -115,9 +117,13 @@ def export_model(
             indent=2,
         )
         + "\n",
-        encoding="utf-8",
     )
     return output
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _check_replaceable(output: Path, fmt: str) -> None:

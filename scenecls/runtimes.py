@@ -68,6 +68,21 @@ def load_runtime(path: Path, *, batch_size: int = 32) -> Runtime:
     return loader[kind](Path(path), batch_size=batch_size)
 
 
+class FlipAveraged:
+    """Test-time augmentation: the mean of a runtime's probabilities for each image and its mirror
+    image (left-right), the flip the models were trained with. Twice the inference cost."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.kind = runtime.kind
+        self.input_size = runtime.input_size
+        self.num_classes = runtime.num_classes
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        return (self.runtime.predict(images) + self.runtime.predict(images[:, :, ::-1, :].copy())) / 2
+
+
 def metadata_path(path: Path) -> Path:
     """Where the metadata of an exported model lives: inside a SavedModel, beside a file."""
     path = Path(path)

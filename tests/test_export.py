@@ -192,3 +192,25 @@ def test_failed_parity_check_exits_1_and_keeps_the_file(run, tmp_path, monkeypat
     assert result.exit_code == 1
     assert "disagrees" in one_error_line(result)
     assert target.is_file()
+
+
+def test_tta_averages_each_image_with_its_mirror_image(run, exported):
+    from scenecls.runtimes import FlipAveraged, load_runtime
+
+    runtime = load_runtime(exported["tflite"])
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    expected = (runtime.predict(images) + runtime.predict(images[:, :, ::-1, :].copy())) / 2
+    np.testing.assert_allclose(FlipAveraged(runtime).predict(images), expected, atol=1e-6)
+    symmetric = (images + images[:, :, ::-1, :]) / 2  # its own mirror image: TTA changes nothing
+    np.testing.assert_allclose(
+        FlipAveraged(runtime).predict(symmetric), runtime.predict(symmetric), atol=1e-5
+    )
+    data = run.parent.parent / "data"
+    plain = invoke("evaluate", str(exported["tflite"]), "--data", str(data), "--format", "json")
+    tta = invoke("evaluate", str(exported["tflite"]), "--data", str(data), "--tta", "--format", "json")
+    assert plain.exit_code == tta.exit_code == 0, tta.output
+    assert (run / "evaluation.best.tflite.tta.json").is_file()
+    image = next(data.rglob("*.jpg"))
+    flipped = invoke("predict", str(image), "--model", str(exported["tflite"]), "--tta", "--format", "json")
+    assert flipped.exit_code == 0 and json.loads(flipped.stdout)[0]["label"]

@@ -20,6 +20,7 @@ from scenecls.cli.output import Output, check_fail_under, fail_under_option, for
 )
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
 @fail_under_option()
 @project_option()
 @format_option()
@@ -31,6 +32,7 @@ def evaluate(
     split: str | None,
     top_k: int,
     batch_size: int,
+    tta: bool,
     fail_under: float | None,
     project: Path,
     fmt: str,
@@ -54,6 +56,7 @@ def evaluate(
         split=split,
         top_k=top_k,
         batch_size=batch_size,
+        tta=tta,
         reporter=out.reporter(),
     )
     ev = outcome.evaluation

@@ -25,6 +25,7 @@ from scenecls.cli.output import Output, dumps, format_option, project_option
     is_flag=True,
     help="Use a run's best.keras even when its best.tflite (the same model, faster) is there.",
 )
+@click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
 @project_option()
@@ -35,6 +36,7 @@ def predict(
     paths: tuple[str, ...],
     model_ref: str | None,
     keras: bool,
+    tta: bool,
     top_k: int,
     batch_size: int,
     project: Path,
@@ -47,7 +49,7 @@ def predict(
     """
     from scenecls.errors import ModelError
     from scenecls.predict import expand_inputs, predict_files
-    from scenecls.runtimes import load_runtime, needs_tensorflow
+    from scenecls.runtimes import FlipAveraged, load_runtime, needs_tensorflow
     from scenecls.training.runs import fast_model, model_classes, resolve_model
 
     model_path, run_dir = resolve_model(model_ref, project)
@@ -57,6 +59,8 @@ def predict(
         out.load_tensorflow()
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
     runtime = load_runtime(model_path, batch_size=batch_size)
+    if tta:
+        runtime = FlipAveraged(runtime)
     classes = model_classes(model_path, run_dir)
     if classes is not None and len(classes) != runtime.num_classes:
         raise ModelError(

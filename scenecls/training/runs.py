@@ -29,7 +29,7 @@ PREDICTIONS = "predictions.csv"
 
 # Every file a run writes atomically, for cleaning up after a process killed mid-write.
 RUN_FILES = (CONFIG, LABELS, HISTORY, BEST, LAST, METRICS, STATE, EVALUATION, PREDICTIONS,
-             "last_head.npz", "best_head.npz", "skipped.txt")  # fmt: skip
+             "last_head.npz", "best_head.npz", "skipped.txt", "best.tflite")  # fmt: skip
 
 HISTORY_COLUMNS = (
     "epoch",
