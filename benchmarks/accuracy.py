@@ -1,59 +1,129 @@
-"""Validation and held-out accuracy of heads with 0-3 dense layers on real images.
+"""Accuracy of named training recipes on real images, with real weights, over several seeds.
 
-Run: python benchmarks/accuracy.py [--backbone mobilenet_v2] [--size 150] [--epochs 10] [--compare-cache]
-Uses ImageNet weights when Keras has them cached, random weights otherwise (and says so: random
-MobileNetV2 features carry almost no signal, ConvNeXt's some). With --compare-cache each head is
-trained twice, with the feature cache (images as they are) and without it (fresh augmentation every
-epoch), to show what the cache costs in accuracy.
+Run: python benchmarks/accuracy.py [--recipes seed,default] [--seeds 0,1] [--data intel-dev]
+                                   [--weights PATH] [--markdown]
+
+A recipe is a set of `scenecls train` options; each runs as a user runs it (`scenecls train ... --seed S`
+in a fresh process) on the data's own test split, then the table gives, per recipe and seed, the best
+validation accuracy, the test accuracy and the seconds of each phase, and per recipe the mean test
+accuracy and its spread (max - min) over the seeds. `--data` is intel-dev (the default: unpacked from
+../shared with `fetch-data --from`), intel-mini, or a folder; `--weights` defaults to the shared real
+MobileNetV2 weights. Tune recipes on intel-dev only: its test part is the test set.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import dataset, machine
+from _common import machine
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
+BASE = ["--backbone", "mobilenet_v2", "--no-export"]
+RECIPES: dict[str, list[str]] = {
+    # The seed's training: fresh augmentation in every epoch of phase 1 (no feature cache), then fine-tuning.
+    "seed": ["--no-cache"],
+    # Today's defaults: phase 1 on cached, un-augmented features, then fine-tuning on augmented images.
+    "default": [],
+    # Phase 1 on cached features with 2 augmented copies besides each image (the phase-1/2 shock).
+    "cache-aug-2": ["--cache-aug", "2"],
+    # A lower fine-tuning rate.
+    "finetune-lr-5e-5": ["--finetune-lr", "5e-5"],
+    # Cosine decay of each phase's rate.
+    "cosine": ["--lr-schedule", "cosine"],
+    # ImageNet's own input size: the 150-pixel images upscaled to 224.
+    "size-224": ["--image-size", "224"],
+    # Each phase's rate rising from 0 over its first epoch (a gentler start of fine-tuning).
+    "warmup-1": ["--warmup-epochs", "1"],
+    # Label smoothing.
+    "label-smoothing-0.1": ["--label-smoothing", "0.1"],
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--size", type=int, default=150)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--dense", default="0,1,2,3")
-    parser.add_argument("--compare-cache", action="store_true")
+    parser.add_argument("--recipes", default="seed,default")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--data", default="intel-dev")
+    parser.add_argument("--weights", default=str(WEIGHTS))
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        sys.exit(f"unknown recipes: {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="scenecls-accuracy-"))
-    os.environ.setdefault("SCENECLS_HOME", str(work / "home"))
-    from scenecls.config import TrainConfig
-    from scenecls.models.registry import cached_weights, get_spec
-    from scenecls.training.phases import train
-
-    root, source = dataset(work)
-    weights = "imagenet" if cached_weights(get_spec(args.backbone), args.size) else "none"
-    print(
-        f"data: {source}; {args.backbone} at {args.size}px, weights {weights}, {args.epochs} head epochs, "
-        f"backbone frozen; machine: {machine()}"
-    )
-    print(f"{'dense':>5} {'cache':>6} {'val acc':>8} {'test acc':>9} {'seconds':>8}")
-    for dense in [int(d) for d in args.dense.split(",")]:
-        for cache in (True, False) if args.compare_cache else (True,):
-            config = TrainConfig(
-                data=str(root), backbone=args.backbone, weights=weights, image_size=args.size, dense=dense,
-                epochs=args.epochs, unfreeze="0", finetune_epochs=0, feature_cache=cache,
-            )  # fmt: skip
-            run_dir = work / "runs" / f"d{dense}-{'cache' if cache else 'live'}"
-            run_dir.mkdir(parents=True)
-            start = time.perf_counter()
-            result = train(config, run_dir)
+    env = {**os.environ, "SCENECLS_HOME": str(work / "home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    data = Path(args.data)
+    if not data.exists():
+        archive = SHARED / "data" / f"{args.data}.zip"
+        if not archive.is_file():
+            sys.exit(f"no data: {args.data} is neither a folder nor {archive}")
+        data = work / args.data
+        run(["fetch-data", "--from", str(archive), "--dest", str(data)], env)
+    print(f"data: {args.data}; weights: {args.weights}; machine: {machine()}")
+    rows = []
+    for recipe in recipes:
+        for seed in seeds:
+            command = ["train", "--data", str(data), *BASE, "--weights", args.weights, *RECIPES[recipe],
+                       "--seed", str(seed), "--project", str(work / "runs"), "--name", f"{recipe}-s{seed}",
+                       "--format", "json"]  # fmt: skip
+            result = json.loads(run(command, env))
+            metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
+            row = {
+                "recipe": recipe,
+                "seed": seed,
+                "val": result["best_val_accuracy"],
+                "test": result["test_accuracy"],
+                "phases": metrics["phase_seconds"],
+                "seconds": result["seconds"],
+                "command": "scenecls " + " ".join(command[:1] + command[3:-4]),
+            }
+            rows.append(row)
             print(
-                f"{dense:>5} {'on' if cache else 'off':>6} {result.best_val_accuracy:8.4f} "
-                f"{result.test_accuracy or 0:9.4f} {time.perf_counter() - start:8.1f}"
+                f"{recipe:18s} seed {seed}: val {row['val']:.4f} test {row['test']:.4f} "
+                f"({row['seconds']:.0f} s: {', '.join(f'{k} {v:.0f} s' for k, v in row['phases'].items())})",
+                flush=True,
             )
+    print()
+    if args.markdown:
+        print("| recipe | options | seeds | val accuracy | test accuracy (mean) | test spread | seconds |")
+        print("|---|---|---|---|---|---|---|")
+    for recipe in recipes:
+        mine = [r for r in rows if r["recipe"] == recipe]
+        tests = [r["test"] for r in mine]
+        vals = [r["val"] for r in mine]
+        spread = max(tests) - min(tests)
+        seconds = statistics.mean(r["seconds"] for r in mine)
+        options = " ".join(RECIPES[recipe]) or "(defaults)"
+        if args.markdown:
+            print(
+                f"| {recipe} | `{options}` | {len(mine)} | {statistics.mean(vals):.4f} | "
+                f"{statistics.mean(tests):.4f} | {spread:.4f} | {seconds:.0f} |"
+            )
+        else:
+            print(
+                f"{recipe:18s} {len(mine)} seed(s): val {statistics.mean(vals):.4f}, test "
+                f"{statistics.mean(tests):.4f} (spread {spread:.4f}), {seconds:.0f} s"
+            )
+
+
+def run(args: list[str], env: dict) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "scenecls", "-q", *args], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"scenecls {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 if __name__ == "__main__":

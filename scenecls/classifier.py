@@ -133,6 +133,8 @@ def load_model(path: Path, *, compile: bool = False):
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a Keras model file (damaged, truncated or another format)")
     _register_application_layers()
+    import scenecls.losses  # noqa: F401  (registers the losses a saved optimizer state refers to)
+
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:

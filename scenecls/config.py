@@ -33,6 +33,8 @@ class TrainConfig:
     finetune_epochs: int = 10  # each fine-tuning stage
     finetune_lr: float = 1e-4
     lr_schedule: str = "constant"
+    warmup_epochs: int = 0  # each phase's rate rises linearly from 0 over these epochs
+    label_smoothing: float = 0.0
     patience: int | None = None  # early stopping on val accuracy; None: off
     val_split: float = 0.2
     seed: int = 0

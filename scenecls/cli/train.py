@@ -139,6 +139,20 @@ def recipe_options(func):
                 show_default=True,
                 help="Fraction held out for validation when there is no val/ folder (0 < F < 1).",
             ),
+            click.option(
+                "--warmup-epochs",
+                type=click.IntRange(0),
+                default=DEFAULTS.warmup_epochs,
+                show_default=True,
+                help="Raise each phase's rate linearly from 0 over this many epochs.",
+            ),
+            click.option(
+                "--label-smoothing",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=DEFAULTS.label_smoothing,
+                show_default=True,
+                help="Smooth the targets: 1 - S + S/k for the true class, S/k for the others.",
+            ),
             click.option("--no-augment", is_flag=True, help="Train without augmentation."),
             click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
         ]

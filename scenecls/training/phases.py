@@ -195,6 +195,8 @@ def _train(
     spec = get_spec(config.backbone)
     size = config.image_size or spec.default_size
     phases = plan_phases(config)
+    if config.warmup_epochs and config.lr_schedule == "plateau":
+        raise UsageError("--warmup-epochs works with --lr-schedule constant or cosine, not plateau")
     if config.tensorboard:
         from scenecls.training.tensorboard import require_tensorboard
 
@@ -248,7 +250,7 @@ def _run_phase(
     if done >= phase.epochs and not resumed_head:
         return
     if not (compiled and index == state.phase and done > 0):  # else: go on with the optimizer's state
-        _compile(model, phase, config.lr_schedule, images.steps)
+        _compile(model, phase, config, images.steps)
     reporter.log(
         f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
         f" ({len(report.blocks)} blocks, {report.layers} layers); "
@@ -566,15 +568,27 @@ def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
     return model, False
 
 
-def _compile(model, phase: Phase, schedule: str, steps: int) -> None:
+def _compile(model, phase: Phase, config: TrainConfig, steps: int) -> None:
+    """Adam at the phase's rate: constant, or cosine decay to 0 over the phase, either after a linear
+    warm-up from 0 over ``warmup_epochs`` (so that a freshly unfrozen backbone is not hit at full rate)."""
     import keras
 
+    from scenecls.losses import classification_loss
+
     lr: Any = phase.lr
-    if schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(phase.lr, decay_steps=max(1, steps * phase.epochs))
+    total = max(1, steps * phase.epochs)
+    warmup = min(steps * config.warmup_epochs, total - 1)
+    if config.lr_schedule == "cosine" or warmup:
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else phase.lr,
+            decay_steps=max(1, total - warmup),
+            alpha=0.0 if config.lr_schedule == "cosine" else 1.0,  # alpha 1: constant after warm-up
+            warmup_target=phase.lr if warmup else None,
+            warmup_steps=warmup,
+        )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="sparse_categorical_crossentropy",
+        loss=classification_loss(config.label_smoothing),
         metrics=["accuracy"],
     )
 

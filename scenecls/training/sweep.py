@@ -80,14 +80,12 @@ def point_config(base: TrainConfig, point: GridPoint) -> TrainConfig:
 
 def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None:
     """Create the sweep folder, or check that an existing one holds the same sweep."""
-    description = {
-        "grid": [dataclasses.asdict(p) for p in points],
-        # What makes the runs differ; logging (tensorboard) does not, and older sweeps lack it.
-        "base": {k: v for k, v in base.to_dict().items() if k not in SWEEP_INDEPENDENT},
-    }
+    description = {"grid": [dataclasses.asdict(p) for p in points], "base": _recipe(base.to_dict())}
     marker = folder / SWEEP_FILE
     if marker.is_file():
         existing = runs.read_json(marker)
+        # Read through TrainConfig: options added since the sweep began take their defaults.
+        existing["base"] = _recipe(TrainConfig.from_dict(existing.get("base", {})).to_dict())
         if existing != description:
             raise SceneclsError(
                 f"{folder} holds a different sweep (other grid or options); "
@@ -108,6 +106,11 @@ def check_grid(folder: Path, points: list[GridPoint]) -> None:
             f"{folder} holds a sweep of another grid; give --collect the same --backbones, --unfreeze "
             f"and --dense as the shards"
         )
+
+
+def _recipe(options: dict[str, Any]) -> dict[str, Any]:
+    """What makes a sweep's runs differ; logging, exporting and the grid's own axes do not."""
+    return {k: v for k, v in options.items() if k not in SWEEP_INDEPENDENT}
 
 
 def run_status(run_dir: Path) -> str:

@@ -1,0 +1,78 @@
+"""Recipe options: label smoothing and learning-rate warm-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from scenecls.cli import cli
+from scenecls.training import callbacks, runs
+from tests.conftest import write_class_folders
+
+TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+
+
+def test_smoothed_loss_is_cross_entropy_against_smoothed_targets():
+    from scenecls.losses import SmoothedSparseCrossentropy
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    labels = np.array([0, 1])
+    targets = np.full((2, 3), 0.1 / 3) + np.eye(3)[labels] * 0.9
+    expected = np.mean(-np.sum(targets * np.log(probs), axis=1))
+    assert float(SmoothedSparseCrossentropy(0.1)(labels, probs)) == pytest.approx(expected, rel=1e-5)
+    plain = np.mean(-np.log(probs[[0, 1], labels]))
+    assert float(SmoothedSparseCrossentropy(0.0)(labels, probs)) == pytest.approx(plain, rel=1e-5)
+
+
+def test_warm_up_and_smoothing_train_save_and_resume(tmp_path, monkeypatch):
+    data = write_class_folders(tmp_path / "data", 8, seed=5, size=40)
+    project = tmp_path / "runs"
+    args = ["train", "--data", str(data), *TINY, "--epochs", "3", "--finetune-epochs", "0", "--no-cache",
+            "--warmup-epochs", "2", "--label-smoothing", "0.1", "--project", str(project)]  # fmt: skip
+    calls = {"n": 0}
+    original = callbacks.BatchProgress.on_train_batch_end
+
+    def interrupt_in_epoch_three(self, batch, logs=None):
+        calls["n"] += 1
+        if calls["n"] == 7:  # 3 batches an epoch: batch 1 of epoch 3
+            raise KeyboardInterrupt
+        original(self, batch, logs)
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_epoch_three)
+    assert CliRunner().invoke(cli, args).exit_code == 130
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+    # The checkpoint holds the smoothed loss and the warm-up schedule, and loads in safe mode.
+    resumed = CliRunner().invoke(cli, ["train", "--resume", str(project / "train"), "--format", "json"])
+    assert resumed.exit_code == 0, resumed.output
+    history = runs.read_history(project / "train" / "history.csv")
+    rates = [r["lr"] for r in history]
+    # Half-way through the 2-epoch warm-up after epoch 1 (Keras counts one more step per epoch on data
+    # of unknown length, so a little past half), the full rate from then on.
+    assert 4e-4 < rates[0] < 7.5e-4 and rates[1:] == pytest.approx([1e-3, 1e-3])
+    config = json.loads((project / "train" / "config.json").read_text())
+    assert config["label_smoothing"] == 0.1 and config["warmup_epochs"] == 2
+
+
+def test_warm_up_with_plateau_is_refused(tmp_path):
+    data = write_class_folders(tmp_path / "data", 4, size=16)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data",
+            str(data),
+            *TINY,
+            "--warmup-epochs",
+            "1",
+            "--lr-schedule",
+            "plateau",
+            "--project",
+            str(tmp_path / "runs"),
+        ],
+    )
+    assert result.exit_code == 2 and "--warmup-epochs" in result.stderr
+    assert not Path(tmp_path / "runs" / "train").exists()
