@@ -188,3 +188,21 @@ def plot_sweep_heatmap(rows: Sequence[dict[str, Any]], backbone: str, path: Path
                 ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color=colour, fontsize=9)
     ax.set_title(f"{backbone}: best validation accuracy")
     return _save(figure, path)
+
+
+def plot_lr_find(result, path: Path) -> Path:
+    """Loss against learning rate (log scale) from the range test, the suggested rate marked."""
+    figure = _figure(6.5, 4.2)
+    ax = figure.subplots()
+    ax.plot(result.lrs[: len(result.losses)], result.losses, color="#0969da")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    for value, label, colour in (
+        (result.suggestion, f"suggested {result.suggestion:.1e}", RIGHT),
+        (result.min_loss_lr, f"lowest loss {result.min_loss_lr:.1e}", "#6e7781"),
+    ):
+        ax.axvline(value, color=colour, linestyle="--", linewidth=1, label=label)
+    ax.legend(loc="best")
+    ax.set_title(f"Learning-rate range test ({result.phase})")
+    return _save(figure, path)

@@ -76,3 +76,42 @@ def test_warm_up_with_plateau_is_refused(tmp_path):
     )
     assert result.exit_code == 2 and "--warmup-epochs" in result.stderr
     assert not Path(tmp_path / "runs" / "train").exists()
+
+
+def test_range_test_analysis_finds_the_valley():
+    from scenecls.training.lr_find import analyse
+
+    lrs = list(np.logspace(-6, 0, 61))
+
+    def loss(lr: float) -> float:  # flat, falling fastest near 1e-3, lowest at 1e-2, then exploding
+        falling = 1.5 / (1 + np.exp(-4 * (np.log10(lr) + 3)))
+        return 2.0 - falling + (50 * (lr - 1e-2) if lr > 1e-2 else 0.0)
+
+    smoothed, lowest, steepest = analyse(lrs, [loss(lr) for lr in lrs])
+    assert len(smoothed) == len(lrs)
+    assert 5e-3 <= lowest <= 5e-2  # the smoothing lags the raw curve a little
+    assert 1e-4 <= steepest <= lowest
+
+
+def test_lr_find_head_and_finetune(tmp_path):
+    data = write_class_folders(tmp_path / "data", 8, seed=6, size=40)
+    project = tmp_path / "runs"
+    common = ["-b", "4", "--project", str(project), "--format", "json"]
+    model = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32"]
+    head = CliRunner().invoke(cli, ["lr-find", "--data", str(data), *model, "--steps", "20", *common])
+    assert head.exit_code == 0, head.output
+    result = json.loads(head.stdout)
+    assert result["phase"] == "head" and result["option"] == "--lr"
+    assert 1e-7 <= result["suggestion"] <= 1.0
+    assert result["suggestion"] == pytest.approx(result["min_loss_lr"] / 10)
+    assert 3 <= len(result["losses"]) <= 20 and len(result["lrs"]) == len(result["losses"])
+    assert all(a < b for a, b in zip(result["lrs"], result["lrs"][1:], strict=False))
+    assert Path(result["plot"]).read_bytes().startswith(b"\x89PNG")
+
+    train = ["train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0"]
+    assert CliRunner().invoke(cli, [*train, "--project", str(project)]).exit_code == 0
+    run = str(project / "train")
+    fine = CliRunner().invoke(cli, ["lr-find", "--run", run, "--unfreeze", "2", "--steps", "12", *common])
+    assert fine.exit_code == 0, fine.output
+    report = json.loads(fine.stdout)
+    assert report["phase"] == "finetune" and report["option"] == "--finetune-lr"

@@ -27,6 +27,7 @@ COMMANDS = {
     "predict": "scenecls.cli.predict:predict",
     "plot": "scenecls.cli.plot:plot",
     "export": "scenecls.cli.export:export",
+    "lr-find": "scenecls.cli.lr_find:lr_find",
     "backbones": "scenecls.cli.backbones:backbones",
 }
 

@@ -213,7 +213,7 @@ def _train(
     block_map = spec.block_map(backbone)
     for phase in phases:
         check_policy(block_map, phase.policy)
-    images = _images(config, data, size, model)
+    images = image_source(config, data, size, model)
     reports: list[UnfreezeReport] = []
     ledger.state.status, ledger.state.error = "running", None
     try:
@@ -258,7 +258,9 @@ def _run_phase(
     )
     ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, phase.epochs, first_epoch=state.epoch - done)
     ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
-    source = _epoch_source(phase, model, backbone, images, config, data, size, ledger, reporter)
+    source, cache = epoch_source(phase.policy.frozen, model, backbone, images, config, data, size, reporter)
+    if cache:
+        state.feature_cache = cache
     ledger.checkpoints = checkpoints = source.checkpoints(ledger.run_dir)
     checkpoints.begin(resumed=resumed_head)
     total_epochs = state.epoch - done + sum(p.epochs for p in phases[index:])
@@ -316,7 +318,7 @@ def phase_callbacks(
     return callbacks
 
 
-def _images(config: TrainConfig, data: PreparedData, size: int, model) -> ImageSource:
+def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> ImageSource:
     """The whole classifier on images: the source of every phase that does not run on cached features."""
     augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
     train_ds = make_dataset(
@@ -327,13 +329,14 @@ def _images(config: TrainConfig, data: PreparedData, size: int, model) -> ImageS
     return ImageSource(model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
 
 
-def _epoch_source(
-    phase: Phase, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData, size: int,
-    ledger: Ledger, reporter: Reporter,
-) -> EpochSource:  # fmt: skip
-    """Cached features while the backbone is frozen (unless ``--no-cache``), else images."""
-    if not (phase.policy.frozen and config.feature_cache):
-        return images
+def epoch_source(
+    frozen: bool, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData, size: int,
+    reporter: Reporter,
+) -> tuple[EpochSource, str | None]:  # fmt: skip
+    """``(source, cache)``: cached features while the backbone is frozen (unless ``--no-cache``), and
+    whether their cache entry was ``built`` or ``reused``; else the images, and None."""
+    if not (frozen and config.feature_cache):
+        return images, None
     from scenecls.training.features import load_or_compute
 
     cached = load_or_compute(
@@ -341,8 +344,8 @@ def _epoch_source(
         batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
         seed=config.seed, reporter=reporter,
     )  # fmt: skip
-    ledger.state.feature_cache = "reused" if cached.reused else "built"
-    return FeatureSource(model, cached, batch_size=config.batch_size, seed=config.seed)
+    source = FeatureSource(model, cached, batch_size=config.batch_size, seed=config.seed)
+    return source, "reused" if cached.reused else "built"
 
 
 def _open_run(

@@ -1,0 +1,101 @@
+"""``scenecls lr-find``: the learning-rate range test, as a plot and a suggested rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output, format_option, project_option
+from scenecls.cli.train import DEFAULTS, _backbone_choice
+
+
+@click.command("lr-find")
+@click.option(
+    "--run", "run_ref", default=None, metavar="RUN", help="Start from a run's best model (its recipe)."
+)
+@click.option(
+    "--phase",
+    type=click.Choice(["head", "finetune"]),
+    default=None,
+    help="head: the frozen-backbone phase; finetune: the first --unfreeze stage  [default: head, or "
+    "finetune with --run]",
+)
+@click.option(
+    "--data", type=click.Path(path_type=Path), help="Data set  [default: the run's, or fetch-data's]"
+)
+@click.option("--backbone", type=_backbone_choice(), default=DEFAULTS.backbone, show_default=True)
+@click.option("--weights", default=DEFAULTS.weights, show_default=True, help="imagenet, none, or a file.")
+@click.option("--image-size", type=click.IntRange(16), default=None)
+@click.option("--dense", type=click.IntRange(0), default=DEFAULTS.dense, show_default=True)
+@click.option("--unfreeze", default=DEFAULTS.unfreeze, show_default=True, help="Blocks for --phase finetune.")
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True)
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--start-lr", type=click.FloatRange(0, min_open=True), default=1e-7, show_default=True)
+@click.option("--end-lr", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--steps", type=click.IntRange(10), default=100, show_default=True, help="Batches to try.")
+@click.option("--no-cache", is_flag=True, help="Head phase on images instead of cached features.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: PROJECT/lr_find_PHASE.png]")
+@project_option()
+@format_option("table", "json")
+@click.pass_obj
+def lr_find(
+    out: Output,
+    run_ref: str | None,
+    phase: str | None,
+    data: Path | None,
+    project: Path,
+    output: Path | None,
+    fmt: str,
+    start_lr: float,
+    end_lr: float,
+    steps: int,
+    no_cache: bool,
+    **options,
+) -> None:
+    """Find a learning rate: train a few dozen batches at exponentially growing rates, plot the loss
+    against the rate, and print a suggested rate (a tenth of the rate at the lowest loss).
+
+    Use the suggestion as --lr (head phase) or --finetune-lr (fine-tuning).
+    """
+    out.load_tensorflow()
+    from scenecls import plots
+    from scenecls.config import TrainConfig
+    from scenecls.training import runs
+    from scenecls.training.lr_find import lr_find as range_test
+
+    start_model = None
+    if run_ref:
+        run_dir = runs.resolve_run(run_ref, project)
+        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
+        config.unfreeze, config.unfreeze_layers = options["unfreeze"], None
+        config.finetune_epochs = max(config.finetune_epochs, 1)
+        start_model, phase = run_dir / runs.BEST, phase or "finetune"
+        if data:
+            config.data = str(data)
+    else:
+        config = TrainConfig(data=str(data) if data else None, **options)
+        config.finetune_epochs = max(config.finetune_epochs, 1)
+    config.feature_cache = not no_cache
+    phase = phase or "head"
+    result = range_test(
+        config, phase=phase, start_model=start_model, start_lr=start_lr, end_lr=end_lr, steps=steps,
+        reporter=out.reporter(),
+    )  # fmt: skip
+    target = output or project / f"lr_find_{phase}.png"
+    out.log(f"Saved {plots.plot_lr_find(result, target)}")
+    option = "--lr" if phase == "head" else "--finetune-lr"
+    if fmt == "json":
+        out.json({**result.to_dict(), "plot": str(target), "option": option})
+        return
+    out.table(
+        ["", ""],
+        [
+            ["suggested rate", f"{result.suggestion:.2e}  ({option})"],
+            ["rate at the lowest loss", f"{result.min_loss_lr:.2e}"],
+            ["steepest descent", f"{result.steepest_lr:.2e}"],
+            ["batches tried", str(len(result.losses))],
+            ["plot", str(target)],
+        ],
+        title=f"Learning-rate range test ({phase})",
+    )

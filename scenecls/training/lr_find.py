@@ -1,0 +1,165 @@
+"""The learning-rate range test (Smith 2017; fastai's ``lr_find``): train for a few dozen batches while
+the rate grows exponentially from tiny to huge, record the loss, and suggest a rate from the curve.
+
+For the head phase it runs on the cached backbone features (seconds), for a fine-tuning phase on
+images through the unfrozen blocks, from a run's best model. Nothing is saved: the model is thrown
+away afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from scenecls.config import TrainConfig
+from scenecls.errors import UsageError
+from scenecls.reporting import NullReporter, Reporter
+
+SMOOTHING = 0.98  # exponential moving average of the loss, as fastai smooths it
+STOP_FACTOR = 4.0  # stop once the smoothed loss is this many times its best: the rate is too high
+
+
+@dataclass
+class LrFindResult:
+    phase: str
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # smoothed
+    min_loss_lr: float = math.nan  # the rate at the lowest smoothed loss
+    steepest_lr: float = math.nan  # the rate where the smoothed loss falls fastest
+
+    @property
+    def suggestion(self) -> float:
+        """A tenth of the rate at the lowest loss: still on the falling slope, safely before divergence."""
+        return self.min_loss_lr / 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "suggestion": self.suggestion}
+
+
+def analyse(lrs: list[float], raw_losses: list[float]) -> tuple[list[float], float, float]:
+    """Smoothed losses (debiased EMA), the rate at their minimum and at their steepest descent."""
+    smoothed, average = [], 0.0
+    for i, loss in enumerate(raw_losses, start=1):
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss
+        smoothed.append(average / (1 - SMOOTHING**i))
+    if len(smoothed) < 3:
+        raise UsageError("the range test stopped after fewer than 3 batches; give more --steps or data")
+    values = np.asarray(smoothed)
+    skip = max(1, len(values) // 10)  # the first batches: the average is still settling
+    best = skip + int(np.argmin(values[skip:]))
+    slope = np.gradient(values, np.log(np.asarray(lrs)))
+    steepest = skip + int(np.argmin(slope[skip : best + 1])) if best > skip else best
+    return smoothed, float(lrs[best]), float(lrs[steepest])
+
+
+def lr_find(
+    config: TrainConfig,
+    *,
+    phase: str = "head",
+    start_model: Path | None = None,
+    start_lr: float = 1e-7,
+    end_lr: float = 1.0,
+    steps: int = 100,
+    reporter: Reporter | None = None,
+) -> LrFindResult:
+    """Run the range test for ``phase`` (``head``, or ``finetune``: the first stage of ``--unfreeze``)
+    of the recipe in ``config``, from ``start_model`` (a run's best model) or a new classifier."""
+    from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
+    from scenecls.data.pipeline import finite_dataset_warnings_silenced, prepare_data
+    from scenecls.models.registry import get_spec
+    from scenecls.paths import data_source
+    from scenecls.training import runs
+    from scenecls.training.phases import epoch_source, image_source, plan_phases
+    from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze, check_policy
+
+    if not 0 < start_lr < end_lr:
+        raise UsageError(f"--start-lr must be above 0 and below --end-lr, got {start_lr:g} and {end_lr:g}")
+    if phase not in ("head", "finetune"):
+        raise UsageError(f"--phase takes head or finetune, got {phase!r}")
+    reporter = reporter or NullReporter()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed)
+    spec = get_spec(config.backbone)
+    size = config.image_size or spec.default_size
+    source_path = data_source(config.data)
+    data = prepare_data(source_path, val_split=config.val_split, seed=config.seed, reporter=reporter)
+    if start_model is not None:
+        model = load_model(start_model)
+        check_compatible(model, data.classes, runs.model_classes(start_model, None), backbone=config.backbone)
+        size = int(model.input_shape[1])
+    else:
+        model = build_classifier(
+            config.backbone, len(data.classes), size=size, weights=config.weights, head=config.head
+        )
+    backbone = find_backbone(model)
+    block_map = spec.block_map(backbone)
+    policy = UnfreezePolicy("blocks", 0)
+    if phase == "finetune":
+        stages = [p for p in plan_phases(config) if p.name != "head"]
+        if not stages:
+            raise UsageError("--phase finetune needs something to unfreeze: --unfreeze N or all")
+        policy = stages[0].policy
+    check_policy(block_map, policy)
+    apply_unfreeze(backbone, block_map, policy, model=model)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=start_lr), loss="sparse_categorical_crossentropy"
+    )
+    images = image_source(config, data, size, model)
+    source, _ = epoch_source(policy.frozen, model, backbone, images, config, data, size, reporter)
+    task = reporter.task(f"Range test ({phase})", total=steps, unit="batches")
+    test = RangeTest(start_lr, end_lr, steps, source.trainer.optimizer, task)
+    try:
+        with finite_dataset_warnings_silenced():
+            source.trainer.fit(
+                source.train_data,
+                epochs=math.ceil(steps / max(1, source.steps)) + 1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[*source.callbacks(), test],
+            )
+    finally:
+        task.close()
+    smoothed, min_lr, steepest = analyse(test.lrs, test.losses)
+    return LrFindResult(phase, test.lrs, smoothed, min_lr, steepest)
+
+
+class RangeTest(keras.callbacks.Callback):
+    """Sets an exponentially growing rate before each batch and records each batch's own loss (Keras
+    logs the epoch's running mean; a batch's loss is recovered from two consecutive means). Stops after
+    ``steps`` batches, or once the loss is not finite or :data:`STOP_FACTOR` times its best."""
+
+    def __init__(self, start: float, end: float, steps: int, optimizer, task=None) -> None:
+        super().__init__()
+        self.start, self.end, self.steps, self.optimizer, self.task = start, end, steps, optimizer, task
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self._mean, self._in_epoch, self._lr = 0.0, 0, start
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._mean, self._in_epoch = 0.0, 0
+
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        # Recorded when the batch ends: Keras begins one more "batch" at the end of data it cannot count.
+        self._lr = self.start * (self.end / self.start) ** (len(self.lrs) / max(1, self.steps - 1))
+        self.optimizer.learning_rate.assign(self._lr)
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        mean = float((logs or {}).get("loss", math.nan))
+        self._in_epoch += 1
+        loss = self._in_epoch * mean - (self._in_epoch - 1) * self._mean
+        self._mean = mean
+        if self.task is not None:
+            self.task.advance()
+        if not math.isfinite(loss):
+            self.model.stop_training = True
+            return
+        self.lrs.append(self._lr)
+        self.losses.append(loss)
+        too_high = len(self.losses) > 5 and loss > STOP_FACTOR * min(self.losses)
+        if len(self.lrs) >= self.steps or too_high:
+            self.model.stop_training = True
