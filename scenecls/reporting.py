@@ -6,6 +6,10 @@ tests and other callers pass nothing and get :class:`NullReporter`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -59,3 +63,22 @@ class NullReporter:
 
     def task(self, description: str, total: float | None = None, unit: str = "it") -> Task:
         return _NullTask()
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while native code (TensorFlow's start-up, LiteRT's delegate)
+    announces itself: those lines bypass Python, so only the descriptor can hold them back. With
+    ``enabled`` false, or ``SCENECLS_DEBUG`` set (``--debug``), nothing is hidden."""
+    if not enabled or os.environ.get("SCENECLS_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

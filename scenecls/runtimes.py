@@ -13,16 +13,14 @@ kind is loaded, so ``scenecls predict photo.jpg --model best.tflite`` starts in 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from scenecls.errors import ModelError, first_line
+from scenecls.reporting import native_stderr_silenced
 
 INSTALL = {"tflite": "pip install ai-edge-litert", "onnx": "pip install 'scenecls[onnx]'"}
 METADATA_SUFFIX = ".json"  # model.tflite -> model.tflite.json beside it; SavedModel: metadata.json inside
@@ -104,24 +102,6 @@ def exported_classes(path: Path) -> list[str] | None:
     return None
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Point file descriptor 2 at /dev/null while native code announces itself (its INFO lines bypass
-    Python); ``SCENECLS_DEBUG=1`` keeps them."""
-    if os.environ.get("SCENECLS_DEBUG"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _missing_runtime(kind: str, module: str) -> ModelError:
     return ModelError(f"running a .{kind} model needs the {module} package: {INSTALL[kind]}")
 
@@ -190,7 +170,7 @@ class LiteRTRuntime:
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
         try:
-            with _native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
+            with native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
                 self._interpreter = Interpreter(model_path=str(path))
             self._input = self._interpreter.get_input_details()[0]
             self._output = self._interpreter.get_output_details()[0]
@@ -207,7 +187,7 @@ class LiteRTRuntime:
         images = np.asarray(images, dtype=np.float32)
         if len(images) != self._batch:  # the interpreter is sized for one batch size at a time
             self._interpreter.resize_tensor_input(self._input["index"], [len(images), *self.input_size, 3])
-            with _native_stderr_silenced():
+            with native_stderr_silenced():
                 self._interpreter.allocate_tensors()
             self._batch = len(images)
         self._interpreter.set_tensor(self._input["index"], images)

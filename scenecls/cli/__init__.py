@@ -153,4 +153,6 @@ def main() -> None:
     # TensorFlow's C++ start-up chatter is noise for a command-line tool; --debug keeps it.
     if "--debug" not in sys.argv:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    else:
+        os.environ["SCENECLS_DEBUG"] = "1"  # native libraries' own messages stay visible
     cli.main(prog_name="scenecls")

@@ -31,6 +31,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from scenecls.reporting import native_stderr_silenced
+
 FORMATS = ("table", "json", "csv")
 
 
@@ -115,19 +117,12 @@ class Output:
         the descriptor itself is pointed at /dev/null while TensorFlow loads and probes devices.
         ``--debug`` keeps it.
         """
-        if self.debug or "tensorflow" in sys.modules:
+        if "tensorflow" in sys.modules:
             return
-        sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            with open(os.devnull, "w") as devnull:
-                os.dup2(devnull.fileno(), 2)
-                import tensorflow as tf
+        with native_stderr_silenced(not self.debug):
+            import tensorflow as tf
 
-                tf.config.list_physical_devices()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            tf.config.list_physical_devices()
 
     # ------------------------------------------------------------------------------ stdout
     def json(self, data: Any) -> None:
