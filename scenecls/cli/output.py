@@ -264,8 +264,8 @@ PROGRESS_SECONDS = "SCENECLS_PROGRESS_SECONDS"  # how often a log gets a progres
 
 
 class PlainReporter:
-    """Progress for a stderr that is a file, such as a Slurm job's log: a line when a task starts, one
-    every ``interval`` seconds while it runs (count, per cent, rate, time left) and one when it ends.
+    """Progress for a stderr that is a file, such as a Slurm job's log: a line every ``interval``
+    seconds while a task runs (count, per cent, rate, time left) and one when it ends.
     No carriage returns or cursor moves, so the log reads top to bottom."""
 
     def __init__(self, output: Output, interval: float | None = None) -> None:
