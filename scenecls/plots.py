@@ -201,6 +201,7 @@ def plot_lr_find(result, path: Path) -> Path:
     for value, label, colour in (
         (result.suggestion, f"suggested {result.suggestion:.1e}", RIGHT),
         (result.min_loss_lr, f"lowest loss {result.min_loss_lr:.1e}", "#6e7781"),
+        (result.edge_lr, f"edge {result.edge_lr:.1e}", "#bf8700"),
     ):
         ax.axvline(value, color=colour, linestyle="--", linewidth=1, label=label)
     ax.legend(loc="best")

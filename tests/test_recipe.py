@@ -87,10 +87,25 @@ def test_range_test_analysis_finds_the_valley():
         falling = 1.5 / (1 + np.exp(-4 * (np.log10(lr) + 3)))
         return 2.0 - falling + (50 * (lr - 1e-2) if lr > 1e-2 else 0.0)
 
-    smoothed, lowest, steepest = analyse(lrs, [loss(lr) for lr in lrs])
-    assert len(smoothed) == len(lrs)
-    assert 5e-3 <= lowest <= 5e-2  # the smoothing lags the raw curve a little
-    assert 1e-4 <= steepest <= lowest
+    found = analyse(lrs, [loss(lr) for lr in lrs])
+    assert len(found["losses"]) == len(lrs)
+    assert 5e-3 <= found["min_loss_lr"] <= 5e-2  # the smoothing lags the raw curve a little
+    assert 1e-4 <= found["steepest_lr"] <= found["min_loss_lr"] <= found["edge_lr"]
+    assert found["suggestion"] == found["min_loss_lr"] / 10 and found["rule"] == "lowest loss / 10"
+
+
+def test_range_test_from_a_trained_model_suggests_below_the_edge():
+    """Flat (noisy) and then rising, as from a trained head: the lowest point is noise, the edge is not."""
+    from scenecls.training.lr_find import analyse
+
+    lrs = list(np.logspace(-7, -2, 51))
+    noise = np.random.default_rng(0).normal(0, 0.01, len(lrs))
+    losses = [
+        0.2 + n + (3 * (lr - 5e-4) / 5e-4 if lr > 5e-4 else 0.0) for lr, n in zip(lrs, noise, strict=True)
+    ]
+    found = analyse(lrs, losses)
+    assert found["rule"] == "edge of the flat loss / 10"
+    assert 2e-4 <= found["edge_lr"] <= 2e-3 and found["suggestion"] == found["edge_lr"] / 10
 
 
 def test_lr_find_head_and_finetune(tmp_path):
@@ -103,7 +118,10 @@ def test_lr_find_head_and_finetune(tmp_path):
     result = json.loads(head.stdout)
     assert result["phase"] == "head" and result["option"] == "--lr"
     assert 1e-7 <= result["suggestion"] <= 1.0
-    assert result["suggestion"] == pytest.approx(result["min_loss_lr"] / 10)
+    assert result["suggestion"] in (
+        pytest.approx(result["min_loss_lr"] / 10),
+        pytest.approx(result["edge_lr"] / 10),
+    )
     assert 3 <= len(result["losses"]) <= 20 and len(result["lrs"]) == len(result["losses"])
     assert all(a < b for a, b in zip(result["lrs"], result["lrs"][1:], strict=False))
     assert Path(result["plot"]).read_bytes().startswith(b"\x89PNG")

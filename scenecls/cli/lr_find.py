@@ -54,7 +54,8 @@ def lr_find(
     **options,
 ) -> None:
     """Find a learning rate: train a few dozen batches at exponentially growing rates, plot the loss
-    against the rate, and print a suggested rate (a tenth of the rate at the lowest loss).
+    against the rate, and print a suggested rate (a tenth of the rate at the lowest loss; from a trained
+    model, whose loss stays flat and then rises, a tenth of the rate where it starts to rise).
 
     Use the suggestion as --lr (head phase) or --finetune-lr (fine-tuning).
     """
@@ -91,9 +92,10 @@ def lr_find(
     out.table(
         ["", ""],
         [
-            ["suggested rate", f"{result.suggestion:.2e}  ({option})"],
+            ["suggested rate", f"{result.suggestion:.2e}  ({option}; {result.rule})"],
             ["rate at the lowest loss", f"{result.min_loss_lr:.2e}"],
             ["steepest descent", f"{result.steepest_lr:.2e}"],
+            ["edge of the flat loss", f"{result.edge_lr:.2e}"],
             ["batches tried", str(len(result.losses))],
             ["plot", str(target)],
         ],

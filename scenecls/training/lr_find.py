@@ -24,6 +24,10 @@ SMOOTHING = 0.98  # exponential moving average of the loss, as fastai smooths it
 STOP_FACTOR = 4.0  # stop once the smoothed loss is this many times its best: the rate is too high
 
 
+FALL = 0.10  # a loss that fell by less than this from its start is flat: a model trained already
+EDGE = 1.5  # the edge of the flat part: the highest rate whose smoothed loss is within this of the lowest
+
+
 @dataclass
 class LrFindResult:
     phase: str
@@ -31,18 +35,19 @@ class LrFindResult:
     losses: list[float] = field(default_factory=list)  # smoothed
     min_loss_lr: float = math.nan  # the rate at the lowest smoothed loss
     steepest_lr: float = math.nan  # the rate where the smoothed loss falls fastest
-
-    @property
-    def suggestion(self) -> float:
-        """A tenth of the rate at the lowest loss: still on the falling slope, safely before divergence."""
-        return self.min_loss_lr / 10
+    edge_lr: float = math.nan  # the highest rate before the loss rises past EDGE x its lowest
+    suggestion: float = math.nan
+    rule: str = ""  # how the suggestion was chosen
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "suggestion": self.suggestion}
+        return asdict(self)
 
 
-def analyse(lrs: list[float], raw_losses: list[float]) -> tuple[list[float], float, float]:
-    """Smoothed losses (debiased EMA), the rate at their minimum and at their steepest descent."""
+def analyse(lrs: list[float], raw_losses: list[float]) -> dict[str, Any]:
+    """Smoothed losses (debiased EMA), the rates at their minimum, steepest descent and edge, and a
+    suggestion: a tenth of the rate at the lowest loss when the loss fell (fastai's rule for a new
+    head); a tenth of the edge rate when it stayed flat and then rose, as it does from a model whose
+    head is trained already (fine-tuning), where the lowest point is noise."""
     smoothed, average = [], 0.0
     for i, loss in enumerate(raw_losses, start=1):
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
@@ -54,7 +59,17 @@ def analyse(lrs: list[float], raw_losses: list[float]) -> tuple[list[float], flo
     best = skip + int(np.argmin(values[skip:]))
     slope = np.gradient(values, np.log(np.asarray(lrs)))
     steepest = skip + int(np.argmin(slope[skip : best + 1])) if best > skip else best
-    return smoothed, float(lrs[best]), float(lrs[steepest])
+    within = np.flatnonzero(values <= EDGE * values[best])
+    edge = int(within[within >= best].max()) if len(within) else best
+    fell = (values[skip] - values[best]) / values[skip] >= FALL
+    return {
+        "losses": smoothed,
+        "min_loss_lr": float(lrs[best]),
+        "steepest_lr": float(lrs[steepest]),
+        "edge_lr": float(lrs[edge]),
+        "suggestion": float(lrs[best] if fell else lrs[edge]) / 10,
+        "rule": "lowest loss / 10" if fell else "edge of the flat loss / 10",
+    }
 
 
 def lr_find(
@@ -124,8 +139,7 @@ def lr_find(
             )
     finally:
         task.close()
-    smoothed, min_lr, steepest = analyse(test.lrs, test.losses)
-    return LrFindResult(phase, test.lrs, smoothed, min_lr, steepest)
+    return LrFindResult(phase, test.lrs, **analyse(test.lrs, test.losses))
 
 
 class RangeTest(keras.callbacks.Callback):
@@ -139,6 +153,7 @@ class RangeTest(keras.callbacks.Callback):
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self._mean, self._in_epoch, self._lr = 0.0, 0, start
+        self._average, self._best = 0.0, math.inf
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
         self._mean, self._in_epoch = 0.0, 0
@@ -160,6 +175,10 @@ class RangeTest(keras.callbacks.Callback):
             return
         self.lrs.append(self._lr)
         self.losses.append(loss)
-        too_high = len(self.losses) > 5 and loss > STOP_FACTOR * min(self.losses)
+        # Judged on the smoothed loss, as fastai does: one noisy batch must not end the test.
+        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
+        smoothed = self._average / (1 - SMOOTHING ** len(self.losses))
+        self._best = min(self._best, smoothed)
+        too_high = len(self.losses) > 5 and smoothed > STOP_FACTOR * self._best
         if len(self.lrs) >= self.steps or too_high:
             self.model.stop_training = True
