@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -73,6 +74,28 @@ def split_dataset(tmp_path) -> Path:
     write_class_folders(root / "val", 4, seed=2)
     write_class_folders(root / "test", 4, seed=3)
     return root
+
+
+@contextlib.contextmanager
+def ctrl_c_at_batch(monkeypatch, n: int):
+    """Ctrl-C during the ``n``-th training batch of a run (counted across epochs and phases): the
+    progress callback's batch hook raises ``KeyboardInterrupt`` there, as a signal handler would."""
+    from scenecls.training import callbacks
+
+    original = callbacks.BatchProgress.on_train_batch_end
+    calls = {"n": 0}
+
+    def interrupting(self, batch, logs=None):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        original(self, batch, logs)
+
+    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupting)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
 
 
 # ------------------------------------------------------------------------------------ HTTP server

@@ -22,7 +22,7 @@ from scenecls.cli import cli
 from scenecls.data import fetch
 from scenecls.data.fetch import copy_folder, download, extract_archive, fetch_dataset, is_kaggle_url
 from scenecls.errors import DataError, DownloadError
-from tests.conftest import write_class_folders
+from tests.conftest import ctrl_c_at_batch, write_class_folders
 from tests.test_fetch import intel_like_zip, make_zip
 
 PAYLOAD = bytes(range(256)) * 4096
@@ -662,25 +662,13 @@ def test_predict_explains_a_missing_model_in_phase_one(tmp_path):
 
 
 def test_feature_cache_status_survives_a_resume_in_fine_tuning(small_set, tmp_path, monkeypatch):
-    from scenecls.training import callbacks
-
-    calls = {"n": 0}
-    original = callbacks.BatchProgress.on_train_batch_end
-
-    def interrupt_in_fine_tuning(self, batch, logs=None):
-        calls["n"] += 1
-        if calls["n"] == 5:  # 2 batches of the head epoch, then 2 of fine-tuning, then this one
-            raise KeyboardInterrupt
-        original(self, batch, logs)
-
-    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_fine_tuning)
     project = tmp_path / "runs"
     args = ["--data", str(small_set), *TINY, "-b", "12", "--epochs", "1", "--finetune-epochs", "2",
             "--unfreeze", "1", "--project", str(project)]  # fmt: skip
-    assert train_cli(*args).exit_code == 130
+    with ctrl_c_at_batch(monkeypatch, 5):  # 2 batches of the head epoch, 2 of fine-tuning, then this
+        assert train_cli(*args).exit_code == 130
     phase_one = strict_json(project / "train" / "state.json")["feature_cache"]
     assert phase_one in ("built", "reused")  # reused when an earlier test cached these images
-    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
     assert train_cli("--resume", str(project / "train")).exit_code == 0
     assert strict_json(project / "train" / "metrics.json")["feature_cache"] == phase_one
 

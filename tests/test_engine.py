@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import cli
-from scenecls.training import callbacks, runs
-from tests.conftest import write_class_folders
+from scenecls.training import runs
+from tests.conftest import ctrl_c_at_batch, write_class_folders
 
 TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 
@@ -113,18 +113,8 @@ def test_resume_in_the_cached_phase_repeats_the_uninterrupted_epochs(data, tmp_p
     straight = invoke("train", *args, "--project", str(tmp_path / "a"))
     assert straight.exit_code == 0, straight.output
 
-    calls = {"n": 0}
-    original = callbacks.BatchProgress.on_train_batch_end
-
-    def interrupt_in_epoch_two(self, batch, logs=None):
-        calls["n"] += 1
-        if calls["n"] == 6:  # 4 batches an epoch: batch 2 of epoch 2
-            raise KeyboardInterrupt
-        original(self, batch, logs)
-
-    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_epoch_two)
-    assert invoke("train", *args, "--project", str(tmp_path / "b")).exit_code == 130
-    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+    with ctrl_c_at_batch(monkeypatch, 6):  # 4 batches an epoch: batch 2 of epoch 2
+        assert invoke("train", *args, "--project", str(tmp_path / "b")).exit_code == 130
     assert invoke("train", "--resume", str(tmp_path / "b" / "train")).exit_code == 0
 
     a = runs.read_history(tmp_path / "a" / "train" / "history.csv")

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import cli
-from scenecls.training import callbacks, runs
-from tests.conftest import write_class_folders
+from scenecls.training import runs
+from tests.conftest import ctrl_c_at_batch, write_class_folders
 
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 
@@ -33,18 +33,8 @@ def test_warm_up_and_smoothing_train_save_and_resume(tmp_path, monkeypatch):
     project = tmp_path / "runs"
     args = ["train", "--data", str(data), *TINY, "--epochs", "3", "--finetune-epochs", "0", "--no-cache",
             "--warmup-epochs", "2", "--label-smoothing", "0.1", "--project", str(project)]  # fmt: skip
-    calls = {"n": 0}
-    original = callbacks.BatchProgress.on_train_batch_end
-
-    def interrupt_in_epoch_three(self, batch, logs=None):
-        calls["n"] += 1
-        if calls["n"] == 7:  # 3 batches an epoch: batch 1 of epoch 3
-            raise KeyboardInterrupt
-        original(self, batch, logs)
-
-    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", interrupt_in_epoch_three)
-    assert CliRunner().invoke(cli, args).exit_code == 130
-    monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+    with ctrl_c_at_batch(monkeypatch, 7):  # 3 batches an epoch: batch 1 of epoch 3
+        assert CliRunner().invoke(cli, args).exit_code == 130
     # The checkpoint holds the smoothed loss and the warm-up schedule, and loads in safe mode.
     resumed = CliRunner().invoke(cli, ["train", "--resume", str(project / "train"), "--format", "json"])
     assert resumed.exit_code == 0, resumed.output
