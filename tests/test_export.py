@@ -130,13 +130,14 @@ def test_savedmodel_serves_encoded_jpeg_and_png_bytes(run, exported):
     np.testing.assert_allclose(raw["probabilities"].numpy(), expected, atol=1e-5)
 
 
-def test_tflite_predict_imports_no_tensorflow(run, exported):
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_exported_predict_imports_no_tensorflow(run, exported, fmt):
     image = next((run.parent.parent / "data").rglob("*.jpg"))
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from scenecls.cli import cli\n"
-        f"args = ['predict', {str(image)!r}, '--model', {str(exported['tflite'])!r}, '--format', 'json']\n"
+        f"args = ['predict', {str(image)!r}, '--model', {str(exported[fmt])!r}, '--format', 'json']\n"
         "result = CliRunner().invoke(cli, args)\n"
         "print(result.exit_code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
