@@ -46,7 +46,7 @@ class Ledger:
     state: Any
     history: list[dict[str, Any]]
     run_dir: Path
-    started: float  # time.monotonic() at which the run (all its sessions) would have begun
+    started: float  # time.monotonic() at which the run (all its resumptions) would have begun
     row: dict[str, Any] | None = None
     saved: Any = None
     phase_started: float = 0.0
