@@ -322,7 +322,6 @@ def sample_images(
     calibration: the run's validation split (rebuilt from its seed), or ``data``'s; random pixels, said
     so, when there is no data at all."""
     from scenecls.config import TrainConfig
-    from scenecls.data.images import load_rgb
     from scenecls.data.pipeline import prepare_data
     from scenecls.training import runs
 
@@ -342,10 +341,16 @@ def sample_images(
         Path(source), val_split=config.val_split if config else 0.2, seed=config.seed if config else 0,
         reporter=reporter,
     )  # fmt: skip
-    split = prepared.val
+    images, labels = split_images(prepared.val, size, count)
     same = list(prepared.classes) == list(classes)
-    rng = np.random.default_rng(0)
-    chosen = sorted(rng.permutation(len(split))[:count].tolist())
+    return images, labels if same else None, "validation images"
+
+
+def split_images(split, size: tuple[int, int], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` images of ``split`` (a seeded choice, in the split's order), raw 0-255 at ``size``,
+    with their labels: what the parity check and int8 calibration run on."""
+    from scenecls.data.images import load_rgb
+
+    chosen = sorted(np.random.default_rng(0).permutation(len(split))[:count].tolist())
     images = np.stack([load_rgb(split.paths[i], size) for i in chosen]).astype(np.float32)
-    labels = np.asarray([split.labels[i] for i in chosen]) if same else None
-    return images, labels, "validation images"
+    return images, np.asarray([split.labels[i] for i in chosen])

@@ -32,6 +32,24 @@ def one_error_line(result) -> str:
     return errors[0]
 
 
+def predict_in_a_fresh_process(*args: str) -> tuple[int, str, dict[str, bool]]:
+    """``scenecls predict ARGS --format json`` in a new interpreter: exit code, stdout, and whether
+    TensorFlow and Keras were imported."""
+    code = (
+        "import json, sys\n"
+        "from click.testing import CliRunner\n"
+        "from scenecls.cli import cli\n"
+        f"result = CliRunner().invoke(cli, ['predict', *{list(args)!r}, '--format', 'json'])\n"
+        "report = {'code': result.exit_code, 'stdout': result.stdout,\n"
+        "          'imported': {m: m in sys.modules for m in ('tensorflow', 'keras')}}\n"
+        "print(json.dumps(report))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    return report["code"], report["stdout"], report["imported"]
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
@@ -51,18 +69,9 @@ def test_training_writes_a_checked_best_tflite_that_predict_uses(run):
     assert metrics["export"]["tflite"] == "best.tflite" and metrics["export"]["top1_agreement"] == 1.0
     assert (run / "best.tflite").stat().st_mtime >= (run / "best.keras").stat().st_mtime
     image = next((run.parent.parent / "data").rglob("*.jpg"))
-    code = (
-        "import sys\n"
-        "from click.testing import CliRunner\n"
-        "from scenecls.cli import cli\n"
-        f"args = ['predict', {str(image)!r}, '--project', {str(run.parent)!r}, '--format', 'json']\n"
-        "result = CliRunner().invoke(cli, args)\n"
-        "print(result.stdout)\n"
-        "print('tensorflow' in sys.modules, file=sys.stderr)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stderr.split()[-1] == "False", done.stderr
-    fast = json.loads(done.stdout)[0]
+    code, stdout, imported = predict_in_a_fresh_process(str(image), "--project", str(run.parent))
+    assert code == 0 and imported == {"tensorflow": False, "keras": False}
+    fast = json.loads(stdout)[0]
     keras = invoke("predict", str(image), "--project", str(run.parent), "--keras", "--format", "json")
     slow = json.loads(keras.stdout)[0]
     assert fast["label"] == slow["label"]
@@ -133,16 +142,9 @@ def test_savedmodel_serves_encoded_jpeg_and_png_bytes(run, exported):
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_exported_predict_imports_no_tensorflow(run, exported, fmt):
     image = next((run.parent.parent / "data").rglob("*.jpg"))
-    code = (
-        "import sys\n"
-        "from click.testing import CliRunner\n"
-        "from scenecls.cli import cli\n"
-        f"args = ['predict', {str(image)!r}, '--model', {str(exported[fmt])!r}, '--format', 'json']\n"
-        "result = CliRunner().invoke(cli, args)\n"
-        "print(result.exit_code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["0", "False", "False"], done.stdout + done.stderr
+    code, stdout, imported = predict_in_a_fresh_process(str(image), "--model", str(exported[fmt]))
+    assert code == 0 and json.loads(stdout)[0]["label"], stdout
+    assert imported == {"tensorflow": False, "keras": False}
 
 
 def test_evaluate_an_exported_model(run, exported):

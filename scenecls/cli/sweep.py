@@ -65,8 +65,8 @@ def sweep(
     try:
         dense_values = [int(d) for d in _csv_list(dense)]
     except ValueError:
-        dense_values = [-1]
-    if any(d < 0 for d in dense_values):
+        dense_values = None
+    if dense_values is None or any(d < 0 for d in dense_values):
         raise UsageError(f"--dense takes numbers of 0 or more like 0,1,2,3; got {dense!r}")
     points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values)
     base = config_from_options(data, no_augment, no_cache, options)

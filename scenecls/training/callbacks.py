@@ -23,7 +23,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class Ledger:
     phase_started: float = 0.0
     checkpoints: Any = None  # the phase's ModelCheckpoints while it runs
     phase: PhaseInfo | None = None  # the phase in progress
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def write_state(self) -> None:
         self.state.seconds = time.monotonic() - self.started
@@ -67,7 +66,6 @@ class PhaseInfo:
     index: int
     name: str
     lr: float
-    epochs: int
     first_epoch: int  # the run's epoch number of this phase's epoch 0, minus one
 
 

@@ -256,7 +256,7 @@ def _run_phase(
         f" ({len(report.blocks)} blocks, {report.layers} layers); "
         f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
     )
-    ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, phase.epochs, first_epoch=state.epoch - done)
+    ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, first_epoch=state.epoch - done)
     ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
     source, cache = epoch_source(phase.policy.frozen, model, backbone, images, config, data, size, reporter)
     if cache:
@@ -427,16 +427,11 @@ def _finish(
 def _export_tflite(run_dir: Path, data: PreparedData, size: int, reporter: Reporter) -> dict[str, Any] | None:
     """``best.tflite`` for a fast ``predict`` (see ``benchmarks/README.md``: 0.17 s instead of 4.8 s);
     a failure here costs the run nothing but that speed, so it is a warning."""
-    import numpy as np
-
-    from scenecls.data.images import load_rgb
-    from scenecls.export import export_for_predict
+    from scenecls.export import export_for_predict, split_images
 
     reporter.log("Writing best.tflite for a fast predict (--no-export skips it)")
-    chosen = list(range(0, len(data.val), max(1, len(data.val) // 200)))[:200]
     try:
-        images = np.stack([load_rgb(data.val.paths[i], (size, size)) for i in chosen]).astype(np.float32)
-        labels = np.asarray([data.val.labels[i] for i in chosen])
+        images, labels = split_images(data.val, (size, size), 200)
         parity = export_for_predict(run_dir, load_model(run_dir / runs.BEST), data.classes, images, labels)
     except Exception as exc:  # any converter failure: the run itself is done and saved
         reporter.warn(f"could not write best.tflite ({first_line(exc, 200)}); predict will use best.keras")
