@@ -44,6 +44,14 @@ RECIPES: dict[str, list[str]] = {
     "warmup-1": ["--warmup-epochs", "1"],
     # Label smoothing.
     "label-smoothing-0.1": ["--label-smoothing", "0.1"],
+    # lr-find's suggestion for the head phase on intel-dev (3.9e-3 against the default 1e-3).
+    "head-lr-4e-3": ["--lr", "4e-3"],
+    # Twice the fine-tuning epochs.
+    "finetune-20": ["--finetune-epochs", "20"],
+    # The whole backbone fine-tuned at a low rate.
+    "unfreeze-all-3e-5": ["--unfreeze", "all", "--finetune-lr", "3e-5"],
+    # The two that scored best alone (seed 0), together.
+    "size-224-head-lr-4e-3": ["--image-size", "224", "--lr", "4e-3"],
 }
 
 

@@ -121,3 +121,19 @@ def test_resume_in_the_cached_phase_repeats_the_uninterrupted_epochs(data, tmp_p
     b = runs.read_history(tmp_path / "b" / "train" / "history.csv")
     for key in ("loss", "val_loss", "val_accuracy"):
         assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4, abs=1e-6), key
+
+
+def test_resume_drops_a_history_row_whose_checkpoint_never_finished(data, tmp_path):
+    """Killed after history.csv got epoch 2's row but before state.json did: the resumed run trains
+    epoch 2 again and the history holds it once."""
+    project = tmp_path / "runs"
+    done = invoke("train", "--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "0",
+                  "--project", str(project), "--name", "cut")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    run = project / "cut"
+    state = json.loads((run / "state.json").read_text())
+    state.update(status="interrupted", epoch=1, phase_epoch=1)
+    (run / "state.json").write_text(json.dumps(state))
+    resumed = invoke("train", "--resume", str(run))
+    assert resumed.exit_code == 0, resumed.output
+    assert [row["epoch"] for row in runs.read_history(run / "history.csv")] == [1, 2]

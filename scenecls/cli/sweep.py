@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from scenecls.cli.output import Output
-from scenecls.cli.train import cache_options, config_from_options, recipe_options, run_options
+from scenecls.cli.train import (
+    cache_options,
+    choose_distribution,
+    config_from_options,
+    recipe_options,
+    run_options,
+)
 
 
 def _csv_list(value: str) -> list[str]:
@@ -50,6 +56,7 @@ def sweep(
     dry_run: bool,
     shard: str | None,
     collect: bool,
+    distribute: str,
     **options,
 ) -> None:
     """Train every combination, each as a run folder inside one sweep folder, and compare them.
@@ -84,16 +91,21 @@ def sweep(
     if collect:
         _collect(out, folder, points, fmt)
         return
-    out.load_tensorflow()
+    distribution = choose_distribution(out, distribute)
     from scenecls.training.phases import TrainingInterrupted
 
     mine = len(sweeps.shard_points(points, *share)) if share else len(points)
     out.log(f"Sweep folder: {folder} ({mine} runs{f' of {len(points)}, shard {shard}' if share else ''})")
     try:
-        rows = sweeps.run_sweep(folder, points, base, shard=share, reporter=out.reporter())
+        rows = sweeps.run_sweep(
+            folder, points, base, shard=share, reporter=out.reporter(), distribution=distribution
+        )
     except TrainingInterrupted:
         click.echo("Interrupted. Run the same command again to resume the sweep.", err=True)  # even with -q
         raise click.exceptions.Exit(130) from None
+    if not distribution.chief:
+        out.log(f"{distribution.task}: sweep finished; the chief wrote the runs and tables")
+        return
     if share:
         out.log(f"Shard {shard} done; once every shard is, the same command with --collect builds the tables")
         _render(out, rows, fmt, f"Shard {shard} results ({folder})")

@@ -8,6 +8,7 @@ import click
 
 from scenecls.cli.output import Output, check_fail_under, fail_under_option, format_option, project_option
 from scenecls.config import LR_SCHEDULES, TrainConfig
+from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
 
 DEFAULTS = TrainConfig()
 
@@ -51,11 +52,30 @@ def run_options(func):
                 is_flag=True,
                 help="TensorBoard logs in the run folder (see them with: tensorboard --logdir runs).",
             ),
+            click.option(
+                "--distribute",
+                type=click.Choice(DISTRIBUTE_MODES),
+                default="auto",
+                show_default=True,
+                help="tf.distribute: mirrored = this machine's GPUs, multiworker = the cluster TF_CONFIG "
+                "names; auto picks one of them when there are several GPUs or a cluster.",
+            ),
             format_option("table", "json"),
         ]
     ):
         func = option(func)
     return func
+
+
+def choose_distribution(out: Output, mode: str):
+    """The strategy, made before anything else touches TensorFlow (a multi-worker one must be)."""
+    out.load_tensorflow()
+    from scenecls.training.strategy import choose
+
+    distribution = choose(mode)
+    if not distribution.chief:
+        out.log(f"This process is {distribution.task} of {distribution.workers}; the chief writes the runs")
+    return distribution
 
 
 def cache_options(func):
@@ -219,6 +239,7 @@ def train(
     no_augment: bool,
     no_cache: bool,
     data: Path | None,
+    distribute: str,
     **options,
 ) -> None:
     """Train a classifier: the head on a frozen backbone, then fine-tune the last blocks.
@@ -228,6 +249,7 @@ def train(
     """
     from scenecls.training import runs
 
+    distribution = choose_distribution(out, distribute)
     if resume:
         run_dir = runs.resolve_run(resume, project)
         ctx = click.get_current_context()
@@ -236,18 +258,26 @@ def train(
             for key in ("epochs", "finetune_epochs")
             if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE
         }
-        if more:
-            out.load_tensorflow()
+        if more and distribution.chief:
             from scenecls.training.phases import extend_run
 
             extend_run(run_dir, **more)
         config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
-        _run(out, config, run_dir, fmt, fail_under, resume=True)
+        _run(out, config, run_dir, fmt, fail_under, distribution, resume=True)
         return
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
-    run_dir = runs.create_run_dir(project, name or "train", exist_ok=exist_ok)
-    _run(out, config, run_dir, fmt, fail_under)
+    run_dir = _new_run_dir(distribution, project, name or "train", exist_ok)
+    _run(out, config, run_dir, fmt, fail_under, distribution)
+
+
+def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path:
+    """The chief makes the run folder; a worker only names it (it trains in a scratch copy)."""
+    from scenecls.training import runs
+
+    if distribution.chief:
+        return runs.create_run_dir(project, name, exist_ok=exist_ok)
+    return project / name
 
 
 @click.command("finetune")
@@ -281,6 +311,7 @@ def finetune(
     fmt: str,
     fail_under: float | None,
     no_export: bool,
+    distribute: str,
     **options,
 ) -> None:
     """Fine-tune a run's best model again, into a new run folder that records its parent.
@@ -290,6 +321,7 @@ def finetune(
     from scenecls.errors import ModelError
     from scenecls.training import runs
 
+    distribution = choose_distribution(out, distribute)
     parent = runs.resolve_run(run, project)
     parent_config = TrainConfig.from_dict(runs.read_json(parent / runs.CONFIG))
     if backbone and backbone != parent_config.backbone:
@@ -305,8 +337,8 @@ def finetune(
             "export_tflite": not no_export,
         }
     )
-    run_dir = runs.create_run_dir(project, name or f"{parent.name}-ft")
-    _run(out, config, run_dir, fmt, fail_under, start_model=parent / runs.BEST)
+    run_dir = _new_run_dir(distribution, project, name or f"{parent.name}-ft", False)
+    _run(out, config, run_dir, fmt, fail_under, distribution, start_model=parent / runs.BEST)
 
 
 def _run(
@@ -314,25 +346,29 @@ def _run(
     config: TrainConfig,
     run_dir: Path,
     fmt: str,
-    fail_under: float | None = None,
+    fail_under: float | None,
+    distribution,
     *,
     resume: bool = False,
     start_model: Path | None = None,
 ) -> None:
-    out.load_tensorflow()
     from scenecls.training.phases import TrainingInterrupted
     from scenecls.training.phases import train as run_training
 
-    out.log(f"Run folder: {run_dir}")
+    if distribution.chief:
+        out.log(f"Run folder: {run_dir}")
     try:
         result = run_training(
-            config, run_dir, reporter=out.reporter(), resume=resume, start_model=start_model
-        )
+            config, run_dir, reporter=out.reporter(), resume=resume, start_model=start_model,
+            distribution=distribution,
+        )  # fmt: skip
     except TrainingInterrupted as exc:
-        click.echo(
-            f"Interrupted. Resume with: scenecls train --resume {exc.run_dir}", err=True
-        )  # even with -q
+        where = exc.run_dir if distribution.chief else run_dir  # a worker's own copy is gone
+        click.echo(f"Interrupted. Resume with: scenecls train --resume {where}", err=True)  # even with -q
         raise click.exceptions.Exit(130) from None
+    if not distribution.chief:  # the results are the chief's to report
+        out.log(f"{distribution.task}: training finished (best val accuracy {result.best_val_accuracy:.4f})")
+        return
     _render(out, result, fmt)
     # The gate judges the test split when there is one, else the best validation accuracy.
     if result.test_accuracy is not None:

@@ -161,7 +161,10 @@ def load_or_compute(
     aug_copies: int,
     seed: int,
     reporter: Reporter | None = None,
+    publish: bool = True,
 ) -> CachedFeatures:
+    """The entry for these images and this backbone from ``cache_root``, or computed and (with
+    ``publish``) written there for the next run."""
     reporter = reporter or NullReporter()
     key, fields = cache_key(backbone, size, augment, aug_copies, seed, train, val)
     folder = cache_root / "features" / key
@@ -171,7 +174,7 @@ def load_or_compute(
         return CachedFeatures(
             cached[0], np.asarray(train.labels), cached[1], np.asarray(val.labels), key, True
         )
-    if folder.exists():
+    if folder.exists() and publish:
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
     forward = extractor(classifier, batch_size)
@@ -182,8 +185,9 @@ def load_or_compute(
     val_features = compute_features(
         classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward
     )[0]
-    _write(folder, fields, train_features, val_features)
-    reporter.log(f"Feature cache: built {folder}")
+    if publish:
+        _write(folder, fields, train_features, val_features)
+        reporter.log(f"Feature cache: built {folder}")
     return CachedFeatures(
         train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
     )

@@ -63,6 +63,7 @@ from scenecls.training.callbacks import (
     interrupts_deferred,
 )
 from scenecls.training.sources import EpochSource, FeatureSource, ImageSource
+from scenecls.training.strategy import OFF, Distribution, lost_worker, private_run_dir, tf_message
 from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, check_policy, parse_unfreeze
 
 __all__ = ["Phase", "TrainResult", "TrainState", "TrainingDiverged", "TrainingInterrupted", "extend_run",
@@ -162,30 +163,51 @@ def train(
     reporter: Reporter | None = None,
     resume: bool = False,
     start_model: Path | None = None,
+    distribution: Distribution | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model.
 
     A run that fails before its first epoch leaves nothing behind when ``run_dir`` was empty (a new
     run); one that fails later is marked ``failed`` in ``state.json`` with the reason, and keeps every
-    finished epoch for ``--resume``.
+    finished epoch for ``--resume``. Under a ``distribution`` only the chief writes ``run_dir``; the
+    other workers train alongside in a scratch copy (see :mod:`scenecls.training.strategy`).
     """
     reporter = reporter or NullReporter()
+    distribution = distribution or OFF
+    if not distribution.chief:
+        with private_run_dir(run_dir, distribution, resume=resume) as scratch:
+            try:
+                return _train(config, scratch, reporter, resume=resume, start_model=start_model,
+                              distribution=distribution)  # fmt: skip
+            except Exception as exc:
+                if lost_worker(exc, distribution):
+                    raise SceneclsError(f"a process of the cluster stopped ({tf_message(exc)})") from exc
+                raise
     fresh = not resume and (not run_dir.exists() or not any(run_dir.iterdir()))
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume and remove_stale_temporaries(run_dir, runs.RUN_FILES):
         reporter.log("Removed the half-written files of a save that was killed")
     try:
-        return _train(config, run_dir, reporter, resume=resume, start_model=start_model)
+        return _train(config, run_dir, reporter, resume=resume, start_model=start_model,
+                      distribution=distribution)  # fmt: skip
     except TrainingInterrupted:
         raise
     except BaseException as exc:
-        _record_failure(run_dir, fresh, exc)
-        raise
+        if not lost_worker(exc, distribution):
+            _record_failure(run_dir, fresh, exc)
+            raise
+        lost = SceneclsError(
+            f"a process of the cluster stopped ({tf_message(exc)}); every finished epoch is saved: "
+            f"start the cluster again with scenecls train --resume {run_dir}"
+        )
+        _record_failure(run_dir, fresh, lost)
+        raise lost from exc
 
 
 def _train(
-    config: TrainConfig, run_dir: Path, reporter: Reporter, *, resume: bool, start_model: Path | None
-) -> TrainResult:
+    config: TrainConfig, run_dir: Path, reporter: Reporter, *, resume: bool, start_model: Path | None,
+    distribution: Distribution,
+) -> TrainResult:  # fmt: skip
     import keras
 
     # A fresh Keras state per run: the same seed gives the same initial weights whatever ran before
@@ -204,27 +226,34 @@ def _train(
     data = prepare_data(
         data_source(config.data), val_split=config.val_split, seed=config.seed, reporter=reporter
     )
-    ledger = _open_run(run_dir, config, data, size, resume, reporter)
+    ledger = _open_run(run_dir, config, data, size, resume, reporter, distribution)
     if ledger.state.status == "finished":
         reporter.log(f"{run_dir} has already finished training")
         return _result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
-    model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
-    backbone = find_backbone(model)
-    block_map = spec.block_map(backbone)
-    for phase in phases:
-        check_policy(block_map, phase.policy)
-    images = image_source(config, data, size, model)
+    if distribution.strategy is not None:
+        reporter.log(distribution.describe(config.batch_size))
+        config = replace(config, batch_size=distribution.global_batch(config.batch_size))
     reports: list[UnfreezeReport] = []
-    ledger.state.status, ledger.state.error = "running", None
-    try:
-        for index in range(ledger.state.phase, len(phases)):
-            reports.append(apply_unfreeze(backbone, block_map, phases[index].policy, model=model))
-            _run_phase(index, phases, model, backbone, reports[-1], images, ledger, config, data, size,
-                       compiled=compiled, reporter=reporter)  # fmt: skip
-            compiled = False
-    except KeyboardInterrupt:
-        _record_interrupt(ledger)
-        raise TrainingInterrupted(run_dir) from None
+    with distribution.scope():  # every variable (model, optimizer, metrics) is the strategy's
+        model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
+        backbone = find_backbone(model)
+        block_map = spec.block_map(backbone)
+        for phase in phases:
+            check_policy(block_map, phase.policy)
+        images = image_source(config, data, size, model)
+        ledger.state.status, ledger.state.error = "running", None
+        try:
+            for index in range(ledger.state.phase, len(phases)):
+                reports.append(apply_unfreeze(backbone, block_map, phases[index].policy, model=model))
+                _run_phase(index, phases, model, backbone, reports[-1], images, ledger, config, data, size,
+                           compiled=compiled, reporter=reporter, distribution=distribution)  # fmt: skip
+                compiled = False
+        except KeyboardInterrupt:
+            _record_interrupt(ledger)
+            raise TrainingInterrupted(run_dir) from None
+    if not distribution.chief:  # the chief tests, exports and reports the run
+        ledger.state.status = "finished"
+        return _result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
     return _finish(run_dir, data, size, config, ledger, reports, reporter)
 
 
@@ -242,6 +271,7 @@ def _run_phase(
     *,
     compiled: bool,
     reporter: Reporter,
+    distribution: Distribution = OFF,
 ) -> None:
     """One phase: compile, choose its epoch source, one ``fit`` over its epochs, then close it."""
     phase, state = phases[index], ledger.state
@@ -258,7 +288,9 @@ def _run_phase(
     )
     ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, first_epoch=state.epoch - done)
     ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
-    source, cache = epoch_source(phase.policy.frozen, model, backbone, images, config, data, size, reporter)
+    source, cache = epoch_source(
+        phase.policy.frozen, model, backbone, images, config, data, size, reporter, distribution
+    )
     if cache:
         state.feature_cache = cache
     ledger.checkpoints = checkpoints = source.checkpoints(ledger.run_dir)
@@ -267,11 +299,12 @@ def _run_phase(
     callbacks = phase_callbacks(source, ledger, info, config, reporter, total_epochs)
     stopped_before = state.stopped_early
     weights = class_weights(data.train.labels, len(data.classes)) if config.class_weights else None
+    distribution.prepare(source.trainer)
     try:
         with finite_dataset_warnings_silenced():
             source.trainer.fit(
-                source.train_data,
-                validation_data=source.val_data,
+                distribution.shard(source.train_data),
+                validation_data=distribution.shard(source.val_data),
                 initial_epoch=done,
                 epochs=phase.epochs,
                 verbose=0,
@@ -331,37 +364,52 @@ def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> I
 
 def epoch_source(
     frozen: bool, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData, size: int,
-    reporter: Reporter,
+    reporter: Reporter, distribution: Distribution = OFF,
 ) -> tuple[EpochSource, str | None]:  # fmt: skip
     """``(source, cache)``: cached features while the backbone is frozen (unless ``--no-cache``), and
-    whether their cache entry was ``built`` or ``reused``; else the images, and None."""
+    whether their cache entry was ``built`` or ``reused``; else the images, and None.
+
+    On a cluster the chief builds the cache entry while the others wait; they then read it (on a
+    shared filesystem) or, not finding it, compute the features for themselves without writing them.
+    """
     if not (frozen and config.feature_cache):
         return images, None
     from scenecls.training.features import load_or_compute
 
-    cached = load_or_compute(
-        model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
-        batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
-        seed=config.seed, reporter=reporter,
-    )  # fmt: skip
+    def features(publish: bool):
+        return load_or_compute(
+            model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
+            batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
+            seed=config.seed, reporter=reporter, publish=publish,
+        )  # fmt: skip
+
+    if distribution.chief:
+        cached = features(publish=True)
+        distribution.barrier()
+    else:
+        distribution.barrier()
+        cached = features(publish=False)
     source = FeatureSource(model, cached, batch_size=config.batch_size, seed=config.seed)
     return source, "reused" if cached.reused else "built"
 
 
 def _open_run(
-    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, resume: bool, reporter: Reporter
-) -> Ledger:
+    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, resume: bool, reporter: Reporter,
+    distribution: Distribution,
+) -> Ledger:  # fmt: skip
     """The run's state and history: read back to resume, or a new run folder's files written."""
     if resume:
         state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE))
-        ledger = Ledger(
-            state, runs.read_history(run_dir / runs.HISTORY), run_dir, time.monotonic() - state.seconds
-        )
+        if state.status != "finished":
+            distribution.check_resume(runs.read_json(run_dir / runs.CONFIG).get("distribution"), run_dir)
+        # A row past the state's last epoch is one whose checkpoint never finished: it is trained again.
+        history = [row for row in runs.read_history(run_dir / runs.HISTORY) if row["epoch"] <= state.epoch]
+        ledger = Ledger(state, history, run_dir, time.monotonic() - state.seconds)
         ledger.saved = copy.deepcopy(state)
         if state.status != "finished":
             _check_resume_data(run_dir, data, reporter)
         return ledger
-    _write_run_files(run_dir, config, data, size)
+    _write_run_files(run_dir, config, data, size, distribution)
     ledger = Ledger(TrainState(), [], run_dir, time.monotonic())
     ledger.write_state()  # so that --resume works from the start
     return ledger
@@ -500,7 +548,9 @@ def extend_run(
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _write_run_files(run_dir: Path, config: TrainConfig, data: PreparedData, size: int) -> None:
+def _write_run_files(
+    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, distribution: Distribution
+) -> None:
     import keras
     import tensorflow as tf
 
@@ -520,6 +570,7 @@ def _write_run_files(run_dir: Path, config: TrainConfig, data: PreparedData, siz
                 "skipped": len(data.skipped),
             },
             "val_source": data.val_source,
+            "distribution": distribution.shape,
             "versions": {
                 "scenecls": __version__,
                 "tensorflow": tf.__version__,

@@ -128,17 +128,24 @@ def run_sweep(
     *,
     shard: tuple[int, int] | None = None,
     reporter: Reporter | None = None,
+    distribution=None,
 ) -> list[dict[str, Any]]:
     """Train every point (of ``shard``, if given) not finished yet.
 
     Without a shard, returns the results table of the whole grid and writes it (see
     :func:`collect_results`); a shard returns its own runs' rows and writes no table, since other
-    shards may still be running: ``--collect`` writes it when they are done.
+    shards may still be running: ``--collect`` writes it when they are done. Under a multi-worker
+    ``distribution`` every worker goes through the same runs (the sweep folder must be on a shared
+    filesystem, so that all see which are finished); only the chief writes.
     """
     from scenecls.training.phases import train
+    from scenecls.training.strategy import OFF
 
     reporter = reporter or NullReporter()
-    open_sweep(folder, points, base)
+    distribution = distribution or OFF
+    if distribution.chief:
+        open_sweep(folder, points, base)
+    distribution.barrier()  # the workers look at the sweep folder once the chief has opened it
     mine = shard_points(points, *shard) if shard else points
     for number, point in enumerate(mine, start=1):
         run_dir = folder / point.name
@@ -148,12 +155,15 @@ def run_sweep(
             continue
         resume = status == "interrupted"
         reporter.log(f"[{number}/{len(mine)}] {point.name}: {'resuming' if resume else 'training'}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train(point_config(base, point), run_dir, reporter=reporter, resume=resume)
+        if distribution.chief:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        train(point_config(base, point), run_dir, reporter=reporter, resume=resume, distribution=distribution)
+        distribution.barrier()  # the run's state is written before anyone looks at the next
     if shard:
         return collect_results(folder, mine)
     results = collect_results(folder, points)
-    write_results(folder, results)
+    if distribution.chief:
+        write_results(folder, results)
     return results
 
 
