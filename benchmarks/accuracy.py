@@ -50,6 +50,9 @@ RECIPES: dict[str, list[str]] = {
     "finetune-20": ["--finetune-epochs", "20"],
     # The whole backbone fine-tuned at a low rate.
     "unfreeze-all-3e-5": ["--unfreeze", "all", "--finetune-lr", "3e-5"],
+    # MixUp and CutMix (batch-level blending of images and labels; MixUp of the features in phase 1).
+    "mixup-0.2": ["--mixup", "0.2"],
+    "cutmix-1.0": ["--cutmix", "1.0"],
     # The two that scored best alone (seed 0), together.
     "size-224-head-lr-4e-3": ["--image-size", "224", "--lr", "4e-3"],
 }

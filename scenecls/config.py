@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from scenecls.data.augment import AugmentConfig
+from scenecls.data.mixing import Mixing
 from scenecls.heads import HeadConfig
 
 LR_SCHEDULES = ("constant", "cosine", "plateau")
@@ -35,6 +36,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_epochs: int = 0  # each phase's rate rises linearly from 0 over these epochs
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0: off
     patience: int | None = None  # early stopping on val accuracy; None: off
     val_split: float = 0.2
     seed: int = 0
@@ -47,6 +50,10 @@ class TrainConfig:
     tensorboard: bool = False  # TensorBoard logs in the run folder
     export_tflite: bool = True  # best.tflite beside best.keras when the run ends (fast predict)
     last_phase_epochs: int | None = None  # set when a finished run is extended: its last phase's length
+
+    @property
+    def mixing(self) -> Mixing:
+        return Mixing(mixup=self.mixup, cutmix=self.cutmix)
 
     @property
     def head(self) -> HeadConfig:

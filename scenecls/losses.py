@@ -12,7 +12,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
     ``1 - smoothing + smoothing / k`` and every other class's ``smoothing / k`` (Szegedy et al. 2016).
 
     Keras's ``SparseCategoricalCrossentropy`` has no smoothing, and one-hot labels would change every
-    data pipeline; this turns the integer labels into smoothed one-hot targets inside the loss.
+    data pipeline; this turns the integer labels into smoothed one-hot targets inside the loss. It also
+    takes soft label rows (``k`` columns), as MixUp and CutMix make them (:mod:`scenecls.data.mixing`).
     """
 
     def __init__(self, smoothing: float = 0.1, name: str = "smoothed_sparse_crossentropy", **kwargs) -> None:
@@ -22,15 +23,18 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         ops = keras.ops
         classes = ops.shape(y_pred)[-1]
-        targets = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), classes)
+        if len(y_true.shape) == 2 and y_true.shape[-1] == y_pred.shape[-1] and y_true.shape[-1] != 1:
+            targets = ops.cast(y_true, y_pred.dtype)  # already rows of class weights
+        else:
+            targets = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), classes)
         return keras.losses.categorical_crossentropy(targets, y_pred, label_smoothing=self.smoothing)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "smoothing": self.smoothing}
 
 
-def classification_loss(label_smoothing: float = 0.0):
-    """The loss for ``compile``: plain sparse cross-entropy, or smoothed when asked."""
-    if label_smoothing:
+def classification_loss(label_smoothing: float = 0.0, *, soft_labels: bool = False):
+    """The loss for ``compile``: plain sparse cross-entropy, or smoothed, or for soft labels."""
+    if label_smoothing or soft_labels:
         return SmoothedSparseCrossentropy(label_smoothing)
     return "sparse_categorical_crossentropy"

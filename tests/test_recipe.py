@@ -1,4 +1,4 @@
-"""Recipe options: label smoothing and learning-rate warm-up."""
+"""Recipe options: label smoothing, MixUp and CutMix, and learning-rate warm-up."""
 
 from __future__ import annotations
 
@@ -26,6 +26,74 @@ def test_smoothed_loss_is_cross_entropy_against_smoothed_targets():
     assert float(SmoothedSparseCrossentropy(0.1)(labels, probs)) == pytest.approx(expected, rel=1e-5)
     plain = np.mean(-np.log(probs[[0, 1], labels]))
     assert float(SmoothedSparseCrossentropy(0.0)(labels, probs)) == pytest.approx(plain, rel=1e-5)
+
+
+def _class_valued_batches(n: int = 12, size: int = 8):
+    """Images filled with 10 * class + 5, labels 0-2, in batches of 6: a mixed image's mean is then
+    exactly its soft label's weighted sum of the class values, for MixUp and CutMix alike."""
+    import tensorflow as tf
+
+    labels = np.arange(n) % 3
+    images = (np.ones((n, size, size, 3)) * (10.0 * labels + 5)[:, None, None, None]).astype(np.float32)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+
+
+def _one_pass(dataset) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixing_blends_images_and_labels_alike(mixup, cutmix):
+    from scenecls.data.mixing import Mixing, mix_batches
+
+    mixed = mix_batches(_class_valued_batches(), 3, Mixing(mixup, cutmix), seed=7)
+    x, y = _one_pass(mixed)
+    values = np.array([5.0, 15.0, 25.0])
+    assert y.shape == (12, 3) and np.allclose(y.sum(axis=1), 1.0)
+    assert np.allclose(x.mean(axis=(1, 2, 3)), y @ values, atol=1e-3)
+    assert (y.max(axis=1) < 0.99).any()  # something was mixed
+    if cutmix and not mixup:  # boxes pasted, never blended: only the original values
+        assert set(np.unique(x.round(3))) <= set(values)
+    again, _ = _one_pass(mixed)
+    assert not np.allclose(again, x)  # another epoch, other draws
+    same, _ = _one_pass(mix_batches(_class_valued_batches(), 3, Mixing(mixup, cutmix), seed=7))
+    assert np.allclose(same, x)  # the same seed, the same first epoch
+
+
+def test_features_get_mixup_but_no_cutmix():
+    from scenecls.data.mixing import Mixing, mix_batches
+
+    _, y = _one_pass(mix_batches(_class_valued_batches(), 3, Mixing(0.0, 1.0), seed=1, images=False))
+    assert np.array_equal(y, np.eye(3)[np.arange(12) % 3])  # only one-hot labels
+
+
+def test_the_loss_takes_soft_labels_too():
+    from scenecls.losses import SmoothedSparseCrossentropy
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    soft = np.array([[0.6, 0.4, 0.0], [0.0, 0.25, 0.75]], dtype=np.float32)
+    expected = np.mean(-np.sum(soft * np.log(probs), axis=1))
+    assert float(SmoothedSparseCrossentropy(0.0)(soft, probs)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mixup_and_cutmix_train_with_and_without_the_feature_cache(tmp_path):
+    data = write_class_folders(tmp_path / "data" / "train", 8, seed=5, size=40).parent
+    write_class_folders(data / "test", 2, seed=6, size=40)
+    project = tmp_path / "runs"
+    for extra in ([], ["--no-cache"]):
+        args = ["train", "--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "1", "--mixup",
+                "0.2", "--cutmix", "1.0", "--project", str(project), "--format", "json", *extra]  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        run = Path(json.loads(result.stdout)["run_dir"])
+        history = runs.read_history(run / "history.csv")
+        assert len(history) == 3 and all(
+            0 <= r["accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1 for r in history
+        )
+        config = json.loads((run / "config.json").read_text())
+        assert (config["mixup"], config["cutmix"]) == (0.2, 1.0)
+        assert json.loads(result.stdout)["test_accuracy"] is not None
 
 
 def test_warm_up_and_smoothing_train_save_and_resume(tmp_path, monkeypatch):

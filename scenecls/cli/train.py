@@ -173,6 +173,23 @@ def recipe_options(func):
                 show_default=True,
                 help="Smooth the targets: 1 - S + S/k for the true class, S/k for the others.",
             ),
+            click.option(
+                "--mixup",
+                type=click.FloatRange(0),
+                default=DEFAULTS.mixup,
+                show_default=True,
+                metavar="ALPHA",
+                help="MixUp: blend pairs of images and labels by Beta(ALPHA, ALPHA); 0 = off.",
+            ),
+            click.option(
+                "--cutmix",
+                type=click.FloatRange(0),
+                default=DEFAULTS.cutmix,
+                show_default=True,
+                metavar="ALPHA",
+                help="CutMix: paste a box of another image, labels by area; 0 = off. With --mixup, "
+                "each batch uses one of the two.",
+            ),
             click.option("--no-augment", is_flag=True, help="Train without augmentation."),
             click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
         ]

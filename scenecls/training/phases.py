@@ -359,6 +359,11 @@ def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> I
         cache=config.cache_images,
     )  # fmt: skip
     val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
+    if config.mixing.on:
+        from scenecls.data.mixing import mix_batches, one_hot_labels
+
+        train_ds = mix_batches(train_ds, len(data.classes), config.mixing, seed=config.seed)
+        val_ds = one_hot_labels(val_ds, len(data.classes))
     return ImageSource(model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
 
 
@@ -389,7 +394,9 @@ def epoch_source(
     else:
         distribution.barrier()
         cached = features(publish=False)
-    source = FeatureSource(model, cached, batch_size=config.batch_size, seed=config.seed)
+    source = FeatureSource(
+        model, cached, batch_size=config.batch_size, seed=config.seed, mixing=config.mixing
+    )
     return source, "reused" if cached.reused else "built"
 
 
@@ -637,7 +644,7 @@ def _compile(model, phase: Phase, config: TrainConfig, steps: int) -> None:
         )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss=classification_loss(config.label_smoothing),
+        loss=classification_loss(config.label_smoothing, soft_labels=config.mixing.on),
         metrics=["accuracy"],
     )
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import keras
 
+from scenecls.data.mixing import Mixing, mix_batches, one_hot_labels
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
 from scenecls.training.features import CachedFeatures, head_model
 
@@ -56,7 +57,9 @@ class FeatureSource:
     ``--resume`` sees exactly what it would have seen without the interruption.
     """
 
-    def __init__(self, model, cached: CachedFeatures, *, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, model, cached: CachedFeatures, *, batch_size: int, seed: int, mixing: Mixing | None = None
+    ) -> None:
         import tensorflow as tf
 
         self.model = model
@@ -78,6 +81,10 @@ class FeatureSource:
 
         self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).batch(batch_size)
         self.val_data = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels)).batch(batch_size)
+        if mixing is not None and mixing.on:  # MixUp of the features; CutMix has no boxes to cut here
+            classes = int(model.output.shape[-1])
+            self.train_data = mix_batches(self.train_data, classes, mixing, seed=seed, images=False)
+            self.val_data = one_hot_labels(self.val_data, classes)
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [_EpochCounter(self._epoch)]
