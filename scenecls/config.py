@@ -38,6 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off
     cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0: off
+    ema: float = 0.0  # momentum of the weights' moving average that is validated and saved; 0: off
     patience: int | None = None  # early stopping on val accuracy; None: off
     val_split: float = 0.2
     seed: int = 0

@@ -14,6 +14,8 @@ from scenecls.training import runs
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+# A random ResNet's pooled features separate the generated classes gradually: a loss that moves.
+LEARNING = ["--backbone", "resnet50_v2", "--weights", "none", "--image-size", "40", "-b", "8", "--no-export"]
 
 
 def test_smoothed_loss_is_cross_entropy_against_smoothed_targets():
@@ -191,3 +193,44 @@ def test_lr_find_head_and_finetune(tmp_path):
     assert fine.exit_code == 0, fine.output
     report = json.loads(fine.stdout)
     assert report["phase"] == "finetune" and report["option"] == "--finetune-lr"
+
+
+def _val_losses(result) -> list[float]:
+    assert result.exit_code == 0, result.output
+    run = Path(json.loads(result.stdout)["run_dir"])
+    return [r["val_loss"] for r in runs.read_history(run / "history.csv")]
+
+
+def test_ema_is_what_is_validated_and_saved(tmp_path):
+    """With a momentum near 1 the average hardly moves from the first step's weights: validation, which
+    sees the average, then barely changes while the raw weights learn; best.keras holds the average."""
+    import keras
+
+    data = write_class_folders(tmp_path / "data", 10, seed=5, size=40)
+    args = ["train", "--data", str(data), *LEARNING, "--epochs", "4", "--finetune-epochs", "0", "--lr",
+            "0.01", "--dropout", "0", "--format", "json", "--project", str(tmp_path / "runs")]  # fmt: skip
+    plain = _val_losses(CliRunner().invoke(cli, args))
+    averaged_run = CliRunner().invoke(cli, [*args, "--ema", "0.99999"])
+    averaged = _val_losses(averaged_run)
+    assert abs(plain[-1] - plain[0]) > 0.05  # the raw weights do learn
+    assert abs(averaged[-1] - averaged[0]) < 0.01 * abs(plain[-1] - plain[0])
+    run = Path(json.loads(averaged_run.stdout)["run_dir"])
+    best = keras.saving.load_model(run / "best.keras")
+    average = dict(zip([v.path for v in best.optimizer._trainable_variables],
+                       best.optimizer._model_variables_moving_average, strict=True))  # fmt: skip
+    # The rule of every checkpoint: the model holds the average, the optimizer's slots the raw weights.
+    head = [v for v in best.trainable_variables if v.path in average]
+    assert head and any(not np.allclose(v.numpy(), average[v.path].numpy()) for v in head)
+
+
+def test_ema_resume_repeats_the_uninterrupted_epochs(tmp_path, monkeypatch):
+    data = write_class_folders(tmp_path / "data", 10, seed=5, size=40)
+    args = ["train", "--data", str(data), *LEARNING, "--epochs", "3", "--finetune-epochs", "0", "--dropout",
+            "0", "--ema", "0.9", "--format", "json"]  # fmt: skip
+    straight = _val_losses(CliRunner().invoke(cli, [*args, "--project", str(tmp_path / "a")]))
+    with ctrl_c_at_batch(monkeypatch, 6):  # 3 batches an epoch: batch 3 of epoch 2
+        assert CliRunner().invoke(cli, [*args, "--project", str(tmp_path / "b")]).exit_code == 130
+    resumed = CliRunner().invoke(
+        cli, ["train", "--resume", str(tmp_path / "b" / "train"), "--format", "json"]
+    )
+    assert _val_losses(resumed) == pytest.approx(straight, rel=1e-4, abs=1e-6)

@@ -190,6 +190,16 @@ def recipe_options(func):
                 help="CutMix: paste a box of another image, labels by area; 0 = off. With --mixup, "
                 "each batch uses one of the two.",
             ),
+            click.option(
+                "--ema",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=DEFAULTS.ema,
+                is_flag=False,
+                flag_value=0.99,
+                metavar="[MOMENTUM]",
+                help="Validate and save a moving average of the weights (--ema alone: momentum 0.99); "
+                "0 = off.",
+            ),
             click.option("--no-augment", is_flag=True, help="Train without augmentation."),
             click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
         ]

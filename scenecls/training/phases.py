@@ -49,7 +49,7 @@ from scenecls.errors import SceneclsError, UsageError, first_line
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir, data_source
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training import runs
+from scenecls.training import ema, runs
 from scenecls.training.callbacks import (
     BatchProgress,
     EarlyStopping,
@@ -295,6 +295,8 @@ def _run_phase(
         state.feature_cache = cache
     ledger.checkpoints = checkpoints = source.checkpoints(ledger.run_dir)
     checkpoints.begin(resumed=resumed_head)
+    if config.ema and index == state.phase and (done > 0 or resumed_head):
+        ema.swap(source.trainer.optimizer)  # a checkpoint holds the average in the model (see ema.py)
     total_epochs = state.epoch - done + sum(p.epochs for p in phases[index:])
     callbacks = phase_callbacks(source, ledger, info, config, reporter, total_epochs)
     stopped_before = state.stopped_early
@@ -314,6 +316,8 @@ def _run_phase(
             )
     finally:
         callbacks[-1].close()  # the progress bar of an epoch cut short
+    if config.ema:
+        ema.adopt_average(source.trainer.optimizer)  # go on as the files do: with the average
     if state.stopped_early and not stopped_before:
         reporter.log(f"No improvement for {config.patience} epochs: stopped {phase.name} early")
     with interrupts_deferred():
@@ -342,7 +346,12 @@ def phase_callbacks(
         callbacks.append(EarlyStopping(ledger, config.patience))
     if config.lr_schedule == "plateau":
         callbacks.append(ReduceLROnPlateau(ledger, optimizer))
+    if config.ema:
+        callbacks[:0] = [ema.ValidateAverage(optimizer)]
+        callbacks.append(ema.AverageIntoModel(optimizer))
     callbacks.append(RunCheckpoint(ledger, info, ledger.checkpoints))
+    if config.ema:
+        callbacks.append(ema.AverageOutOfModel(optimizer))
     if config.tensorboard:
         from scenecls.training.tensorboard import LOGDIR, TensorBoardLog
 
@@ -642,8 +651,9 @@ def _compile(model, phase: Phase, config: TrainConfig, steps: int) -> None:
             warmup_target=phase.lr if warmup else None,
             warmup_steps=warmup,
         )
+    averaging = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=keras.optimizers.Adam(learning_rate=lr, **averaging),
         loss=classification_loss(config.label_smoothing, soft_labels=config.mixing.on),
         metrics=["accuracy"],
     )
