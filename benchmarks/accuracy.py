@@ -14,6 +14,7 @@ MobileNetV2 weights. Tune recipes on intel-dev only: its test part is the test s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -92,6 +93,7 @@ def main() -> None:
                        "--format", "json"]  # fmt: skip
             result = json.loads(run(command, env))
             metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
+            step = phase_step(Path(result["run_dir"]) / "history.csv")
             row = {
                 "recipe": recipe,
                 "seed": seed,
@@ -99,11 +101,13 @@ def main() -> None:
                 "test": result["test_accuracy"],
                 "phases": metrics["phase_seconds"],
                 "seconds": result["seconds"],
+                "step": step,
                 "command": "scenecls " + " ".join(command[:1] + command[3:-4]),
             }
             rows.append(row)
             print(
                 f"{recipe:18s} seed {seed}: val {row['val']:.4f} test {row['test']:.4f} "
+                f"phase step {step:+.4f} "
                 f"({row['seconds']:.0f} s: {', '.join(f'{k} {v:.0f} s' for k, v in row['phases'].items())})",
                 flush=True,
             )
@@ -128,6 +132,19 @@ def main() -> None:
                 f"{recipe:18s} {len(mine)} seed(s): val {statistics.mean(vals):.4f}, test "
                 f"{statistics.mean(tests):.4f} (spread {spread:.4f}), {seconds:.0f} s"
             )
+
+
+def phase_step(history: Path) -> float:
+    """Validation accuracy after the first fine-tuning epoch minus after the last head epoch: the
+    phase-1-to-2 shock when negative (0.0 when the run has no such pair)."""
+    import csv
+
+    with open(history, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for before, after in itertools.pairwise(rows):
+        if before["phase"] == "head" and after["phase"] != "head":
+            return float(after["val_accuracy"]) - float(before["val_accuracy"])
+    return 0.0
 
 
 def run(args: list[str], env: dict) -> str:

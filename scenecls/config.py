@@ -39,6 +39,8 @@ class TrainConfig:
     mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off
     cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0: off
     ema: float = 0.0  # momentum of the weights' moving average that is validated and saved; 0: off
+    mixed_precision: str = "auto"  # auto, off, bfloat16, float16; a run records what auto resolved to
+    jit: str = "auto"  # XLA: auto (Keras's: on GPUs only), on, off
     patience: int | None = None  # early stopping on val accuracy; None: off
     val_split: float = 0.2
     seed: int = 0

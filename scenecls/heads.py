@@ -36,7 +36,8 @@ def head_layers(num_classes: int, config: HeadConfig) -> list:
         layers.append(keras.layers.Dense(config.units, activation="relu", name=f"head_dense_{i}"))
         if config.dropout:
             layers.append(keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="predictions"))
+    # float32 whatever the compute precision: a 16-bit softmax rounds small probabilities to 0.
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32"))
     return layers
 
 

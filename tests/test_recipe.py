@@ -234,3 +234,49 @@ def test_ema_resume_repeats_the_uninterrupted_epochs(tmp_path, monkeypatch):
         cli, ["train", "--resume", str(tmp_path / "b" / "train"), "--format", "json"]
     )
     assert _val_losses(resumed) == pytest.approx(straight, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_computes_in_16_bits_with_a_float32_softmax(tmp_path, monkeypatch, precision):
+    import warnings
+
+    import keras
+
+    from scenecls.precision import dtype_policy
+
+    data = write_class_folders(tmp_path / "data", 6, seed=5, size=40)
+    args = ["train", "--data", str(data), *TINY, "--epochs", "2", "--finetune-epochs", "2", "--format",
+            "json", "--mixed-precision", precision, "--jit", "off", "--ema", "--project",
+            str(tmp_path / "runs")]  # fmt: skip
+    with ctrl_c_at_batch(monkeypatch, 8):  # 2 batches an epoch: in the second fine-tuning epoch
+        assert CliRunner().invoke(cli, args).exit_code == 130
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(
+            cli, ["train", "--resume", str(tmp_path / "runs" / "train"), "--format", "json"]
+        )
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]  # optimizer state kept
+    run = Path(json.loads(result.stdout)["run_dir"])
+    config = json.loads((run / "config.json").read_text())
+    assert (config["mixed_precision"], config["jit"]) == (precision, "off")
+    with dtype_policy(precision):  # as the run loads it to resume
+        model = keras.saving.load_model(run / "best.keras")
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    convolutions = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions and all(c.dtype_policy.name == f"mixed_{precision}" for c in convolutions)
+    assert all(w.dtype == "float32" for w in model.weights)  # weights stay float32
+    probs = model(np.zeros((2, 32, 32, 3), np.float32))
+    assert probs.dtype == "float32" and np.allclose(np.asarray(probs).sum(axis=1), 1.0, atol=1e-5)
+    if precision == "float16":  # Keras scales the loss
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+
+
+def test_auto_precision_is_float32_without_a_gpu(tmp_path):
+    data = write_class_folders(tmp_path / "data", 6, seed=5, size=40)
+    args = ["train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--format",
+            "json", "--project", str(tmp_path / "runs")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((Path(json.loads(result.stdout)["run_dir"]) / "config.json").read_text())
+    assert config["mixed_precision"] == "off"  # auto, resolved on a machine without GPUs

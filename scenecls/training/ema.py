@@ -21,6 +21,7 @@ import keras
 
 def _pairs(optimizer):
     """``(weight, its average)`` for every trainable weight the optimizer averages."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under float16's loss scaling
     averages = getattr(optimizer, "_model_variables_moving_average", None) or []
     return [(v, a) for v, a in zip(optimizer._trainable_variables, averages, strict=True) if a is not None]
 

@@ -73,6 +73,9 @@ def cache_key(
         "train": train.digest(),
         "val": val.digest(),
     }
+    compute = backbone.dtype_policy.name  # mixed precision gives other features than float32
+    if compute != "float32":
+        fields["compute"] = compute
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 

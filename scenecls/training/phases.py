@@ -48,6 +48,7 @@ from scenecls.data.pipeline import (
 from scenecls.errors import SceneclsError, UsageError, first_line
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir, data_source
+from scenecls.precision import dtype_policy, dtype_policy_name, jit_compile, resolve_precision
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import ema, runs
 from scenecls.training.callbacks import (
@@ -214,6 +215,7 @@ def _train(
     # in this process (a sweep runs many), and earlier runs' graphs are freed.
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
+    config = replace(config, mixed_precision=resolve_precision(config.mixed_precision))
     spec = get_spec(config.backbone)
     size = config.image_size or spec.default_size
     phases = plan_phases(config)
@@ -234,7 +236,8 @@ def _train(
         reporter.log(distribution.describe(config.batch_size))
         config = replace(config, batch_size=distribution.global_batch(config.batch_size))
     reports: list[UnfreezeReport] = []
-    with distribution.scope():  # every variable (model, optimizer, metrics) is the strategy's
+    # Every variable (model, optimizer, metrics) is the strategy's; every layer computes in the precision.
+    with distribution.scope(), dtype_policy(config.mixed_precision):
         model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
         backbone = find_backbone(model)
         block_map = spec.block_map(backbone)
@@ -626,6 +629,12 @@ def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
     if start_model is not None:
         model = load_model(start_model)
         check_compatible(model, data.classes, runs.model_classes(start_model, None), backbone=config.backbone)
+        saved = next(layer for layer in find_backbone(model).layers if layer.weights).dtype_policy.name
+        if saved != dtype_policy_name(config.mixed_precision):
+            reporter.warn(
+                f"{start_model} computes in {saved}; --mixed-precision {config.mixed_precision} applies "
+                f"to new models only, so this run computes as the model was saved"
+            )
         return model, False
     model = build_classifier(
         config.backbone, len(data.classes), size=size, weights=config.weights, head=config.head
@@ -655,6 +664,7 @@ def _compile(model, phase: Phase, config: TrainConfig, steps: int) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr, **averaging),
         loss=classification_loss(config.label_smoothing, soft_labels=config.mixing.on),
+        jit_compile=jit_compile(config.jit),
         metrics=["accuracy"],
     )
 

@@ -64,7 +64,9 @@ class FeatureSource:
 
         self.model = model
         self.trainer = head_model(model)
-        self.trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+        self.trainer.compile(
+            optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile
+        )
         copies, count = cached.train.shape[0], cached.train.shape[1]
         self.steps = -(-count // batch_size)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
