@@ -17,7 +17,9 @@ The loop, in short::
 Where each concern lives: the run folder's files in ``runs.py``; checkpoints in ``checkpoints.py``
 (whole model, or only the head while phase 1 trains on cached features); the feature cache in
 ``features.py``; NaN, history, early stopping, plateau, checkpoint writing and progress as callbacks in
-``callbacks.py``; TensorBoard in ``tensorboard.py``. After every epoch the run folder is up to date, so a
+``callbacks.py``; TensorBoard in ``tensorboard.py``; the weights' moving average (``--ema``) in ``ema.py``;
+tf.distribute (who trains, who writes) in ``strategy.py``; 16-bit compute in ``scenecls.precision``;
+MixUp/CutMix in ``scenecls.data.mixing``. After every epoch the run folder is up to date, so a
 crash or Ctrl-C loses at most the epoch in progress and ``--resume`` continues in the right phase and epoch.
 """
 
