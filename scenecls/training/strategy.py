@@ -54,7 +54,7 @@ class Distribution:
     def describe(self, per_replica: int) -> str:
         where = f"{self.workers} workers, " if self.workers > 1 else ""
         return (
-            f"Distributed ({self.mode}, {where}{self.replicas} replicas): global batch "
+            f"Distributed ({self.mode}, {where}{_count(self.replicas, 'replica')}): global batch "
             f"{self.global_batch(per_replica)} = {per_replica} per replica x {self.replicas}"
         )
 
@@ -102,9 +102,13 @@ class Distribution:
 OFF = Distribution()
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + "s" * (n != 1)
+
+
 def _shape_words(shape: dict[str, Any]) -> str:
     workers, replicas = shape.get("workers", 1), shape.get("replicas", 1)
-    return (f"{workers} workers and " if workers > 1 else "") + f"{replicas} replica" + "s" * (replicas != 1)
+    return (f"{workers} workers and " if workers > 1 else "") + _count(replicas, "replica")
 
 
 def cluster_from_env() -> dict[str, Any] | None:
