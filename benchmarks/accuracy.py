@@ -56,6 +56,8 @@ RECIPES: dict[str, list[str]] = {
     "cutmix-1.0": ["--cutmix", "1.0"],
     # A moving average of the weights (about 500 steps, 3 epochs of intel-dev) validated and saved.
     "ema-0.998": ["--ema", "0.998"],
+    # The moving average at the ImageNet input size.
+    "ema-0.998-size-224": ["--ema", "0.998", "--image-size", "224"],
     # The two that scored best alone (seed 0), together.
     "size-224-head-lr-4e-3": ["--image-size", "224", "--lr", "4e-3"],
 }
