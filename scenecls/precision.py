@@ -1,7 +1,7 @@
 """Mixed precision and XLA: what ``--mixed-precision`` and ``--jit`` mean on this machine.
 
 Both are the norm on GPUs and measured slower on the CPUs here (``benchmarks/README.md``: MobileNetV2
-fine-tuning on 2 CPU cores ran at 0.58x with ``mixed_bfloat16`` and far slower with XLA), so ``auto``
+fine-tuning on 2 CPU cores ran at 0.75x with ``mixed_bfloat16`` and 0.09x with XLA), so ``auto``
 follows the hardware: float16 on a GPU with tensor cores (compute capability 7.0 or later), float32
 elsewhere; XLA where Keras itself enables it (``jit_compile="auto"``: on GPUs, off on CPU-only machines).
 Under a mixed policy the layers compute in 16 bits and keep float32 weights; the softmax output stays
@@ -46,7 +46,7 @@ def dtype_policy(precision: str):
     import keras
 
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(_POLICIES[precision])
+    keras.config.set_dtype_policy(dtype_policy_name(precision))
     try:
         yield
     finally:

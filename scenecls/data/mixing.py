@@ -27,9 +27,13 @@ class Mixing:
 
 def one_hot_labels(dataset, num_classes: int):
     """``(x, integer labels)`` batches as ``(x, one-hot float labels)``."""
+    return dataset.map(lambda x, y: (x, _one_hot(y, num_classes)))
+
+
+def _one_hot(labels, num_classes: int):
     import tensorflow as tf
 
-    return dataset.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), num_classes)))
+    return tf.one_hot(tf.cast(labels, tf.int32), num_classes)
 
 
 def mix_batches(dataset, num_classes: int, mixing: Mixing, *, seed: int, images: bool = True):
@@ -48,14 +52,11 @@ def mix_batches(dataset, num_classes: int, mixing: Mixing, *, seed: int, images:
 
     def mix(batch, draws):
         x, y = batch
-        y = tf.one_hot(tf.cast(y, tf.int32), num_classes)
+        y = _one_hot(y, num_classes)
         seed_pair = tf.stack([draws[0], draws[1]])
-        choose_cutmix = tf.constant(use_cutmix)
-        if mixing.mixup > 0 and use_cutmix:
-            choose_cutmix = tf.random.stateless_uniform([], seed_pair + 1) < 0.5
-        if mixing.mixup > 0 and use_cutmix:
+        if mixing.mixup > 0 and use_cutmix:  # one of the two, at random
             return tf.cond(
-                choose_cutmix,
+                tf.random.stateless_uniform([], seed_pair + 1) < 0.5,
                 lambda: _cutmix(x, y, mixing.cutmix, seed_pair),
                 lambda: _mixup(x, y, mixing.mixup, seed_pair),
             )

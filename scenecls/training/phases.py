@@ -66,7 +66,7 @@ from scenecls.training.callbacks import (
     interrupts_deferred,
 )
 from scenecls.training.sources import EpochSource, FeatureSource, ImageSource
-from scenecls.training.strategy import OFF, Distribution, lost_worker, private_run_dir, tf_message
+from scenecls.training.strategy import OFF, Distribution, cluster_stopped, private_run_dir
 from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, check_policy, parse_unfreeze
 
 __all__ = ["Phase", "TrainResult", "TrainState", "TrainingDiverged", "TrainingInterrupted", "extend_run",
@@ -183,9 +183,10 @@ def train(
                 return _train(config, scratch, reporter, resume=resume, start_model=start_model,
                               distribution=distribution)  # fmt: skip
             except Exception as exc:
-                if lost_worker(exc, distribution):
-                    raise SceneclsError(f"a process of the cluster stopped ({tf_message(exc)})") from exc
-                raise
+                lost = cluster_stopped(exc, distribution)
+                if lost is None:
+                    raise
+                raise lost from exc
     fresh = not resume and (not run_dir.exists() or not any(run_dir.iterdir()))
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume and remove_stale_temporaries(run_dir, runs.RUN_FILES):
@@ -196,12 +197,13 @@ def train(
     except TrainingInterrupted:
         raise
     except BaseException as exc:
-        if not lost_worker(exc, distribution):
+        lost = cluster_stopped(exc, distribution)
+        if lost is None:
             _record_failure(run_dir, fresh, exc)
             raise
         lost = SceneclsError(
-            f"a process of the cluster stopped ({tf_message(exc)}); every finished epoch is saved: "
-            f"start the cluster again with scenecls train --resume {run_dir}"
+            f"{lost}; every finished epoch is saved: start the cluster again with "
+            f"scenecls train --resume {run_dir}"
         )
         _record_failure(run_dir, fresh, lost)
         raise lost from exc

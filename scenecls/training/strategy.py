@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ class Distribution:
     replicas: int = 1
     workers: int = 1
     task: str = "chief"  # "chief", or "worker N" for the others
-    chief: bool = True
-    devices: list[str] = field(default_factory=list)
+
+    @property
+    def chief(self) -> bool:
+        return self.task == "chief"
 
     def scope(self):
         """The strategy's scope (everything that makes variables belongs in it), or no scope."""
@@ -158,7 +160,7 @@ def choose(mode: str = "auto") -> Distribution:
         # The GPUs; without any, the CPU devices (one, unless logical devices were configured).
         devices = [d.name for d in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
         strategy = tf.distribute.MirroredStrategy(devices)
-        return Distribution("mirrored", strategy, strategy.num_replicas_in_sync, devices=devices)
+        return Distribution("mirrored", strategy, strategy.num_replicas_in_sync)
     if cluster is None:
         raise UsageError("--distribute multiworker needs TF_CONFIG naming a cluster of two or more tasks")
     _patch_keras_for_multiworker()
@@ -175,7 +177,6 @@ def choose(mode: str = "auto") -> Distribution:
         strategy.num_replicas_in_sync,
         workers=cluster["tasks"],
         task="chief" if is_chief else f"{task_type} {task_id}",
-        chief=is_chief,
     )
 
 
@@ -203,20 +204,20 @@ def private_run_dir(run_dir: Path, distribution: Distribution, *, resume: bool):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def lost_worker(exc: BaseException, distribution: Distribution) -> bool:
-    """Whether ``exc`` is a collective operation failing because another process of the cluster died."""
+def cluster_stopped(exc: BaseException, distribution: Distribution) -> SceneclsError | None:
+    """The one-line error for a collective operation that failed because another process of the
+    cluster died, in TensorFlow's own words without the function and device it names first; None for
+    any other exception."""
     if distribution.mode != "multiworker":
-        return False
+        return None
     import tensorflow as tf
 
-    return isinstance(exc, (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
-                            tf.errors.DeadlineExceededError, tf.errors.InternalError))  # fmt: skip
-
-
-def tf_message(exc: BaseException) -> str:
-    """A TensorFlow runtime error's own words, without the function and device it names first."""
+    lost = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError)  # fmt: skip
+    if not isinstance(exc, lost):
+        return None
     text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(exc)).strip() or type(exc).__name__
-    return first_line(SceneclsError(text), 120)
+    return SceneclsError(f"a process of the cluster stopped ({first_line(SceneclsError(text), 120)})")
 
 
 # --------------------------------------------------------------------- Keras 3 under multiple workers
