@@ -56,29 +56,40 @@ class BlockMap:
         return {b.name: list(self.layer_names[b.start : b.stop]) for b in self.blocks}
 
 
-def inbound_layers(layer, known: set[int] | None = None) -> list:
+def inbound_layers(layer, known: set[int] | None = None, graph: set[str] | None = None) -> list:
     """The layers whose outputs ``layer`` consumes inside its model's graph.
 
     Operations that are not layers of the model (ConvNeXt's residual ``x + y`` is a bare ``Add``
     op) are looked through to the layers that feed them, when ``known`` (the ids of the model's
-    layers) is given.
+    layers) is given. ``graph`` (the model's own nodes, see :func:`own_nodes`) leaves out the calls
+    of ``layer`` in other models.
     """
     parents = []
-    for node in getattr(layer, "_inbound_nodes", []):
-        for parent in node.parent_nodes:
-            operation = parent.operation
-            if known is None or id(operation) in known:
-                parents.append(operation)
-            else:
-                parents.extend(inbound_layers(operation, known))
+    for operation in _parents(layer, graph):
+        if known is None or id(operation) in known:
+            parents.append(operation)
+        else:
+            parents.extend(inbound_layers(operation, known, graph))
     return parents
 
 
-def cut_points(layers: list) -> list[int]:
+def own_nodes(model) -> set[str] | None:
+    """The keys of the call nodes in ``model``'s own graph (None when the model does not say).
+
+    A layer keeps a node for every graph it is called in. A functional model made from an inner tensor
+    of another (the upper part of a backbone cut for the activation cache) calls the same layers again,
+    so counting every node would see that second graph's tensors cross this one's block boundaries.
+    """
+    nodes = getattr(model, "_nodes", None)  # Keras's keys: f"{id(operation)}_ib-{node index}"
+    return set(nodes) if nodes else None
+
+
+def cut_points(layers: list, graph: set[str] | None = None) -> list[int]:
     """Indices ``i`` after which only one tensor produced at or before ``i`` is still needed.
 
     Operations that are not layers (a bare ``x + y``) count as producers placed right after their
-    last input, so a residual sum is one tensor crossing the cut, not two.
+    last input, so a residual sum is one tensor crossing the cut, not two. ``graph``: the model's own
+    nodes (see :func:`own_nodes`); by default every node of every layer counts.
     """
     position = {id(layer): i for i, layer in enumerate(layers)}
     born: dict[int, int] = dict(position)  # producer id -> where its output appears
@@ -87,8 +98,8 @@ def cut_points(layers: list) -> list[int]:
     def place(operation) -> int:
         key = id(operation)
         if key not in born:
-            born[key] = max((place(p) for p in _parents(operation)), default=0)
-            for parent in _parents(operation):
+            born[key] = max((place(p) for p in _parents(operation, graph)), default=0)
+            for parent in _parents(operation, graph):
                 use(parent, born[key])
         return born[key]
 
@@ -98,7 +109,7 @@ def cut_points(layers: list) -> list[int]:
         last_use[key] = max(last_use.get(key, start), at)
 
     for i, layer in enumerate(layers):
-        for parent in _parents(layer):
+        for parent in _parents(layer, graph):
             use(parent, i)
     cuts = []
     for i in range(len(layers) - 1):
@@ -108,9 +119,12 @@ def cut_points(layers: list) -> list[int]:
     return cuts
 
 
-def _parents(operation) -> list:
+def _parents(operation, graph: set[str] | None = None) -> list:
     return [
-        parent.operation for node in getattr(operation, "_inbound_nodes", []) for parent in node.parent_nodes
+        parent.operation
+        for index, node in enumerate(getattr(operation, "_inbound_nodes", []))
+        if graph is None or f"{id(operation)}_ib-{index}" in graph
+        for parent in node.parent_nodes
     ]
 
 
@@ -118,7 +132,7 @@ def build_block_map(model, namer: BlockNamer, first: str = "stem") -> BlockMap:
     """The block map of ``model``; ``namer`` gives a layer's block from its name, or None."""
     layers = list(model.layers)
     names = tuple(layer.name for layer in layers)
-    bounds = [-1, *cut_points(layers), len(layers) - 1]
+    bounds = [-1, *cut_points(layers, own_nodes(model)), len(layers) - 1]
     runs: list[tuple[str, int, int]] = []
     pending = 0  # start of a run of bare input layers, which joins the block after it
     for lo, hi in itertools.pairwise(bounds):
