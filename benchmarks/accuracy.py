@@ -31,8 +31,19 @@ BASE = ["--backbone", "mobilenet_v2", "--no-export"]
 RECIPES: dict[str, list[str]] = {
     # The seed's training: fresh augmentation in every epoch of phase 1 (no feature cache), then fine-tuning.
     "seed": ["--no-cache"],
-    # Today's defaults: phase 1 on cached, un-augmented features, then fine-tuning on augmented images.
+    # Today's defaults: phase 1 on cached, un-augmented features, then fine-tuning on cached activations
+    # below the unfrozen blocks, of 2 augmented copies of each image.
     "default": [],
+    # Fine-tuning on images, freshly augmented every epoch (the default before the activation cache).
+    "finetune-images": ["--finetune-copies", "0"],
+    # Fewer or more augmented copies in the activation cache.
+    "finetune-copies-1": ["--finetune-copies", "1"],
+    "finetune-copies-4": ["--finetune-copies", "4"],
+    # Fewer copies, more epochs.
+    "finetune-copies-2-epochs-15": ["--finetune-copies", "2", "--finetune-epochs", "15"],
+    # Only the last block fine-tuned, on the activation cache and on images.
+    "unfreeze-1": ["--unfreeze", "1"],
+    "unfreeze-1-images": ["--unfreeze", "1", "--finetune-copies", "0"],
     # Phase 1 on cached features with 2 augmented copies besides each image (the phase-1/2 shock).
     "cache-aug-2": ["--cache-aug", "2"],
     # A lower fine-tuning rate.
@@ -104,12 +115,13 @@ def main() -> None:
                 "phases": metrics["phase_seconds"],
                 "seconds": result["seconds"],
                 "step": step,
+                "caches": caches(metrics),
                 "command": "scenecls " + " ".join(command[:1] + command[3:-4]),
             }
             rows.append(row)
             print(
                 f"{recipe:18s} seed {seed}: val {row['val']:.4f} test {row['test']:.4f} "
-                f"phase step {step:+.4f} "
+                f"phase step {step:+.4f} caches {row['caches']} "
                 f"({row['seconds']:.0f} s: {', '.join(f'{k} {v:.0f} s' for k, v in row['phases'].items())})",
                 flush=True,
             )
@@ -134,6 +146,12 @@ def main() -> None:
                 f"{recipe:18s} {len(mine)} seed(s): val {statistics.mean(vals):.4f}, test "
                 f"{statistics.mean(tests):.4f} (spread {spread:.4f}), {seconds:.0f} s"
             )
+
+
+def caches(metrics: dict) -> str:
+    """``features/activations``: what the run did with each cache (built, reused, off or -)."""
+    activations = ",".join(metrics.get("activation_cache", {}).values()) or "-"
+    return f"{metrics.get('feature_cache')}/{activations}"
 
 
 def phase_step(history: Path) -> float:

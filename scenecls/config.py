@@ -47,8 +47,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     class_weights: bool = False
     cache_images: bool = False  # keep decoded images in memory after the first epoch
-    feature_cache: bool = True  # phase 1 on cached backbone features (see training.features)
+    feature_cache: bool = True  # cached features (phase 1) and activations (fine-tuning); see training/
     cache_aug: int = 0  # augmented copies per image in the feature cache, besides the image itself
+    finetune_copies: int = 2  # augmented copies per image in the fine-tuning activation cache
     parent: str | None = None  # the run a fine-tuning run started from
     tensorboard: bool = False  # TensorBoard logs in the run folder
     export_tflite: bool = True  # best.tflite beside best.keras when the run ends (fast predict)

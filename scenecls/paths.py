@@ -44,5 +44,5 @@ def data_source(data: str | os.PathLike | None) -> Path:
 
 
 def cache_dir() -> Path:
-    """Caches that can always be rebuilt (image scan results, backbone features)."""
+    """Caches that can always be rebuilt (image scan results, backbone features and activations)."""
     return data_home() / "cache"

@@ -740,10 +740,12 @@ def test_long_errors_are_cut_at_a_boundary():
     assert message[len(cut) - 2] in " ;,."  # ... ending where a word ends
 
 
-def test_finetune_offers_no_cache_options():
+def test_finetune_offers_only_the_fine_tuning_cache_options():
+    """finetune has no phase 1, so no feature-cache copies; its fine-tuning uses the activation cache."""
     result = CliRunner().invoke(cli, ["finetune", "--help"])
     assert result.exit_code == 0
-    assert "--cache-aug" not in result.output and "--no-cache" not in result.output
+    assert "--cache-aug" not in result.output
+    assert "--no-cache" in result.output and "--finetune-copies" in result.output
     assert "--cache-aug" in CliRunner().invoke(cli, ["train", "--help"]).output
 
 

@@ -168,8 +168,10 @@ def _cluster(tmp_path: Path, args: list[str]) -> list[subprocess.Popen]:
 
 def test_two_workers_train_one_run_that_only_the_chief_writes(tmp_path, data):
     project = tmp_path / "runs"
+    # Augmented cached copies in both caches: their layers' seed states are variables, which every
+    # process must make (collectively) although only the chief builds the entries.
     args = ["train", *TINY, "--data", str(data), "--project", str(project), "--name", "cluster", "-b", "4",
-            "--epochs", "2", "--finetune-epochs", "2"]  # fmt: skip
+            "--epochs", "2", "--finetune-epochs", "2", "--cache-aug", "1"]  # fmt: skip
     chief, worker = _cluster(tmp_path, args)
     (out, err), (wout, werr) = chief.communicate(timeout=600), worker.communicate(timeout=600)
     assert (chief.returncode, worker.returncode) == (0, 0), (err, werr)
@@ -186,6 +188,7 @@ def test_two_workers_train_one_run_that_only_the_chief_writes(tmp_path, data):
     # One feature cache entry, built by the chief and read by the worker.
     assert len(list((tmp_path / "home" / "cache" / "features").iterdir())) == 1
     assert "Feature cache: built" in err and "Feature cache: reusing" in werr
+    assert "Activation cache: built" in err and "Activation cache: reusing" in werr
     assert list((tmp_path / "tmp1").iterdir()) == []  # the worker's scratch copy is gone
 
 

@@ -94,27 +94,42 @@ def choose_distribution(out: Output, mode: str):
     return distribution
 
 
-def cache_options(func):
-    """The frozen-phase feature cache's options: for train and sweep, whose runs have a phase 1."""
+def finetune_cache_options(func):
+    """The caches' switch and the fine-tuning activation cache's copies: for every command that fine-tunes."""
     for option in reversed(
         [
             click.option(
                 "--no-cache",
                 "no_cache",
                 is_flag=True,
-                help="Run phase 1 on images every epoch instead of on cached backbone features.",
+                help="Train on images every epoch: no cached backbone features (phase 1) and no cached "
+                "activations below the unfrozen blocks (fine-tuning).",
             ),
             click.option(
-                "--cache-aug",
+                "--finetune-copies",
                 type=click.IntRange(0),
-                default=DEFAULTS.cache_aug,
+                default=DEFAULTS.finetune_copies,
                 show_default=True,
-                help="Augmented copies per image in the feature cache, besides the image itself.",
+                help="Augmented copies of each training image whose activations below the unfrozen "
+                "blocks are cached for fine-tuning (epoch e trains on copy e mod K); 0 = fine-tune on "
+                "images, freshly augmented every epoch.",
             ),
         ]
     ):
         func = option(func)
     return func
+
+
+def cache_options(func):
+    """The caches' options for train and sweep, whose runs have a phase 1 as well."""
+    func = click.option(
+        "--cache-aug",
+        type=click.IntRange(0),
+        default=DEFAULTS.cache_aug,
+        show_default=True,
+        help="Augmented copies per image in the feature cache, besides the image itself.",
+    )(func)
+    return finetune_cache_options(func)
 
 
 def recipe_options(func):
@@ -340,6 +355,7 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
 @click.option(
     "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
 )
+@finetune_cache_options
 @run_options
 @fail_under_option()
 @click.option("--no-export", is_flag=True, help="Do not write best.tflite (fast predict) when the run ends.")
@@ -354,6 +370,7 @@ def finetune(
     fmt: str,
     fail_under: float | None,
     no_export: bool,
+    no_cache: bool,
     distribute: str,
     **options,
 ) -> None:
@@ -378,6 +395,7 @@ def finetune(
             "weights": "none",
             "parent": str(parent),
             "export_tflite": not no_export,
+            "feature_cache": not no_cache,
         }
     )
     run_dir = _new_run_dir(distribution, project, name or f"{parent.name}-ft", False)

@@ -49,3 +49,15 @@ def build_augmentation(config: AugmentConfig, seed: int | None = None):
         seed=seed,
         name="augmentation",
     )
+
+
+def augmented_copies(config: AugmentConfig, copies: int, first_seed: int) -> list:
+    """One augmentation layer per cached copy, seeded ``first_seed``, ``first_seed + 1``, ... (None
+    each when augmentation is off).
+
+    Every process of a cluster makes them up front, in the same order, before anyone builds a cache:
+    each layer's seed state is a variable, and under a multi-worker strategy making a variable is a
+    collective operation that every process must take part in, the ones that will only read the
+    cache too.
+    """
+    return [build_augmentation(config, seed=first_seed + copy) for copy in range(copies)]

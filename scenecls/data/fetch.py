@@ -402,10 +402,10 @@ def _check_unpacked_size(archive: Path, declared: int, dest: Path, max_bytes: in
             f"refusing {archive.name}: {gib(packed)} would unpack to {gib(declared)}, a compression ratio "
             f"over {MAX_RATIO}:1 (an archive bomb, not images)"
         )
-    _check_free_space(archive, declared, dest)
+    check_free_space(archive.name, declared, dest)
 
 
-def _check_free_space(what: Path, size: int, dest: Path) -> None:
+def check_free_space(what: str, size: int, dest: Path) -> None:
     """Refuse to start writing ``size`` bytes that would (nearly) fill the disk under ``dest``."""
     probe = dest
     while not probe.exists():
@@ -413,7 +413,7 @@ def _check_free_space(what: Path, size: int, dest: Path) -> None:
     free = shutil.disk_usage(probe).free
     if size + DISK_HEADROOM > free:
         raise DataError(
-            f"not enough disk space for {what.name}: it needs {gib(size)} and {probe} has {gib(free)} "
+            f"not enough disk space for {what}: it needs {gib(size)} and {probe} has {gib(free)} "
             f"free ({gib(DISK_HEADROOM)} must stay free)"
         )
 
@@ -803,7 +803,7 @@ def copy_folder(source: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTE
             entries.append((rel, real))
     if total > max_bytes:
         raise DataError(f"refusing {source}: it holds {gib(total)}, more than the {gib(max_bytes)} limit")
-    _check_free_space(source, total, target)
+    check_free_space(source.name, total, target)
     target.mkdir(parents=True, exist_ok=True)
     for rel, real in entries:
         out = target.joinpath(*rel.parts)

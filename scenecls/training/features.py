@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scenecls.data.augment import AugmentConfig, build_augmentation
+from scenecls.data.augment import AugmentConfig, augmented_copies
 from scenecls.data.fetch import file_sha256
 from scenecls.data.layout import Split
 from scenecls.reporting import NullReporter, Reporter
@@ -123,11 +123,13 @@ def compute_features(
     seed: int = 0,
     reporter: Reporter | None = None,
     forward=None,
+    augmentations: list | None = None,
 ) -> np.ndarray:
     """``(aug_copies + 1, n, d)`` features: copy 0 of the images as they are, then augmented copies.
 
     ``forward`` (images -> features, see :func:`extractor`) can be shared by several splits, so that
-    it is traced once.
+    it is traced once. ``augmentations``: the copies' layers, when made beforehand (see
+    :func:`~scenecls.data.augment.augmented_copies`); by default made here.
     """
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
@@ -136,9 +138,10 @@ def compute_features(
     copies = []
     steps = -(-len(split) // batch_size)
     task = reporter.task("Caching features", total=steps * (aug_copies + 1), unit="batches")
+    if augmentations is None:
+        augmentations = augmented_copies(augment, aug_copies, seed + 1) if augment else [None] * aug_copies
     try:
-        for copy in range(aug_copies + 1):
-            layers = build_augmentation(augment, seed=seed + copy) if copy and augment else None
+        for layers in [None, *augmentations]:
             dataset = make_dataset(split, size, batch_size, augment=layers, drop_unreadable=False)
             batches = []
             with finite_dataset_warnings_silenced():
@@ -165,9 +168,10 @@ def load_or_compute(
     seed: int,
     reporter: Reporter | None = None,
     publish: bool = True,
+    augmentations: list | None = None,
 ) -> CachedFeatures:
     """The entry for these images and this backbone from ``cache_root``, or computed and (with
-    ``publish``) written there for the next run."""
+    ``publish``) written there for the next run; ``augmentations`` as for :func:`compute_features`."""
     reporter = reporter or NullReporter()
     key, fields = cache_key(backbone, size, augment, aug_copies, seed, train, val)
     folder = cache_root / "features" / key
@@ -183,7 +187,7 @@ def load_or_compute(
     forward = extractor(classifier, batch_size)
     train_features = compute_features(
         classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
-        reporter=reporter, forward=forward,
+        reporter=reporter, forward=forward, augmentations=augmentations,
     )  # fmt: skip
     val_features = compute_features(
         classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward

@@ -125,7 +125,7 @@ def lr_find(
         optimizer=keras.optimizers.Adam(learning_rate=start_lr), loss="sparse_categorical_crossentropy"
     )
     images = image_source(config, data, size, model)
-    source, _ = epoch_source(policy.frozen, model, backbone, images, config, data, size, reporter)
+    source, _ = epoch_source(policy, model, backbone, images, config, data, size, reporter)
     task = reporter.task(f"Range test ({phase})", total=steps, unit="batches")
     test = RangeTest(start_lr, end_lr, steps, source.trainer.optimizer, task)
     try:

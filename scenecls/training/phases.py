@@ -39,7 +39,7 @@ from scenecls import __version__
 from scenecls.atomic import remove_stale_temporaries
 from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
 from scenecls.config import TrainConfig
-from scenecls.data.augment import NO_AUGMENTATION, build_augmentation
+from scenecls.data.augment import NO_AUGMENTATION, augmented_copies, build_augmentation
 from scenecls.data.pipeline import (
     PreparedData,
     class_weights,
@@ -65,7 +65,7 @@ from scenecls.training.callbacks import (
     TrainingDiverged,
     interrupts_deferred,
 )
-from scenecls.training.sources import EpochSource, FeatureSource, ImageSource
+from scenecls.training.sources import CutPointSource, EpochSource, FeatureSource, ImageSource
 from scenecls.training.strategy import OFF, Distribution, cluster_stopped, private_run_dir
 from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, check_policy, parse_unfreeze
 
@@ -108,6 +108,7 @@ class TrainState:
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
     feature_cache: str = "off"  # what phase 1 did with the feature cache: off, built or reused
+    activation_cache: dict[str, str] = field(default_factory=dict)  # per fine-tuning phase: built, reused
     error: str | None = None  # why the run failed (status "failed")
 
     @classmethod
@@ -296,10 +297,12 @@ def _run_phase(
     ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, first_epoch=state.epoch - done)
     ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
     source, cache = epoch_source(
-        phase.policy.frozen, model, backbone, images, config, data, size, reporter, distribution
+        phase.policy, model, backbone, images, config, data, size, reporter, distribution, ledger.run_dir
     )
-    if cache:
+    if cache and phase.policy.frozen:
         state.feature_cache = cache
+    elif cache:
+        state.activation_cache[phase.name] = cache
     ledger.checkpoints = checkpoints = source.checkpoints(ledger.run_dir)
     checkpoints.begin(resumed=resumed_head)
     if config.ema and index == state.phase and (done > 0 or resumed_head):
@@ -384,24 +387,65 @@ def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> I
 
 
 def epoch_source(
-    frozen: bool, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData, size: int,
-    reporter: Reporter, distribution: Distribution = OFF,
+    policy: UnfreezePolicy, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData,
+    size: int, reporter: Reporter, distribution: Distribution = OFF, run_dir: Path | None = None,
 ) -> tuple[EpochSource, str | None]:  # fmt: skip
-    """``(source, cache)``: cached features while the backbone is frozen (unless ``--no-cache``), and
-    whether their cache entry was ``built`` or ``reused``; else the images, and None.
+    """``(source, cache)``: what the phase trains on, and whether its cache entry was ``built`` or
+    ``reused`` (None: no cache).
+
+    Unless ``--no-cache``: cached pooled features while the backbone is frozen; cached activations at the
+    first unfrozen block while the last blocks are fine-tuned (not with ``--finetune-copies 0``, for
+    ``--unfreeze all`` or raw layer counts, or with MixUp/CutMix, which mix images). Else the images
+    through the whole classifier, freshly augmented every epoch.
 
     On a cluster the chief builds the cache entry while the others wait; they then read it (on a
-    shared filesystem) or, not finding it, compute the features for themselves without writing them.
+    shared filesystem) or, not finding it, compute it for themselves without publishing it.
     """
-    if not (frozen and config.feature_cache):
+    if not config.feature_cache:
         return images, None
+    if policy.frozen:
+        return _feature_source(model, backbone, config, data, size, reporter, distribution)
+    from scenecls.training import activations
+
+    index = activations.cut_index(get_spec(config.backbone).block_map(backbone), policy)
+    if index is None or config.mixing.on or not config.finetune_copies:
+        return images, None
+    cut = activations.split_classifier(model, backbone, index)
+    augmentations = augmented_copies(config.augment, config.finetune_copies, config.seed + 1)
+
+    def cached(root: Path, build: bool):
+        try:
+            return activations.load_or_build(
+                cut, backbone, data.train, data.val, (size, size), cache_root=root,
+                batch_size=config.batch_size, augment=config.augment, copies=config.finetune_copies,
+                seed=config.seed, reporter=reporter, build=build, augmentations=augmentations,
+            )  # fmt: skip
+        except activations.CacheUnavailable as exc:
+            reporter.warn(f"{exc}; fine-tuning on images instead")
+            return None
+
+    if distribution.chief:
+        entry = cached(cache_dir(), build=True)
+        distribution.barrier()
+    else:
+        distribution.barrier()
+        entry = cached(cache_dir(), build=False) or cached(run_dir or cache_dir(), build=True)
+    if entry is None:
+        return images, None
+    source = CutPointSource(model, cut, entry, batch_size=config.batch_size, seed=config.seed)
+    return source, "reused" if entry.reused else "built"
+
+
+def _feature_source(model, backbone, config, data, size, reporter, distribution) -> tuple[EpochSource, str]:
     from scenecls.training.features import load_or_compute
+
+    augmentations = augmented_copies(config.augment, config.cache_aug, config.seed + 1)
 
     def features(publish: bool):
         return load_or_compute(
             model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
             batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
-            seed=config.seed, reporter=reporter, publish=publish,
+            seed=config.seed, reporter=reporter, publish=publish, augmentations=augmentations,
         )  # fmt: skip
 
     if distribution.chief:
@@ -478,6 +522,7 @@ def _finish(
     state = ledger.state
     metrics = _final_metrics(run_dir, data, size, config, state, reporter)
     metrics["feature_cache"] = state.feature_cache
+    metrics["activation_cache"] = state.activation_cache
     metrics["phase_seconds"] = state.phase_seconds
     state.status = "finished"
     metrics["seconds"] = round(time.monotonic() - ledger.started, 1)

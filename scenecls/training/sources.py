@@ -5,7 +5,9 @@ An *epoch source* knows what ``fit`` trains (``trainer``), on which data (``trai
 
 * :class:`ImageSource` — decoded, augmented images through the whole classifier;
 * :class:`FeatureSource` — while the backbone is frozen, the cached pooled features through the head
-  alone (see :mod:`scenecls.training.features`); epoch ``e`` uses copy ``e mod copies`` of each image.
+  alone (see :mod:`scenecls.training.features`); epoch ``e`` uses copy ``e mod copies`` of each image;
+* :class:`CutPointSource` — while fine-tuning the last blocks, the cached activations at the first
+  unfrozen block through the upper part alone (see :mod:`scenecls.training.activations`).
 
 The phase loop does not know which one it runs.
 """
@@ -16,8 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import keras
+import numpy as np
 
 from scenecls.data.mixing import Mixing, mix_batches, one_hot_labels
+from scenecls.training.activations import CachedActivations, CutModels
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
 from scenecls.training.features import CachedFeatures, head_model
 
@@ -104,3 +108,77 @@ class _EpochCounter(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.variable.assign(epoch)
+
+
+class CutPointSource:
+    """Cached activations at the cut through the upper part of the classifier (its own layers).
+
+    The upper model shares the classifier's layers and optimizer; the optimizer is built on the
+    classifier's variables in the classifier's order, so ``last.keras`` (written whole every epoch) holds
+    its state exactly as a run on images would, and ``--resume`` loads it back. Epoch ``e`` reads copy
+    ``e mod copies`` in an order of its own (seeded by the run's seed and the epoch), so an epoch after
+    ``--resume`` sees exactly what it would have seen without the interruption.
+    """
+
+    def __init__(
+        self, model, cut: CutModels, cached: CachedActivations, *, batch_size: int, seed: int
+    ) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.trainer = cut.upper
+        self.trainer.compile(
+            optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile
+        )
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        copies, count = cached.train.shape[0], cached.train.shape[1]
+        self.steps = -(-count // batch_size)
+        self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        shape = tuple(cached.train.shape[2:])
+        train, labels = cached.train, np.asarray(cached.train_labels, dtype=np.int64)
+        orders: dict[int, np.ndarray] = {}
+
+        def read_batch(epoch, step):
+            epoch, step = int(epoch), int(step)
+            if epoch not in orders:
+                orders.clear()
+                orders[epoch] = np.random.default_rng([seed, epoch]).permutation(count)
+            chosen = np.sort(orders[epoch][step * batch_size : (step + 1) * batch_size])
+            return cached.read(train[epoch % copies][chosen]), labels[chosen]
+
+        def epoch_data(_):
+            epoch = self._epoch.read_value()
+            return tf.data.Dataset.range(self.steps).map(
+                lambda step: _batch_of(
+                    tf.numpy_function(read_batch, [epoch, step], (tf.float32, tf.int64)), shape
+                )
+            )
+
+        self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).prefetch(2)
+        val, val_labels = cached.val, np.asarray(cached.val_labels, dtype=np.int64)
+
+        def read_val(step):
+            rows = slice(int(step) * batch_size, (int(step) + 1) * batch_size)
+            return cached.read(val[rows]), val_labels[rows]
+
+        val_steps = -(-len(val) // batch_size)
+        self.val_data = (
+            tf.data.Dataset.range(val_steps)
+            .map(lambda step: _batch_of(tf.numpy_function(read_val, [step], (tf.float32, tf.int64)), shape))
+            .prefetch(2)
+        )
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        return [_EpochCounter(self._epoch)]
+
+    def checkpoints(self, run_dir: Path) -> ModelCheckpoints:
+        return ModelCheckpoints(self.model, run_dir)
+
+
+def _batch_of(pair, shape: tuple[int, ...]):
+    """Activations of a known shape and their labels, from a ``numpy_function``'s output."""
+    activations, labels = pair
+    activations.set_shape((None, *shape))
+    labels.set_shape((None,))
+    return activations, labels

@@ -2,7 +2,9 @@
 
 Every combination is a normal run folder inside one sweep folder, named ``<backbone>-d<dense>-u<unfreeze>``.
 Running the same sweep again skips finished runs and resumes an interrupted one. Runs of the same
-backbone share the frozen-phase feature cache, so phase 1 costs one pass over the data per backbone.
+backbone share the frozen-phase feature cache, so phase 1 costs one pass over the data per backbone,
+and runs that fine-tune from the same cut share its activation cache, so the frozen part of the backbone
+runs once per cut (and augmented copy) for the whole grid.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class GridPoint:
 
 
 def grid(backbones: list[str], unfreeze: list[str], dense: list[int]) -> list[GridPoint]:
-    """Every combination, backbone first so that runs sharing a feature cache follow each other."""
+    """Every combination, backbone first so that runs sharing a feature cache follow each other, then
+    unfreeze, so that runs sharing an activation cache do."""
     for name in backbones:
         get_spec(name)  # unknown names fail before anything runs
     if not (backbones and unfreeze and dense):

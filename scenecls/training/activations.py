@@ -1,0 +1,377 @@
+"""The fine-tuning activation cache: run only what trains.
+
+While the last N blocks of a backbone are fine-tuned, everything below them is frozen (batch norm in
+inference mode, weights fixed), so it maps an image to the same activations every epoch. The backbone is
+therefore cut where its first unfrozen block begins — a single tensor, the block map's cut — and the
+*lower* part runs once per image and augmented copy; each epoch then trains only the *upper* part (the
+unfrozen blocks and the head, the classifier's own layers) on the stored activations. The saved model is
+the ordinary whole classifier.
+
+Fresh augmentation every epoch cannot be stored, so ``copies`` augmented versions of every training image
+are (epoch ``e`` trains on copy ``e mod copies``). Activations are stored as float16 in memory-mapped
+``.npy`` files, under a key made of everything they depend on: the lower part's weights (hashed), the cut,
+input size, augmentation, copies and seed, the exact images and labels, the compute dtype. A stale key is
+never looked up; an entry that fails its checksums is rebuilt, never used; an entry is written in a
+staging folder and renamed into place whole, so an interrupted build leaves nothing half-written behind.
+
+float16 keeps 11 bits of mantissa but only five of exponent: activations far from 1 would underflow to
+zero (a randomly initialised MobileNetV2 gives 1e-11 at its last blocks) or overflow. So each entry is
+stored times a power of two (``scale`` in its ``meta.json``) that brings the first batch's largest value
+to 1/64 of float16's range — as loss scaling does for gradients — and exactly divided out when read. An
+entry whose later batches still overflow is stored as float32 instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scenecls.data.augment import AugmentConfig, augmented_copies
+from scenecls.data.fetch import check_free_space, file_sha256
+from scenecls.data.layout import Split
+from scenecls.errors import DataError
+from scenecls.reporting import NullReporter, Reporter
+from scenecls.unfreeze import UnfreezePolicy
+
+CACHE_VERSION = 2  # 2: stored times a power-of-two scale
+STORED_DTYPE = np.float16  # half the disk and page cache of float32; see benchmarks/README.md
+HEADROOM = 64.0  # how much larger than the first batch's largest value later values may be in float16
+
+
+class CacheUnavailable(DataError):
+    """The entry cannot be built here (no room on the disk): fine-tune on images instead."""
+
+
+@dataclass(frozen=True)
+class CutModels:
+    """Where the classifier is cut: ``lower`` maps images to the cut tensor, ``upper`` maps it to
+    class probabilities through the classifier's own layers (so training ``upper`` trains the model)."""
+
+    layer: str  # the first unfrozen backbone layer: the cut tensor is its input
+    lower: object  # keras.Model: image -> activations at the cut
+    upper: object  # keras.Model: activations -> probabilities
+    lower_layers: tuple  # the backbone layers below the cut (what the activations depend on)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.upper.input.shape[1:])
+
+
+def cut_index(block_map, policy: UnfreezePolicy) -> int | None:
+    """Index in ``backbone.layers`` of the first unfrozen layer, whose input is the cut tensor; None when
+    nothing below the trained part could be cached (``all``, raw ``layers``, or every block)."""
+    if policy.kind != "blocks" or policy.count == 0:
+        return None
+    start = block_map.last(policy.count)[0].start
+    return start if start > 0 else None
+
+
+def split_classifier(model, backbone, index: int) -> CutModels:
+    """The lower and upper models of ``model`` cut at the input of ``backbone.layers[index]``.
+
+    The tensor is taken as that layer's input rather than as the previous layer's output: a residual
+    sum written as an operation (ConvNeXt's ``x + branch``) is not a layer of its own.
+    """
+    import keras
+
+    first = backbone.layers[index]
+    cut = first.input
+    if isinstance(cut, (list, tuple)):  # a layer that joins tensors starts the block: its producer's output
+        cut = backbone.layers[index - 1].output
+    position = model.layers.index(backbone)
+    backbone_input = model.layers[position - 1].output  # the input as the backbone sees it (scaled)
+    lower = keras.Model(
+        model.input, keras.Model(backbone.input, cut)(backbone_input, training=False), name="lower"
+    )
+    inputs = keras.Input(tuple(cut.shape[1:]), name="activations")
+    x = keras.Model(cut, backbone.output, name="upper_backbone")(inputs, training=False)
+    for layer in model.layers[position + 1 :]:
+        x = layer(x)
+    upper = keras.Model(inputs, x, name="upper")
+    return CutModels(first.name, lower, upper, tuple(backbone.layers[:index]))
+
+
+def lower_weights_sha256(layers) -> str:
+    """A hash of the frozen part's weights: the same weights give the same activations."""
+    digest = hashlib.sha256()
+    for layer in layers:
+        for weight in layer.weights:
+            value = np.ascontiguousarray(np.asarray(weight))
+            digest.update(f"{value.shape}{value.dtype}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()[:20]
+
+
+def cache_key(
+    backbone, cut: CutModels, size: tuple[int, int], augment: AugmentConfig, copies: int, seed: int,
+    train: Split, val: Split,
+) -> tuple[str, dict]:  # fmt: skip
+    augmented = augment.enabled
+    fields = {
+        "version": CACHE_VERSION,
+        "backbone": backbone.name,
+        "cut": cut.layer,
+        "weights": lower_weights_sha256(cut.lower_layers),
+        "size": list(size),
+        "augment": augment.to_dict() if augmented else None,
+        "copies": copies if augmented else 1,
+        "seed": seed if augmented else None,
+        "train": train.digest(),
+        "val": val.digest(),
+        "dtype": np.dtype(STORED_DTYPE).name,
+    }
+    compute = backbone.dtype_policy.name
+    if compute != "float32":
+        fields["compute"] = compute
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+    return key, fields
+
+
+@dataclass
+class CachedActivations:
+    """Memory-mapped activations: ``train`` is ``(copies, n, *shape)``, ``val`` ``(n_val, *shape)``,
+    both stored times ``scale`` (see :func:`storage_scale`; :meth:`read` divides it out)."""
+
+    train: np.ndarray
+    train_labels: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray
+    key: str
+    folder: Path
+    reused: bool
+    scale: float = 1.0
+
+    def read(self, stored: np.ndarray) -> np.ndarray:
+        """Stored values (a slice of ``train`` or ``val``) as the float32 activations they stand for."""
+        return np.multiply(stored, np.float32(1.0 / self.scale), dtype=np.float32)
+
+
+def storage_scale(sample: np.ndarray) -> float:
+    """The power of two that brings ``sample``'s largest magnitude to float16's largest / HEADROOM.
+
+    A power of two, so that scaling and unscaling are exact; 1.0 for an all-zero or non-finite sample.
+    """
+    peak = float(np.max(np.abs(sample))) if sample.size else 0.0
+    if not np.isfinite(peak) or peak == 0.0:
+        return 1.0
+    return float(2.0 ** np.floor(np.log2(float(np.finfo(np.float16).max) / HEADROOM / peak)))
+
+
+def load_or_build(
+    cut: CutModels,
+    backbone,
+    train: Split,
+    val: Split,
+    size: tuple[int, int],
+    *,
+    cache_root: Path,
+    batch_size: int,
+    augment: AugmentConfig,
+    copies: int,
+    seed: int,
+    reporter: Reporter | None = None,
+    build: bool = True,
+    augmentations: list | None = None,
+) -> CachedActivations | None:
+    """The entry for this cut from ``cache_root``, or (with ``build``) computed and written there.
+
+    Without ``build`` a missing entry gives None (a worker of a cluster looks for the chief's entry).
+    ``augmentations``: one layer per copy, when made beforehand (see
+    :func:`~scenecls.data.augment.augmented_copies`); by default made here.
+    """
+    reporter = reporter or NullReporter()
+    key, fields = cache_key(backbone, cut, size, augment, copies, seed, train, val)
+    folder = cache_root / "activations" / key
+    stored = _open(folder, fields, len(train), len(val), cut.shape)
+    if stored is not None:
+        reporter.log(f"Activation cache: reusing {folder} (cut before {cut.layer})")
+        return CachedActivations(
+            stored[0], np.asarray(train.labels), stored[1], np.asarray(val.labels), key, folder, True,
+            stored[2],
+        )  # fmt: skip
+    if not build:
+        return None
+    if folder.exists():
+        reporter.warn(f"activation cache {folder} is stale or damaged; rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+    remove_abandoned(folder.parent)
+    size_bytes = entry_bytes(fields["copies"], len(train), len(val), cut.shape)
+    try:
+        check_free_space("the activation cache", size_bytes, folder.parent)
+    except DataError as exc:
+        raise CacheUnavailable(str(exc)) from None
+    if augmentations is None:
+        augmentations = augmented_copies(augment, fields["copies"], seed + 1)
+    if not fields["augment"]:
+        augmentations = [None] * fields["copies"]
+    _build(folder, fields, cut, train, val, size, batch_size, augmentations, reporter)
+    stored = _open(folder, fields, len(train), len(val), cut.shape)
+    if stored is None:  # written and at once unreadable: a full or failing disk
+        from scenecls.errors import SceneclsError
+
+        raise SceneclsError(f"the activation cache {folder} could not be read back after writing it")
+    reporter.log(f"Activation cache: built {folder} (cut before {cut.layer})")
+    return CachedActivations(
+        stored[0], np.asarray(train.labels), stored[1], np.asarray(val.labels), key, folder, False, stored[2]
+    )
+
+
+def entry_bytes(copies: int, n_train: int, n_val: int, shape: tuple[int, ...]) -> int:
+    """The disk an entry takes (as float16: twice that in the rare entry stored as float32)."""
+    return (copies * n_train + n_val) * int(np.prod(shape)) * np.dtype(STORED_DTYPE).itemsize
+
+
+def remove_abandoned(parent: Path) -> None:
+    """Remove staging folders of builds whose process is gone (killed, or the machine went down)."""
+    if not parent.is_dir():
+        return
+    for staging in parent.glob(".*.building"):
+        pid = staging.name.split(".")[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build(
+    folder: Path, fields: dict, cut: CutModels, train: Split, val: Split, size: tuple[int, int],
+    batch_size: int, augmentations: list, reporter: Reporter,
+) -> None:  # fmt: skip
+    from scenecls.classifier import inference_function
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.{os.getpid()}.building"
+    forward = inference_function(cut.lower, batch_size)
+    copies = fields["copies"]
+    steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
+    task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
+    try:
+        scale = None
+        for dtype in (STORED_DTYPE, np.float32):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            task.update(completed=0)
+            try:
+                scale = _write_arrays(
+                    staging, dtype, cut.shape, forward, train, val, size, batch_size, augmentations, task
+                )
+                break
+            except _Overflow:
+                reporter.log(
+                    f"Activation cache: values beyond float16's range; storing {folder.name} as float32"
+                )
+        meta = {
+            **fields,
+            "shape": list(cut.shape),
+            "scale": scale,
+            "sha256": {name: file_sha256(staging / name) for name in ("train.npy", "val.npy")},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        with contextlib.suppress(OSError):  # another process published the same entry first
+            staging.rename(folder)
+    finally:
+        task.close()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Overflow(Exception):
+    """A batch's scaled activations do not fit the stored dtype."""
+
+
+def _write_arrays(
+    staging: Path, dtype, shape: tuple[int, ...], forward, train: Split, val: Split, size: tuple[int, int],
+    batch_size: int, augmentations: list, task,
+) -> float:  # fmt: skip
+    """Fill ``train.npy`` (a copy per augmentation) and ``val.npy`` in ``staging``; the scale they are
+    stored at."""
+    from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
+
+    train_store = np.lib.format.open_memmap(
+        staging / "train.npy", mode="w+", dtype=dtype, shape=(len(augmentations), len(train), *shape)
+    )
+    val_store = np.lib.format.open_memmap(
+        staging / "val.npy", mode="w+", dtype=dtype, shape=(len(val), *shape)
+    )
+    for name in ("train.npy", "val.npy"):
+        _allocate(staging / name)
+    scale = None if dtype == np.float16 else 1.0
+    with finite_dataset_warnings_silenced():
+        for copy, layers in enumerate(augmentations):
+            dataset = make_dataset(train, size, batch_size, augment=layers, drop_unreadable=False)
+            scale = _fill(train_store[copy], dataset, forward, task, scale)
+        scale = _fill(
+            val_store, make_dataset(val, size, batch_size, drop_unreadable=False), forward, task, scale
+        )
+    for store in (train_store, val_store):
+        store.flush()
+    return scale
+
+
+def _allocate(path: Path) -> None:
+    """Reserve the blocks of a (sparse) memory-mapped file now: a disk that fills up later would kill
+    the process with SIGBUS at a write into the map, where this fails with a plain ``ENOSPC``."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+
+
+def _fill(store: np.ndarray, dataset, forward, task, scale: float | None) -> float:
+    """Write the lower part's outputs for ``dataset`` into ``store`` times ``scale`` (chosen from the
+    first batch when None); the scale. Raises :class:`_Overflow` when a value does not fit ``store``."""
+    at = 0
+    for images, _ in dataset:
+        batch = forward(images)
+        if scale is None:
+            scale = storage_scale(batch)
+        with np.errstate(over="ignore"):  # an overflow is found just below, and handled
+            scaled = (batch * np.float32(scale)).astype(store.dtype)
+        if not np.isfinite(scaled).all() and np.isfinite(batch).all():
+            raise _Overflow
+        store[at : at + len(batch)] = scaled
+        at += len(batch)
+        task.advance()
+    return 1.0 if scale is None else scale
+
+
+def _open(
+    folder: Path, fields: dict, n_train: int, n_val: int, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if any(meta.get(k) != v for k, v in fields.items()):
+            return None
+        for name in ("train.npy", "val.npy"):
+            if file_sha256(folder / name) != meta["sha256"][name]:
+                return None
+        train = np.load(folder / "train.npy", mmap_mode="r")
+        val = np.load(folder / "val.npy", mmap_mode="r")
+        scale = float(meta["scale"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if train.shape != (fields["copies"], n_train, *shape) or val.shape != (n_val, *shape):
+        return None
+    if not (np.isfinite(scale) and scale > 0):
+        return None
+    return train, val, scale

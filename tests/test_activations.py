@@ -1,0 +1,341 @@
+"""The fine-tuning activation cache: the split is the classifier, entries are keyed, checked and rebuilt,
+and fine-tuning on them trains (and saves, and resumes) the ordinary whole model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from scenecls.classifier import build_classifier, find_backbone, load_model
+from scenecls.cli import cli
+from scenecls.data.augment import AugmentConfig
+from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset, prepare_data
+from scenecls.models.registry import get_spec
+from scenecls.reporting import NullReporter
+from scenecls.training import activations, runs
+from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
+from tests.conftest import ctrl_c_at_batch, write_class_folders
+
+# ConvNeXt where training on the cache must match training on images: a random MobileNetV2's activations
+# are near 1e-10 and its head learns next to nothing. MobileNetV2 (far quicker) where only the choice of
+# source is at stake.
+TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+QUICK = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_class_folders(root / "train", 16, seed=1, size=40)
+    write_class_folders(root / "test", 6, seed=2, size=40)
+    return root
+
+
+def _split(backbone: str, unfreeze: int, size: int = 32):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier(backbone, 3, size=size, weights="none")
+    inner = find_backbone(model)
+    blocks = get_spec(backbone).block_map(inner)
+    apply_unfreeze(inner, blocks, UnfreezePolicy("blocks", unfreeze), model=model)
+    index = activations.cut_index(blocks, UnfreezePolicy("blocks", unfreeze))
+    return model, inner, activations.split_classifier(model, inner, index)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "unfreeze"), [("mobilenet_v2", 5), ("convnext_tiny", 1)], ids=["mobilenet_v2", "convnext"]
+)
+def test_upper_of_lower_is_the_classifier_and_trains_its_layers(backbone, unfreeze):
+    """ConvNeXt's residual sums are operations, not layers: its cut must still be the block's input."""
+    model, inner, cut = _split(backbone, unfreeze)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    whole = np.asarray(model(images, training=False))
+    assert np.allclose(np.asarray(cut.upper(cut.lower(images))), whole, atol=1e-5)
+    # The upper part is made of the classifier's own variables: exactly the trainable ones.
+    assert {v.path for v in cut.upper.trainable_variables} == {v.path for v in model.trainable_variables}
+    assert not cut.lower.trainable_variables
+    index = activations.cut_index(get_spec(backbone).block_map(inner), UnfreezePolicy("blocks", unfreeze))
+    assert cut.layer == inner.layers[index].name and inner.layers[index].trainable
+    assert not inner.layers[index - 1].trainable
+
+
+def test_cut_only_where_something_below_stays_frozen():
+    _, inner, _ = _split("mobilenet_v2", 1)
+    blocks = get_spec("mobilenet_v2").block_map(inner)
+    assert activations.cut_index(blocks, UnfreezePolicy("all")) is None
+    assert activations.cut_index(blocks, UnfreezePolicy("layers", 10)) is None
+    assert activations.cut_index(blocks, UnfreezePolicy("blocks", len(blocks.blocks))) is None
+    assert activations.cut_index(blocks, UnfreezePolicy("blocks", 3)) < activations.cut_index(
+        blocks, UnfreezePolicy("blocks", 1)
+    )
+
+
+def test_entries_are_built_reused_keyed_and_rebuilt_when_damaged(tmp_path):
+    root = write_class_folders(tmp_path / "data", 6, size=32)
+    data = prepare_data(root, val_split=0.25, seed=0)
+    _, inner, cut = _split("mobilenet_v2", 2)
+    cache = tmp_path / "cache"
+    augment = AugmentConfig()
+
+    def entry(cut_models=cut, copies=2, **kwargs):
+        return activations.load_or_build(
+            cut_models, inner, data.train, data.val, (32, 32), cache_root=cache, batch_size=4,
+            augment=augment, copies=copies, seed=0, **kwargs,
+        )  # fmt: skip
+
+    built = entry()
+    assert not built.reused and built.train.dtype == np.float16 and isinstance(built.train, np.memmap)
+    assert built.train.shape == (2, len(data.train), *cut.shape) and built.val.shape == (
+        len(data.val),
+        *cut.shape,
+    )
+    # The un-augmented validation activations are the lower part's output, to float16's precision: a
+    # random MobileNetV2 gives values near 1e-9 here, which only the entry's scale keeps from underflowing.
+    with finite_dataset_warnings_silenced():
+        images = np.concatenate([x for x, _ in make_dataset(data.val, (32, 32), 4)])
+    expected = np.asarray(cut.lower(images))
+    assert 0 < np.abs(expected).max() < 1e-6
+    assert built.scale > 1e6 and np.log2(built.scale).is_integer()
+    assert np.allclose(built.read(built.val), expected, rtol=2e-3, atol=np.abs(expected).max() * 1e-3)
+    assert not np.array_equal(built.train[0], built.train[1])  # two different augmented copies
+    assert entry().reused
+
+    # Anything the activations depend on is in the key: copies, and the cut.
+    assert not entry(copies=1).reused
+    _, _, lower_cut = _split("mobilenet_v2", 3)
+    assert lower_cut.layer != cut.layer
+    assert (
+        activations.cache_key(inner, lower_cut, (32, 32), augment, 2, 0, data.train, data.val)[0] != built.key
+    )
+
+    # A damaged entry fails its checksum: rebuilt (with a warning), never used.
+    with open(built.folder / "train.npy", "r+b") as handle:
+        handle.seek(-7, os.SEEK_END)
+        handle.write(b"garbage")
+    warnings = []
+
+    class Recorder(NullReporter):
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+    rebuilt = entry(reporter=Recorder())
+    assert not rebuilt.reused and "stale or damaged" in warnings[0]
+    assert np.array_equal(rebuilt.val, built.val)
+    assert entry().reused
+    # A worker of a cluster only looks: no entry, no build.
+    assert entry(copies=3, build=False) is None
+    assert not any(p.name.endswith(".building") for p in (cache / "activations").iterdir())
+
+
+def test_storage_scale_is_a_power_of_two_leaving_headroom():
+    assert activations.storage_scale(np.zeros((2, 3))) == 1.0
+    assert activations.storage_scale(np.array([np.inf])) == 1.0
+    for peak in (3e-12, 0.7, 6.0, 900.0, 1e6):
+        scale = activations.storage_scale(np.array([[-peak, peak / 3]]))
+        assert np.log2(scale).is_integer()
+        assert 65504 / 128 < peak * scale <= 65504 / 64
+
+
+def test_values_beyond_float16_after_the_first_batch_are_stored_as_float32(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "data", 6, size=32)
+    data = prepare_data(root, val_split=0.25, seed=0)
+    _, inner, cut = _split("mobilenet_v2", 2)
+    from scenecls import classifier
+
+    original = classifier.inference_function
+    calls = {"n": 0}
+
+    def growing(model, batch_size):
+        forward = original(model, batch_size)
+
+        def run(images):
+            calls["n"] += 1
+            return forward(images) * (1.0 if calls["n"] == 1 else 1e12)  # later batches far larger
+
+        return run
+
+    monkeypatch.setattr(classifier, "inference_function", growing)
+    messages = []
+
+    class Recorder(NullReporter):
+        def log(self, message: str) -> None:
+            messages.append(message)
+
+    entry = activations.load_or_build(
+        cut, inner, data.train, data.val, (32, 32), cache_root=tmp_path / "cache", batch_size=4,
+        augment=AugmentConfig(), copies=1, seed=0, reporter=Recorder(),
+    )  # fmt: skip
+    assert entry.train.dtype == np.float32 and entry.scale == 1.0
+    # The later batches, a trillion times the first, are kept (the first batch's scale would overflow).
+    assert np.isfinite(entry.train).all() and np.abs(entry.read(entry.val)).max() > 1.0
+    assert any("float32" in m for m in messages)
+
+
+def test_an_interrupted_build_leaves_nothing_and_an_abandoned_one_is_cleared(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "data", 6, size=32)
+    data = prepare_data(root, val_split=0.25, seed=0)
+    _, inner, cut = _split("mobilenet_v2", 2)
+    cache = tmp_path / "cache"
+    parent = cache / "activations"
+    parent.mkdir(parents=True)
+    dead = parent / ".0123abcd.999999999.building"  # no such process
+    dead.mkdir()
+    (dead / "train.npy").write_bytes(b"half")
+    alive = parent / f".4567cdef.{os.getppid()}.building"  # a build still running elsewhere
+    alive.mkdir()
+
+    def build():
+        return activations.load_or_build(
+            cut, inner, data.train, data.val, (32, 32), cache_root=cache, batch_size=4,
+            augment=AugmentConfig(), copies=1, seed=0,
+        )  # fmt: skip
+
+    original = activations._fill
+    calls = {"n": 0}
+
+    def ctrl_c_in_the_second_fill(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        original(*args)
+
+    monkeypatch.setattr(activations, "_fill", ctrl_c_in_the_second_fill)
+    with pytest.raises(KeyboardInterrupt):
+        build()
+    assert sorted(p.name for p in parent.iterdir()) == [alive.name]  # no entry, no staging of ours
+    monkeypatch.setattr(activations, "_fill", original)
+    assert not build().reused and build().reused
+    assert alive.is_dir()
+
+
+def test_fine_tuning_on_cached_activations_trains_and_saves_the_whole_model(data, tmp_path):
+    project = tmp_path / "runs"
+    args = ["--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "2", "--unfreeze", "1,2",
+            "--dropout", "0"]  # fmt: skip
+    result = invoke("-q", "train", *args, "--project", str(project), "--format", "json")
+    assert result.exit_code == 0, result.output
+    run = project / "train"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["activation_cache"] == {"finetune1": "built", "finetune2": "built"}  # a cut per stage
+    # The last epoch's validation loss, computed on cached activations, is the saved whole model's on images.
+    history = runs.read_history(run / "history.csv")
+    assert [r["phase"] for r in history] == ["head", "finetune1", "finetune1", "finetune2", "finetune2"]
+    model = load_model(run / "last.keras", compile=True)
+    prepared = prepare_data(data, val_split=0.2, seed=0)
+    with finite_dataset_warnings_silenced():
+        loss, accuracy = model.evaluate(make_dataset(prepared.val, (32, 32), 8), verbose=0)[:2]
+    assert loss == pytest.approx(history[-1]["val_loss"], rel=2e-2, abs=1e-3)
+    assert accuracy == pytest.approx(history[-1]["val_accuracy"], abs=1e-6)
+    assert int(model.optimizer.iterations) >= 2 * 5  # the optimizer's state went with the model
+
+    again = invoke("-q", "train", *args, "--project", str(project), "--name", "again", "--format", "json")
+    assert again.exit_code == 0, again.output
+    reused = json.loads((project / "again" / "metrics.json").read_text())["activation_cache"]
+    assert reused == {"finetune1": "reused", "finetune2": "reused"}
+    assert json.loads(again.stdout)["best_val_accuracy"] == json.loads(result.stdout)["best_val_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--no-cache"], ["--finetune-copies", "0"], ["--unfreeze", "all"], ["--mixup", "0.2"]],
+    ids=["no-cache", "copies-0", "unfreeze-all", "mixup"],
+)
+def test_fine_tuning_runs_on_images_when_the_cache_does_not_apply(data, tmp_path, options):
+    project = tmp_path / "runs"
+    args = [
+        "--data",
+        str(data),
+        *QUICK,
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--unfreeze",
+        "1",
+        *options,
+    ]
+    result = invoke("-q", "train", *args, "--project", str(project))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((project / "train" / "metrics.json").read_text())
+    assert metrics["activation_cache"] == {}
+    assert (metrics["feature_cache"] == "off") == (options == ["--no-cache"])
+
+
+def test_resume_in_a_cached_fine_tuning_phase_repeats_the_uninterrupted_epochs(data, tmp_path, monkeypatch):
+    """Each epoch reads its copy in its own seeded order, so after --resume (optimizer state from
+    last.keras, the same cache entry) the epochs are the ones an uninterrupted run trains."""
+    args = [*TINY, "--data", str(data), "--dropout", "0", "--epochs", "1", "--finetune-epochs", "3",
+            "--unfreeze", "1", "--seed", "3"]  # fmt: skip
+    straight = invoke("train", *args, "--project", str(tmp_path / "a"))
+    assert straight.exit_code == 0, straight.output
+
+    with ctrl_c_at_batch(monkeypatch, 12):  # 5 batches an epoch: batch 2 of the 2nd fine-tuning epoch
+        assert invoke("train", *args, "--project", str(tmp_path / "b")).exit_code == 130
+    state = json.loads((tmp_path / "b" / "train" / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["epoch"] == 2
+    assert invoke("train", "--resume", str(tmp_path / "b" / "train")).exit_code == 0
+
+    a = runs.read_history(tmp_path / "a" / "train" / "history.csv")
+    b = runs.read_history(tmp_path / "b" / "train" / "history.csv")
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4, abs=1e-6), key
+    metrics = json.loads((tmp_path / "b" / "train" / "metrics.json").read_text())
+    assert metrics["activation_cache"] == {"finetune": "reused"}
+
+
+def test_no_room_for_the_cache_fine_tunes_on_images_and_says_so(data, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from scenecls.data import fetch
+
+    real = shutil_module.disk_usage
+
+    def nearly_full(path):
+        usage = real(path)
+        return usage._replace(free=100 * 1024**2)  # below the 512 MiB that must stay free
+
+    monkeypatch.setattr(fetch.shutil, "disk_usage", nearly_full)
+    project = tmp_path / "runs"
+    # A seed of its own: other tests' entries (one cache folder for the session) have other weights.
+    result = invoke("train", "--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1",
+                    "--unfreeze", "1", "--seed", "11", "--project", str(project))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not enough disk space for the activation cache" in result.stderr
+    assert "fine-tuning on images instead" in result.stderr
+    metrics = json.loads((project / "train" / "metrics.json").read_text())
+    assert metrics["activation_cache"] == {}
+    assert [r["phase"] for r in runs.read_history(project / "train" / "history.csv")] == ["head", "finetune"]
+
+
+def test_a_disk_that_fills_while_building_fails_cleanly_and_keeps_nothing_half_written(
+    data, tmp_path, monkeypatch
+):
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(activations.os, "posix_fallocate", full, raising=False)
+    project = tmp_path / "runs"
+    args = ["train", "--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1",
+            "--unfreeze", "1", "--seed", "12", "--project", str(project)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert "No space left on device" in message and "files already saved are intact" in message
+    assert "Traceback" not in result.output
+    state = json.loads((project / "train" / "state.json").read_text())
+    assert state["status"] == "failed" and state["epoch"] == 1  # the head's epoch is kept
+    cache = Path(os.environ["SCENECLS_HOME"]) / "cache" / "activations"
+    assert cache.is_dir() and not list(cache.glob(".*.building"))  # the staging folder is gone
