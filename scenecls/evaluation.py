@@ -149,17 +149,21 @@ def evaluate_run(
     top_k: int = 3,
     batch_size: int = 32,
     tta: bool = False,
+    precision: str = "off",
+    jit: bool = False,
     reporter: Reporter | None = None,
 ) -> RunEvaluation:
     """Evaluate a run's best model (or a model file) and save the results into its run folder.
 
     Without ``data`` the run's own data set is used: its test split when it has one, else the
-    validation split, rebuilt exactly from the run's seed.
+    validation split, rebuilt exactly from the run's seed. ``precision`` and ``jit`` as for
+    :func:`scenecls.runtimes.load_runtime`.
     """
     from scenecls.classifier import check_compatible, load_model
     from scenecls.config import TrainConfig
     from scenecls.data.pipeline import prepare_data
     from scenecls.paths import data_source
+    from scenecls.precision import with_precision
     from scenecls.predict import predict_array
     from scenecls.runtimes import FlipAveraged, KerasRuntime, load_runtime, model_kind
     from scenecls.training import runs
@@ -178,9 +182,9 @@ def evaluate_run(
         raise UsageError(f"{source} has no {name} split")
     reporter.log(f"Evaluating {model_path} on {len(chosen)} {name} images of {source}")
     if model_kind(model_path) == "keras":
-        model = load_model(model_path)
+        model = with_precision(load_model(model_path), precision)
         check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))
-        runtime = KerasRuntime.of(model, batch_size) if tta else None
+        runtime = KerasRuntime.of(model, batch_size, jit=jit) if tta or jit else None
     else:  # an exported model, through its own runtime
         runtime = load_runtime(model_path, batch_size=batch_size)
         check_classes(runtime.num_classes, prepared.classes, runs.model_classes(model_path, run_dir))

@@ -51,3 +51,59 @@ def dtype_policy(precision: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def model_precision(model) -> str:
+    """``off``, ``bfloat16`` or ``float16``: what a scenecls classifier computes in (its backbone's
+    first layer with weights: a nested model's own policy says nothing of its layers')."""
+    from scenecls.classifier import find_backbone
+
+    layer = _first_computing_layer(find_backbone(model))
+    name = layer.dtype_policy.name if layer is not None else "float32"
+    return {policy: precision for precision, policy in _POLICIES.items()}.get(name, "off")
+
+
+def _first_computing_layer(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if (inner := _first_computing_layer(layer)) is not None:
+                return inner
+        elif layer.weights:
+            return layer
+    return None
+
+
+def with_precision(model, precision: str):
+    """``model``, or a copy of it with the same weights computing in ``precision`` (``off``, ``bfloat16``
+    or ``float16``): for inference under another policy than the model was saved with.
+
+    Every layer records its policy in its config, so a model loaded under another global policy still
+    computes as it was saved; the copy is made layer by layer from the configs with the policy
+    replaced, except the float32 softmax (``predictions``), as in training.
+    """
+    if model_precision(model) == precision:
+        return model
+    import keras
+
+    policy = dtype_policy_name(precision)
+
+    def recast(layer):
+        config = layer.get_config()
+        if layer.name != "predictions" and "dtype" in config:
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=recast, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def jit_enabled(mode: str) -> bool:
+    """Whether ``--jit`` compiles inference with XLA: ``auto`` is Keras's choice, on GPUs only."""
+    if mode != "auto":
+        return mode == "on"
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))

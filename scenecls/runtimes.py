@@ -54,15 +54,16 @@ def needs_tensorflow(path: Path) -> bool:
     return model_kind(path) in ("keras", "savedmodel")
 
 
-def load_runtime(path: Path, *, batch_size: int = 32) -> Runtime:
-    """The model at ``path`` ready to predict; damaged or foreign files are one-line errors."""
+def load_runtime(path: Path, *, batch_size: int = 32, precision: str = "off", jit: bool = False) -> Runtime:
+    """The model at ``path`` ready to predict; damaged or foreign files are one-line errors.
+
+    ``precision`` (``off``, ``bfloat16``, ``float16``) and ``jit`` (XLA) apply to ``.keras`` models;
+    exported ones run as they were exported.
+    """
     kind = model_kind(path)
-    loader = {
-        "keras": KerasRuntime,
-        "savedmodel": SavedModelRuntime,
-        "tflite": LiteRTRuntime,
-        "onnx": OnnxRuntime,
-    }
+    if kind == "keras":
+        return KerasRuntime(Path(path), batch_size=batch_size, precision=precision, jit=jit)
+    loader = {"savedmodel": SavedModelRuntime, "tflite": LiteRTRuntime, "onnx": OnnxRuntime}
     return loader[kind](Path(path), batch_size=batch_size)
 
 
@@ -107,28 +108,32 @@ def _missing_runtime(kind: str, module: str) -> ModelError:
 
 
 class KerasRuntime:
-    """A scenecls ``.keras`` file, or (:meth:`of`) a classifier already in memory."""
+    """A scenecls ``.keras`` file, or (:meth:`of`) a classifier already in memory; computing in
+    ``precision`` (see :func:`scenecls.precision.with_precision`), compiled with XLA when ``jit``."""
 
     kind = "keras"
 
-    def __init__(self, path: Path, *, batch_size: int = 32) -> None:
+    def __init__(
+        self, path: Path, *, batch_size: int = 32, precision: str = "off", jit: bool = False
+    ) -> None:
         from scenecls.classifier import load_model
+        from scenecls.precision import with_precision
 
-        self._use(load_model(path), batch_size)
+        self._use(with_precision(load_model(path), precision), batch_size, jit)
 
     @classmethod
-    def of(cls, model, batch_size: int = 32) -> KerasRuntime:
+    def of(cls, model, batch_size: int = 32, *, jit: bool = False) -> KerasRuntime:
         runtime = cls.__new__(cls)
-        runtime._use(model, batch_size)
+        runtime._use(model, batch_size, jit)
         return runtime
 
-    def _use(self, model, batch_size: int) -> None:
+    def _use(self, model, batch_size: int, jit: bool) -> None:
         from scenecls.classifier import inference_function, input_size, num_classes
 
         self.model = model
         self.input_size = input_size(model)
         self.num_classes = num_classes(model)
-        self._forward = inference_function(model, batch_size)
+        self._forward = inference_function(model, batch_size, jit=jit)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self._forward(images)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,11 +189,19 @@ def test_an_interrupted_build_leaves_nothing_and_an_abandoned_one_is_cleared(tmp
     cache = tmp_path / "cache"
     parent = cache / "activations"
     parent.mkdir(parents=True)
-    dead = parent / ".0123abcd.999999999.building"  # no such process
+    host = activations.staging_name("k").split(".")[2].rpartition("-")[0]
+    dead = parent / f".0123abcd.{host}-999999999.building"  # no such process
     dead.mkdir()
     (dead / "train.npy").write_bytes(b"half")
-    alive = parent / f".4567cdef.{os.getppid()}.building"  # a build still running elsewhere
+    alive = parent / f".4567cdef.{host}-{os.getppid()}.building"  # a build still running elsewhere
     alive.mkdir()
+    # Another machine's builds (a shared cache folder): kept unless a day old.
+    recent = parent / ".89abcdef.other_host-1.building"
+    recent.mkdir()
+    stale = parent / ".fedcba98.other_host-2.building"
+    stale.mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
 
     def build():
         return activations.load_or_build(
@@ -212,10 +221,11 @@ def test_an_interrupted_build_leaves_nothing_and_an_abandoned_one_is_cleared(tmp
     monkeypatch.setattr(activations, "_fill", ctrl_c_in_the_second_fill)
     with pytest.raises(KeyboardInterrupt):
         build()
-    assert sorted(p.name for p in parent.iterdir()) == [alive.name]  # no entry, no staging of ours
+    # No entry and no staging folder of ours; the abandoned ones are gone.
+    assert sorted(p.name for p in parent.iterdir()) == sorted([alive.name, recent.name])
     monkeypatch.setattr(activations, "_fill", original)
     assert not build().reused and build().reused
-    assert alive.is_dir()
+    assert alive.is_dir() and recent.is_dir()
 
 
 def test_fine_tuning_on_cached_activations_trains_and_saves_the_whole_model(data, tmp_path):

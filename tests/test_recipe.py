@@ -280,3 +280,62 @@ def test_auto_precision_is_float32_without_a_gpu(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((Path(json.loads(result.stdout)["run_dir"]) / "config.json").read_text())
     assert config["mixed_precision"] == "off"  # auto, resolved on a machine without GPUs
+
+
+def test_a_saved_float32_model_runs_in_16_bits_or_under_xla_for_inference(tmp_path):
+    """evaluate/predict --mixed-precision and --jit: the same weights, another compute policy."""
+    import keras
+
+    from scenecls.classifier import build_classifier, find_backbone, save_model
+    from scenecls.precision import model_precision, with_precision
+    from scenecls.runtimes import KerasRuntime
+
+    keras.utils.set_random_seed(0)
+    # ConvNeXt: a random one gives varied probabilities (a random MobileNetV2's are all but uniform).
+    model = build_classifier("convnext_tiny", 3, size=32, weights="none")
+    path = save_model(model, tmp_path / "model.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(model(images, training=False))
+    assert expected.max() - expected.min() > 0.05
+
+    assert with_precision(model, "off") is model
+    recast = with_precision(model, "bfloat16")
+    assert (model_precision(model), model_precision(recast)) == ("off", "bfloat16")
+    layers = find_backbone(recast).layers
+    convolutions = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions and all(c.compute_dtype == "bfloat16" for c in convolutions)
+    assert recast.get_layer("predictions").compute_dtype == "float32"
+    assert all(w.dtype == "float32" for w in recast.weights)
+    for precision, jit, tolerance in (("off", True, 1e-5), ("bfloat16", False, 3e-2)):
+        probs = KerasRuntime(path, batch_size=4, precision=precision, jit=jit).predict(images)
+        assert probs.dtype == np.float32
+        assert np.allclose(probs, expected, atol=tolerance), (precision, np.abs(probs - expected).max())
+
+    data = write_class_folders(tmp_path / "data", 2, size=32)
+    plain = CliRunner().invoke(cli, ["evaluate", str(path), "--data", str(data), "--format", "json"])
+    assert plain.exit_code == 0, plain.output
+    for options in (["--mixed-precision", "bfloat16"], ["--jit", "on"]):
+        other = CliRunner().invoke(
+            cli, ["evaluate", str(path), "--data", str(data), "--format", "json", *options]
+        )
+        assert other.exit_code == 0, other.output
+        assert json.loads(other.stdout)["accuracy"] == pytest.approx(json.loads(plain.stdout)["accuracy"])
+
+
+def test_exported_models_run_as_exported_and_say_so_when_asked_otherwise():
+    from scenecls.cli.predict import inference_settings
+    from scenecls.precision import jit_enabled, resolve_precision
+
+    warnings = []
+
+    class Out:
+        def warn(self, message: str) -> None:
+            warnings.append(message)
+
+    assert inference_settings(Out(), Path("model.tflite"), "auto", "auto") == ("off", False)
+    assert warnings == []
+    assert inference_settings(Out(), Path("model.onnx"), "bfloat16", "on") == ("off", False)
+    assert warnings == ["--mixed-precision and --jit apply to .keras models; model.onnx runs as exported"]
+    assert inference_settings(Out(), Path("best.keras"), "bfloat16", "on") == ("bfloat16", True)
+    auto = (resolve_precision("auto"), jit_enabled("auto"))  # this machine's: ("off", False) without a GPU
+    assert inference_settings(Out(), Path("best.keras"), "auto", "auto") == auto

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, check_fail_under, fail_under_option, format_option, project_option
+from scenecls.cli.output import (
+    Output,
+    check_fail_under,
+    fail_under_option,
+    format_option,
+    precision_options,
+    project_option,
+)
 
 
 @click.command("evaluate")
@@ -21,6 +28,7 @@ from scenecls.cli.output import Output, check_fail_under, fail_under_option, for
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
+@precision_options
 @fail_under_option()
 @project_option()
 @format_option()
@@ -33,6 +41,8 @@ def evaluate(
     top_k: int,
     batch_size: int,
     tta: bool,
+    mixed_precision: str,
+    jit: str,
     fail_under: float | None,
     project: Path,
     fmt: str,
@@ -42,6 +52,7 @@ def evaluate(
     MODEL is a run folder or name, or a .keras file (default: the latest run). Results are also
     saved in the run folder (evaluation.json, predictions.csv).
     """
+    from scenecls.cli.predict import inference_settings
     from scenecls.evaluation import evaluate_run
     from scenecls.runtimes import needs_tensorflow
     from scenecls.training.runs import resolve_model
@@ -49,6 +60,7 @@ def evaluate(
     model_path, _ = resolve_model(model, project)
     if needs_tensorflow(model_path):
         out.load_tensorflow()
+    precision, compiled = inference_settings(out, model_path, mixed_precision, jit)
     outcome = evaluate_run(
         str(model_path),
         project,
@@ -57,6 +69,8 @@ def evaluate(
         top_k=top_k,
         batch_size=batch_size,
         tta=tta,
+        precision=precision,
+        jit=compiled,
         reporter=out.reporter(),
     )
     ev = outcome.evaluation

@@ -48,6 +48,27 @@ def format_option(*choices: str, default: str = "table"):
     )
 
 
+def precision_options(func):
+    """``--mixed-precision`` and ``--jit``, for the commands that train or run a Keras model."""
+    from scenecls.precision import JIT_MODES, PRECISIONS
+
+    func = click.option(
+        "--jit",
+        type=click.Choice(JIT_MODES),
+        default="auto",
+        show_default=True,
+        help="XLA compilation: auto = on GPUs only (slower on the CPUs measured).",
+    )(func)
+    return click.option(
+        "--mixed-precision",
+        type=click.Choice(PRECISIONS),
+        default="auto",
+        show_default=True,
+        help="Compute in 16 bits: auto = float16 on GPUs with tensor cores, else off "
+        "(slower on the CPUs measured).",
+    )(func)
+
+
 EXIT_BELOW_THRESHOLD = 5  # finished, outputs written, but accuracy below --fail-under
 
 

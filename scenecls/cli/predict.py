@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, dumps, format_option, project_option
+from scenecls.cli.output import Output, dumps, format_option, precision_options, project_option
 
 
 @click.command("predict")
@@ -28,6 +28,7 @@ from scenecls.cli.output import Output, dumps, format_option, project_option
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@precision_options
 @project_option()
 @format_option("table", "json", "jsonl", "csv")
 @click.pass_obj
@@ -39,6 +40,8 @@ def predict(
     tta: bool,
     top_k: int,
     batch_size: int,
+    mixed_precision: str,
+    jit: str,
     project: Path,
     fmt: str,
 ) -> None:
@@ -58,7 +61,8 @@ def predict(
     if needs_tensorflow(model_path):  # .tflite and .onnx run without it: a fraction of a second
         out.load_tensorflow()
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
-    runtime = load_runtime(model_path, batch_size=batch_size)
+    precision, compiled = inference_settings(out, model_path, mixed_precision, jit)
+    runtime = load_runtime(model_path, batch_size=batch_size, precision=precision, jit=compiled)
     if tta:
         runtime = FlipAveraged(runtime)
     classes = model_classes(model_path, run_dir)
@@ -101,3 +105,19 @@ def _flat_row(prediction, top_k: int) -> list:
     others += [""] * (top_k - 1 - len(others))
     confidence = None if prediction.confidence is None else round(prediction.confidence, 4)
     return [prediction.path, prediction.label or "", confidence, *others, prediction.error or ""]
+
+
+def inference_settings(out: Output, model_path: Path, mixed_precision: str, jit: str) -> tuple[str, bool]:
+    """``(precision, jit)`` for running ``model_path``: ``auto`` resolved for this machine. Exported
+    models run as they were exported: asking them for anything else is said, once, on stderr."""
+    from scenecls.runtimes import model_kind
+
+    if model_kind(model_path) != "keras":
+        if mixed_precision not in ("auto", "off") or jit == "on":
+            out.warn(
+                f"--mixed-precision and --jit apply to .keras models; {model_path.name} runs as exported"
+            )
+        return "off", False
+    from scenecls.precision import jit_enabled, resolve_precision
+
+    return resolve_precision(mixed_precision), jit_enabled(jit)

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, check_fail_under, fail_under_option, format_option, project_option
+from scenecls.cli.output import (
+    Output,
+    check_fail_under,
+    fail_under_option,
+    format_option,
+    precision_options,
+    project_option,
+)
 from scenecls.config import LR_SCHEDULES, TrainConfig
-from scenecls.precision import JIT_MODES, PRECISIONS
 from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
 
 DEFAULTS = TrainConfig()
@@ -53,21 +59,7 @@ def run_options(func):
                 is_flag=True,
                 help="TensorBoard logs in the run folder (see them with: tensorboard --logdir runs).",
             ),
-            click.option(
-                "--mixed-precision",
-                type=click.Choice(PRECISIONS),
-                default=DEFAULTS.mixed_precision,
-                show_default=True,
-                help="Compute in 16 bits: auto = float16 on GPUs with tensor cores, else off "
-                "(slower on the CPUs measured).",
-            ),
-            click.option(
-                "--jit",
-                type=click.Choice(JIT_MODES),
-                default=DEFAULTS.jit,
-                show_default=True,
-                help="XLA compilation: auto = on GPUs only (slower on the CPUs measured).",
-            ),
+            precision_options,
             click.option(
                 "--distribute",
                 type=click.Choice(DISTRIBUTE_MODES),

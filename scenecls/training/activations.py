@@ -28,6 +28,8 @@ import errno
 import hashlib
 import json
 import os
+import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from scenecls.unfreeze import UnfreezePolicy
 CACHE_VERSION = 2  # 2: stored times a power-of-two scale
 STORED_DTYPE = np.float16  # half the disk and page cache of float32; see benchmarks/README.md
 HEADROOM = 64.0  # how much larger than the first batch's largest value later values may be in float16
+ABANDONED_AFTER = 24 * 3600  # seconds after which another host's unfinished build counts as abandoned
 
 
 class CacheUnavailable(DataError):
@@ -231,13 +234,34 @@ def entry_bytes(copies: int, n_train: int, n_val: int, shape: tuple[int, ...]) -
 
 
 def remove_abandoned(parent: Path) -> None:
-    """Remove staging folders of builds whose process is gone (killed, or the machine went down)."""
+    """Remove staging folders of builds that were killed or whose machine went down.
+
+    A build's staging folder names its host and process. On this host a folder whose process is gone is
+    abandoned; a folder of another host (a cache on a shared filesystem) only once it is a day old,
+    since that host's processes cannot be asked.
+    """
     if not parent.is_dir():
         return
     for staging in parent.glob(".*.building"):
-        pid = staging.name.split(".")[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        host, _, pid = staging.name.split(".")[-2].rpartition("-")
+        if host == _host():
+            abandoned = pid.isdigit() and not _alive(int(pid))
+        else:
+            try:
+                abandoned = time.time() - staging.stat().st_mtime > ABANDONED_AFTER
+            except OSError:
+                continue
+        if abandoned:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def staging_name(key: str) -> str:
+    """``.<key>.<host>-<pid>.building``: whose build it is, for :func:`remove_abandoned`."""
+    return f".{key}.{_host()}-{os.getpid()}.building"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", platform.node()) or "host"
 
 
 def _alive(pid: int) -> bool:
@@ -257,7 +281,7 @@ def _build(
     from scenecls.classifier import inference_function
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.{os.getpid()}.building"
+    staging = folder.parent / staging_name(folder.name)
     forward = inference_function(cut.lower, batch_size)
     copies = fields["copies"]
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
