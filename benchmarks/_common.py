@@ -9,7 +9,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-SHARED_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "intel-mini.zip"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_ZIP = SHARED / "data" / "intel-mini.zip"
+SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
 
 
 def dataset(workdir: Path | None = None) -> tuple[Path, str]:
@@ -22,6 +24,22 @@ def dataset(workdir: Path | None = None) -> tuple[Path, str]:
         fetch_dataset(dest, source=SHARED_ZIP)
         return dest, "real Intel images (shared intel-mini.zip)"
     return generated(workdir / "generated"), "generated 150x150 images (shared data not found)"
+
+
+def named_dataset(name: str, workdir: Path) -> Path:
+    """``name`` as a folder: a folder itself, or ``intel-mini`` / ``intel-dev`` unpacked from ../shared
+    into ``workdir`` as a user would (``fetch-data --from``). Exits with a message when neither."""
+    import sys
+
+    from scenecls.data.fetch import fetch_dataset
+
+    if Path(name).exists():
+        return Path(name)
+    archive = SHARED / "data" / f"{name}.zip"
+    if not archive.is_file():
+        sys.exit(f"no data: {name} is neither a folder nor {archive}")
+    fetch_dataset(workdir / name, source=archive)
+    return workdir / name
 
 
 def generated(root: Path, per_class: int = 250, size: int = 150) -> Path:

@@ -23,10 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import machine
+from _common import SHARED_WEIGHTS, machine, named_dataset
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
 BASE = ["--backbone", "mobilenet_v2", "--no-export"]
 RECIPES: dict[str, list[str]] = {
     # The seed's training: fresh augmentation in every epoch of phase 1 (no feature cache), then fine-tuning.
@@ -79,7 +77,7 @@ def main() -> None:
     parser.add_argument("--recipes", default="seed,default")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--data", default="intel-dev")
-    parser.add_argument("--weights", default=str(WEIGHTS))
+    parser.add_argument("--weights", default=str(SHARED_WEIGHTS))
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -90,13 +88,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="scenecls-accuracy-"))
     env = {**os.environ, "SCENECLS_HOME": str(work / "home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    data = Path(args.data)
-    if not data.exists():
-        archive = SHARED / "data" / f"{args.data}.zip"
-        if not archive.is_file():
-            sys.exit(f"no data: {args.data} is neither a folder nor {archive}")
-        data = work / args.data
-        run(["fetch-data", "--from", str(archive), "--dest", str(data)], env)
+    data = named_dataset(args.data, work)
     print(f"data: {args.data}; weights: {args.weights}; machine: {machine()}")
     rows = []
     for recipe in recipes:

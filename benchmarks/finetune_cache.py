@@ -25,10 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
+from _common import SHARED_WEIGHTS, machine, named_dataset
 
 
 def main() -> None:
@@ -43,17 +40,11 @@ def main() -> None:
     parser.add_argument("--seed", default="0")
     args = parser.parse_args()
     weights = args.weights or (
-        str(WEIGHTS) if args.backbone == "mobilenet_v2" and WEIGHTS.is_file() else "none"
+        str(SHARED_WEIGHTS) if args.backbone == "mobilenet_v2" and SHARED_WEIGHTS.is_file() else "none"
     )
 
     work = Path(tempfile.mkdtemp(prefix="scenecls-finetune-cache-"))
-    data = Path(args.data)
-    if not data.exists():
-        archive = SHARED / "data" / f"{args.data}.zip"
-        if not archive.is_file():
-            sys.exit(f"no data: {args.data} is neither a folder nor {archive}")
-        data = work / args.data
-        scenecls(["fetch-data", "--from", str(archive), "--dest", str(data)], work / "fetch")
+    data = named_dataset(args.data, work)
     print(f"data: {args.data}; backbone: {args.backbone}; weights: {weights}; seed {args.seed}; "
           f"machine: {machine()}")  # fmt: skip
     common = ["train", "--data", str(data), "--backbone", args.backbone, "--weights", weights,

@@ -22,16 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
+from _common import SHARED_WEIGHTS, machine, named_dataset
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="intel-mini")
-    parser.add_argument("--weights", default=str(WEIGHTS) if WEIGHTS.is_file() else "none")
+    parser.add_argument("--weights", default=str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "none")
     parser.add_argument("--dense", default="0,1,2,3")
     parser.add_argument("--unfreeze", default="0,1,3,5")
     parser.add_argument("--epochs", default="10")
@@ -39,17 +36,11 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="scenecls-sweep-speed-"))
-    data = Path(args.data)
-    if not data.exists():
-        archive = SHARED / "data" / f"{args.data}.zip"
-        if not archive.is_file():
-            sys.exit(f"no data: {args.data} is neither a folder nor {archive}")
-        data = work / args.data
-        run(["fetch-data", "--from", str(archive), "--dest", str(data)], work / "fetch")
+    data = named_dataset(args.data, work)
     print(f"data: {args.data}; weights: {args.weights}; machine: {machine()}")
     grid = ["--backbones", "mobilenet_v2", "--dense", args.dense, "--unfreeze", args.unfreeze]
     common = [*grid, "--data", str(data), "--weights", args.weights, "--epochs", args.epochs,
-              "--finetune-epochs", args.finetune_epochs, "--no-export", "--format", "json"]  # fmt: skip
+              "--finetune-epochs", args.finetune_epochs, "--format", "json"]  # fmt: skip
     results = {}
     for label, extra in (("images", ["--finetune-copies", "0"]), ("activation cache", [])):
         home = work / label.replace(" ", "-")
