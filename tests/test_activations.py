@@ -349,3 +349,31 @@ def test_a_disk_that_fills_while_building_fails_cleanly_and_keeps_nothing_half_w
     assert state["status"] == "failed" and state["epoch"] == 1  # the head's epoch is kept
     cache = Path(os.environ["SCENECLS_HOME"]) / "cache" / "activations"
     assert cache.is_dir() and not list(cache.glob(".*.building"))  # the staging folder is gone
+
+
+def test_ctrl_c_while_building_the_cache_is_an_interrupted_run_that_resumes(data, tmp_path, monkeypatch):
+    """As in a sweep stopped mid-build: no half entry is left, and the resumed run builds a whole one."""
+
+    def interrupted(*args):  # Ctrl-C as the first copy's activations are being written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(activations, "_fill", interrupted)
+    project = tmp_path / "runs"
+    args = ["--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1",
+            "--seed", "13"]  # fmt: skip
+    result = invoke("-q", "train", *args, "--project", str(project))
+    assert result.exit_code == 130
+    assert f"scenecls train --resume {project / 'train'}" in result.stderr
+    state = json.loads((project / "train" / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["epoch"] == 1  # the head epoch is kept
+    cache = Path(os.environ["SCENECLS_HOME"]) / "cache" / "activations"
+    before = set(cache.iterdir())
+    assert not [p for p in before if p.name.endswith(".building")]
+
+    monkeypatch.undo()
+    resumed = invoke("train", "--resume", str(project / "train"), "--format", "json")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["epochs"] == 2
+    metrics = json.loads((project / "train" / "metrics.json").read_text())
+    assert metrics["activation_cache"] == {"finetune": "built"}
+    assert len(set(cache.iterdir()) - before) == 1  # one whole entry, built by the resumed run
