@@ -42,6 +42,7 @@ from scenecls.data.fetch import check_free_space, file_sha256
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.training.features import weights_sha256
 from scenecls.unfreeze import UnfreezePolicy
 
 CACHE_VERSION = 2  # 2: stored times a power-of-two scale
@@ -103,17 +104,6 @@ def split_classifier(model, backbone, index: int) -> CutModels:
     return CutModels(first.name, lower, upper, tuple(backbone.layers[:index]))
 
 
-def lower_weights_sha256(layers) -> str:
-    """A hash of the frozen part's weights: the same weights give the same activations."""
-    digest = hashlib.sha256()
-    for layer in layers:
-        for weight in layer.weights:
-            value = np.ascontiguousarray(np.asarray(weight))
-            digest.update(f"{value.shape}{value.dtype}".encode())
-            digest.update(value.tobytes())
-    return digest.hexdigest()[:20]
-
-
 def cache_key(
     backbone, cut: CutModels, size: tuple[int, int], augment: AugmentConfig, copies: int, seed: int,
     train: Split, val: Split,
@@ -123,7 +113,8 @@ def cache_key(
         "version": CACHE_VERSION,
         "backbone": backbone.name,
         "cut": cut.layer,
-        "weights": lower_weights_sha256(cut.lower_layers),
+        # the frozen part's weights: the same weights give the same activations
+        "weights": weights_sha256(w for layer in cut.lower_layers for w in layer.weights),
         "size": list(size),
         "augment": augment.to_dict() if augmented else None,
         "copies": copies if augmented else 1,
@@ -217,7 +208,8 @@ def load_or_build(
     if not fields["augment"]:
         augmentations = [None] * fields["copies"]
     _build(folder, fields, cut, train, val, size, batch_size, augmentations, reporter)
-    stored = _open(folder, fields, len(train), len(val), cut.shape)
+    # The checksums were just computed from these files: reading them back checks meta and shapes only.
+    stored = _open(folder, fields, len(train), len(val), cut.shape, checksums=False)
     if stored is None:  # written and at once unreadable: a full or failing disk
         from scenecls.errors import SceneclsError
 
@@ -380,13 +372,13 @@ def _fill(store: np.ndarray, dataset, forward, task, scale: float | None) -> flo
 
 
 def _open(
-    folder: Path, fields: dict, n_train: int, n_val: int, shape: tuple[int, ...]
+    folder: Path, fields: dict, n_train: int, n_val: int, shape: tuple[int, ...], *, checksums: bool = True
 ) -> tuple[np.ndarray, np.ndarray, float] | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         if any(meta.get(k) != v for k, v in fields.items()):
             return None
-        for name in ("train.npy", "val.npy"):
+        for name in ("train.npy", "val.npy") if checksums else ():
             if file_sha256(folder / name) != meta["sha256"][name]:
                 return None
         train = np.load(folder / "train.npy", mmap_mode="r")

@@ -45,8 +45,13 @@ class CachedFeatures:
 
 def backbonefile_sha256(backbone) -> str:
     """A hash of the backbone's weights: the same weights give the same features, whatever their source."""
+    return weights_sha256(backbone.weights)
+
+
+def weights_sha256(weights) -> str:
+    """A hash of the values and shapes of ``weights`` (variable names differ once a model is reloaded)."""
     digest = hashlib.sha256()
-    for weight in backbone.weights:  # values and shapes only: variable names differ once reloaded
+    for weight in weights:
         value = np.ascontiguousarray(np.asarray(weight))
         digest.update(f"{value.shape}{value.dtype}".encode())
         digest.update(value.tobytes())
