@@ -42,6 +42,21 @@ def named_dataset(name: str, workdir: Path) -> Path:
     return workdir / name
 
 
+def run_scenecls(args: list[str], home: Path) -> str:
+    """``scenecls -q ARGS`` in a fresh process with ``home`` as its SCENECLS_HOME; its stdout.
+    Exits with scenecls's error when it fails."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SCENECLS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "scenecls", "-q", *args], env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"scenecls {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
 def generated(root: Path, per_class: int = 250, size: int = 150) -> Path:
     import numpy as np
     from PIL import Image

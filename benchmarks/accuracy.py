@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import SHARED_WEIGHTS, machine, named_dataset
+from _common import SHARED_WEIGHTS, machine, named_dataset, run_scenecls
 
 BASE = ["--backbone", "mobilenet_v2", "--no-export"]
 RECIPES: dict[str, list[str]] = {
@@ -87,7 +85,6 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="scenecls-accuracy-"))
-    env = {**os.environ, "SCENECLS_HOME": str(work / "home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     data = named_dataset(args.data, work)
     print(f"data: {args.data}; weights: {args.weights}; machine: {machine()}")
     rows = []
@@ -96,7 +93,7 @@ def main() -> None:
             command = ["train", "--data", str(data), *BASE, "--weights", args.weights, *RECIPES[recipe],
                        "--seed", str(seed), "--project", str(work / "runs"), "--name", f"{recipe}-s{seed}",
                        "--format", "json"]  # fmt: skip
-            result = json.loads(run(command, env))
+            result = json.loads(run_scenecls(command, work / "home"))
             metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
             step = phase_step(Path(result["run_dir"]) / "history.csv")
             row = {
@@ -157,15 +154,6 @@ def phase_step(history: Path) -> float:
         if before["phase"] == "head" and after["phase"] != "head":
             return float(after["val_accuracy"]) - float(before["val_accuracy"])
     return 0.0
-
-
-def run(args: list[str], env: dict) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "scenecls", "-q", *args], env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        sys.exit(f"scenecls {' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout
 
 
 if __name__ == "__main__":

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED_WEIGHTS, machine, named_dataset
+from _common import SHARED_WEIGHTS, machine, named_dataset, run_scenecls
 
 
 def main() -> None:
@@ -45,7 +42,7 @@ def main() -> None:
     for label, extra in (("images", ["--finetune-copies", "0"]), ("activation cache", [])):
         home = work / label.replace(" ", "-")
         start = time.perf_counter()
-        rows = json.loads(run(["sweep", *common, *extra, "--project", str(home / "runs")], home))
+        rows = json.loads(run_scenecls(["sweep", *common, *extra, "--project", str(home / "runs")], home))
         seconds = time.perf_counter() - start
         finetune = 0.0
         for row in rows:
@@ -65,16 +62,6 @@ def main() -> None:
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
-
-
-def run(args: list[str], home: Path) -> str:
-    env = {**os.environ, "SCENECLS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "scenecls", "-q", *args], env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        sys.exit(f"scenecls {' '.join(args)} failed: {done.stderr.strip()}")
-    return done.stdout
 
 
 if __name__ == "__main__":
