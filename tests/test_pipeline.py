@@ -104,5 +104,21 @@ def test_augmentation_changes_pixels_not_shapes(class_folders):
     assert b.min() >= 0.0 and b.max() <= 255.0
 
 
+def test_augmentation_repeats_for_a_seed_and_changes_every_epoch(class_folders):
+    """Batches are augmented by parallel threads: a seed must still give the same images every run."""
+    data = prepare_data(class_folders)
+
+    def epochs(seed: int, count: int = 2) -> list[np.ndarray]:
+        augment = build_augmentation(AugmentConfig(), seed=seed)
+        dataset = make_dataset(data.train, (32, 32), batch_size=1, augment=augment)  # many small batches
+        return [np.concatenate([x for x, _ in dataset.as_numpy_iterator()]) for _ in range(count)]
+
+    first, second = epochs(1), epochs(1)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(first[0], first[1])  # a fresh augmentation in each epoch
+    assert not np.allclose(first[0], epochs(2, 1)[0])
+
+
 def test_augmentation_can_be_switched_off():
     assert build_augmentation(AugmentConfig(0, 0, 0, 0, False)) is None

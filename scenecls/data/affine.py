@@ -62,24 +62,43 @@ class RandomAffine(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def _uniform(self, n, low: float, high: float):
-        return keras.random.uniform((n,), low, high, seed=self.seed_generator)
+    def next_seed(self):
+        """A seed for the next batch, from the layer's seed state (a ``(2,)`` int32 tensor).
 
-    def call(self, images, training: bool = True):
+        The pipeline draws it in a sequential step, in batch order, and the parallel step that augments
+        passes it to :meth:`call`: the draws are then the same whichever thread runs first. (Drawing from
+        the seed state inside the parallel step hands the draws to batches in the order threads reach
+        it, which differs from run to run.)
+        """
+        return ops.cast(self.seed_generator.next(), "int32")
+
+    def call(self, images, training: bool = True, seed=None):
         if not training:
             return images
         n = ops.shape(images)[0]
         height, width = images.shape[1], images.shape[2]
-        angle = self._uniform(n, -1.0, 1.0) * math.radians(self.rotation)
-        shift_x = self._uniform(n, -1.0, 1.0) * (self.shift * width)
-        shift_y = self._uniform(n, -1.0, 1.0) * (self.shift * height)
-        shear = self._uniform(n, -1.0, 1.0) * math.radians(self.shear)
-        zoom_x = self._uniform(n, 1.0 - self.zoom, 1.0 + self.zoom)
-        zoom_y = self._uniform(n, 1.0 - self.zoom, 1.0 + self.zoom)
-        flip = ops.cast(self._uniform(n, 0.0, 1.0) < 0.5, "float32") if self.flip else ops.zeros((n,))
+        u = self._draws(n, seed)  # (7, n), uniform in [0, 1)
+
+        def either_way(row, extent: float):
+            return (2.0 * u[row] - 1.0) * extent
+
+        angle = either_way(0, math.radians(self.rotation))
+        shift_x = either_way(1, self.shift * width)
+        shift_y = either_way(2, self.shift * height)
+        shear = either_way(3, math.radians(self.shear))
+        zoom_x = 1.0 + either_way(4, self.zoom)
+        zoom_y = 1.0 + either_way(5, self.zoom)
+        flip = ops.cast(u[6] < 0.5, "float32") if self.flip else ops.zeros_like(u[6])
         rows = affine_rows(angle, shift_x, shift_y, shear, zoom_x, zoom_y, flip, height, width)
         transform = ops.stack(rows, axis=1)
         return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="nearest")
+
+    def _draws(self, n, seed):
+        if seed is None:
+            return keras.random.uniform((7, n), seed=self.seed_generator)
+        import tensorflow as tf
+
+        return tf.random.stateless_uniform((7, n), seed=seed)
 
     def compute_output_shape(self, input_shape):
         return input_shape

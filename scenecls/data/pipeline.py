@@ -167,10 +167,10 @@ def make_dataset(
         image.set_shape((height, width, 3))
         return image, label
 
-    def _to_float(images, labels):
+    def _to_float(images, labels, seed=None):
         images = tf.cast(images, tf.float32)
         if augment is not None:
-            images = augment(images, training=True)
+            images = augment(images, training=True) if seed is None else augment(images, seed=seed)
         return images, labels
 
     labels = np.asarray(split.labels, dtype=np.int32)
@@ -188,6 +188,10 @@ def make_dataset(
         if shuffle:
             ds = ds.shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    if augment is not None and hasattr(augment, "next_seed"):
+        # Each batch's seed drawn in order by one thread; the parallel step augments from it, so that a
+        # seed gives the same images (and a cache entry the same bytes) from run to run.
+        ds = ds.map(lambda images, labels: (images, labels, augment.next_seed()))
     ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     # tf.data's autotuning thread makes deleting a finished iterator block for up to 5 s now and then
