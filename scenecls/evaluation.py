@@ -93,13 +93,15 @@ def evaluate_predictions(
 
 
 def predict_split(model, split: Split, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities for every image of ``split``, in order."""
+    """Class probabilities for every image of ``split``, in order (through a copy of ``model`` with its
+    batch normalisation folded, :func:`~scenecls.models.folding.for_inference`)."""
     from scenecls.classifier import input_size
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
+    from scenecls.models.folding import for_inference
 
     dataset = make_dataset(split, input_size(model), batch_size, drop_unreadable=False)
     with finite_dataset_warnings_silenced():
-        return np.asarray(model.predict(dataset, verbose=0))
+        return np.asarray(for_inference(model).predict(dataset, verbose=0))
 
 
 def prediction_rows(split: Split, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:

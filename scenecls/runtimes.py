@@ -133,7 +133,7 @@ class KerasRuntime:
         self.model = model
         self.input_size = input_size(model)
         self.num_classes = num_classes(model)
-        self._forward = inference_function(model, batch_size, jit=jit)
+        self._forward = inference_function(model, batch_size, jit=jit, fold=True)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self._forward(images)

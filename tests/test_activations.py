@@ -156,8 +156,8 @@ def test_values_beyond_float16_after_the_first_batch_are_stored_as_float32(tmp_p
     original = classifier.inference_function
     calls = {"n": 0}
 
-    def growing(model, batch_size):
-        forward = original(model, batch_size)
+    def growing(model, batch_size, **options):
+        forward = original(model, batch_size, **options)
 
         def run(images):
             calls["n"] += 1

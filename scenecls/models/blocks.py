@@ -65,7 +65,7 @@ def inbound_layers(layer, known: set[int] | None = None, graph: set[str] | None 
     of ``layer`` in other models.
     """
     parents = []
-    for operation in _parents(layer, graph):
+    for operation in parent_operations(layer, graph):
         if known is None or id(operation) in known:
             parents.append(operation)
         else:
@@ -98,8 +98,8 @@ def cut_points(layers: list, graph: set[str] | None = None) -> list[int]:
     def place(operation) -> int:
         key = id(operation)
         if key not in born:
-            born[key] = max((place(p) for p in _parents(operation, graph)), default=0)
-            for parent in _parents(operation, graph):
+            born[key] = max((place(p) for p in parent_operations(operation, graph)), default=0)
+            for parent in parent_operations(operation, graph):
                 use(parent, born[key])
         return born[key]
 
@@ -109,7 +109,7 @@ def cut_points(layers: list, graph: set[str] | None = None) -> list[int]:
         last_use[key] = max(last_use.get(key, start), at)
 
     for i, layer in enumerate(layers):
-        for parent in _parents(layer, graph):
+        for parent in parent_operations(layer, graph):
             use(parent, i)
     cuts = []
     for i in range(len(layers) - 1):
@@ -119,7 +119,9 @@ def cut_points(layers: list, graph: set[str] | None = None) -> list[int]:
     return cuts
 
 
-def _parents(operation, graph: set[str] | None = None) -> list:
+def parent_operations(operation, graph: set[str] | None = None) -> list:
+    """The operations whose outputs ``operation`` takes, in the calls that are ``graph``'s nodes (all
+    its calls when None)."""
     return [
         parent.operation
         for index, node in enumerate(getattr(operation, "_inbound_nodes", []))

@@ -45,7 +45,7 @@ from scenecls.reporting import NullReporter, Reporter
 from scenecls.training.features import weights_sha256
 from scenecls.unfreeze import UnfreezePolicy
 
-CACHE_VERSION = 2  # 2: stored times a power-of-two scale
+CACHE_VERSION = 3  # 2: stored times a power-of-two scale; 3: batch normalisation folded
 STORED_DTYPE = np.float16  # half the disk and page cache of float32; see benchmarks/README.md
 HEADROOM = 64.0  # how much larger than the first batch's largest value later values may be in float16
 ABANDONED_AFTER = 24 * 3600  # seconds after which another host's unfinished build counts as abandoned
@@ -274,7 +274,7 @@ def _build(
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / staging_name(folder.name)
-    forward = inference_function(cut.lower, batch_size)
+    forward = inference_function(cut.lower, batch_size, fold=True)  # the frozen part: folded
     copies = fields["copies"]
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")

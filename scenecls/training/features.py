@@ -29,7 +29,7 @@ from scenecls.data.fetch import file_sha256
 from scenecls.data.layout import Split
 from scenecls.reporting import NullReporter, Reporter
 
-CACHE_VERSION = 2  # 2: augmented copies made by one affine resampling
+CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 POOL_LAYER = "head_pool"
 
 
@@ -93,10 +93,11 @@ def feature_model(classifier):
 
 
 def extractor(classifier, batch_size: int):
-    """``images -> pooled features`` as one traced function (see ``classifier.inference_function``)."""
+    """``images -> pooled features`` as one traced function (see ``classifier.inference_function``),
+    batch normalisation folded: the backbone is frozen while features are computed."""
     from scenecls.classifier import inference_function
 
-    return inference_function(feature_model(classifier), batch_size)
+    return inference_function(feature_model(classifier), batch_size, fold=True)
 
 
 def head_model(classifier):
