@@ -1,14 +1,15 @@
 """Accuracy of named training recipes on real images, with real weights, over several seeds.
 
 Run: python benchmarks/accuracy.py [--recipes seed,default] [--seeds 0,1] [--data intel-dev]
-                                   [--weights PATH] [--markdown]
+                                   [--weights PATH] [--markdown] [--tta]
 
 A recipe is a set of `scenecls train` options; each runs as a user runs it (`scenecls train ... --seed S`
 in a fresh process) on the data's own test split, then the table gives, per recipe and seed, the best
 validation accuracy, the test accuracy and the seconds of each phase, and per recipe the mean test
 accuracy and its spread (max - min) over the seeds. `--data` is intel-dev (the default: unpacked from
 ../shared with `fetch-data --from`), intel-mini, or a folder; `--weights` defaults to the shared real
-MobileNetV2 weights. Tune recipes on intel-dev only: its test part is the test set.
+MobileNetV2 weights. `--tta` also evaluates each run's best model with `scenecls evaluate --tta`. Tune
+recipes on intel-dev only: its test part is the test set.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ RECIPES: dict[str, list[str]] = {
     # Fewer or more augmented copies in the activation cache.
     "finetune-copies-1": ["--finetune-copies", "1"],
     "finetune-copies-4": ["--finetune-copies", "4"],
+    # Cached activation maps flipped left-right at random every epoch (on 2 and on 4 copies).
+    "finetune-flip": ["--finetune-flip"],
+    "finetune-copies-4-flip": ["--finetune-copies", "4", "--finetune-flip"],
+    "size-224-flip": ["--image-size", "224", "--finetune-flip"],
     # Fewer copies, more epochs.
     "finetune-copies-2-epochs-15": ["--finetune-copies", "2", "--finetune-epochs", "15"],
     # Only the last block fine-tuned, on the activation cache and on images.
@@ -77,6 +82,9 @@ def main() -> None:
     parser.add_argument("--data", default="intel-dev")
     parser.add_argument("--weights", default=str(SHARED_WEIGHTS))
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--tta", action="store_true", help="also evaluate each run's best model on test with --tta"
+    )
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in RECIPES]
@@ -107,10 +115,16 @@ def main() -> None:
                 "caches": caches(metrics),
                 "command": "scenecls " + " ".join(command[:1] + command[3:-4]),
             }
+            if args.tta:
+                evaluated = run_scenecls(
+                    ["evaluate", result["run_dir"], "--tta", "--format", "json"], work / "home"
+                )
+                row["test_tta"] = json.loads(evaluated)["accuracy"]
             rows.append(row)
             print(
                 f"{recipe:18s} seed {seed}: val {row['val']:.4f} test {row['test']:.4f} "
-                f"phase step {step:+.4f} caches {row['caches']} "
+                + (f"with --tta {row['test_tta']:.4f} " if args.tta else "")
+                + f"phase step {step:+.4f} caches {row['caches']} "
                 f"({row['seconds']:.0f} s: {', '.join(f'{k} {v:.0f} s' for k, v in row['phases'].items())})",
                 flush=True,
             )
@@ -125,15 +139,16 @@ def main() -> None:
         spread = max(tests) - min(tests)
         seconds = statistics.mean(r["seconds"] for r in mine)
         options = " ".join(RECIPES[recipe]) or "(defaults)"
+        tta = f", with --tta {statistics.mean(r['test_tta'] for r in mine):.4f}" if args.tta else ""
         if args.markdown:
             print(
                 f"| {recipe} | `{options}` | {len(mine)} | {statistics.mean(vals):.4f} | "
-                f"{statistics.mean(tests):.4f} | {spread:.4f} | {seconds:.0f} |"
+                f"{statistics.mean(tests):.4f}{tta} | {spread:.4f} | {seconds:.0f} |"
             )
         else:
             print(
                 f"{recipe:18s} {len(mine)} seed(s): val {statistics.mean(vals):.4f}, test "
-                f"{statistics.mean(tests):.4f} (spread {spread:.4f}), {seconds:.0f} s"
+                f"{statistics.mean(tests):.4f} (spread {spread:.4f}){tta}, {seconds:.0f} s"
             )
 
 

@@ -19,6 +19,7 @@ from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_datase
 from scenecls.models.registry import get_spec
 from scenecls.reporting import NullReporter
 from scenecls.training import activations, runs
+from scenecls.training.sources import flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
@@ -282,10 +283,11 @@ def test_fine_tuning_runs_on_images_when_the_cache_does_not_apply(data, tmp_path
 
 
 def test_resume_in_a_cached_fine_tuning_phase_repeats_the_uninterrupted_epochs(data, tmp_path, monkeypatch):
-    """Each epoch reads its copy in its own seeded order, so after --resume (optimizer state from
-    last.keras, the same cache entry) the epochs are the ones an uninterrupted run trains."""
+    """Each epoch reads its copy in its own seeded order (and flips its own half of the maps), so after
+    --resume (optimizer state from last.keras, the same cache entry) the epochs are the ones an
+    uninterrupted run trains."""
     args = [*TINY, "--data", str(data), "--dropout", "0", "--epochs", "1", "--finetune-epochs", "3",
-            "--unfreeze", "1", "--seed", "3"]  # fmt: skip
+            "--unfreeze", "1", "--seed", "3", "--finetune-flip"]  # fmt: skip
     straight = invoke("train", *args, "--project", str(tmp_path / "a"))
     assert straight.exit_code == 0, straight.output
 
@@ -302,6 +304,17 @@ def test_resume_in_a_cached_fine_tuning_phase_repeats_the_uninterrupted_epochs(d
         assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4, abs=1e-6), key
     metrics = json.loads((tmp_path / "b" / "train" / "metrics.json").read_text())
     assert metrics["activation_cache"] == {"finetune": "reused"}
+    assert json.loads((tmp_path / "b" / "train" / "config.json").read_text())["finetune_flip"] is True
+
+
+def test_flip_half_mirrors_a_seeded_half_of_the_maps():
+    maps = np.random.default_rng(0).normal(size=(64, 3, 4, 2)).astype(np.float32)
+    flipped = flip_half(maps.copy(), np.random.default_rng([1, 2, 3]))
+    mirrored = [i for i in range(len(maps)) if not np.array_equal(flipped[i], maps[i])]
+    assert 16 < len(mirrored) < 48
+    for i in range(len(maps)):
+        np.testing.assert_array_equal(flipped[i], maps[i][:, ::-1] if i in mirrored else maps[i])
+    np.testing.assert_array_equal(flip_half(maps.copy(), np.random.default_rng([1, 2, 3])), flipped)
 
 
 def test_no_room_for_the_cache_fine_tunes_on_images_and_says_so(data, tmp_path, monkeypatch):

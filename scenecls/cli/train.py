@@ -106,6 +106,14 @@ def finetune_cache_options(func):
                 "blocks are cached for fine-tuning (epoch e trains on copy e mod K); 0 = fine-tune on "
                 "images, freshly augmented every epoch.",
             ),
+            click.option(
+                "--finetune-flip/--no-finetune-flip",
+                default=DEFAULTS.finetune_flip,
+                show_default=True,
+                help="Flip half of the cached activation maps left-right in every fine-tuning epoch, "
+                "a new half each time: more variety from the same copies (a flipped map stands in "
+                "for a flipped image's).",
+            ),
         ]
     ):
         func = option(func)

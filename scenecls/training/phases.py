@@ -432,7 +432,9 @@ def epoch_source(
         entry = cached(cache_dir(), build=False) or cached(run_dir or cache_dir(), build=True)
     if entry is None:
         return images, None
-    source = CutPointSource(model, cut, entry, batch_size=config.batch_size, seed=config.seed)
+    source = CutPointSource(
+        model, cut, entry, batch_size=config.batch_size, seed=config.seed, flip=config.finetune_flip
+    )
     return source, "reused" if entry.reused else "built"
 
 

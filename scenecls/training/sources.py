@@ -117,12 +117,14 @@ class CutPointSource:
     classifier's variables in the classifier's order, so ``last.keras`` (written whole every epoch) holds
     its state exactly as a run on images would, and ``--resume`` loads it back. Epoch ``e`` reads copy
     ``e mod copies`` in an order of its own (seeded by the run's seed and the epoch), so an epoch after
-    ``--resume`` sees exactly what it would have seen without the interruption.
+    ``--resume`` sees exactly what it would have seen without the interruption; with ``flip``, half of
+    each batch's maps mirrored left-right, the half seeded the same way.
     """
 
     def __init__(
-        self, model, cut: CutModels, cached: CachedActivations, *, batch_size: int, seed: int
-    ) -> None:
+        self, model, cut: CutModels, cached: CachedActivations, *, batch_size: int, seed: int,
+        flip: bool = False,
+    ) -> None:  # fmt: skip
         import tensorflow as tf
 
         self.model = model
@@ -145,7 +147,10 @@ class CutPointSource:
                 orders.clear()
                 orders[epoch] = np.random.default_rng([seed, epoch]).permutation(count)
             chosen = np.sort(orders[epoch][step * batch_size : (step + 1) * batch_size])
-            return cached.read(train[epoch % copies][chosen]), labels[chosen]
+            batch = cached.read(train[epoch % copies][chosen])
+            if flip:
+                batch = flip_half(batch, np.random.default_rng([seed, epoch, step]))
+            return batch, labels[chosen]
 
         def epoch_data(_):
             epoch = self._epoch.read_value()
@@ -174,6 +179,13 @@ class CutPointSource:
 
     def checkpoints(self, run_dir: Path) -> ModelCheckpoints:
         return ModelCheckpoints(self.model, run_dir)
+
+
+def flip_half(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``batch`` (``(n, height, width, channels)`` maps) with a random half mirrored left-right."""
+    mirrored = rng.random(len(batch)) < 0.5
+    batch[mirrored] = batch[mirrored][:, :, ::-1]
+    return batch
 
 
 def _batch_of(pair, shape: tuple[int, ...]):
