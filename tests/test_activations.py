@@ -17,8 +17,10 @@ from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset, prepare_data
 from scenecls.models.registry import get_spec
+from scenecls.paths import cache_dir
 from scenecls.reporting import NullReporter
 from scenecls.training import activations, runs
+from scenecls.training.caches import list_entries
 from scenecls.training.sources import flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
 from tests.conftest import ctrl_c_at_batch, write_class_folders
@@ -254,6 +256,9 @@ def test_fine_tuning_on_cached_activations_trains_and_saves_the_whole_model(data
     reused = json.loads((project / "again" / "metrics.json").read_text())["activation_cache"]
     assert reused == {"finetune1": "reused", "finetune2": "reused"}
     assert json.loads(again.stdout)["best_val_accuracy"] == json.loads(result.stdout)["best_val_accuracy"]
+    # `scenecls cache` lists real entries as usable, and reading one counts as a use
+    entries = [e for e in list_entries(cache_dir(), ["activations"]) if e.state == "current"]
+    assert sum(e.used > e.created for e in entries) >= 2
 
 
 @pytest.mark.parametrize(

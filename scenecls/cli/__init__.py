@@ -29,6 +29,7 @@ COMMANDS = {
     "export": "scenecls.cli.export:export",
     "lr-find": "scenecls.cli.lr_find:lr_find",
     "backbones": "scenecls.cli.backbones:backbones",
+    "cache": "scenecls.cli.cache:cache",
 }
 
 EXIT_CODES_HELP = (

@@ -42,6 +42,7 @@ from scenecls.data.fetch import check_free_space, file_sha256
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.training.caches import mark_used
 from scenecls.training.features import weights_sha256
 from scenecls.unfreeze import UnfreezePolicy
 
@@ -188,6 +189,7 @@ def load_or_build(
     stored = _open(folder, fields, len(train), len(val), cut.shape)
     if stored is not None:
         reporter.log(f"Activation cache: reusing {folder} (cut before {cut.layer})")
+        mark_used(folder)
         return CachedActivations(
             stored[0], np.asarray(train.labels), stored[1], np.asarray(val.labels), key, folder, True,
             stored[2],
@@ -235,16 +237,19 @@ def remove_abandoned(parent: Path) -> None:
     if not parent.is_dir():
         return
     for staging in parent.glob(".*.building"):
-        host, _, pid = staging.name.split(".")[-2].rpartition("-")
-        if host == _host():
-            abandoned = pid.isdigit() and not _alive(int(pid))
-        else:
-            try:
-                abandoned = time.time() - staging.stat().st_mtime > ABANDONED_AFTER
-            except OSError:
-                continue
-        if abandoned:
+        if is_abandoned(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_abandoned(staging: Path) -> bool:
+    """Whether a staging folder (see :func:`staging_name`) is a build whose process is gone."""
+    host, _, pid = staging.name.split(".")[-2].rpartition("-")
+    if host == _host():
+        return pid.isdigit() and not _alive(int(pid))
+    try:
+        return time.time() - staging.stat().st_mtime > ABANDONED_AFTER
+    except OSError:
+        return False
 
 
 def staging_name(key: str) -> str:

@@ -28,6 +28,7 @@ from scenecls.data.augment import AugmentConfig, augmented_copies
 from scenecls.data.fetch import file_sha256
 from scenecls.data.layout import Split
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.training.caches import mark_used
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 POOL_LAYER = "head_pool"
@@ -184,6 +185,7 @@ def load_or_compute(
     cached = _read(folder, fields, len(train), len(val))
     if cached is not None:
         reporter.log(f"Feature cache: reusing {folder}")
+        mark_used(folder)
         return CachedFeatures(
             cached[0], np.asarray(train.labels), cached[1], np.asarray(val.labels), key, True
         )
