@@ -36,11 +36,13 @@ RECIPES: dict[str, list[str]] = {
     # Fewer or more augmented copies in the activation cache.
     "finetune-copies-1": ["--finetune-copies", "1"],
     "finetune-copies-4": ["--finetune-copies", "4"],
-    # Cached activation maps flipped left-right at random every epoch (on 2 and on 4 copies).
-    "finetune-flip": ["--finetune-flip"],
-    "finetune-copies-4-flip": ["--finetune-copies", "4", "--finetune-flip"],
-    "size-224-flip": ["--image-size", "224", "--finetune-flip"],
-    # Fewer copies, more epochs.
+    # Cached activation maps flipped left-right or cropped at random every epoch.
+    "finetune-flip": ["--finetune-map-aug", "flip"],
+    "finetune-crop": ["--finetune-map-aug", "crop"],
+    "finetune-copies-4-flip": ["--finetune-copies", "4", "--finetune-map-aug", "flip"],
+    "size-224-flip": ["--image-size", "224", "--finetune-map-aug", "flip"],
+    # Fewer copies, more epochs; the same copies, more epochs.
+    "finetune-copies-1-epochs-15": ["--finetune-copies", "1", "--finetune-epochs", "15"],
     "finetune-copies-2-epochs-15": ["--finetune-copies", "2", "--finetune-epochs", "15"],
     # Only the last block fine-tuned, on the activation cache and on images.
     "unfreeze-1": ["--unfreeze", "1"],

@@ -50,7 +50,7 @@ class TrainConfig:
     feature_cache: bool = True  # cached features (phase 1) and activations (fine-tuning); see training/
     cache_aug: int = 0  # augmented copies per image in the feature cache, besides the image itself
     finetune_copies: int = 2  # augmented copies per image in the fine-tuning activation cache
-    finetune_flip: bool = False  # cached activation maps flipped left-right at random, every epoch
+    finetune_map_aug: str = "none"  # "flip", "crop" or "flip,crop": cached activation maps changed each epoch
     parent: str | None = None  # the run a fine-tuning run started from
     tensorboard: bool = False  # TensorBoard logs in the run folder
     export_tflite: bool = True  # best.tflite beside best.keras when the run ends (fast predict)

@@ -21,7 +21,7 @@ from scenecls.paths import cache_dir
 from scenecls.reporting import NullReporter
 from scenecls.training import activations, runs
 from scenecls.training.caches import list_entries
-from scenecls.training.sources import flip_half
+from scenecls.training.sources import crop_resize, flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
@@ -288,11 +288,11 @@ def test_fine_tuning_runs_on_images_when_the_cache_does_not_apply(data, tmp_path
 
 
 def test_resume_in_a_cached_fine_tuning_phase_repeats_the_uninterrupted_epochs(data, tmp_path, monkeypatch):
-    """Each epoch reads its copy in its own seeded order (and flips its own half of the maps), so after
+    """Each epoch reads its copy in its own seeded order (and flips and crops its maps its own way), so after
     --resume (optimizer state from last.keras, the same cache entry) the epochs are the ones an
     uninterrupted run trains."""
     args = [*TINY, "--data", str(data), "--dropout", "0", "--epochs", "1", "--finetune-epochs", "3",
-            "--unfreeze", "1", "--seed", "3", "--finetune-flip"]  # fmt: skip
+            "--unfreeze", "1", "--seed", "3", "--finetune-map-aug", "crop,flip"]  # fmt: skip
     straight = invoke("train", *args, "--project", str(tmp_path / "a"))
     assert straight.exit_code == 0, straight.output
 
@@ -309,7 +309,9 @@ def test_resume_in_a_cached_fine_tuning_phase_repeats_the_uninterrupted_epochs(d
         assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4, abs=1e-6), key
     metrics = json.loads((tmp_path / "b" / "train" / "metrics.json").read_text())
     assert metrics["activation_cache"] == {"finetune": "reused"}
-    assert json.loads((tmp_path / "b" / "train" / "config.json").read_text())["finetune_flip"] is True
+    assert (
+        json.loads((tmp_path / "b" / "train" / "config.json").read_text())["finetune_map_aug"] == "flip,crop"
+    )
 
 
 def test_flip_half_mirrors_a_seeded_half_of_the_maps():
@@ -320,6 +322,20 @@ def test_flip_half_mirrors_a_seeded_half_of_the_maps():
     for i in range(len(maps)):
         np.testing.assert_array_equal(flipped[i], maps[i][:, ::-1] if i in mirrored else maps[i])
     np.testing.assert_array_equal(flip_half(maps.copy(), np.random.default_rng([1, 2, 3])), flipped)
+
+
+def test_crop_resize_zooms_and_shifts_each_map_within_its_bounds():
+    maps = np.random.default_rng(0).normal(size=(16, 10, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(crop_resize(maps, np.random.default_rng(1), smallest=1.0), maps, atol=1e-6)
+    # a ramp along the width stays a ramp, its slope the window's share of the map (0.8 to 1)
+    ramp = np.tile(np.arange(10, dtype=np.float32)[None, None, :, None], (16, 10, 1, 2))
+    cropped = crop_resize(ramp, np.random.default_rng(2))
+    slopes = np.diff(cropped, axis=2)[:, :, 1:-1]  # inside: the edge samples may be clamped to the map
+    assert cropped.dtype == np.float32 and cropped.shape == ramp.shape
+    assert slopes.min() >= 0.8 - 1e-5 and slopes.max() <= 1.0 + 1e-5
+    assert np.allclose(slopes, slopes[:, :, :1], atol=1e-5)  # linear: one slope per map
+    assert cropped[:, :, 0].min() >= 0 and cropped[:, :, -1].max() <= 9
+    assert len(np.unique(slopes[:, 0, 0, 0].round(4))) > 8  # a window of its own for each map
 
 
 def test_no_room_for_the_cache_fine_tunes_on_images_and_says_so(data, tmp_path, monkeypatch):
@@ -395,3 +411,8 @@ def test_ctrl_c_while_building_the_cache_is_an_interrupted_run_that_resumes(data
     metrics = json.loads((project / "train" / "metrics.json").read_text())
     assert metrics["activation_cache"] == {"finetune": "built"}
     assert len(set(cache.iterdir()) - before) == 1  # one whole entry, built by the resumed run
+
+
+def test_an_unknown_map_augmentation_is_a_usage_error(data):
+    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--finetune-map-aug", "flip,rotate"])
+    assert result.exit_code == 2 and "rotate is not one of none, flip, crop" in result.output

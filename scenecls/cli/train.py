@@ -86,6 +86,24 @@ def choose_distribution(out: Output, mode: str):
     return distribution
 
 
+class MapAugment(click.ParamType):
+    """``none`` or a comma list of ``flip`` and ``crop``, in that order."""
+
+    name = "none|flip|crop|flip,crop"
+
+    def convert(self, value, param, ctx):
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        if parts in (["none"], []):
+            return "none"
+        unknown = [p for p in parts if p not in MAP_AUGMENTATIONS]
+        if unknown:
+            self.fail(f"{', '.join(unknown)} is not one of none, flip, crop", param, ctx)
+        return ",".join(m for m in MAP_AUGMENTATIONS if m in parts)
+
+
+MAP_AUGMENTATIONS = ("flip", "crop")
+
+
 def finetune_cache_options(func):
     """The caches' switch and the fine-tuning activation cache's copies: for every command that fine-tunes."""
     for option in reversed(
@@ -107,12 +125,13 @@ def finetune_cache_options(func):
                 "images, freshly augmented every epoch.",
             ),
             click.option(
-                "--finetune-flip/--no-finetune-flip",
-                default=DEFAULTS.finetune_flip,
+                "--finetune-map-aug",
+                type=MapAugment(),
+                default=DEFAULTS.finetune_map_aug,
                 show_default=True,
-                help="Flip half of the cached activation maps left-right in every fine-tuning epoch, "
-                "a new half each time: more variety from the same copies (a flipped map stands in "
-                "for a flipped image's).",
+                help="Change the cached activation maps in every fine-tuning epoch, for more variety "
+                "from the same copies: flip (half of them mirrored left-right), crop (a random 80-100 %% "
+                "window resized back), both as flip,crop, or none.",
             ),
         ]
     ):

@@ -433,7 +433,7 @@ def epoch_source(
     if entry is None:
         return images, None
     source = CutPointSource(
-        model, cut, entry, batch_size=config.batch_size, seed=config.seed, flip=config.finetune_flip
+        model, cut, entry, batch_size=config.batch_size, seed=config.seed, map_aug=config.finetune_map_aug
     )
     return source, "reused" if entry.reused else "built"
 

@@ -117,13 +117,13 @@ class CutPointSource:
     classifier's variables in the classifier's order, so ``last.keras`` (written whole every epoch) holds
     its state exactly as a run on images would, and ``--resume`` loads it back. Epoch ``e`` reads copy
     ``e mod copies`` in an order of its own (seeded by the run's seed and the epoch), so an epoch after
-    ``--resume`` sees exactly what it would have seen without the interruption; with ``flip``, half of
-    each batch's maps mirrored left-right, the half seeded the same way.
+    ``--resume`` sees exactly what it would have seen without the interruption. ``map_aug`` (``flip``,
+    ``crop`` or ``flip,crop``) changes each batch's maps as it is read, seeded the same way.
     """
 
     def __init__(
         self, model, cut: CutModels, cached: CachedActivations, *, batch_size: int, seed: int,
-        flip: bool = False,
+        map_aug: str = "none",
     ) -> None:  # fmt: skip
         import tensorflow as tf
 
@@ -148,8 +148,11 @@ class CutPointSource:
                 orders[epoch] = np.random.default_rng([seed, epoch]).permutation(count)
             chosen = np.sort(orders[epoch][step * batch_size : (step + 1) * batch_size])
             batch = cached.read(train[epoch % copies][chosen])
-            if flip:
-                batch = flip_half(batch, np.random.default_rng([seed, epoch, step]))
+            rng = np.random.default_rng([seed, epoch, step])
+            if "flip" in map_aug:
+                batch = flip_half(batch, rng)
+            if "crop" in map_aug:
+                batch = crop_resize(batch, rng)
             return batch, labels[chosen]
 
         def epoch_data(_):
@@ -186,6 +189,32 @@ def flip_half(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     mirrored = rng.random(len(batch)) < 0.5
     batch[mirrored] = batch[mirrored][:, :, ::-1]
     return batch
+
+
+def crop_resize(batch: np.ndarray, rng: np.random.Generator, smallest: float = 0.8) -> np.ndarray:
+    """``batch`` (``(n, height, width, channels)`` maps), each map a random window of ``smallest`` to
+    all of its side, resampled bilinearly back to the whole size: a zoom and shift of the map."""
+    n, height, width, _ = batch.shape
+    scale = rng.uniform(smallest, 1.0, n)
+    top = rng.uniform(0.0, 1.0, n) * (1.0 - scale) * height
+    left = rng.uniform(0.0, 1.0, n) * (1.0 - scale) * width
+
+    def grid(start: np.ndarray, size: int):
+        at = np.clip(start[:, None] + (np.arange(size) + 0.5)[None, :] * scale[:, None] - 0.5, 0, size - 1)
+        low = np.floor(at).astype(np.int64)
+        return low, np.minimum(low + 1, size - 1), (at - low).astype(batch.dtype)
+
+    y0, y1, wy = grid(top, height)
+    x0, x1, wx = grid(left, width)
+    rows = np.arange(n)[:, None, None]
+
+    def pick(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return batch[rows, ys[:, :, None], xs[:, None, :]]
+
+    wy, wx = wy[:, :, None, None], wx[:, None, :, None]
+    return (pick(y0, x0) * (1 - wy) + pick(y1, x0) * wy) * (1 - wx) + (
+        pick(y0, x1) * (1 - wy) + pick(y1, x1) * wy
+    ) * wx
 
 
 def _batch_of(pair, shape: tuple[int, ...]):
