@@ -27,6 +27,7 @@ def main() -> None:
 
     from scenecls.classifier import build_classifier, inference_function
     from scenecls.data.images import load_rgb
+    from scenecls.models.folding import for_inference
     from scenecls.predict import expand_inputs, predict_files
     from scenecls.runtimes import KerasRuntime
 
@@ -51,7 +52,7 @@ def main() -> None:
 
     keras_raw = raw_forward(model.predict_on_batch)
     raw = raw_forward(inference_function(model, args.batch))
-    folded = raw_forward(inference_function(model, args.batch, fold=True))
+    folded = raw_forward(inference_function(for_inference(model), args.batch))
 
     runtime = KerasRuntime.of(model, args.batch)
     list(predict_files(runtime, inputs[: args.batch], classes, batch_size=args.batch))  # warm-up

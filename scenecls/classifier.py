@@ -90,23 +90,17 @@ def num_classes(model) -> int:
     return int(model.output_shape[-1])
 
 
-def inference_function(model, batch_size: int, *, jit: bool = False, fold: bool = False):
+def inference_function(model, batch_size: int, *, jit: bool = False):
     """``images -> outputs`` as numpy arrays, through one traced graph, for batched inference.
 
     Calling the model inside a ``tf.function`` skips the per-batch bookkeeping of Keras's
     ``predict_on_batch`` (about 7 % of a MobileNetV2 batch on 2 CPU cores). A batch shorter than
     ``batch_size`` (the last one) is padded to it, so the graph is traced once. ``jit`` compiles the
-    graph with XLA. Outputs come back as float32 whatever the model computes in. ``fold`` runs a copy
-    with batch normalisation folded into the convolutions (:mod:`scenecls.models.folding`): faster, the
-    same outputs up to float rounding, but taken now, so for a model whose weights no longer change.
+    graph with XLA. Outputs come back as float32 whatever the model computes in. (Callers that only
+    infer pass :func:`scenecls.models.folding.for_inference` of their model.)
     """
     import numpy as np
     import tensorflow as tf
-
-    if fold:
-        from scenecls.models.folding import for_inference
-
-        model = for_inference(model)
 
     @tf.function(reduce_retracing=True, jit_compile=jit)
     def traced(images):

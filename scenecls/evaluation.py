@@ -101,7 +101,7 @@ def predict_split(model, split: Split, batch_size: int = 32) -> np.ndarray:
 
     dataset = make_dataset(split, input_size(model), batch_size, drop_unreadable=False)
     with finite_dataset_warnings_silenced():
-        return np.asarray(for_inference(model).predict(dataset, verbose=0))
+        return np.asarray(for_inference(model, images=len(split)).predict(dataset, verbose=0))
 
 
 def prediction_rows(split: Split, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:

@@ -129,11 +129,12 @@ class KerasRuntime:
 
     def _use(self, model, batch_size: int, jit: bool) -> None:
         from scenecls.classifier import inference_function, input_size, num_classes
+        from scenecls.models.folding import for_inference
 
         self.model = model
         self.input_size = input_size(model)
         self.num_classes = num_classes(model)
-        self._forward = inference_function(model, batch_size, jit=jit, fold=True)
+        self._forward = inference_function(for_inference(model), batch_size, jit=jit)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self._forward(images)

@@ -16,6 +16,7 @@ from scenecls.classifier import build_classifier, find_backbone, load_model
 from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset, prepare_data
+from scenecls.models import folding
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir
 from scenecls.reporting import NullReporter
@@ -84,7 +85,8 @@ def test_cut_only_where_something_below_stays_frozen():
     )
 
 
-def test_entries_are_built_reused_keyed_and_rebuilt_when_damaged(tmp_path):
+def test_entries_are_built_reused_keyed_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    monkeypatch.setattr(folding, "FOLD_FROM", 0)  # the build folds its batch norms, as with real data sets
     root = write_class_folders(tmp_path / "data", 6, size=32)
     data = prepare_data(root, val_split=0.25, seed=0)
     _, inner, cut = _split("mobilenet_v2", 2)

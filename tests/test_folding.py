@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from scenecls.models.folding import fold_batchnorm, foldable_pairs, for_inference  # noqa: E402
+from scenecls.models.folding import FOLD_FROM, fold_batchnorm, foldable_pairs, for_inference  # noqa: E402
 from scenecls.models.registry import build_backbone, get_spec  # noqa: E402
 
 
@@ -86,9 +86,15 @@ def test_a_folded_backbone_inside_a_classifier_computes_the_same(name):
     )
 
 
-def test_models_that_cannot_be_copied_run_as_they_are():
+def test_models_that_cannot_be_copied_or_would_not_gain_run_as_they_are():
     sequential = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1)])
     assert for_inference(sequential) is sequential
+    inputs = keras.Input((4, 4, 3))
+    no_batchnorm = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
+    assert for_inference(no_batchnorm) is no_batchnorm
+    model = _small_model()
+    assert for_inference(model, images=FOLD_FROM - 1) is model  # copying would cost more than it saves
+    assert for_inference(model, images=FOLD_FROM) is not model
 
 
 def test_a_backbone_in_mixed_precision_folds_to_its_compute_dtype():

@@ -276,10 +276,12 @@ def _build(
     batch_size: int, augmentations: list, reporter: Reporter,
 ) -> None:  # fmt: skip
     from scenecls.classifier import inference_function
+    from scenecls.models.folding import for_inference
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / staging_name(folder.name)
-    forward = inference_function(cut.lower, batch_size, fold=True)  # the frozen part: folded
+    passes = fields["copies"] * len(train) + len(val)
+    forward = inference_function(for_inference(cut.lower, images=passes), batch_size)  # frozen: folded
     copies = fields["copies"]
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")

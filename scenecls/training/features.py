@@ -93,12 +93,14 @@ def feature_model(classifier):
     return keras.Model(classifier.input, classifier.get_layer(POOL_LAYER).output, name="features")
 
 
-def extractor(classifier, batch_size: int):
+def extractor(classifier, batch_size: int, images: int | None = None):
     """``images -> pooled features`` as one traced function (see ``classifier.inference_function``),
-    batch normalisation folded: the backbone is frozen while features are computed."""
+    batch normalisation folded (the backbone is frozen while features are computed) when it will see
+    enough ``images`` for that to pay (see :func:`~scenecls.models.folding.for_inference`)."""
     from scenecls.classifier import inference_function
+    from scenecls.models.folding import for_inference
 
-    return inference_function(feature_model(classifier), batch_size, fold=True)
+    return inference_function(for_inference(feature_model(classifier), images=images), batch_size)
 
 
 def head_model(classifier):
@@ -141,7 +143,7 @@ def compute_features(
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
     reporter = reporter or NullReporter()
-    forward = forward or extractor(classifier, batch_size)
+    forward = forward or extractor(classifier, batch_size, images=len(split) * (aug_copies + 1))
     copies = []
     steps = -(-len(split) // batch_size)
     task = reporter.task("Caching features", total=steps * (aug_copies + 1), unit="batches")
@@ -192,7 +194,7 @@ def load_or_compute(
     if folder.exists() and publish:
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    forward = extractor(classifier, batch_size)
+    forward = extractor(classifier, batch_size, images=len(train) * (aug_copies + 1) + len(val))
     train_features = compute_features(
         classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
         reporter=reporter, forward=forward, augmentations=augmentations,
