@@ -33,10 +33,12 @@ def fold_batchnorm(model):
     its kernel and bias as constants, not variables: making a variable under a multi-worker strategy is a
     collective step that a process computing a cache alone must not take. Every other layer is the
     original layer, weights shared; nested functional models are folded the same way. ``model`` is left
-    as it was. The copy is for ``training=False`` calls only.
+    as it was, and returned itself when nothing in it folds. The copy is for ``training=False`` calls only.
     """
     import keras
 
+    if not _folds(model):
+        return model
     pairs = {id(conv): bn for conv, bn in foldable_pairs(model)}
     folded_bn = {id(bn) for bn in pairs.values()}
     replacements: dict[int, object] = {}
@@ -67,7 +69,7 @@ def for_inference(model, images: int | None = None):
     """``model`` with its batch normalisation folded where it can be (see :func:`fold_batchnorm`), or
     ``model`` itself when there is nothing to fold, when it is not a functional model or cannot be copied
     (a speed-up, never a requirement), or when it will see fewer than :data:`FOLD_FROM` ``images``."""
-    if not _is_functional(model) or (images is not None and images < FOLD_FROM) or not _folds(model):
+    if not _is_functional(model) or (images is not None and images < FOLD_FROM):
         return model
     try:
         return fold_batchnorm(model)
