@@ -57,6 +57,11 @@ def run_scenecls(args: list[str], home: Path) -> str:
     return done.stdout
 
 
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files below ``folder`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
 def generated(root: Path, per_class: int = 250, size: int = 150) -> Path:
     import numpy as np
     from PIL import Image

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED_WEIGHTS, machine, named_dataset
+from _common import SHARED_WEIGHTS, folder_bytes, machine, named_dataset
 
 
 def main() -> None:
@@ -74,10 +74,6 @@ def main() -> None:
         print(f"| {n} | {images:.0f} s | {cached:.0f} s | {images / cached:.2f}x | {images_test:.4f} "
               f"| {cached_test:.4f} | {disk / 2**20:.0f} MB | {images_peak / 2**20:.0f} / "
               f"{cached_peak / 2**20:.0f} MB |", flush=True)  # fmt: skip
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
 def scenecls(args: list[str], home: Path) -> tuple[str, int]:

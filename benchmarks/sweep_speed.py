@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED_WEIGHTS, machine, named_dataset, run_scenecls
+from _common import SHARED_WEIGHTS, folder_bytes, machine, named_dataset, run_scenecls
 
 
 def main() -> None:
@@ -58,10 +58,6 @@ def main() -> None:
     print("|---|---|---|")
     for name in before:
         print(f"| {name} | {before[name]:.4f} | {after[name]:.4f} |")
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
 if __name__ == "__main__":

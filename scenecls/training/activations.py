@@ -280,9 +280,8 @@ def _build(
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / staging_name(folder.name)
-    passes = fields["copies"] * len(train) + len(val)
-    forward = inference_function(for_inference(cut.lower, images=passes), batch_size)  # frozen: folded
     copies = fields["copies"]
+    forward = inference_function(for_inference(cut.lower, images=copies * len(train) + len(val)), batch_size)
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
     try:
