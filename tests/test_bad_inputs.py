@@ -22,6 +22,7 @@ from scenecls.cli import cli
 from scenecls.data import fetch
 from scenecls.data.fetch import copy_folder, download, extract_archive, fetch_dataset, is_kaggle_url
 from scenecls.errors import DataError, DownloadError
+from scenecls.units import byte_size
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 from tests.test_fetch import intel_like_zip, make_zip
 
@@ -316,12 +317,13 @@ def test_archive_larger_than_the_free_disk_is_refused(tmp_path, intel_zip, monke
     assert not (tmp_path / "d").exists()
 
 
-def test_limits_are_said_in_gib(tmp_path):
+def test_limits_are_said_in_binary_units(tmp_path):
     archive = tmp_path / "a.zip"
     archive.write_bytes(make_zip({"big.bin": b"\0" * 10_000}))
-    with pytest.raises(DataError, match="MiB limit"):
+    with pytest.raises(DataError, match=r"the 4\.9 KiB limit"):
         extract_archive(archive, tmp_path / "out", max_bytes=5_000)
-    assert fetch.gib(20 * 1024**3) == "20.0 GiB"
+    sizes = [20 * 1024**3, 1536 * 1024**2, 100 * 1024**2, 2048, 1023, 0]
+    assert [byte_size(n) for n in sizes] == ["20.0 GiB", "1.5 GiB", "100.0 MiB", "2.0 KiB", "1023 B", "0 B"]
 
 
 def test_empty_and_tailless_archives_say_so(tmp_path, intel_zip):

@@ -29,6 +29,7 @@ def test_help_does_not_import_tensorflow(args):
         [sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().endswith("HEAVY:"), result.stdout + result.stderr
+    assert "%%" not in result.stdout, "click prints help text as written: a '%%' shows doubled"
 
 
 def test_version():

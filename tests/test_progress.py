@@ -49,7 +49,7 @@ def test_plain_progress_of_a_download_in_bytes(monkeypatch):
     task.update(total=300_000_000)
     clock["now"] = 61.0
     task.update(completed=100_000_000)
-    assert re.fullmatch(r"Downloading: 100\.0 MB/300\.0 MB \(33%\), 1\.6 MB/s, eta 2m02s", sink.lines[0])
+    assert re.fullmatch(r"Downloading: 95\.4 MiB/286\.1 MiB \(33%\), 1\.6 MiB/s, eta 2m02s", sink.lines[0])
 
 
 def test_a_log_file_gets_plain_lines_and_a_terminal_gets_bars(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import time
 import click
 
 from scenecls.cli.output import Output, format_option
+from scenecls.units import byte_size
 
 
 @click.command("cache")
@@ -51,7 +52,7 @@ def cache(
         kept = len(entries) - len(removed)
         out.log(
             f"Removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} from {root}, "
-            f"{_size(freed)} freed" + (f"; {kept} in use by a build left alone" if kept else "")
+            f"{byte_size(freed)} freed" + (f"; {kept} in use by a build left alone" if kept else "")
         )
         entries = removed
     elif not entries:
@@ -69,7 +70,7 @@ def cache(
     out.table(
         ["kind", "entry", "backbone", "detail", "size", "last used", "state"],
         [
-            [e.kind, e.path.name, e.backbone or "", e.detail, _size(e.bytes), _ago(e.used), e.state]
+            [e.kind, e.path.name, e.backbone or "", e.detail, byte_size(e.bytes), _ago(e.used), e.state]
             for e in entries
         ],
         numeric=["size"],
@@ -77,16 +78,9 @@ def cache(
     if not clear:
         unusable = sum(e.bytes for e in entries if e.state in UNUSABLE)
         out.log(
-            f"{len(entries)} entries, {_size(sum(e.bytes for e in entries))} in {root}"
-            + (f"; {_size(unusable)} unusable (`scenecls cache --clear --stale`)" if unusable else "")
+            f"{len(entries)} entries, {byte_size(sum(e.bytes for e in entries))} in {root}"
+            + (f"; {byte_size(unusable)} unusable (`scenecls cache --clear --stale`)" if unusable else "")
         )
-
-
-def _size(count: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} B"
 
 
 def _ago(when: float) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from scenecls.cli.output import Output, project_option
+from scenecls.units import byte_size
 
 
 @click.command("export")
@@ -77,7 +78,7 @@ def export(
     else:
         rows = [
             ["file", str(result.path)],
-            ["size", f"{result.bytes / 1e6:.1f} MB"],
+            ["size", byte_size(result.bytes)],
             ["labels", str(result.labels)],
         ]
         if parity is not None:

@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from scenecls.reporting import native_stderr_silenced
+from scenecls.units import byte_size
 
 FORMATS = ("table", "json", "csv")
 
@@ -202,16 +203,14 @@ def _cell(value: Any) -> str:
 
 
 class _AmountColumn(ProgressColumn):
-    """``12.3/40.0 MB 5.1 MB/s`` for bytes, ``120/400 images`` otherwise."""
+    """``12.3 MiB/40.0 MiB 5.1 MiB/s`` for bytes, ``120/400 images`` otherwise."""
 
     def render(self, task) -> Text:
         unit = task.fields.get("unit", "it")
         if unit == "B":
-            from rich.filesize import decimal
-
-            total = decimal(int(task.total)) if task.total else "?"
-            speed = f" {decimal(int(task.speed))}/s" if task.speed else ""
-            return Text(f"{decimal(int(task.completed))}/{total}{speed}")
+            total = byte_size(task.total) if task.total else "?"
+            speed = f" {byte_size(task.speed)}/s" if task.speed else ""
+            return Text(f"{byte_size(task.completed)}/{total}{speed}")
         total = f"{int(task.total)}" if task.total is not None else "?"
         return Text(f"{int(task.completed)}/{total} {unit}")
 
@@ -362,9 +361,7 @@ class _PlainTask:
 
     def _amount(self, value: float, total: float | None = None) -> str:
         if self.unit == "B":
-            from rich.filesize import decimal
-
-            return decimal(int(value)) + (f"/{decimal(int(total))}" if total else "")
+            return byte_size(value) + (f"/{byte_size(total)}" if total else "")
         shown = f"{value:.1f}" if value and value < 10 and value != int(value) else f"{int(value)}"
         return shown + (f"/{int(total)}" if total else "") + f" {self.unit}"
 

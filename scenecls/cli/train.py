@@ -130,7 +130,7 @@ def finetune_cache_options(func):
                 default=DEFAULTS.finetune_map_aug,
                 show_default=True,
                 help="Change the cached activation maps in every fine-tuning epoch, for more variety "
-                "from the same copies: flip (half of them mirrored left-right), crop (a random 80-100 %% "
+                "from the same copies: flip (half of them mirrored left-right), crop (a random 80-100 % "
                 "window resized back), both as flip,crop, or none.",
             ),
         ]

@@ -38,6 +38,7 @@ from scenecls import __version__
 from scenecls.data.images import IMAGE_SUFFIXES
 from scenecls.errors import DataError, DownloadError, UsageError, first_line
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.units import byte_size
 
 INTEL_URL = "https://www.kaggle.com/api/v1/datasets/download/puneet6060/intel-image-classification"
 # The Kaggle archive nests every split twice (seg_train/seg_train/<class>); we flatten and rename.
@@ -385,22 +386,18 @@ def _not_an_archive(archive: Path) -> str:
     return f"{archive.name} is not a zip or tar archive"
 
 
-def gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 1024**2:.1f} MiB"
-
-
 def _check_unpacked_size(archive: Path, declared: int, dest: Path, max_bytes: int) -> None:
     """Refuse an archive bomb before one byte is written."""
     if declared > max_bytes:
         raise DataError(
-            f"refusing {archive.name}: it would unpack to {gib(declared)}, more than the "
-            f"{gib(max_bytes)} limit"
+            f"refusing {archive.name}: it would unpack to {byte_size(declared)}, more than the "
+            f"{byte_size(max_bytes)} limit"
         )
     packed = archive.stat().st_size
     if declared > RATIO_FLOOR and declared > MAX_RATIO * packed:
         raise DataError(
-            f"refusing {archive.name}: {gib(packed)} would unpack to {gib(declared)}, a compression ratio "
-            f"over {MAX_RATIO}:1 (an archive bomb, not images)"
+            f"refusing {archive.name}: {byte_size(packed)} would unpack to {byte_size(declared)}, "
+            f"a compression ratio over {MAX_RATIO}:1 (an archive bomb, not images)"
         )
     check_free_space(archive.name, declared, dest)
 
@@ -413,8 +410,8 @@ def check_free_space(what: str, size: int, dest: Path) -> None:
     free = shutil.disk_usage(probe).free
     if size + DISK_HEADROOM > free:
         raise DataError(
-            f"not enough disk space for {what}: it needs {gib(size)} and {probe} has {gib(free)} "
-            f"free ({gib(DISK_HEADROOM)} must stay free)"
+            f"not enough disk space for {what}: it needs {byte_size(size)} and {probe} has {byte_size(free)} "
+            f"free ({byte_size(DISK_HEADROOM)} must stay free)"
         )
 
 
@@ -434,7 +431,8 @@ def _extract_members(archive: Path, members: list[tuple], dest: Path, max_bytes:
                     written += len(chunk)
                     if written > max_bytes:
                         raise DataError(
-                            f"refusing {archive.name}: it unpacks to more than the {gib(max_bytes)} limit"
+                            f"refusing {archive.name}: it unpacks to more than the "
+                            f"{byte_size(max_bytes)} limit"
                         )
                     dst.write(chunk)
             task.advance()
@@ -802,7 +800,9 @@ def copy_folder(source: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTE
             total += info.st_size
             entries.append((rel, real))
     if total > max_bytes:
-        raise DataError(f"refusing {source}: it holds {gib(total)}, more than the {gib(max_bytes)} limit")
+        raise DataError(
+            f"refusing {source}: it holds {byte_size(total)}, more than the {byte_size(max_bytes)} limit"
+        )
     check_free_space(source.name, total, target)
     target.mkdir(parents=True, exist_ok=True)
     for rel, real in entries:
