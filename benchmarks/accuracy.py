@@ -44,6 +44,12 @@ RECIPES: dict[str, list[str]] = {
     # Fewer copies, more epochs; the same copies, more epochs.
     "finetune-copies-1-epochs-15": ["--finetune-copies", "1", "--finetune-epochs", "15"],
     "finetune-copies-2-epochs-15": ["--finetune-copies", "2", "--finetune-epochs", "15"],
+    # A smaller head than the seed's 3 dense layers (the sweep's other columns).
+    "dense-1": ["--dense", "1"],
+    "dense-2": ["--dense", "2"],
+    # Deeper fine-tuning: the last 8 or 10 of MobileNetV2's 18 blocks (the cut moves down with them).
+    "unfreeze-8": ["--unfreeze", "8"],
+    "unfreeze-10": ["--unfreeze", "10"],
     # Only the last block fine-tuned, on the activation cache and on images.
     "unfreeze-1": ["--unfreeze", "1"],
     "unfreeze-1-images": ["--unfreeze", "1", "--finetune-copies", "0"],
