@@ -14,6 +14,8 @@ shares its other layers with the model, so it is made when needed and dropped af
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from scenecls.models.blocks import own_nodes, parent_operations
@@ -35,12 +37,34 @@ def fold_batchnorm(model):
     original layer, weights shared; nested functional models are folded the same way. ``model`` is left
     as it was, and returned itself when nothing in it folds. The copy is for ``training=False`` calls only.
     """
+    plan = _fold_plan(model)
+    return model if plan is None else _folded_copy(model, plan)
+
+
+@dataclass
+class _FoldPlan:
+    """What folds in one functional model: its own pairs (keyed by the convolution) and the plans of the
+    functional models inside it that have something to fold. Found in one walk of the graph."""
+
+    pairs: dict[int, object]
+    nested: dict[int, _FoldPlan]
+
+
+def _fold_plan(model) -> _FoldPlan | None:
+    """The plan for ``model``, or ``None`` when nothing in it (or in a model inside it) folds."""
+    pairs = {id(conv): bn for conv, bn in foldable_pairs(model)}
+    nested = {}
+    for layer in model.layers:
+        if _is_functional(layer) and (inner := _fold_plan(layer)) is not None:
+            nested[id(layer)] = inner
+    return _FoldPlan(pairs, nested) if pairs or nested else None
+
+
+def _folded_copy(model, plan: _FoldPlan):
+    """``model`` cloned with the folds ``plan`` found in it (and in the models inside it)."""
     import keras
 
-    if not _folds(model):
-        return model
-    pairs = {id(conv): bn for conv, bn in foldable_pairs(model)}
-    folded_bn = {id(bn) for bn in pairs.values()}
+    folded_bn = {id(bn) for bn in plan.pairs.values()}
     replacements: dict[int, object] = {}
     takes_tensor_only: set[int] = set()
 
@@ -48,10 +72,10 @@ def fold_batchnorm(model):
         if id(layer) not in replacements:
             if id(layer) in folded_bn:
                 new = keras.layers.Identity(name=layer.name)
-            elif id(layer) in pairs:
-                new = folded_convolution(layer, pairs[id(layer)])
-            elif _is_functional(layer):
-                new = fold_batchnorm(layer)
+            elif id(layer) in plan.pairs:
+                new = folded_convolution(layer, plan.pairs[id(layer)])
+            elif id(layer) in plan.nested:
+                new = _folded_copy(layer, plan.nested[id(layer)])
             else:
                 new = layer
             if new is not layer and not _is_functional(new):
@@ -99,12 +123,6 @@ def foldable_pairs(model) -> list[tuple[object, object]]:
             continue
         pairs.append((layer, after[0]))
     return pairs
-
-
-def _folds(model) -> bool:
-    """Whether ``model`` or a functional model inside it has a pair to fold."""
-    nested = (layer for layer in model.layers if _is_functional(layer))
-    return bool(foldable_pairs(model)) or any(_folds(inner) for inner in nested)
 
 
 def _is_channel_batchnorm(layer) -> bool:
