@@ -61,6 +61,8 @@ RECIPES: dict[str, list[str]] = {
     "cosine": ["--lr-schedule", "cosine"],
     # ImageNet's own input size: the 150-pixel images upscaled to 224.
     "size-224": ["--image-size", "224"],
+    # The same, fine-tuning on freshly augmented images instead of the activation cache.
+    "size-224-images": ["--image-size", "224", "--finetune-copies", "0"],
     # Each phase's rate rising from 0 over its first epoch (a gentler start of fine-tuning).
     "warmup-1": ["--warmup-epochs", "1"],
     # Label smoothing.
@@ -102,7 +104,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="scenecls-accuracy-"))
     data = named_dataset(args.data, work)
-    print(f"data: {args.data}; weights: {args.weights}; machine: {machine()}")
+    print(f"data: {args.data}; weights: {args.weights}; runs in {work / 'runs'}; machine: {machine()}")
     rows = []
     for recipe in recipes:
         for seed in seeds:
