@@ -33,13 +33,16 @@ class ModelError(SceneclsError):
 
 
 def first_line(exc: BaseException, limit: int | None = None) -> str:
-    """The first line of an exception's message, or its type's name.
+    """The first line of an exception's message, or its type's name; a last clause that only
+    introduces the lines after it (ends in a colon) is left out.
 
     With ``limit``, a longer line is cut at the last sentence or clause end (else word) before it and
     marked with an ellipsis, never in the middle of a word.
     """
     text = str(exc).strip()
     line = text.splitlines()[0].strip() if text else type(exc).__name__
+    if line.endswith(":") and "\n" in text:  # "... Example error message for object X:" + what follows
+        line = line[: line.rfind(". ") + 1] if ". " in line else line.rstrip(":")
     if not limit or len(line) <= limit:
         return line
     head = line[:limit]

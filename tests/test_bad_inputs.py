@@ -742,6 +742,16 @@ def test_long_errors_are_cut_at_a_boundary():
     assert message[len(cut) - 2] in " ;,."  # ... ending where a word ends
 
 
+def test_an_error_line_that_introduces_a_list_is_cut_before_the_list():
+    from scenecls.errors import first_line
+
+    keras_style = "A total of 3 objects could not be loaded. Example error message for object <C>:\n\nshape"
+    assert first_line(ValueError(keras_style)) == "A total of 3 objects could not be loaded."
+    assert first_line(ValueError("Cannot read these:\na.jpg\nb.jpg")) == "Cannot read these"
+    assert first_line(ValueError("ratio 1:2")) == "ratio 1:2"
+    assert first_line(ValueError("no colon")) == "no colon"
+
+
 def test_finetune_offers_only_the_fine_tuning_cache_options():
     """finetune has no phase 1, so no feature-cache copies; its fine-tuning uses the activation cache."""
     result = CliRunner().invoke(cli, ["finetune", "--help"])

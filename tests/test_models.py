@@ -198,8 +198,11 @@ def test_weights_from_a_file_and_from_the_wrong_architecture(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     other = build_backbone(get_spec("xception"), 71, None)
     other.save_weights(tmp_path / "xception.weights.h5")
-    with pytest.raises(ModelError, match="does not fit mobilenet_v2"):
+    with pytest.raises(ModelError, match="does not fit mobilenet_v2") as info:
         build_backbone(spec, 32, tmp_path / "xception.weights.h5")
+    message = str(info.value)
+    assert "\n" not in message and "(--backbone chooses it)" in message
+    assert ":;" not in message and "Example error message" not in message  # Keras's lead-in to its list
     with pytest.raises(ModelError, match="does not exist"):
         build_backbone(spec, 32, tmp_path / "nothing.h5")
 

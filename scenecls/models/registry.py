@@ -114,14 +114,21 @@ def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | P
             warnings.simplefilter("always")
             model.load_weights(str(path))
     except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a misfit file
-        raise ModelError(f"weights file {path} does not fit {spec.name}: {first_line(exc, 300)}") from exc
+        raise ModelError(_misfit(path, spec, first_line(exc, 300))) from exc
     # Keras only warns when part of the file fits, leaving the rest random: that is no model to train.
     skipped = [w for w in caught if "Skipping" in str(w.message) or "freshly-initialized" in str(w.message)]
     if skipped:
-        raise ModelError(
-            f"weights file {path} does not fit {spec.name}: {first_line(skipped[0].message, 300)}"
-        )
+        raise ModelError(_misfit(path, spec, first_line(skipped[0].message, 300)))
     return model
+
+
+def _misfit(path: Path, spec: BackboneSpec, reason: str) -> str:
+    """The error for a weights file made for another architecture: most often the default backbone
+    met a file of another one (``--weights`` without ``--backbone``)."""
+    return (
+        f"weights file {path} does not fit {spec.name}: {reason.rstrip('.')}; "
+        f"are they another backbone's? (--backbone chooses it)"
+    )
 
 
 def _build_imagenet(spec: BackboneSpec, shape: tuple[int, int, int]):
