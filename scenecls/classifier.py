@@ -16,6 +16,7 @@ from scenecls.heads import HeadConfig, apply_head
 from scenecls.models.registry import SCALE_MINUS_ONE_TO_ONE, BackboneSpec, build_backbone, get_spec
 
 MODEL_PREFIX = "scenecls_"
+ENSEMBLE_NAME = MODEL_PREFIX + "ensemble"  # several classifiers averaged (scenecls.ensemble)
 
 
 def build_classifier(
@@ -48,6 +49,8 @@ def find_backbone(model):
     """The backbone nested inside a classifier."""
     import keras
 
+    if is_ensemble(model):
+        raise ModelError("an ensemble has no one backbone to train; use one of its member runs")
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if len(nested) != 1:
         raise ModelError(f"{model.name} is not a scenecls classifier (no single backbone inside)")
@@ -56,9 +59,16 @@ def find_backbone(model):
 
 def backbone_of(model) -> BackboneSpec:
     """The registered backbone a classifier was built on."""
+    if is_ensemble(model):
+        raise ModelError("an ensemble has no one backbone to train; use one of its member runs")
     if not model.name.startswith(MODEL_PREFIX):
         raise ModelError(f"model {model.name!r} was not made by scenecls")
     return get_spec(model.name[len(MODEL_PREFIX) :])
+
+
+def is_ensemble(model) -> bool:
+    """Whether ``model`` is an ensemble of classifiers (:func:`scenecls.ensemble.average_models`)."""
+    return model.name == ENSEMBLE_NAME
 
 
 def check_compatible(
@@ -141,7 +151,8 @@ def load_model(path: Path, *, compile: bool = False):
         model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as exc:
         raise ModelError(f"cannot load {path}: {first_line(exc, 300)}") from exc
-    backbone_of(model)  # refuses models scenecls did not make
+    if not is_ensemble(model):
+        backbone_of(model)  # refuses models scenecls did not make
     return model
 
 

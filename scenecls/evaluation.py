@@ -121,6 +121,18 @@ def prediction_rows(split: Split, probs: np.ndarray, classes: list[str]) -> list
     return rows
 
 
+def _check_ensemble_split(config: dict[str, Any], name: str) -> None:
+    """Refuse an ensemble's own validation split when its members split the data differently (other
+    seeds): images one member was validated on trained another, so the figure would flatter it."""
+    ensemble = config.get("ensemble")
+    if ensemble and name == "val" and len(set(ensemble.get("seeds", []))) > 1:
+        raise UsageError(
+            f"the ensemble's members split off different validation images (seeds "
+            f"{', '.join(map(str, ensemble['seeds']))}), each trained on the others'; evaluate it on test "
+            f"images, or --data with images none of them trained on"
+        )
+
+
 def check_classes(count: int, classes: list[str], model_classes: list[str] | None) -> None:
     """Refuse an exported model for data it was not made for (as ``check_compatible`` does for Keras)."""
     from scenecls.errors import ModelError
@@ -179,6 +191,8 @@ def evaluate_run(
     prepared = prepare_data(source, val_split=config.val_split, seed=config.seed, reporter=reporter)
     splits = {"train": prepared.train, "val": prepared.val, "test": prepared.test}
     name = split or ("test" if prepared.test else "val")
+    if data is None and run_dir is not None:
+        _check_ensemble_split(runs.read_json(run_dir / runs.CONFIG), name)
     chosen = splits.get(name)
     if not chosen:
         raise UsageError(f"{source} has no {name} split")

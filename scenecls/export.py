@@ -309,6 +309,31 @@ def export_for_predict(run_dir: Path, model, classes: list[str], images: np.ndar
     return parity
 
 
+def write_fast_predict(
+    run_dir: Path, classes: list[str], split, size: int, reporter, model=None
+) -> dict[str, Any] | None:
+    """:func:`export_for_predict` for a run that has just saved ``best.keras`` (``model``, or that file
+    loaded), checked on up to 200 images of ``split``, as the run's metrics record it. A failure costs
+    the run nothing but that speed (``predict`` then uses ``best.keras``): a warning, and None."""
+    from scenecls.classifier import load_model
+
+    reporter.log("Writing best.tflite for a fast predict (--no-export skips it)")
+    try:
+        model = model if model is not None else load_model(run_dir / "best.keras")
+        images, labels = split_images(split, (size, size), 200)
+        parity = export_for_predict(run_dir, model, classes, images, labels)
+    except Exception as exc:  # any converter failure: the run itself is done and saved
+        reporter.warn(f"could not write best.tflite ({first_line(exc, 200)}); predict will use best.keras")
+        return None
+    if not parity.ok:
+        reporter.warn(
+            f"best.tflite agreed with best.keras on only {parity.top1_agreement:.1%} of {parity.images} "
+            f"images; removed, predict will use best.keras"
+        )
+        return None
+    return {"tflite": "best.tflite", "top1_agreement": parity.top1_agreement, "images": parity.images}
+
+
 def sample_images(
     run_dir: Path | None,
     data: Path | None,
@@ -341,9 +366,14 @@ def sample_images(
         Path(source), val_split=config.val_split if config else 0.2, seed=config.seed if config else 0,
         reporter=reporter,
     )  # fmt: skip
-    images, labels = split_images(prepared.val, size, count)
+    # An ensemble's members trained on one another's validation images: its test images say more.
+    if run_dir is not None and data is None and runs.is_ensemble_run(run_dir) and prepared.test:
+        split, what = prepared.test, "test images"
+    else:
+        split, what = prepared.val, "validation images"
+    images, labels = split_images(split, size, count)
     same = list(prepared.classes) == list(classes)
-    return images, labels if same else None, "validation images"
+    return images, labels if same else None, what
 
 
 def split_images(split, size: tuple[int, int], count: int) -> tuple[np.ndarray, np.ndarray]:

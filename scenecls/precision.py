@@ -54,11 +54,10 @@ def dtype_policy(precision: str):
 
 
 def model_precision(model) -> str:
-    """``off``, ``bfloat16`` or ``float16``: what a scenecls classifier computes in (its backbone's
-    first layer with weights: a nested model's own policy says nothing of its layers')."""
-    from scenecls.classifier import find_backbone
-
-    layer = _first_computing_layer(find_backbone(model))
+    """``off``, ``bfloat16`` or ``float16``: what a scenecls classifier (or ensemble) computes in: its
+    first layer with weights, found inside the nested models (a nested model's own policy says nothing
+    of its layers')."""
+    layer = _first_computing_layer(model)
     name = layer.dtype_policy.name if layer is not None else "float32"
     return {policy: precision for precision, policy in _POLICIES.items()}.get(name, "off")
 

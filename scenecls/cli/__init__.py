@@ -27,6 +27,7 @@ COMMANDS = {
     "predict": "scenecls.cli.predict:predict",
     "plot": "scenecls.cli.plot:plot",
     "export": "scenecls.cli.export:export",
+    "ensemble": "scenecls.cli.ensemble:ensemble",
     "lr-find": "scenecls.cli.lr_find:lr_find",
     "backbones": "scenecls.cli.backbones:backbones",
     "cache": "scenecls.cli.cache:cache",

@@ -35,6 +35,8 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt:
         histories[runs.run_label(run_dir)] = history
         if history:
             written.append(plots.plot_curves(history, run_dir / "curves.png", title=runs.run_label(run_dir)))
+        elif runs.is_ensemble_run(run_dir):
+            out.log(f"{run_dir} is an ensemble: it has no training curves (its members have)")
         else:
             out.warn(f"{run_dir} has no finished epoch yet: no curves")
         predictions = run_dir / runs.PREDICTIONS

@@ -328,7 +328,7 @@ def train(
 
     distribution = choose_distribution(out, distribute)
     if resume:
-        run_dir = runs.resolve_run(resume, project)
+        run_dir = runs.trained_run(resume, project)
         ctx = click.get_current_context()
         more = {
             key: options[key]
@@ -401,7 +401,7 @@ def finetune(
     from scenecls.training import runs
 
     distribution = choose_distribution(out, distribute)
-    parent = runs.resolve_run(run, project)
+    parent = runs.trained_run(run, project)
     parent_config = TrainConfig.from_dict(runs.read_json(parent / runs.CONFIG))
     if backbone and backbone != parent_config.backbone:
         raise ModelError(f"{parent} holds a {parent_config.backbone} model, not {backbone}")

@@ -543,24 +543,10 @@ def _finish(
 
 
 def _export_tflite(run_dir: Path, data: PreparedData, size: int, reporter: Reporter) -> dict[str, Any] | None:
-    """``best.tflite`` for a fast ``predict`` (see ``benchmarks/README.md``: 0.17 s instead of 4.8 s);
-    a failure here costs the run nothing but that speed, so it is a warning."""
-    from scenecls.export import export_for_predict, split_images
+    """``best.tflite`` for a fast ``predict`` (see ``benchmarks/README.md``: 0.17 s instead of 4.8 s)."""
+    from scenecls.export import write_fast_predict
 
-    reporter.log("Writing best.tflite for a fast predict (--no-export skips it)")
-    try:
-        images, labels = split_images(data.val, (size, size), 200)
-        parity = export_for_predict(run_dir, load_model(run_dir / runs.BEST), data.classes, images, labels)
-    except Exception as exc:  # any converter failure: the run itself is done and saved
-        reporter.warn(f"could not write best.tflite ({first_line(exc, 200)}); predict will use best.keras")
-        return None
-    if not parity.ok:
-        reporter.warn(
-            f"best.tflite agreed with best.keras on only {parity.top1_agreement:.1%} of {parity.images} "
-            f"images; removed, predict will use best.keras"
-        )
-        return None
-    return {"tflite": "best.tflite", "top1_agreement": parity.top1_agreement, "images": parity.images}
+    return write_fast_predict(run_dir, data.classes, data.val, size, reporter)
 
 
 def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: TrainState) -> None:

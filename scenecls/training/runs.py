@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scenecls.atomic import atomic_path
-from scenecls.errors import SceneclsError
+from scenecls.errors import SceneclsError, UsageError
 
 CONFIG = "config.json"
 LABELS = "labels.json"
@@ -79,6 +79,20 @@ def resolve_run(value: str | None, project: Path) -> Path:
         if candidate.is_dir() and (candidate / CONFIG).is_file():
             return candidate
     raise SceneclsError(f"{value} is not a run folder (no {CONFIG}); runs live in {project}")
+
+
+def trained_run(value: str | None, project: Path) -> Path:
+    """:func:`resolve_run` for what trains on from a run (``--resume``, ``finetune``, ``lr-find --run``):
+    an ensemble of runs is refused, since it has no one backbone to go on with."""
+    run = resolve_run(value, project)
+    if is_ensemble_run(run):
+        raise UsageError(f"{run} is an ensemble of runs, which does not train; use one of its members")
+    return run
+
+
+def is_ensemble_run(run: Path) -> bool:
+    """Whether the run folder holds an ensemble of runs (``scenecls ensemble``), not a trained run."""
+    return bool(read_json(run / CONFIG).get("ensemble"))
 
 
 def write_atomic(path: Path, text: str) -> None:

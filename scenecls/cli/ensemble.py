@@ -1,0 +1,63 @@
+"""``scenecls ensemble``: several finished runs as one model that averages their probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from scenecls.cli.output import Output, check_fail_under, fail_under_option, format_option, project_option
+
+
+@click.command("ensemble")
+@click.argument("runs_", metavar="RUN RUN [RUN...]", nargs=-1, required=True)
+@click.option("--name", default="ensemble", show_default=True, help="Run folder (ensemble2... if taken).")
+@click.option("--no-export", is_flag=True, help="Do not write best.tflite for a fast predict.")
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@fail_under_option()
+@project_option()
+@format_option("table", "json")
+@click.pass_obj
+def ensemble(
+    out: Output,
+    runs_: tuple[str, ...],
+    name: str,
+    no_export: bool,
+    batch_size: int,
+    fail_under: float | None,
+    project: Path,
+    fmt: str,
+) -> None:
+    """Average the best models of finished RUNs (folders or names) into a new run folder.
+
+    Runs of the same recipe with other --seed values make different mistakes: their mean is right more
+    often (0.4 to 1.0 points of test accuracy for three MobileNetV2 seeds on intel-dev), at the cost of
+    a prediction per member. The members must predict the same classes at the same input size. The new
+    run is tested on the first member's test split and works with evaluate, predict, export and plot;
+    it is never judged on its members' validation images, which trained one another.
+
+    \b
+      scenecls train --seed 0 && scenecls train --seed 1 && scenecls train --seed 2
+      scenecls ensemble train train2 train3
+      scenecls predict photo.jpg            # the latest run: the ensemble
+    """
+    out.load_tensorflow()
+    from scenecls.ensemble import make_ensemble
+
+    result = make_ensemble(
+        list(runs_), project, name=name, export=not no_export, batch_size=batch_size,
+        reporter=out.reporter(),
+    )  # fmt: skip
+    if fmt == "json":
+        out.json(result.to_dict())
+    else:
+        rows = [[member, _accuracy(acc)] for member, acc in zip(result.members, result.member_test_accuracy,
+                                                               strict=True)]  # fmt: skip
+        rows.append([f"ensemble ({result.run_dir})", _accuracy(result.test_accuracy)])
+        out.table(["run", "test accuracy"], rows, title=f"Ensemble of {len(result.members)} runs",
+                  numeric=["test accuracy"])  # fmt: skip
+    check_fail_under(out, result.test_accuracy, fail_under, "test accuracy")
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
