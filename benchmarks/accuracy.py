@@ -1,15 +1,16 @@
 """Accuracy of named training recipes on real images, with real weights, over several seeds.
 
 Run: python benchmarks/accuracy.py [--recipes seed,default] [--seeds 0,1] [--data intel-dev]
-                                   [--weights PATH] [--markdown] [--tta]
+                                   [--weights PATH] [--markdown] [--tta] [--ensemble]
 
 A recipe is a set of `scenecls train` options; each runs as a user runs it (`scenecls train ... --seed S`
 in a fresh process) on the data's own test split, then the table gives, per recipe and seed, the best
 validation accuracy, the test accuracy and the seconds of each phase, and per recipe the mean test
 accuracy and its spread (max - min) over the seeds. `--data` is intel-dev (the default: unpacked from
 ../shared with `fetch-data --from`), intel-mini, or a folder; `--weights` defaults to the shared real
-MobileNetV2 weights. `--tta` also evaluates each run's best model with `scenecls evaluate --tta`. Tune
-recipes on intel-dev only: its test part is the test set.
+MobileNetV2 weights. `--tta` also evaluates each run's best model with `scenecls evaluate --tta`;
+`--ensemble` averages each recipe's seeds with `scenecls ensemble` and gives that model's test accuracy.
+Tune recipes on intel-dev only: its test part is the test set.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def main() -> None:
     parser.add_argument(
         "--tta", action="store_true", help="also evaluate each run's best model on test with --tta"
     )
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also average each recipe's seeds with scenecls ensemble"
+    )
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in RECIPES]
@@ -138,6 +142,15 @@ def main() -> None:
                 f"({row['seconds']:.0f} s: {', '.join(f'{k} {v:.0f} s' for k, v in row['phases'].items())})",
                 flush=True,
             )
+    ensembles = {}
+    if args.ensemble:
+        for recipe in recipes:
+            members = [str(work / "runs" / f"{recipe}-s{seed}") for seed in seeds]
+            if len(members) > 1:
+                command = ["ensemble", *members, "--project", str(work / "runs"), "--name",
+                           f"{recipe}-ensemble", "--no-export", "--format", "json"]  # fmt: skip
+                ensembles[recipe] = json.loads(run_scenecls(command, work / "home"))["test_accuracy"]
+                print(f"{recipe:18s} ensemble of {len(members)} seeds: test {ensembles[recipe]:.4f}")
     print()
     if args.markdown:
         print("| recipe | options | seeds | val accuracy | test accuracy (mean) | test spread | seconds |")
@@ -149,16 +162,17 @@ def main() -> None:
         spread = max(tests) - min(tests)
         seconds = statistics.mean(r["seconds"] for r in mine)
         options = " ".join(RECIPES[recipe]) or "(defaults)"
-        tta = f", with --tta {statistics.mean(r['test_tta'] for r in mine):.4f}" if args.tta else ""
+        extra = f", with --tta {statistics.mean(r['test_tta'] for r in mine):.4f}" if args.tta else ""
+        extra += f", ensemble {ensembles[recipe]:.4f}" if recipe in ensembles else ""
         if args.markdown:
             print(
                 f"| {recipe} | `{options}` | {len(mine)} | {statistics.mean(vals):.4f} | "
-                f"{statistics.mean(tests):.4f}{tta} | {spread:.4f} | {seconds:.0f} |"
+                f"{statistics.mean(tests):.4f}{extra} | {spread:.4f} | {seconds:.0f} |"
             )
         else:
             print(
                 f"{recipe:18s} {len(mine)} seed(s): val {statistics.mean(vals):.4f}, test "
-                f"{statistics.mean(tests):.4f} (spread {spread:.4f}){tta}, {seconds:.0f} s"
+                f"{statistics.mean(tests):.4f} (spread {spread:.4f}){extra}, {seconds:.0f} s"
             )
 
 
