@@ -2,7 +2,7 @@
 
 Runs that differ only by their seed make different mistakes, so their mean is right more often than
 each of them: three MobileNetV2 runs of the same recipe, averaged, scored 0.4 to 1.0 points above
-their mean on intel-dev's test split in each of five recipes measured (``benchmarks/README.md``), at
+their mean on intel-dev's test split in each of six recipes measured (``benchmarks/README.md``), at
 three times the cost of a prediction.
 
 The ensemble is one Keras model, the members side by side on one input and then their mean, saved as

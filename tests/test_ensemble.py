@@ -33,7 +33,7 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """``seed0`` and ``seed1`` trained, and ``ensemble`` made of them (with its best.tflite)."""
+    """A project with two finished runs, ``seed0`` and ``seed1``, that differ only by their seed."""
     data = tmp_path_factory.mktemp("data")
     write_class_folders(data / "train", 14, seed=1, size=40)
     write_class_folders(data / "test", 6, seed=2, size=40)
@@ -47,6 +47,7 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def made(project) -> dict:
+    """``scenecls ensemble seed0 seed1``: the run ``ensemble``, with its best.tflite; its JSON summary."""
     result = invoke("-q", "ensemble", "seed0", "seed1", "--project", str(project), "--format", "json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
