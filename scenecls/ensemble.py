@@ -92,14 +92,10 @@ def make_ensemble(
     model = average_models(models)
     run_dir = runs.create_run_dir(project, name)
     try:
-        result = _write_run(run_dir, members, configs, model, batch_size, export, reporter)
+        return _write_run(run_dir, members, configs, model, batch_size, export, reporter, started)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # a new folder: nothing of the user's is in it
         raise
-    result.seconds = round(time.monotonic() - started, 1)
-    metrics = runs.read_json(run_dir / runs.METRICS)
-    runs.write_json(run_dir / runs.METRICS, {**metrics, "seconds": result.seconds})
-    return result
 
 
 def _members(refs: list[str], project: Path) -> list[Path]:
@@ -134,8 +130,9 @@ def _check_members(members: list[Path], configs: list[dict]) -> None:
 
 def _write_run(
     run_dir: Path, members: list[Path], configs: list[dict], model, batch_size: int, export: bool,
-    reporter: Reporter,
+    reporter: Reporter, started: float,
 ) -> EnsembleResult:  # fmt: skip
+    """The new run's files, ``metrics.json`` last (with the seconds since ``started``)."""
     from scenecls.data.pipeline import prepare_data
     from scenecls.evaluation import evaluate_predictions, predict_split
     from scenecls.paths import data_source
@@ -186,6 +183,9 @@ def _write_run(
         metrics["export"] = write_fast_predict(
             run_dir, data.classes, data.test or data.val, size, reporter, model=model
         )
+    metrics["seconds"] = round(time.monotonic() - started, 1)
     runs.write_json(run_dir / runs.METRICS, metrics)
     runs.write_json(run_dir / runs.STATE, {"status": "finished", "epoch": 0})
-    return EnsembleResult(run_dir, [str(m) for m in members], size, test_accuracy, member_tests, tested)
+    return EnsembleResult(
+        run_dir, [str(m) for m in members], size, test_accuracy, member_tests, tested, metrics["seconds"]
+    )
