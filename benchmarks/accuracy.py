@@ -54,11 +54,8 @@ RECIPES: dict[str, list[str]] = {
     # Only the last block fine-tuned, on the activation cache and on images.
     "unfreeze-1": ["--unfreeze", "1"],
     "unfreeze-1-images": ["--unfreeze", "1", "--finetune-copies", "0"],
-    # Phase 1 on cached features with 2 augmented copies besides each image (the phase-1/2 shock): the
-    # default (auto) when fine-tuning follows on the activation cache, whose copies they then are.
+    # Phase 1 on cached features with 2 augmented copies besides each image (the phase-1/2 shock).
     "cache-aug-2": ["--cache-aug", "2"],
-    # Phase 1 on the un-augmented features alone (the default until the copies came from the cache).
-    "cache-aug-0": ["--cache-aug", "0"],
     # A lower fine-tuning rate.
     "finetune-lr-5e-5": ["--finetune-lr", "5e-5"],
     # Cosine decay of each phase's rate.

@@ -48,9 +48,7 @@ class TrainConfig:
     class_weights: bool = False
     cache_images: bool = False  # keep decoded images in memory after the first epoch
     feature_cache: bool = True  # cached features (phase 1) and activations (fine-tuning); see training/
-    # augmented copies per image in the feature cache, besides the image itself; None: chosen when the
-    # run starts (see training.phases.resolve_cache_aug), and recorded as chosen
-    cache_aug: int | None = None
+    cache_aug: int = 0  # augmented copies per image in the feature cache, besides the image itself
     finetune_copies: int = 2  # augmented copies per image in the fine-tuning activation cache
     finetune_map_aug: str = "none"  # "flip", "crop" or "flip,crop": cached activation maps changed each epoch
     parent: str | None = None  # the run a fine-tuning run started from

@@ -358,9 +358,7 @@ def test_no_room_for_the_cache_fine_tunes_on_images_and_says_so(data, tmp_path, 
                     "--unfreeze", "1", "--seed", "11", "--project", str(project))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "not enough disk space for the activation cache" in result.stderr
-    assert "computing the head's augmented copies from the images instead" in result.stderr
     assert "fine-tuning on images instead" in result.stderr
-    assert json.loads((project / "train" / "config.json").read_text())["cache_aug"] == 2
     metrics = json.loads((project / "train" / "metrics.json").read_text())
     assert metrics["activation_cache"] == {}
     assert [r["phase"] for r in runs.read_history(project / "train" / "history.csv")] == ["head", "finetune"]
@@ -376,9 +374,8 @@ def test_a_disk_that_fills_while_building_fails_cleanly_and_keeps_nothing_half_w
 
     monkeypatch.setattr(activations.os, "posix_fallocate", full, raising=False)
     project = tmp_path / "runs"
-    # --cache-aug 0: the entry is built after the head epoch (else the head phase builds it, before)
     args = ["train", "--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1",
-            "--unfreeze", "1", "--seed", "12", "--cache-aug", "0", "--project", str(project)]  # fmt: skip
+            "--unfreeze", "1", "--seed", "12", "--project", str(project)]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
     message = result.stderr.strip().splitlines()[-1]
@@ -399,7 +396,7 @@ def test_ctrl_c_while_building_the_cache_is_an_interrupted_run_that_resumes(data
     monkeypatch.setattr(activations, "_fill", interrupted)
     project = tmp_path / "runs"
     args = ["--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1",
-            "--seed", "13", "--cache-aug", "0"]  # fmt: skip
+            "--seed", "13"]  # fmt: skip
     result = invoke("-q", "train", *args, "--project", str(project))
     assert result.exit_code == 130
     assert f"scenecls train --resume {project / 'train'}" in result.stderr
@@ -421,87 +418,3 @@ def test_ctrl_c_while_building_the_cache_is_an_interrupted_run_that_resumes(data
 def test_an_unknown_map_augmentation_is_a_usage_error(data):
     result = CliRunner().invoke(cli, ["train", "--data", str(data), "--finetune-map-aug", "flip,rotate"])
     assert result.exit_code == 2 and "rotate is not one of none, flip, crop" in result.output
-
-
-def test_the_activation_cache_gives_the_heads_augmented_copies_of_the_same_images(tmp_path, monkeypatch):
-    """Through the blocks above the cut and the head's pooling, an entry's copies are the features a
-    pass of the whole backbone gives the same augmented images (to float16's precision)."""
-    from scenecls.training.features import compute_features
-
-    monkeypatch.setattr(folding, "FOLD_FROM", 0)
-    root = write_class_folders(tmp_path / "data", 4, size=32)
-    data = prepare_data(root, val_split=0.25, seed=0)
-    model, inner, cut = _split("convnext_tiny", 1)  # activations of a useful size (see TINY)
-    augment = AugmentConfig()
-    entry = activations.load_or_build(
-        cut, inner, data.train, data.val, (32, 32), cache_root=tmp_path / "cache", batch_size=4,
-        augment=augment, copies=3, seed=5,
-    )  # fmt: skip
-    derived = activations.pooled_features(model, cut, entry, 2, batch_size=4)
-    direct = compute_features(
-        model, data.train, (32, 32), batch_size=4, augment=augment, aug_copies=2, seed=5
-    )
-    assert derived.shape == (2, len(data.train), direct.shape[-1])
-    scale = np.abs(direct[1:]).max()
-    assert np.allclose(derived, direct[1:], atol=scale * 2e-2)
-    assert not np.allclose(derived[0], direct[0], atol=scale * 2e-2)  # augmented: not the images as they are
-    assert not np.allclose(derived[0], derived[1], atol=scale * 2e-2)  # and two different copies
-
-
-def test_by_default_the_head_trains_on_the_fine_tuning_caches_copies(data, tmp_path):
-    """--cache-aug auto: the head phase builds the fine-tuning entry and takes its augmented copies from
-    it, recorded as such; a second run reuses both and trains the same."""
-    project = tmp_path / "runs"
-    args = ["--data", str(data), *QUICK, "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1",
-            "--seed", "21", "--project", str(project), "--format", "json"]  # fmt: skip
-    first = invoke("-q", "train", *args)
-    assert first.exit_code == 0, first.output
-    run = project / "train"
-    assert json.loads((run / "config.json").read_text())["cache_aug"] == 2  # recorded as chosen
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["feature_cache"] == "built" and metrics["activation_cache"] == {"finetune": "built"}
-    features = [json.loads(meta.read_text()) for meta in (cache_dir() / "features").glob("*/meta.json")]
-    ours = [m for m in features if m.get("augmented_from") and m["seed"] == 21]
-    assert len(ours) == 1 and ours[0]["aug_copies"] == 2
-    source = cache_dir() / ours[0]["augmented_from"]
-    assert (source / "meta.json").is_file() and json.loads((source / "meta.json").read_text())["copies"] == 2
-
-    again = invoke("-q", "train", *args, "--name", "again")
-    assert again.exit_code == 0, again.output
-    metrics = json.loads((project / "again" / "metrics.json").read_text())
-    assert metrics["feature_cache"] == "reused" and metrics["activation_cache"] == {"finetune": "reused"}
-    assert json.loads(again.stdout)["best_val_accuracy"] == json.loads(first.stdout)["best_val_accuracy"]
-
-
-@pytest.mark.parametrize(
-    ("options", "expected"),
-    [
-        ({}, 2),
-        ({"cache_aug": 0}, 0),
-        ({"cache_aug": 5}, 5),
-        ({"finetune_copies": 1}, 1),
-        ({"finetune_copies": 0}, 0),
-        ({"finetune_epochs": 0}, 0),
-        ({"unfreeze": "0"}, 0),
-        ({"unfreeze": "all"}, 0),
-        ({"unfreeze_layers": 10}, 0),
-        ({"feature_cache": False}, 0),
-        ({"mixup": 0.2}, 0),
-        ({"epochs": 0}, 0),
-    ],
-)
-def test_cache_aug_auto_takes_copies_only_where_fine_tuning_caches_them(options, expected):
-    from dataclasses import replace
-
-    from scenecls.config import TrainConfig
-    from scenecls.data.augment import NO_AUGMENTATION
-    from scenecls.training.phases import plan_phases, resolve_cache_aug
-    from scenecls.training.strategy import Distribution
-
-    config = TrainConfig(**options)
-    assert resolve_cache_aug(config, plan_phases(config)) == expected
-    if expected and "cache_aug" not in options:
-        plain = replace(config, augment=NO_AUGMENTATION)
-        assert resolve_cache_aug(plain, plan_phases(plain)) == 0  # nothing to augment
-        cluster = Distribution(mode="multiworker", workers=2)
-        assert resolve_cache_aug(config, plan_phases(config), cluster) == 0  # every worker would build it

@@ -86,23 +86,6 @@ def choose_distribution(out: Output, mode: str):
     return distribution
 
 
-class CountOrAuto(click.ParamType):
-    """A count (0 or more), or ``auto`` (None: the library chooses)."""
-
-    name = "auto|N"
-
-    def convert(self, value, param, ctx):
-        if value is None or str(value).strip().lower() == "auto":
-            return None
-        try:
-            count = int(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is neither auto nor a whole number", param, ctx)
-        if count < 0:
-            self.fail(f"{count} is below 0", param, ctx)
-        return count
-
-
 class MapAugment(click.ParamType):
     """``none`` or a comma list of ``flip`` and ``crop``, in that order."""
 
@@ -160,13 +143,10 @@ def cache_options(func):
     """The caches' options for train and sweep, whose runs have a phase 1 as well."""
     func = click.option(
         "--cache-aug",
-        type=CountOrAuto(),
-        default="auto",
+        type=click.IntRange(0),
+        default=DEFAULTS.cache_aug,
         show_default=True,
-        help="Augmented copies per image in the feature cache, besides the image itself, so that the "
-        "head has seen augmented images before fine-tuning shows it more. auto: 2 when fine-tuning "
-        "follows on the activation cache (the copies are then its own, through the upper blocks: "
-        "seconds), else 0.",
+        help="Augmented copies per image in the feature cache, besides the image itself.",
     )(func)
     return finetune_cache_options(func)
 

@@ -222,45 +222,6 @@ def load_or_build(
     )
 
 
-def pooled_features(
-    model, cut: CutModels, entry: CachedActivations, copies: int, *, batch_size: int,
-    reporter: Reporter | None = None,
-) -> np.ndarray:  # fmt: skip
-    """``(copies, n, d)``: the pooled backbone features of the entry's first ``copies`` training copies.
-
-    While the backbone is frozen, an augmented image's features are its activations at the cut through
-    the blocks above it and the head's pooling, so the feature cache's augmented copies can be taken
-    from this entry for the price of the upper blocks alone, instead of a second pass of the whole
-    backbone over freshly augmented images. The head then meets, before fine-tuning, the very augmented
-    copies fine-tuning trains on.
-    """
-    import keras
-
-    from scenecls.classifier import inference_function
-    from scenecls.models.folding import for_inference
-    from scenecls.training.features import POOL_LAYER
-
-    reporter = reporter or NullReporter()
-    inputs = keras.Input(cut.shape, name="activations")
-    x = cut.upper.get_layer("upper_backbone")(inputs, training=False)
-    pooled = keras.Model(inputs, model.get_layer(POOL_LAYER)(x), name="upper_features")
-    count = entry.train.shape[1]
-    forward = inference_function(for_inference(pooled, images=copies * count), batch_size)
-    steps = -(-count // batch_size)
-    task = reporter.task("Caching features", total=copies * steps, unit="batches")
-    try:
-        out = []
-        for copy in range(copies):
-            batches = []
-            for start in range(0, count, batch_size):
-                batches.append(forward(entry.read(entry.train[copy, start : start + batch_size])))
-                task.advance()
-            out.append(np.concatenate(batches))
-    finally:
-        task.close()
-    return np.stack(out).astype(np.float32)
-
-
 def entry_bytes(copies: int, n_train: int, n_val: int, shape: tuple[int, ...]) -> int:
     """The disk an entry takes (as float16: twice that in the rare entry stored as float32)."""
     return (copies * n_train + n_val) * int(np.prod(shape)) * np.dtype(STORED_DTYPE).itemsize

@@ -19,7 +19,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +44,6 @@ class CachedFeatures:
     reused: bool
 
 
-@dataclass(frozen=True)
-class DerivedCopies:
-    """The feature cache's augmented copies, taken from somewhere cheaper than the whole backbone (the
-    fine-tuning activation cache, see :func:`~scenecls.training.activations.pooled_features`).
-
-    ``source`` names them in the cache key (their values differ from a direct pass by the source's
-    storage rounding); ``compute`` gives ``(aug_copies, n_train, d)``, or None when it cannot, and the
-    copies are then computed from the images as usual.
-    """
-
-    source: str
-    compute: Callable[[], np.ndarray | None]
-
-
 def backbonefile_sha256(backbone) -> str:
     """A hash of the backbone's weights: the same weights give the same features, whatever their source."""
     return weights_sha256(backbone.weights)
@@ -82,7 +67,6 @@ def cache_key(
     seed: int,
     train: Split,
     val: Split,
-    derived_from: str | None = None,
 ) -> tuple[str, dict]:
     fields = {
         "version": CACHE_VERSION,
@@ -98,8 +82,6 @@ def cache_key(
     compute = backbone.dtype_policy.name  # mixed precision gives other features than float32
     if compute != "float32":
         fields["compute"] = compute
-    if derived_from is not None:  # the augmented copies came through another cache's stored values
-        fields["augmented_from"] = derived_from
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 
@@ -196,48 +178,12 @@ def load_or_compute(
     reporter: Reporter | None = None,
     publish: bool = True,
     augmentations: list | None = None,
-    derived: DerivedCopies | None = None,
 ) -> CachedFeatures:
     """The entry for these images and this backbone from ``cache_root``, or computed and (with
-    ``publish``) written there for the next run; ``augmentations`` as for :func:`compute_features`;
-    ``derived``: where the augmented copies can come from instead (see :class:`DerivedCopies`)."""
+    ``publish``) written there for the next run; ``augmentations`` as for :func:`compute_features`."""
     reporter = reporter or NullReporter()
-    augmented = None
-    if derived is not None and aug_copies:
-        key, fields = cache_key(backbone, size, augment, aug_copies, seed, train, val, derived.source)
-        found = _lookup(cache_root / "features" / key, fields, train, val, key, reporter, publish)
-        if found is not None:
-            return found
-        augmented = derived.compute()
-    if augmented is None:
-        key, fields = cache_key(backbone, size, augment, aug_copies, seed, train, val)
-        found = _lookup(cache_root / "features" / key, fields, train, val, key, reporter, publish)
-        if found is not None:
-            return found
+    key, fields = cache_key(backbone, size, augment, aug_copies, seed, train, val)
     folder = cache_root / "features" / key
-    direct = 0 if augmented is not None else aug_copies
-    forward = extractor(classifier, batch_size, images=len(train) * (direct + 1) + len(val))
-    train_features = compute_features(
-        classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=direct, seed=seed,
-        reporter=reporter, forward=forward, augmentations=None if augmented is not None else augmentations,
-    )  # fmt: skip
-    if augmented is not None:
-        train_features = np.concatenate([train_features, augmented])
-    val_features = compute_features(
-        classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward
-    )[0]
-    if publish:
-        _write(folder, fields, train_features, val_features)
-        reporter.log(f"Feature cache: built {folder}")
-    return CachedFeatures(
-        train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
-    )
-
-
-def _lookup(
-    folder: Path, fields: dict, train: Split, val: Split, key: str, reporter: Reporter, publish: bool
-) -> CachedFeatures | None:
-    """The entry in ``folder`` when it is sound; else None, a damaged entry removed (when publishing)."""
     cached = _read(folder, fields, len(train), len(val))
     if cached is not None:
         reporter.log(f"Feature cache: reusing {folder}")
@@ -248,7 +194,20 @@ def _lookup(
     if folder.exists() and publish:
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    return None
+    forward = extractor(classifier, batch_size, images=len(train) * (aug_copies + 1) + len(val))
+    train_features = compute_features(
+        classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
+        reporter=reporter, forward=forward, augmentations=augmentations,
+    )  # fmt: skip
+    val_features = compute_features(
+        classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward
+    )[0]
+    if publish:
+        _write(folder, fields, train_features, val_features)
+        reporter.log(f"Feature cache: built {folder}")
+    return CachedFeatures(
+        train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
+    )
 
 
 def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:

@@ -9,7 +9,7 @@ away afterwards.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,6 @@ def lr_find(
     if phase not in ("head", "finetune"):
         raise UsageError(f"--phase takes head or finetune, got {phase!r}")
     reporter = reporter or NullReporter()
-    if config.cache_aug is None:  # the range test's head needs no augmented copies, and no cache for them
-        config = replace(config, cache_aug=0)
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed)
     spec = get_spec(config.backbone)

@@ -224,7 +224,6 @@ def _train(
     spec = get_spec(config.backbone)
     size = config.image_size or spec.default_size
     phases = plan_phases(config)
-    config = replace(config, cache_aug=resolve_cache_aug(config, phases, distribution))
     if config.warmup_epochs and config.lr_schedule == "plateau":
         raise UsageError("--warmup-epochs works with --lr-schedule constant or cosine, not plateau")
     if config.tensorboard:
@@ -298,13 +297,12 @@ def _run_phase(
     ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, first_epoch=state.epoch - done)
     ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
     source, cache = epoch_source(
-        phase.policy, model, backbone, images, config, data, size, reporter, distribution, ledger.run_dir,
-        opened=state.activation_cache.setdefault,
-    )  # fmt: skip
+        phase.policy, model, backbone, images, config, data, size, reporter, distribution, ledger.run_dir
+    )
     if cache and phase.policy.frozen:
         state.feature_cache = cache
     elif cache:
-        state.activation_cache.setdefault(phase.name, cache)  # built by the head phase, if it was
+        state.activation_cache[phase.name] = cache
     ledger.checkpoints = checkpoints = source.checkpoints(ledger.run_dir)
     checkpoints.begin(resumed=resumed_head)
     if config.ema and index == state.phase and (done > 0 or resumed_head):
@@ -391,11 +389,9 @@ def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> I
 def epoch_source(
     policy: UnfreezePolicy, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData,
     size: int, reporter: Reporter, distribution: Distribution = OFF, run_dir: Path | None = None,
-    opened=None,
 ) -> tuple[EpochSource, str | None]:  # fmt: skip
     """``(source, cache)``: what the phase trains on, and whether its cache entry was ``built`` or
-    ``reused`` (None: no cache). ``opened(phase, built_or_reused)`` hears of a fine-tuning phase's
-    activation cache entry opened early, by the head phase for its augmented copies.
+    ``reused`` (None: no cache).
 
     Unless ``--no-cache``: cached pooled features while the backbone is frozen; cached activations at the
     first unfrozen block while the last blocks are fine-tuned (not with ``--finetune-copies 0``, for
@@ -408,7 +404,7 @@ def epoch_source(
     if not config.feature_cache:
         return images, None
     if policy.frozen:
-        return _feature_source(model, backbone, config, data, size, reporter, distribution, opened)
+        return _feature_source(model, backbone, config, data, size, reporter, distribution)
     from scenecls.training import activations
 
     index = activations.cut_index(get_spec(config.backbone).block_map(backbone), policy)
@@ -442,20 +438,16 @@ def epoch_source(
     return source, "reused" if entry.reused else "built"
 
 
-def _feature_source(
-    model, backbone, config, data, size, reporter, distribution, opened=None
-) -> tuple[EpochSource, str]:
+def _feature_source(model, backbone, config, data, size, reporter, distribution) -> tuple[EpochSource, str]:
     from scenecls.training.features import load_or_compute
 
     augmentations = augmented_copies(config.augment, config.cache_aug, config.seed + 1)
-    derived = _copies_from_activations(model, backbone, config, data, size, reporter, distribution, opened)
 
     def features(publish: bool):
         return load_or_compute(
             model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
             batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
             seed=config.seed, reporter=reporter, publish=publish, augmentations=augmentations,
-            derived=derived,
         )  # fmt: skip
 
     if distribution.chief:
@@ -468,78 +460,6 @@ def _feature_source(
         model, cached, batch_size=config.batch_size, seed=config.seed, mixing=config.mixing
     )
     return source, "reused" if cached.reused else "built"
-
-
-DERIVED_COPIES = 2  # the head's augmented copies by default, when the activation cache can give them
-
-
-def resolve_cache_aug(config: TrainConfig, phases: list[Phase], distribution: Distribution = OFF) -> int:
-    """``--cache-aug`` as given, or for ``auto``: :data:`DERIVED_COPIES` when a head phase is followed by
-    fine-tuning the last blocks on the activation cache, whose copies it then reuses; else 0.
-
-    Why: a head trained on un-augmented features alone meets augmented images for the first time in the
-    first fine-tuning epoch, and loses accuracy there (benchmarks/README.md, "The phase-1-to-2 step");
-    taken from the activation cache the copies cost one pass of the upper blocks, not of the backbone.
-    """
-    if config.cache_aug is not None:
-        return config.cache_aug
-    following = [p.policy for p in phases if not p.policy.frozen]
-    reusable = (
-        config.feature_cache
-        and phases[0].policy.frozen
-        and following
-        and following[0].kind == "blocks"
-        and config.augment.enabled
-        and config.finetune_copies > 0
-        and not config.mixing.on
-        and distribution.mode != "multiworker"  # every worker would have to build it alike
-    )
-    return min(DERIVED_COPIES, config.finetune_copies) if reusable else 0
-
-
-def _copies_from_activations(model, backbone, config, data, size, reporter, distribution, opened=None):
-    """Where the head phase's augmented copies can come from instead of the whole backbone: the first
-    fine-tuning phase's activation cache (built now, reused by that phase), when that phase will train on
-    it with at least as many copies of the same augmentation; else None."""
-    from scenecls.training import activations
-    from scenecls.training.features import DerivedCopies
-
-    following = [p for p in plan_phases(config) if not p.policy.frozen]
-    if (
-        not config.cache_aug
-        or not following
-        or not config.augment.enabled
-        or config.mixing.on
-        or config.finetune_copies < config.cache_aug
-        or distribution.mode == "multiworker"
-    ):
-        return None
-    index = activations.cut_index(get_spec(config.backbone).block_map(backbone), following[0].policy)
-    if index is None:
-        return None
-    cut = activations.split_classifier(model, backbone, index)
-    augmentations = augmented_copies(config.augment, config.finetune_copies, config.seed + 1)
-    key, _ = activations.cache_key(
-        backbone, cut, (size, size), config.augment, config.finetune_copies, config.seed, data.train, data.val
-    )
-
-    def compute():
-        try:
-            entry = activations.load_or_build(
-                cut, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
-                batch_size=config.batch_size, augment=config.augment, copies=config.finetune_copies,
-                seed=config.seed, reporter=reporter, augmentations=augmentations,
-            )  # fmt: skip
-        except activations.CacheUnavailable as exc:
-            reporter.warn(f"{exc}; computing the head's augmented copies from the images instead")
-            return None
-        if opened is not None:
-            opened(following[0].name, "reused" if entry.reused else "built")
-        return activations.pooled_features(
-            model, cut, entry, config.cache_aug, batch_size=config.batch_size, reporter=reporter
-        )
-
-    return DerivedCopies(f"activations/{key}", compute)
 
 
 def _open_run(
