@@ -1,8 +1,8 @@
 """Ensembles: several finished runs as one model that averages their predicted probabilities.
 
 Runs that differ only by their seed make different mistakes, so their mean is right more often than
-each of them: three MobileNetV2 runs of the same recipe, averaged, scored 0.4 to 1.0 points above
-their mean on intel-dev's test split in each of six recipes measured (``benchmarks/README.md``), at
+each of them: three MobileNetV2 runs of the same recipe, averaged, scored 0.4 to 1.5 points above
+their mean on intel-dev's test split in each of eight sets measured (``benchmarks/README.md``), at
 three times the cost of a prediction.
 
 The ensemble is one Keras model, the members side by side on one input and then their mean, saved as

@@ -161,20 +161,27 @@ def plot_compare(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> 
 
 
 def plot_sweep_heatmap(rows: Sequence[dict[str, Any]], backbone: str, path: Path) -> Path:
-    """Best validation accuracy of one backbone's runs: dense layers down, unfrozen blocks across."""
+    """Best validation accuracy of one backbone's runs: dense layers down, unfrozen blocks across; the
+    mean over a cell's seeds when the sweep has several."""
     mine = [r for r in rows if r["backbone"] == backbone]
     dense = sorted({int(r["dense"]) for r in mine})
     unfreeze = sorted(
         {str(r["unfreeze"]) for r in mine}, key=lambda u: (not u.isdigit(), int(u) if u.isdigit() else 0, u)
     )
-    grid = np.full((len(dense), len(unfreeze)), np.nan)
+    cells: dict[tuple[int, int], list[float]] = {}
     for r in mine:
         if r["best_val_accuracy"] is not None:
-            grid[dense.index(int(r["dense"])), unfreeze.index(str(r["unfreeze"]))] = r["best_val_accuracy"]
+            cell = (dense.index(int(r["dense"])), unfreeze.index(str(r["unfreeze"])))
+            cells.setdefault(cell, []).append(float(r["best_val_accuracy"]))
+    grid = np.full((len(dense), len(unfreeze)), np.nan)
+    for cell, values in cells.items():
+        grid[cell] = float(np.mean(values))
+    seeds = max((len(v) for v in cells.values()), default=1)
     figure = _figure(1.2 * len(unfreeze) + 3, 0.8 * len(dense) + 2)
     ax = figure.subplots()
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    figure.colorbar(image, ax=ax, label="best val accuracy")
+    label = "best val accuracy" if seeds == 1 else f"best val accuracy, mean of {seeds} seeds"
+    figure.colorbar(image, ax=ax, label=label)
     ax.set_xticks(range(len(unfreeze)), unfreeze)
     ax.set_yticks(range(len(dense)), dense)
     ax.set_xlabel("unfrozen blocks")
@@ -186,7 +193,7 @@ def plot_sweep_heatmap(rows: Sequence[dict[str, Any]], backbone: str, path: Path
             if np.isfinite(grid[i, j]):
                 colour = "black" if grid[i, j] > middle else "white"
                 ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color=colour, fontsize=9)
-    ax.set_title(f"{backbone}: best validation accuracy")
+    ax.set_title(f"{backbone}: {label.replace('val', 'validation')}")
     return _save(figure, path)
 
 

@@ -157,3 +157,79 @@ def test_shard_arguments_are_checked():
     for bad in ("0/3", "4/3", "x", "1-3"):
         result = CliRunner().invoke(cli, ["sweep", "--shard", bad, "--dry-run"])
         assert result.exit_code == 2 and "--shard" in result.stderr
+
+
+def test_seeds_repeat_every_combination_and_name_their_runs(tmp_path):
+    args = [
+        "sweep",
+        *GRID,
+        *TINY,
+        "--seeds",
+        "3,1,3",
+        "--project",
+        str(tmp_path),
+        "--dry-run",
+        "--format",
+        "json",
+    ]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 16  # 8 combinations x 2 seeds (3 given twice)
+    assert [(r["run"], r["seed"]) for r in rows[:2]] == [
+        ("convnext_tiny-d0-u0-s3", 3),
+        ("convnext_tiny-d0-u0-s1", 1),
+    ]
+    # Without --seeds, the names and sweep.json's grid are as before sweeps had seeds.
+    plain = json.loads(invoke("sweep", *GRID, *TINY, "--seed", "4", "--dry-run", "--format", "json").stdout)
+    assert plain[0]["run"] == "convnext_tiny-d0-u0" and plain[0]["seed"] == 4
+
+
+def test_seeds_and_seed_together_or_no_seeds_are_usage_errors(tmp_path):
+    for extra in (["--seeds", "0,1", "--seed", "2"], ["--seeds", ","], ["--seeds", "0,x"]):
+        result = CliRunner().invoke(
+            cli, ["sweep", *GRID, *TINY, "--project", str(tmp_path), "--dry-run", *extra]
+        )
+        assert result.exit_code == 2, (extra, result.output)
+        assert "Traceback" not in result.output
+    assert "not both" in CliRunner().invoke(cli, ["sweep", "--seeds", "0", "--seed", "1", "--dry-run"]).output
+
+
+def test_a_sweep_over_seeds_trains_each_reports_the_seed_and_names_the_ensemble(tmp_path):
+    from scenecls.training import sweep as sweeps
+
+    data = write_class_folders(tmp_path / "data" / "train", 8, size=32).parent
+    write_class_folders(data / "test", 2, seed=3, size=32)
+    project = tmp_path / "runs"
+    args = ["sweep", "--backbones", "mobilenet_v2", "--unfreeze", "0", "--dense", "0,1", *TINY,
+            "--seeds", "0,1", "--data", str(data), "--project", str(project), "--format", "json"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    sweep = project / "sweep"
+    rows = json.loads(result.stdout)
+    assert sorted((r["run"], r["seed"]) for r in rows) == [
+        ("mobilenet_v2-d0-u0-s0", 0), ("mobilenet_v2-d0-u0-s1", 1), ("mobilenet_v2-d1-u0-s0", 0),
+        ("mobilenet_v2-d1-u0-s1", 1),
+    ]  # fmt: skip
+    for row in rows:  # each run trained with its own seed: its own validation split
+        assert json.loads((sweep / row["run"] / "config.json").read_text())["seed"] == row["seed"]
+    table = list(csv.DictReader(io.StringIO((sweep / "results.csv").read_text())))
+    assert {r["seed"] for r in table} == {"0", "1"}
+    with Image.open(sweep / "heatmap_mobilenet_v2.png") as image:
+        assert image.format == "PNG"
+    # The command it prints for each recipe's seeds makes the ensemble.
+    line = next(x for x in result.stderr.splitlines() if "mobilenet_v2-d1-u0's 2 seeds" in x)
+    command = line.split("scenecls ", 1)[1].split()
+    assert command[:3] == [
+        "ensemble",
+        str(sweep / "mobilenet_v2-d1-u0-s0"),
+        str(sweep / "mobilenet_v2-d1-u0-s1"),
+    ]
+    made = invoke(*command, "--no-export", "--format", "json")
+    assert made.exit_code == 0, made.output
+    assert (project / "mobilenet_v2-d1-u0-ensemble" / "best.keras").is_file()
+    # Collecting again under the same seeds finds the grid; under others it is another grid.
+    assert invoke(*args, "--collect").exit_code == 0
+    other = CliRunner().invoke(cli, [*args[:-2], "--seeds", "0,2", "--collect"])
+    assert other.exit_code == 2 and "--seeds" in other.output
+    assert sweeps.seed_groups(sweeps.grid(["mobilenet_v2"], ["0"], [0], None)) == {}

@@ -26,6 +26,13 @@ def _csv_list(value: str) -> list[str]:
 @click.option(
     "--dense", default="0,1,2,3", show_default=True, help="Dense layers in the head, one run per value."
 )
+@click.option(
+    "--seeds",
+    default=None,
+    metavar="S,S,...",
+    help="Seeds, one run per value of every combination (named ...-s<seed>): a recipe's spread, and "
+    "runs to join with scenecls ensemble. Instead of --seed.",
+)
 @recipe_options
 @click.option("--dry-run", is_flag=True, help="List the runs and what each would train; train nothing.")
 @click.option(
@@ -47,6 +54,7 @@ def sweep(
     backbones: str,
     unfreeze: str,
     dense: str,
+    seeds: str | None,
     data: Path | None,
     project: Path,
     name: str | None,
@@ -75,7 +83,9 @@ def sweep(
         dense_values = None
     if dense_values is None or any(d < 0 for d in dense_values):
         raise UsageError(f"--dense takes numbers of 0 or more like 0,1,2,3; got {dense!r}")
-    points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values)
+    points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values, _seeds(seeds))
+    if seeds is not None and click.get_current_context().get_parameter_source("seed").name != "DEFAULT":
+        raise UsageError("give --seeds or --seed, not both")
     base = config_from_options(data, no_augment, no_cache, options)
     base.export_tflite = False  # export the runs you keep: scenecls export RUN
     folder = project / (name or "sweep")
@@ -112,6 +122,36 @@ def sweep(
         return
     _write_tables(out, folder, points, rows)
     _render(out, rows, fmt, f"Sweep results ({folder})")
+    _suggest_ensembles(out, folder, points)
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    from scenecls.errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in _csv_list(value)]
+    except ValueError:
+        raise UsageError(f"--seeds takes whole numbers like 0,1,2; got {value!r}") from None
+    if not seeds:
+        raise UsageError("--seeds needs at least one seed, like 0,1,2")
+    return seeds
+
+
+def _suggest_ensembles(out: Output, folder: Path, points) -> None:
+    """How to join each recipe's seeds into one model (the one technique measured to gain every time)."""
+    from scenecls.training import sweep as sweeps
+
+    groups = sweeps.seed_groups(points)
+    for name, members in list(groups.items())[:3]:
+        joined = " ".join(str(folder / p.name) for p in members)
+        out.log(
+            f"Ensemble of {name}'s {len(members)} seeds: scenecls ensemble {joined} "
+            f"--project {folder.parent} --name {name}-ensemble"
+        )
+    if len(groups) > 3:
+        out.log(f"... and {len(groups) - 3} more recipes with several seeds")
 
 
 def _collect(out: Output, folder: Path, points, fmt: str) -> None:

@@ -1,6 +1,9 @@
-"""The seed's grid — backbones x unfrozen blocks x dense layers — as one resumable command.
+"""The seed's grid — backbones x unfrozen blocks x dense layers, and optionally seeds — as one resumable
+command.
 
-Every combination is a normal run folder inside one sweep folder, named ``<backbone>-d<dense>-u<unfreeze>``.
+Every combination is a normal run folder inside one sweep folder, named ``<backbone>-d<dense>-u<unfreeze>``
+(``-s<seed>`` added when the grid has seeds: repeated runs of a recipe, to measure its spread or to make
+an ensemble of them).
 Running the same sweep again skips finished runs and resumes an interrupted one. Runs of the same
 backbone share the frozen-phase feature cache, so phase 1 costs one pass over the data per backbone,
 and runs that fine-tune from the same cut share its activation cache, so the frozen part of the backbone
@@ -28,6 +31,7 @@ RESULT_COLUMNS = (
     "backbone",
     "dense",
     "unfreeze",
+    "seed",
     "unfrozen_layers",
     "trainable_params",
     "best_val_accuracy",
@@ -42,21 +46,35 @@ class GridPoint:
     backbone: str
     dense: int
     unfreeze: str
+    seed: int | None = None  # None: the sweep's --seed, and no seed in the name
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}-d{self.dense}-u{self.unfreeze}"
+        name = f"{self.backbone}-d{self.dense}-u{self.unfreeze}"
+        return name if self.seed is None else f"{name}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``sweep.json`` records it (no ``seed`` without one, as before sweeps had seeds)."""
+        data = dataclasses.asdict(self)
+        if self.seed is None:
+            del data["seed"]
+        return data
 
 
-def grid(backbones: list[str], unfreeze: list[str], dense: list[int]) -> list[GridPoint]:
+def grid(
+    backbones: list[str], unfreeze: list[str], dense: list[int], seeds: list[int] | None = None
+) -> list[GridPoint]:
     """Every combination, backbone first so that runs sharing a feature cache follow each other, then
-    unfreeze, so that runs sharing an activation cache do."""
+    unfreeze, so that runs sharing an activation cache do; the seeds of a recipe last, side by side."""
     for name in backbones:
         get_spec(name)  # unknown names fail before anything runs
     if not (backbones and unfreeze and dense):
         raise UsageError("a sweep needs at least one backbone, one unfreeze value and one dense value")
+    if seeds is not None and not seeds:
+        raise UsageError("--seeds needs at least one seed")
     backbones, unfreeze, dense = (list(dict.fromkeys(values)) for values in (backbones, unfreeze, dense))
-    return [GridPoint(b, d, u) for b, u, d in itertools.product(backbones, unfreeze, dense)]
+    chosen: list[int | None] = list(dict.fromkeys(seeds)) if seeds else [None]
+    return [GridPoint(b, d, u, s) for b, u, d, s in itertools.product(backbones, unfreeze, dense, chosen)]
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -78,12 +96,25 @@ def shard_points(points: list[GridPoint], index: int, count: int) -> list[GridPo
 
 
 def point_config(base: TrainConfig, point: GridPoint) -> TrainConfig:
-    return dataclasses.replace(base, backbone=point.backbone, dense=point.dense, unfreeze=point.unfreeze)
+    seed = base.seed if point.seed is None else point.seed
+    return dataclasses.replace(
+        base, backbone=point.backbone, dense=point.dense, unfreeze=point.unfreeze, seed=seed
+    )
+
+
+def seed_groups(points: list[GridPoint]) -> dict[str, list[GridPoint]]:
+    """The runs of each recipe that differ only by seed (``<backbone>-d<dense>-u<unfreeze>``: its runs),
+    for the recipes that have more than one: what ``scenecls ensemble`` can join."""
+    groups: dict[str, list[GridPoint]] = {}
+    for point in points:
+        if point.seed is not None:
+            groups.setdefault(dataclasses.replace(point, seed=None).name, []).append(point)
+    return {name: members for name, members in groups.items() if len(members) > 1}
 
 
 def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None:
     """Create the sweep folder, or check that an existing one holds the same sweep."""
-    description = {"grid": [dataclasses.asdict(p) for p in points], "base": _recipe(base.to_dict())}
+    description = {"grid": [p.to_dict() for p in points], "base": _recipe(base.to_dict())}
     marker = folder / SWEEP_FILE
     if marker.is_file():
         existing = runs.read_json(marker)
@@ -104,10 +135,10 @@ def check_grid(folder: Path, points: list[GridPoint]) -> None:
     marker = folder / SWEEP_FILE
     if not marker.is_file():
         raise UsageError(f"{folder} holds no sweep ({SWEEP_FILE}); check --project and --name")
-    if runs.read_json(marker).get("grid") != [dataclasses.asdict(p) for p in points]:
+    if runs.read_json(marker).get("grid") != [p.to_dict() for p in points]:
         raise UsageError(
-            f"{folder} holds a sweep of another grid; give --collect the same --backbones, --unfreeze "
-            f"and --dense as the shards"
+            f"{folder} holds a sweep of another grid; give --collect the same --backbones, --unfreeze, "
+            f"--dense and --seeds as the shards"
         )
 
 
@@ -192,6 +223,7 @@ def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any
                 "backbone": point.backbone,
                 "dense": point.dense,
                 "unfreeze": point.unfreeze,
+                "seed": config.get("seed"),
                 "unfrozen_layers": last.get("layers", 0),
                 "trainable_params": max(r.get("trainable_params", 0) for r in reports),
                 "best_val_accuracy": metrics.get("best_val_accuracy"),
@@ -253,6 +285,7 @@ def describe_points(points: list[GridPoint], base: TrainConfig, num_classes: int
                 "backbone": point.backbone,
                 "dense": point.dense,
                 "unfreeze": point.unfreeze,
+                "seed": config.seed,
                 "phases": ", ".join(f"{p.name} x{p.epochs}" for p in phases),
                 "unfrozen_blocks": len(last.blocks),
                 "unfrozen_layers": last.layers,
