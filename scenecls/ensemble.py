@@ -98,6 +98,34 @@ def make_ensemble(
         raise
 
 
+def make_missing_ensembles(
+    groups: dict[Path, list[Path]], *, export: bool = False, batch_size: int = 32,
+    reporter: Reporter | None = None,
+) -> list[EnsembleResult]:  # fmt: skip
+    """Each ensemble folder of ``groups`` (folder -> its members' run folders) that is not a finished
+    run yet, made from its members when they have all finished; the ensembles made.
+
+    Made again by the same command, finished ensembles are kept as they are. A folder of that name that
+    is not a finished run (an ensemble killed mid-write) is left alone, with a warning: it is not ours to
+    delete.
+    """
+    reporter = reporter or NullReporter()
+    made = []
+    for run_dir, members in groups.items():
+        if run_dir.exists():
+            if not _finished(run_dir):
+                reporter.warn(f"{run_dir} exists and is not a finished run; remove it to make that ensemble")
+            continue
+        unfinished = [m.name for m in members if not _finished(m)]
+        if unfinished:
+            reporter.warn(f"{run_dir.name}: {', '.join(unfinished)} not finished; no ensemble yet")
+            continue
+        refs, project = [str(m) for m in members], run_dir.parent
+        options = {"export": export, "batch_size": batch_size, "reporter": reporter}
+        made.append(make_ensemble(refs, project, name=run_dir.name, **options))
+    return made
+
+
 def _members(refs: list[str], project: Path) -> list[Path]:
     members = [runs.resolve_run(ref, project) for ref in refs]
     if len({m.resolve() for m in members}) != len(members):
@@ -105,10 +133,15 @@ def _members(refs: list[str], project: Path) -> list[Path]:
     if len(members) < 2:
         raise UsageError("an ensemble needs at least two runs")
     for member in members:
-        state = runs.read_json(member / runs.STATE) if (member / runs.STATE).is_file() else {}
-        if state.get("status") != "finished" or not (member / runs.BEST).is_file():
+        if not _finished(member):
             raise UsageError(f"{member} has not finished training; resume it first")
     return members
+
+
+def _finished(run_dir: Path) -> bool:
+    """A run whose state says finished, with its best model."""
+    state = runs.read_json(run_dir / runs.STATE) if (run_dir / runs.STATE).is_file() else {}
+    return state.get("status") == "finished" and (run_dir / runs.BEST).is_file()
 
 
 def _check_members(members: list[Path], configs: list[dict]) -> None:

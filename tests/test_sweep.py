@@ -225,11 +225,41 @@ def test_a_sweep_over_seeds_trains_each_reports_the_seed_and_names_the_ensemble(
         str(sweep / "mobilenet_v2-d1-u0-s0"),
         str(sweep / "mobilenet_v2-d1-u0-s1"),
     ]
-    made = invoke(*command, "--no-export", "--format", "json")
+    made = invoke(*command[: command.index("(or")], "--no-export", "--format", "json")
     assert made.exit_code == 0, made.output
-    assert (project / "mobilenet_v2-d1-u0-ensemble" / "best.keras").is_file()
-    # Collecting again under the same seeds finds the grid; under others it is another grid.
-    assert invoke(*args, "--collect").exit_code == 0
+    ensemble = sweep / "mobilenet_v2-d1-u0-ensemble"
+    assert (ensemble / "best.keras").is_file()
+    # Collecting again under the same seeds finds the grid, and lists the ensemble after the runs, with
+    # its test accuracy only; under other seeds it is another grid.
+    collected = invoke(*args, "--collect")
+    assert collected.exit_code == 0, collected.output
+    rows = json.loads(collected.stdout)
+    assert [r["run"] for r in rows][-1] == ensemble.name and len(rows) == 5
+    assert rows[-1]["best_val_accuracy"] is None and rows[-1]["seed"] is None
+    assert rows[-1]["test_accuracy"] == json.loads((ensemble / "metrics.json").read_text())["test_accuracy"]
     other = CliRunner().invoke(cli, [*args[:-2], "--seeds", "0,2", "--collect"])
     assert other.exit_code == 2 and "--seeds" in other.output
     assert sweeps.seed_groups(sweeps.grid(["mobilenet_v2"], ["0"], [0], None)) == {}
+
+    # --ensemble makes the one still missing, keeps the one made, and lists both.
+    before = (ensemble / "metrics.json").stat().st_mtime_ns
+    joined = invoke(*args, "--ensemble")
+    assert joined.exit_code == 0, joined.output
+    assert joined.stderr.count("finished earlier, skipped") == 4
+    assert (ensemble / "metrics.json").stat().st_mtime_ns == before
+    rows = json.loads(joined.stdout)
+    assert sorted(r["run"] for r in rows[-2:]) == ["mobilenet_v2-d0-u0-ensemble", ensemble.name]
+    assert json.loads((sweep / "results.json").read_text()) == rows
+    config = json.loads((sweep / "mobilenet_v2-d0-u0-ensemble" / "config.json").read_text())
+    assert config["ensemble"]["seeds"] == [0, 1]
+
+
+def test_ensemble_needs_seeds_and_every_shard(tmp_path):
+    for extra in (
+        ["--ensemble"],
+        ["--ensemble", "--seeds", "0"],
+        ["--ensemble", "--seeds", "0,1", "--shard", "1/2"],
+    ):
+        result = CliRunner().invoke(cli, ["sweep", *GRID, *TINY, "--project", str(tmp_path), *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert "Traceback" not in result.output

@@ -39,8 +39,8 @@ def ensemble(
     \b
       scenecls train --seed 0 && scenecls train --seed 1 && scenecls train --seed 2
       scenecls ensemble train train2 train3
-      scenecls sweep --backbones mobilenet_v2 --unfreeze 5 --dense 3 --seeds 0,1,2  # 3 runs, and the command
       scenecls predict photo.jpg            # the latest run: the ensemble
+      scenecls sweep --backbones mobilenet_v2 --unfreeze 5 --dense 3 --seeds 0,1,2 --ensemble  # all in one
     """
     out.load_tensorflow()
     from scenecls.ensemble import make_ensemble

@@ -33,6 +33,13 @@ def _csv_list(value: str) -> list[str]:
     help="Seeds, one run per value of every combination (named ...-s<seed>): a recipe's spread, and "
     "runs to join with scenecls ensemble. Instead of --seed.",
 )
+@click.option(
+    "--ensemble",
+    "ensembles",
+    is_flag=True,
+    help="With --seeds: once the runs are done, join each recipe's seeds into one model "
+    "(<recipe>-ensemble in the sweep folder; see scenecls ensemble), tested and listed with the runs.",
+)
 @recipe_options
 @click.option("--dry-run", is_flag=True, help="List the runs and what each would train; train nothing.")
 @click.option(
@@ -55,6 +62,7 @@ def sweep(
     unfreeze: str,
     dense: str,
     seeds: str | None,
+    ensembles: bool,
     data: Path | None,
     project: Path,
     name: str | None,
@@ -86,12 +94,16 @@ def sweep(
     points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values, _seeds(seeds))
     if seeds is not None and click.get_current_context().get_parameter_source("seed").name != "DEFAULT":
         raise UsageError("give --seeds or --seed, not both")
+    if ensembles and not sweeps.seed_groups(points):
+        raise UsageError("--ensemble joins the seeds of each recipe: give --seeds with two or more seeds")
     base = config_from_options(data, no_augment, no_cache, options)
     base.export_tflite = False  # export the runs you keep: scenecls export RUN
     folder = project / (name or "sweep")
     share = sweeps.parse_shard(shard) if shard else None
     if share and collect:
         raise UsageError("--collect gathers every shard's runs; give it without --shard")
+    if share and ensembles:
+        raise UsageError("--ensemble needs every shard's runs: give it to --collect once they are done")
     if dry_run:
         out.load_tensorflow()
         chosen = sweeps.shard_points(points, *share) if share else points
@@ -99,7 +111,7 @@ def sweep(
         _render(out, rows, fmt, f"{len(rows)} runs in {folder} (dry run)")
         return
     if collect:
-        _collect(out, folder, points, fmt)
+        _collect(out, folder, points, fmt, ensembles)
         return
     distribution = choose_distribution(out, distribute)
     from scenecls.training.phases import TrainingInterrupted
@@ -120,9 +132,12 @@ def sweep(
         out.log(f"Shard {shard} done; once every shard is, the same command with --collect builds the tables")
         _render(out, rows, fmt, f"Shard {shard} results ({folder})")
         return
+    if ensembles:
+        rows = _make_ensembles(out, folder, points)
     _write_tables(out, folder, points, rows)
     _render(out, rows, fmt, f"Sweep results ({folder})")
-    _suggest_ensembles(out, folder, points)
+    if not ensembles:
+        _suggest_ensembles(out, folder, points)
 
 
 def _seeds(value: str | None) -> list[int] | None:
@@ -131,36 +146,52 @@ def _seeds(value: str | None) -> list[int] | None:
     if value is None:
         return None
     try:
-        seeds = [int(part) for part in _csv_list(value)]
+        return [int(part) for part in _csv_list(value)]  # none at all: refused by the grid
     except ValueError:
         raise UsageError(f"--seeds takes whole numbers like 0,1,2; got {value!r}") from None
-    if not seeds:
-        raise UsageError("--seeds needs at least one seed, like 0,1,2")
-    return seeds
 
 
 def _suggest_ensembles(out: Output, folder: Path, points) -> None:
     """How to join each recipe's seeds into one model (the one technique measured to gain every time)."""
     from scenecls.training import sweep as sweeps
 
-    groups = sweeps.seed_groups(points)
-    for name, members in list(groups.items())[:3]:
-        joined = " ".join(str(folder / p.name) for p in members)
+    groups = sweeps.ensemble_folders(folder, points)
+    for ensemble, members in list(groups.items())[:3]:
+        joined = " ".join(str(m) for m in members)
+        recipe = ensemble.name.removesuffix(sweeps.ENSEMBLE_SUFFIX)
         out.log(
-            f"Ensemble of {name}'s {len(members)} seeds: scenecls ensemble {joined} "
-            f"--project {folder.parent} --name {name}-ensemble"
+            f"Ensemble of {recipe}'s {len(members)} seeds: scenecls ensemble {joined} --project {folder} "
+            f"--name {ensemble.name} (or the sweep again with --ensemble)"
         )
     if len(groups) > 3:
         out.log(f"... and {len(groups) - 3} more recipes with several seeds")
 
 
-def _collect(out: Output, folder: Path, points, fmt: str) -> None:
-    """Tables and heatmaps from the runs on disk; exit 3 while some are not finished."""
+def _make_ensembles(out: Output, folder: Path, points) -> list[dict]:
+    """Each recipe's ensemble of its seeds not made yet, then the results with them (written again)."""
+    from scenecls.ensemble import make_missing_ensembles
+    from scenecls.training import sweep as sweeps
+
+    made = make_missing_ensembles(sweeps.ensemble_folders(folder, points), reporter=out.reporter())
+    for result in made:
+        out.log(f"Made {result.run_dir}")
+    rows = sweeps.collect_results(folder, points)
+    sweeps.write_results(folder, rows)
+    return rows
+
+
+def _collect(out: Output, folder: Path, points, fmt: str, ensembles: bool = False) -> None:
+    """Tables and heatmaps from the runs on disk (with ``ensembles``, the ensembles of each recipe's
+    finished seeds made first); exit 3 while some runs are not finished."""
     from scenecls.training import sweep as sweeps
 
     sweeps.check_grid(folder, points)
-    rows = sweeps.collect_results(folder, points)
-    sweeps.write_results(folder, rows)
+    if ensembles:
+        out.load_tensorflow()
+        rows = _make_ensembles(out, folder, points)
+    else:
+        rows = sweeps.collect_results(folder, points)
+        sweeps.write_results(folder, rows)
     _write_tables(out, folder, points, rows)
     _render(out, rows, fmt, f"Sweep results ({folder})")
     missing = sweeps.unfinished(folder, points)

@@ -25,6 +25,7 @@ from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
 
 SWEEP_FILE = "sweep.json"
+ENSEMBLE_SUFFIX = "-ensemble"  # <backbone>-d<dense>-u<unfreeze>-ensemble: the ensemble of a recipe's seeds
 SWEEP_INDEPENDENT = ("backbone", "dense", "unfreeze", "tensorboard", "last_phase_epochs", "export_tflite")
 RESULT_COLUMNS = (
     "run",
@@ -71,7 +72,7 @@ def grid(
     if not (backbones and unfreeze and dense):
         raise UsageError("a sweep needs at least one backbone, one unfreeze value and one dense value")
     if seeds is not None and not seeds:
-        raise UsageError("--seeds needs at least one seed")
+        raise UsageError("--seeds needs at least one seed, like 0,1,2")
     backbones, unfreeze, dense = (list(dict.fromkeys(values)) for values in (backbones, unfreeze, dense))
     chosen: list[int | None] = list(dict.fromkeys(seeds)) if seeds else [None]
     return [GridPoint(b, d, u, s) for b, u, d, s in itertools.product(backbones, unfreeze, dense, chosen)]
@@ -110,6 +111,14 @@ def seed_groups(points: list[GridPoint]) -> dict[str, list[GridPoint]]:
         if point.seed is not None:
             groups.setdefault(dataclasses.replace(point, seed=None).name, []).append(point)
     return {name: members for name, members in groups.items() if len(members) > 1}
+
+
+def ensemble_folders(folder: Path, points: list[GridPoint]) -> dict[Path, list[Path]]:
+    """For each recipe with several seeds, the folder of its ensemble and its members' folders."""
+    return {
+        folder / f"{name}{ENSEMBLE_SUFFIX}": [folder / p.name for p in members]
+        for name, members in seed_groups(points).items()
+    }
 
 
 def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None:
@@ -207,7 +216,8 @@ def unfinished(folder: Path, points: list[GridPoint]) -> list[str]:
 
 
 def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
-    """One row per finished run, best validation accuracy first."""
+    """One row per finished run, best validation accuracy first; then a row per finished ensemble of a
+    recipe's seeds (see :func:`ensemble_folders`), which has a test accuracy only."""
     rows = []
     for point in points:
         run_dir = folder / point.name
@@ -233,6 +243,23 @@ def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any
             }
         )
     rows.sort(key=lambda r: -(r["best_val_accuracy"] or 0))
+    by_run = {r["run"]: r for r in rows}
+    for ensemble, members in ensemble_folders(folder, points).items():
+        first = by_run.get(members[0].name)
+        if first is None or run_status(ensemble) != "finished":
+            continue
+        metrics = runs.read_json(ensemble / runs.METRICS)
+        rows.append(
+            {
+                **first,
+                "run": ensemble.name,
+                "seed": None,
+                "best_val_accuracy": None,  # the members' validation splits differ
+                "test_accuracy": metrics.get("test_accuracy"),
+                "epochs": 0,
+                "seconds": metrics.get("seconds"),
+            }
+        )
     return rows
 
 
