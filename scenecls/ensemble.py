@@ -140,8 +140,7 @@ def _members(refs: list[str], project: Path) -> list[Path]:
 
 def _finished(run_dir: Path) -> bool:
     """A run whose state says finished, with its best model."""
-    state = runs.read_json(run_dir / runs.STATE) if (run_dir / runs.STATE).is_file() else {}
-    return state.get("status") == "finished" and (run_dir / runs.BEST).is_file()
+    return runs.recorded_status(run_dir) == "finished" and (run_dir / runs.BEST).is_file()
 
 
 def _check_members(members: list[Path], configs: list[dict]) -> None:

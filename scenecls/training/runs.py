@@ -185,6 +185,13 @@ def fast_model(model_path: Path) -> Path:
     return tflite if importlib.util.find_spec("ai_edge_litert") is not None else model_path
 
 
+def recorded_status(run_dir: Path) -> str | None:
+    """The status ``state.json`` records (``running``, ``finished``, ``interrupted``, ``failed``), or None
+    for a folder without one (a run never started)."""
+    state = run_dir / STATE
+    return read_json(state).get("status") if state.is_file() else None
+
+
 def _why_no_model(run: Path) -> str:
     """What a run's state says about its missing model, in words a user can act on."""
     try:

@@ -158,10 +158,9 @@ def _recipe(options: dict[str, Any]) -> dict[str, Any]:
 
 def run_status(run_dir: Path) -> str:
     """``new``, ``interrupted`` (has a state to resume) or ``finished``."""
-    state = run_dir / runs.STATE
-    if state.is_file():
-        return "finished" if runs.read_json(state).get("status") == "finished" else "interrupted"
-    return "new"
+    if not (run_dir / runs.STATE).is_file():
+        return "new"
+    return "finished" if runs.recorded_status(run_dir) == "finished" else "interrupted"
 
 
 def run_sweep(
