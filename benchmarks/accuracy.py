@@ -79,6 +79,8 @@ RECIPES: dict[str, list[str]] = {
     "cutmix-1.0": ["--cutmix", "1.0"],
     # A moving average of the weights (about 500 steps, 3 epochs of intel-dev) validated and saved.
     "ema-0.998": ["--ema", "0.998"],
+    # Every training image trained on, none held out for validation: the last epoch is the model.
+    "all-data": ["--val-split", "0"],
     # The moving average at the ImageNet input size.
     "ema-0.998-size-224": ["--ema", "0.998", "--image-size", "224"],
     # The two that scored best alone (seed 0), together.
@@ -136,7 +138,7 @@ def main() -> None:
                 row["test_tta"] = json.loads(evaluated)["accuracy"]
             rows.append(row)
             print(
-                f"{recipe:18s} seed {seed}: val {row['val']:.4f} test {row['test']:.4f} "
+                f"{recipe:18s} seed {seed}: val {fmt(row['val'])} test {row['test']:.4f} "
                 + (f"with --tta {row['test_tta']:.4f} " if args.tta else "")
                 + f"phase step {step:+.4f} caches {row['caches']} "
                 f"({row['seconds']:.0f} s: {', '.join(f'{k} {v:.0f} s' for k, v in row['phases'].items())})",
@@ -158,7 +160,7 @@ def main() -> None:
     for recipe in recipes:
         mine = [r for r in rows if r["recipe"] == recipe]
         tests = [r["test"] for r in mine]
-        vals = [r["val"] for r in mine]
+        vals = [r["val"] for r in mine if r["val"] is not None]
         spread = max(tests) - min(tests)
         seconds = statistics.mean(r["seconds"] for r in mine)
         options = " ".join(RECIPES[recipe]) or "(defaults)"
@@ -166,14 +168,23 @@ def main() -> None:
         extra += f", ensemble {ensembles[recipe]:.4f}" if recipe in ensembles else ""
         if args.markdown:
             print(
-                f"| {recipe} | `{options}` | {len(mine)} | {statistics.mean(vals):.4f} | "
+                f"| {recipe} | `{options}` | {len(mine)} | {fmt(mean(vals))} | "
                 f"{statistics.mean(tests):.4f}{extra} | {spread:.4f} | {seconds:.0f} |"
             )
         else:
             print(
-                f"{recipe:18s} {len(mine)} seed(s): val {statistics.mean(vals):.4f}, test "
+                f"{recipe:18s} {len(mine)} seed(s): val {fmt(mean(vals))}, test "
                 f"{statistics.mean(tests):.4f} (spread {spread:.4f}){extra}, {seconds:.0f} s"
             )
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def mean(values: list[float]) -> float | None:
+    """The mean, or None for no values (runs without validation have no val accuracy)."""
+    return statistics.mean(values) if values else None
 
 
 def caches(metrics: dict) -> str:
@@ -184,13 +195,13 @@ def caches(metrics: dict) -> str:
 
 def phase_step(history: Path) -> float:
     """Validation accuracy after the first fine-tuning epoch minus after the last head epoch: the
-    phase-1-to-2 shock when negative (0.0 when the run has no such pair)."""
+    phase-1-to-2 shock when negative (0.0 when the run has no such pair or no validation)."""
     import csv
 
     with open(history, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for before, after in itertools.pairwise(rows):
-        if before["phase"] == "head" and after["phase"] != "head":
+        if before["phase"] == "head" and after["phase"] != "head" and after["val_accuracy"]:
             return float(after["val_accuracy"]) - float(before["val_accuracy"])
     return 0.0
 

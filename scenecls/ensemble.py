@@ -213,7 +213,7 @@ def _write_run(
         from scenecls.export import write_fast_predict
 
         metrics["export"] = write_fast_predict(
-            run_dir, data.classes, data.test or data.val, size, reporter, model=model
+            run_dir, data.classes, data.test or data.held_out()[0], size, reporter, model=model
         )
     metrics["seconds"] = round(time.monotonic() - started, 1)
     runs.write_json(run_dir / runs.METRICS, metrics)

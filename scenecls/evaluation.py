@@ -194,6 +194,11 @@ def evaluate_run(
     if data is None and run_dir is not None:
         _check_ensemble_split(runs.read_json(run_dir / runs.CONFIG), name)
     chosen = splits.get(name)
+    if not chosen and name == "val" and prepared.val_source == "none":
+        raise UsageError(
+            f"{source} has no test split, and the run trained on all its images (--val-split 0): pass "
+            f"--data with images it did not train on"
+        )
     if not chosen:
         raise UsageError(f"{source} has no {name} split")
     reporter.log(f"Evaluating {model_path} on {len(chosen)} {name} images of {source}")

@@ -370,7 +370,8 @@ def sample_images(
     if run_dir is not None and data is None and runs.is_ensemble_run(run_dir) and prepared.test:
         split, what = prepared.test, "test images"
     else:
-        split, what = prepared.val, "validation images"
+        split, what = prepared.held_out()
+        what += " images"
     images, labels = split_images(split, size, count)
     same = list(prepared.classes) == list(classes)
     return images, labels if same else None, what

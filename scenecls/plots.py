@@ -40,6 +40,10 @@ def _phase_starts(history: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
     return starts
 
 
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Accuracy and loss per epoch, train and validation, with the start of fine-tuning marked."""
     from matplotlib.ticker import MaxNLocator
@@ -48,7 +52,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") 
     epochs = [row["epoch"] for row in history]
     for ax, metric in zip(figure.subplots(1, 2), ("accuracy", "loss"), strict=True):
         ax.plot(epochs, [row[metric] for row in history], "o-", label=f"train {metric}")
-        ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label=f"val {metric}")
+        if any(row[f"val_{metric}"] is not None for row in history):  # none with --val-split 0
+            ax.plot(epochs, [_nan(row[f"val_{metric}"]) for row in history], "o-", label=f"val {metric}")
         for epoch, phase in _phase_starts(history):
             ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
             ax.annotate(
@@ -149,8 +154,9 @@ def plot_compare(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> 
     for ax, metric in zip(figure.subplots(1, 2), ("val_accuracy", "val_loss"), strict=True):
         for label, history in histories.items():
             ax.plot(
-                [r["epoch"] for r in history], [r[metric] for r in history], "o-", label=label, markersize=3
-            )
+                [r["epoch"] for r in history], [_nan(r[metric]) for r in history], "o-", label=label,
+                markersize=3,
+            )  # fmt: skip
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric.replace("_", " "))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -162,17 +168,21 @@ def plot_compare(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> 
 
 def plot_sweep_heatmap(rows: Sequence[dict[str, Any]], backbone: str, path: Path) -> Path:
     """Best validation accuracy of one backbone's runs: dense layers down, unfrozen blocks across; the
-    mean over a cell's seeds when the sweep has several."""
+    mean over a cell's seeds when the sweep has several. Runs without validation (``--val-split 0``)
+    show their test accuracy instead."""
     mine = [r for r in rows if r["backbone"] == backbone]
+    metric, what = "best_val_accuracy", "best val accuracy"
+    if all(r[metric] is None for r in mine):
+        metric, what = "test_accuracy", "test accuracy"
     dense = sorted({int(r["dense"]) for r in mine})
     unfreeze = sorted(
         {str(r["unfreeze"]) for r in mine}, key=lambda u: (not u.isdigit(), int(u) if u.isdigit() else 0, u)
     )
     cells: dict[tuple[int, int], list[float]] = {}
     for r in mine:
-        if r["best_val_accuracy"] is not None:
+        if r[metric] is not None:
             cell = (dense.index(int(r["dense"])), unfreeze.index(str(r["unfreeze"])))
-            cells.setdefault(cell, []).append(float(r["best_val_accuracy"]))
+            cells.setdefault(cell, []).append(float(r[metric]))
     grid = np.full((len(dense), len(unfreeze)), np.nan)
     for cell, values in cells.items():
         grid[cell] = float(np.mean(values))
@@ -180,7 +190,7 @@ def plot_sweep_heatmap(rows: Sequence[dict[str, Any]], backbone: str, path: Path
     figure = _figure(1.2 * len(unfreeze) + 3, 0.8 * len(dense) + 2)
     ax = figure.subplots()
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    label = "best val accuracy" if seeds == 1 else f"best val accuracy, mean of {seeds} seeds"
+    label = what if seeds == 1 else f"{what}, mean of {seeds} seeds"
     figure.colorbar(image, ax=ax, label=label)
     ax.set_xticks(range(len(unfreeze)), unfreeze)
     ax.set_yticks(range(len(dense)), dense)

@@ -542,7 +542,7 @@ def _umask() -> int:
     [
         (["--unfreeze", "99"], 2, "--unfreeze 99: this backbone has 18 blocks"),
         (["--unfreeze", "1,99"], 2, "--unfreeze 99"),
-        (["--val-split", "0"], 2, "--val-split"),
+        (["--val-split", "1"], 2, "--val-split"),
         (["--weights", "."], 1, "is a folder"),
     ],
 )

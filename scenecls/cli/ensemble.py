@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, check_fail_under, fail_under_option, format_option, project_option
+from scenecls.cli.output import (
+    Output,
+    accuracy_cell,
+    check_fail_under,
+    fail_under_option,
+    format_option,
+    project_option,
+)
 
 
 @click.command("ensemble")
@@ -52,13 +59,9 @@ def ensemble(
     if fmt == "json":
         out.json(result.to_dict())
     else:
-        rows = [[member, _accuracy(acc)] for member, acc in zip(result.members, result.member_test_accuracy,
-                                                               strict=True)]  # fmt: skip
-        rows.append([f"ensemble ({result.run_dir})", _accuracy(result.test_accuracy)])
+        members = zip(result.members, result.member_test_accuracy, strict=True)
+        rows = [[member, accuracy_cell(acc)] for member, acc in members]
+        rows.append([f"ensemble ({result.run_dir})", accuracy_cell(result.test_accuracy)])
         out.table(["run", "test accuracy"], rows, title=f"Ensemble of {len(result.members)} runs",
                   numeric=["test accuracy"])  # fmt: skip
     check_fail_under(out, result.test_accuracy, fail_under, "test accuracy")
-
-
-def _accuracy(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"

@@ -95,6 +95,11 @@ def check_fail_under(out: Output, accuracy: float | None, threshold: float | Non
         raise click.exceptions.Exit(EXIT_BELOW_THRESHOLD)
 
 
+def accuracy_cell(value: float | None) -> str:
+    """An accuracy as a table shows it; ``-`` when there is none (no test or validation images)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def project_option():
     """``--project``: the folder that holds the run folders."""
     return click.option(

@@ -204,10 +204,13 @@ def _collect(out: Output, folder: Path, points, fmt: str, ensembles: bool = Fals
 def _write_tables(out: Output, folder: Path, points, rows: list[dict]) -> None:
     """The heatmaps (results.csv, .json and .md are written by the library) and where they are."""
     from scenecls import plots
+    from scenecls.training.sweep import ENSEMBLE_SUFFIX
 
+    trained = [r for r in rows if not r["run"].endswith(ENSEMBLE_SUFFIX)]  # a cell is one recipe's runs
     for backbone in dict.fromkeys(p.backbone for p in points):
-        if any(r["backbone"] == backbone for r in rows):
-            out.log(f"Saved {plots.plot_sweep_heatmap(rows, backbone, folder / f'heatmap_{backbone}.png')}")
+        if any(r["backbone"] == backbone for r in trained):
+            path = plots.plot_sweep_heatmap(trained, backbone, folder / f"heatmap_{backbone}.png")
+            out.log(f"Saved {path}")
     out.log(f"Saved {folder / 'results.csv'}, results.json, results.md")
 
 

@@ -8,6 +8,7 @@ import click
 
 from scenecls.cli.output import (
     Output,
+    accuracy_cell,
     check_fail_under,
     fail_under_option,
     format_option,
@@ -204,10 +205,11 @@ def recipe_options(func):
             ),
             click.option(
                 "--val-split",
-                type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                type=click.FloatRange(0, 1, max_open=True),
                 default=DEFAULTS.val_split,
                 show_default=True,
-                help="Fraction held out for validation when there is no val/ folder (0 < F < 1).",
+                help="Fraction held out for validation when there is no val/ folder; 0 trains on every "
+                "image, the last epoch being the model.",
             ),
             click.option(
                 "--warmup-epochs",
@@ -447,7 +449,8 @@ def _run(
         click.echo(f"Interrupted. Resume with: scenecls train --resume {where}", err=True)  # even with -q
         raise click.exceptions.Exit(130) from None
     if not distribution.chief:  # the results are the chief's to report
-        out.log(f"{distribution.task}: training finished (best val accuracy {result.best_val_accuracy:.4f})")
+        best = accuracy_cell(result.best_val_accuracy)
+        out.log(f"{distribution.task}: training finished (best val accuracy {best})")
         return
     _render(out, result, fmt)
     # The gate judges the test split when there is one, else the best validation accuracy.
@@ -461,12 +464,13 @@ def _render(out: Output, result, fmt: str) -> None:
     if fmt == "json":
         out.json(result.to_dict())
         return
+    last = "" if result.best_val_accuracy is not None else "; the last: no validation images"
     out.table(
         ["", ""],
         [
-            ["best val accuracy", f"{result.best_val_accuracy:.4f}"],
-            ["best epoch", f"{result.best_epoch} ({result.best_phase})"],
-            ["test accuracy", "-" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"],
+            ["best val accuracy", accuracy_cell(result.best_val_accuracy)],
+            ["best epoch", f"{result.best_epoch} ({result.best_phase}){last}"],
+            ["test accuracy", accuracy_cell(result.test_accuracy)],
             ["epochs", str(result.epochs) + (" (stopped early)" if result.stopped_early else "")],
             ["time", f"{result.seconds:.0f} s"],
             ["run folder", str(result.run_dir)],

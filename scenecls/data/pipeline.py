@@ -31,11 +31,25 @@ class PreparedData:
     val: Split
     test: Split | None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    val_source: str = "folder"  # "folder" when val/ exists, else "split"
+    val_source: str = "folder"  # "folder" when val/ exists, "split", or "none" (--val-split 0)
 
     @property
     def classes(self) -> list[str]:
         return self.index.classes
+
+    @property
+    def validated(self) -> bool:
+        """Whether there are validation images (``--val-split 0`` trains on every training image)."""
+        return bool(len(self.val))
+
+    def held_out(self) -> tuple[Split, str]:
+        """Images a saved model can be checked on, and their name: validation, else test, else (with
+        ``--val-split 0`` and no test folder) the training images themselves."""
+        if self.validated:
+            return self.val, "validation"
+        if self.test:
+            return self.test, "test"
+        return self.train, "training"
 
 
 def prepare_data(
@@ -49,7 +63,8 @@ def prepare_data(
     """Index ``path``, drop unreadable images (reported, never fatal) and split off validation.
 
     An existing ``val/`` folder wins over ``val_split``; otherwise a seeded stratified split of the
-    training images is used, the same for the same seed and files.
+    training images is used, the same for the same seed and files. ``val_split`` 0 (and no ``val/``)
+    keeps every training image for training: the validation split is then empty.
     """
     reporter = reporter or NullReporter()
     if not 0.0 <= val_split < 1.0:
@@ -73,14 +88,15 @@ def prepare_data(
         raise DataError(f"{index.root} has {len(index.classes)} class; at least 2 are needed")
     if "val" in index.splits and len(index.splits["val"]):
         val, source = index.splits["val"], "folder"
+    elif val_split == 0:
+        val, source = train.subset([]), "none"
     else:
         train_idx, val_idx = stratified_split(train.labels, val_split, seed)
         train, val, source = train.subset(train_idx), train.subset(val_idx), "split"
         if not len(val):
-            why = "--val-split is 0" if val_split == 0 else "no class has 2 readable images to split"
             raise DataError(
-                f"no validation images: {why}; training needs some to choose the best epoch. Use a "
-                f"--val-split above 0 with at least 2 images per class, or add a val/ folder"
+                "no validation images: no class has 2 readable images to split; add images, add a "
+                "val/ folder, or train without validation with --val-split 0"
             )
     missing = [c for i, c in enumerate(index.classes) if i not in set(train.labels)]
     if missing:

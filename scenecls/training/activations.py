@@ -339,9 +339,10 @@ def _write_arrays(
         for copy, layers in enumerate(augmentations):
             dataset = make_dataset(train, size, batch_size, augment=layers, drop_unreadable=False)
             scale = _fill(train_store[copy], dataset, forward, task, scale)
-        scale = _fill(
-            val_store, make_dataset(val, size, batch_size, drop_unreadable=False), forward, task, scale
-        )
+        if len(val):  # none with --val-split 0
+            scale = _fill(
+                val_store, make_dataset(val, size, batch_size, drop_unreadable=False), forward, task, scale
+            )
     for store in (train_store, val_store):
         store.flush()
     return scale

@@ -10,7 +10,8 @@ gives them, sharing one :class:`Ledger` (the run's state, its history and the ep
   ``--resume`` continues them (Keras's own keep them in memory only);
 * :class:`RunCheckpoint` writes ``last.keras``/``best.keras`` (or the head checkpoints), ``history.csv``
   and ``state.json`` together, with Ctrl-C held back, so they always agree (Keras's ``ModelCheckpoint``
-  and ``BackupAndRestore`` write one file each, non-atomically);
+  and ``BackupAndRestore`` write one file each, non-atomically); without validation images
+  (``--val-split 0``) the best model is the last;
 * :class:`scenecls.training.tensorboard.TensorBoardLog` writes the row's scalars, one log folder per phase;
 * :class:`BatchProgress` draws the epoch's progress bar and logs the epoch's line.
 """
@@ -107,7 +108,14 @@ def finite(*values: float | None) -> bool:
 
 
 def _row_is_finite(row: dict[str, Any]) -> bool:
+    if not validated(row):  # --val-split 0: the training loss is all there is
+        return finite(row["loss"])
     return finite(row["loss"], row["val_loss"], row["val_accuracy"])
+
+
+def validated(row: dict[str, Any]) -> bool:
+    """Whether the epoch was validated (not with ``--val-split 0``; a NaN loss is still validated)."""
+    return row["val_loss"] is not None or row["val_accuracy"] is not None
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -208,9 +216,11 @@ class RunCheckpoint(keras.callbacks.Callback):
                 ledger.write_state()
                 raise TrainingDiverged(ledger.run_dir, row["epoch"], self.phase, state.best_epoch)
             self.checkpoints.save_last()
-            if row["val_accuracy"] > state.best_val_accuracy:
-                state.best_val_accuracy, state.best_epoch = row["val_accuracy"], row["epoch"]
-                state.best_phase = self.phase.name
+            # Without validation there is nothing to choose by: the best model is the last one.
+            if not validated(row) or row["val_accuracy"] > state.best_val_accuracy:
+                if validated(row):
+                    state.best_val_accuracy = row["val_accuracy"]
+                state.best_epoch, state.best_phase = row["epoch"], self.phase.name
                 self.checkpoints.save_best()
             state.phase, state.phase_epoch, state.epoch = self.phase.index, epoch + 1, row["epoch"]
             state.head_checkpoint = self.checkpoints.pending
@@ -251,10 +261,12 @@ class BatchProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.close()
         row = self.ledger.row
+        val = ""
+        if validated(row):
+            val = f"val_loss {_fmt(row['val_loss'])} val_acc {_fmt(row['val_accuracy'])} "
         self.reporter.log(
             f"epoch {row['epoch']} {row['phase']}: loss {_fmt(row['loss'])} acc {_fmt(row['accuracy'])} "
-            f"val_loss {_fmt(row['val_loss'])} val_acc {_fmt(row['val_accuracy'])} "
-            f"lr {row['lr']:.2g} ({row['seconds']:.1f}s)"
+            f"{val}lr {row['lr']:.2g} ({row['seconds']:.1f}s)"
         )
 
     def on_train_end(self, logs: dict | None = None) -> None:

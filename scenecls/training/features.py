@@ -199,9 +199,11 @@ def load_or_compute(
         classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
         reporter=reporter, forward=forward, augmentations=augmentations,
     )  # fmt: skip
-    val_features = compute_features(
-        classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward
-    )[0]
+    val_features = (
+        compute_features(classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward)[0]
+        if len(val)
+        else np.zeros((0, train_features.shape[-1]), np.float32)  # no validation images (--val-split 0)
+    )
     if publish:
         _write(folder, fields, train_features, val_features)
         reporter.log(f"Feature cache: built {folder}")

@@ -111,6 +111,11 @@ class TrainState:
     activation_cache: dict[str, str] = field(default_factory=dict)  # per fine-tuning phase: built, reused
     error: str | None = None  # why the run failed (status "failed")
 
+    @property
+    def validated_best(self) -> float | None:
+        """The best validation accuracy; None when no epoch was validated (``--val-split 0``)."""
+        return self.best_val_accuracy if self.best_val_accuracy >= 0 else None
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
         known = {f.name for f in fields(cls)}
@@ -122,7 +127,7 @@ class TrainResult:
     run_dir: Path
     status: str
     epochs: int
-    best_val_accuracy: float
+    best_val_accuracy: float | None  # None: trained without validation images (--val-split 0)
     best_epoch: int
     best_phase: str
     test_accuracy: float | None
@@ -233,6 +238,7 @@ def _train(
     data = prepare_data(
         data_source(config.data), val_split=config.val_split, seed=config.seed, reporter=reporter
     )
+    _check_validation(config, data, reporter)
     ledger = _open_run(run_dir, config, data, size, resume, reporter, distribution)
     if ledger.state.status == "finished":
         reporter.log(f"{run_dir} has already finished training")
@@ -263,6 +269,23 @@ def _train(
         ledger.state.status = "finished"
         return _result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
     return _finish(run_dir, data, size, config, ledger, reports, reporter)
+
+
+def _check_validation(config: TrainConfig, data: PreparedData, reporter: Reporter) -> None:
+    """Refuse what chooses by validation when there are no validation images (``--val-split 0``)."""
+    if data.validated:
+        return
+    reporter.log(
+        f"No validation images (--val-split 0): training on all {len(data.train)} training images; "
+        f"the last epoch is the model"
+    )
+    watching = {"--patience": config.patience, "--lr-schedule plateau": config.lr_schedule == "plateau"}
+    chosen = [option for option, on in watching.items() if on]
+    if chosen:
+        raise UsageError(
+            f"{chosen[0]} watches the validation images, and --val-split 0 trains without them; "
+            f"use a --val-split above 0 or a val/ folder, or drop {chosen[0]}"
+        )
 
 
 def _run_phase(
@@ -316,7 +339,7 @@ def _run_phase(
         with finite_dataset_warnings_silenced():
             source.trainer.fit(
                 distribution.shard(source.train_data),
-                validation_data=distribution.shard(source.val_data),
+                validation_data=None if source.val_data is None else distribution.shard(source.val_data),
                 initial_epoch=done,
                 epochs=phase.epochs,
                 verbose=0,
@@ -377,12 +400,15 @@ def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> I
         data.train, (size, size), config.batch_size, shuffle=True, augment=augment, seed=config.seed,
         cache=config.cache_images,
     )  # fmt: skip
-    val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
+    val_ds = None  # no validation images (--val-split 0)
+    if data.validated:
+        val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
     if config.mixing.on:
         from scenecls.data.mixing import mix_batches, one_hot_labels
 
         train_ds = mix_batches(train_ds, len(data.classes), config.mixing, seed=config.seed)
-        val_ds = one_hot_labels(val_ds, len(data.classes))
+        if val_ds is not None:
+            val_ds = one_hot_labels(val_ds, len(data.classes))
     return ImageSource(model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
 
 
@@ -546,7 +572,7 @@ def _export_tflite(run_dir: Path, data: PreparedData, size: int, reporter: Repor
     """``best.tflite`` for a fast ``predict`` (see ``benchmarks/README.md``: 0.17 s instead of 4.8 s)."""
     from scenecls.export import write_fast_predict
 
-    return write_fast_predict(run_dir, data.classes, data.val, size, reporter)
+    return write_fast_predict(run_dir, data.classes, data.held_out()[0], size, reporter)
 
 
 def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: TrainState) -> None:
@@ -555,7 +581,7 @@ def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state
     from scenecls.evaluation import evaluate_predictions, predict_split
     from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
 
-    split, name = (data.test, "test") if data.test else (data.val, "validation")
+    split, name = (data.test, "test") if data.test else data.held_out()
     best = load_model(run_dir / runs.BEST)
     probs = predict_split(best, split, config.batch_size)
     evaluation = evaluate_predictions(probs, np.asarray(split.labels), data.classes, split=name)
@@ -710,7 +736,7 @@ def _final_metrics(
     run_dir: Path, data: PreparedData, size: int, config: TrainConfig, state: TrainState, reporter: Reporter
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {
-        "best_val_accuracy": state.best_val_accuracy,
+        "best_val_accuracy": state.validated_best,
         "best_epoch": state.best_epoch,
         "best_phase": state.best_phase,
         "epochs": state.epoch,
@@ -734,7 +760,7 @@ def _result(run_dir: Path, state: TrainState, metrics: dict, reports: list[dict]
         run_dir=run_dir,
         status=state.status,
         epochs=state.epoch,
-        best_val_accuracy=state.best_val_accuracy,
+        best_val_accuracy=state.validated_best,
         best_epoch=state.best_epoch,
         best_phase=state.best_phase,
         test_accuracy=metrics.get("test_accuracy"),

@@ -29,7 +29,7 @@ from scenecls.training.features import CachedFeatures, head_model
 class EpochSource(Protocol):
     trainer: Any  # the keras.Model that fit() trains
     train_data: Any  # tf.data.Dataset, one pass per epoch
-    val_data: Any
+    val_data: Any  # None without validation images
     steps: int  # batches per epoch
 
     def callbacks(self) -> list[keras.callbacks.Callback]: ...
@@ -86,11 +86,15 @@ class FeatureSource:
             return tf.data.Dataset.from_tensor_slices((chosen, tf.gather(labels, order)))
 
         self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).batch(batch_size)
-        self.val_data = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels)).batch(batch_size)
+        self.val_data = None  # no validation images (--val-split 0)
+        if len(cached.val):
+            self.val_data = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels))
+            self.val_data = self.val_data.batch(batch_size)
         if mixing is not None and mixing.on:  # MixUp of the features; CutMix has no boxes to cut here
             classes = int(model.output.shape[-1])
             self.train_data = mix_batches(self.train_data, classes, mixing, seed=seed, images=False)
-            self.val_data = one_hot_labels(self.val_data, classes)
+            if self.val_data is not None:
+                self.val_data = one_hot_labels(self.val_data, classes)
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [_EpochCounter(self._epoch)]
@@ -175,6 +179,8 @@ class CutPointSource:
             tf.data.Dataset.range(val_steps)
             .map(lambda step: _batch_of(tf.numpy_function(read_val, [step], (tf.float32, tf.int64)), shape))
             .prefetch(2)
+            if val_steps
+            else None  # no validation images (--val-split 0)
         )
 
     def callbacks(self) -> list[keras.callbacks.Callback]:

@@ -241,7 +241,7 @@ def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any
                 "seconds": metrics.get("seconds"),
             }
         )
-    rows.sort(key=lambda r: -(r["best_val_accuracy"] or 0))
+    rows.sort(key=lambda r: -(_first_known(r["best_val_accuracy"], r["test_accuracy"]) or 0))
     by_run = {r["run"]: r for r in rows}
     for ensemble, members in ensemble_folders(folder, points).items():
         first = by_run.get(members[0].name)
@@ -260,6 +260,11 @@ def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any
             }
         )
     return rows
+
+
+def _first_known(*values: float | None) -> float | None:
+    """The first value that is not None: runs without validation (``--val-split 0``) rank by test."""
+    return next((v for v in values if v is not None), None)
 
 
 def write_results(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
