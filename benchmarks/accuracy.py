@@ -81,6 +81,8 @@ RECIPES: dict[str, list[str]] = {
     "ema-0.998": ["--ema", "0.998"],
     # Every training image trained on, none held out for validation: the last epoch is the model.
     "all-data": ["--val-split", "0"],
+    "all-data-ema-0.998": ["--val-split", "0", "--ema", "0.998"],
+    "all-data-cosine": ["--val-split", "0", "--lr-schedule", "cosine"],
     # The moving average at the ImageNet input size.
     "ema-0.998-size-224": ["--ema", "0.998", "--image-size", "224"],
     # The two that scored best alone (seed 0), together.
