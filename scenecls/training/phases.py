@@ -275,10 +275,6 @@ def _check_validation(config: TrainConfig, data: PreparedData, reporter: Reporte
     """Refuse what chooses by validation when there are no validation images (``--val-split 0``)."""
     if data.validated:
         return
-    reporter.log(
-        f"No validation images (--val-split 0): training on all {len(data.train)} training images; "
-        f"the last epoch is the model"
-    )
     watching = {"--patience": config.patience, "--lr-schedule plateau": config.lr_schedule == "plateau"}
     chosen = [option for option, on in watching.items() if on]
     if chosen:
@@ -286,6 +282,10 @@ def _check_validation(config: TrainConfig, data: PreparedData, reporter: Reporte
             f"{chosen[0]} watches the validation images, and --val-split 0 trains without them; "
             f"use a --val-split above 0 or a val/ folder, or drop {chosen[0]}"
         )
+    reporter.log(
+        f"No validation images (--val-split 0): training on all {len(data.train)} training images; "
+        f"the last epoch is the model"
+    )
 
 
 def _run_phase(
