@@ -60,6 +60,10 @@ RECIPES: dict[str, list[str]] = {
     "finetune-lr-5e-5": ["--finetune-lr", "5e-5"],
     # Cosine decay of each phase's rate.
     "cosine": ["--lr-schedule", "cosine"],
+    "finetune-lr-2e-4-cosine": ["--finetune-lr", "2e-4", "--lr-schedule", "cosine"],
+    "finetune-20-cosine": ["--finetune-epochs", "20", "--lr-schedule", "cosine"],
+    # A wider head: 3 x 256 units instead of the seed's 3 x 64.
+    "units-256": ["--units", "256"],
     # ImageNet's own input size: the 150-pixel images upscaled to 224.
     "size-224": ["--image-size", "224"],
     # The same, fine-tuning on freshly augmented images instead of the activation cache.
