@@ -44,6 +44,7 @@ class TrainConfig:
     patience: int | None = None  # early stopping on val accuracy; None: off
     val_split: float = 0.2
     seed: int = 0
+    split_seed: int | None = None  # the validation split's seed; None: seed. finetune keeps its parent's
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     class_weights: bool = False
     cache_images: bool = False  # keep decoded images in memory after the first epoch
@@ -59,6 +60,12 @@ class TrainConfig:
     @property
     def mixing(self) -> Mixing:
         return Mixing(mixup=self.mixup, cutmix=self.cutmix)
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed of the validation split: a fine-tuning run's parent's, so that the child never
+        validates on images its parent trained on; else the run's own."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def head(self) -> HeadConfig:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from scenecls.classifier import ENSEMBLE_NAME, input_size, load_model, save_model
+from scenecls.config import TrainConfig
 from scenecls.errors import UsageError
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import runs
@@ -190,7 +191,8 @@ def _write_run(
     for member in members:
         metrics = runs.read_json(member / runs.METRICS) if (member / runs.METRICS).is_file() else {}
         member_tests.append(metrics.get("test_accuracy"))
-    data = prepare_data(data_source(first["data"]), val_split=first["val_split"], seed=first["seed"],
+    split = TrainConfig.from_dict(first)
+    data = prepare_data(data_source(split.data), val_split=split.val_split, seed=split.validation_seed,
                         reporter=reporter)  # fmt: skip
     test_accuracy = None
     tested = 0

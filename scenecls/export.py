@@ -362,10 +362,10 @@ def sample_images(
         reporter.warn("no data to check the export on: using random pixels (agreement only, no accuracy)")
         rng = np.random.default_rng(0)
         return rng.uniform(0, 255, (count, *size, 3)).astype(np.float32), None, "random images"
+    config = config or TrainConfig()
     prepared = prepare_data(
-        Path(source), val_split=config.val_split if config else 0.2, seed=config.seed if config else 0,
-        reporter=reporter,
-    )  # fmt: skip
+        Path(source), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
+    )
     # An ensemble's members trained on one another's validation images: its test images say more.
     if run_dir is not None and data is None and runs.is_ensemble_run(run_dir) and prepared.test:
         split, what = prepared.test, "test images"

@@ -17,6 +17,7 @@ from PIL import Image
 
 from scenecls.classifier import load_model
 from scenecls.cli import cli
+from scenecls.data.pipeline import prepare_data
 from scenecls.training import callbacks, runs
 from tests.conftest import write_class_folders
 
@@ -261,6 +262,32 @@ def test_finetune_a_run_and_refuse_mismatches(trained, data, tmp_path):
 
     wrong_backbone = invoke("finetune", str(trained), "--backbone", "xception", "--project", str(project))
     assert wrong_backbone.exit_code == 1 and "convnext_tiny" in wrong_backbone.stderr
+
+
+def test_finetune_validates_on_the_images_its_parent_held_out(data, tmp_path):
+    project = tmp_path / "runs"
+    parent = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--seed", "3",
+        "--project", str(project), "--name", "parent",
+    )  # fmt: skip
+    assert parent.exit_code == 0, parent.output
+    child = invoke(
+        "finetune", str(project / "parent"), "--unfreeze", "1", "--finetune-epochs", "1", "--no-export",
+        "--project", str(project), "--name", "child",
+    )  # fmt: skip
+    assert child.exit_code == 0, child.output
+    config = json.loads((project / "child" / "config.json").read_text())
+    assert config["seed"] == 0 and config["split_seed"] == 3  # its own seed, its parent's split
+
+    def validated_on(run: str) -> list[str]:
+        result = invoke("evaluate", str(project / run), "--split", "val", "--format", "json")
+        assert result.exit_code == 0, result.output
+        return sorted(row["path"] for row in runs.read_rows_csv(project / run / "predictions.csv"))
+
+    held_out = validated_on("parent")
+    assert validated_on("child") == held_out
+    own_split = prepare_data(data, val_split=0.2, seed=0).val.paths
+    assert sorted(own_split) != held_out  # what seed 0 would have split off instead
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

@@ -415,6 +415,7 @@ def finetune(
             "epochs": 0,
             "weights": "none",
             "parent": str(parent),
+            "split_seed": parent_config.validation_seed,  # validate on what the parent held out
             "export_tflite": not no_export,
             "feature_cache": not no_cache,
         }

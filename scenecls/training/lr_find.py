@@ -102,7 +102,9 @@ def lr_find(
     spec = get_spec(config.backbone)
     size = config.image_size or spec.default_size
     source_path = data_source(config.data)
-    data = prepare_data(source_path, val_split=config.val_split, seed=config.seed, reporter=reporter)
+    data = prepare_data(
+        source_path, val_split=config.val_split, seed=config.validation_seed, reporter=reporter
+    )
     if start_model is not None:
         model = load_model(start_model)
         check_compatible(model, data.classes, runs.model_classes(start_model, None), backbone=config.backbone)

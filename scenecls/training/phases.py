@@ -236,7 +236,7 @@ def _train(
 
         require_tensorboard()
     data = prepare_data(
-        data_source(config.data), val_split=config.val_split, seed=config.seed, reporter=reporter
+        data_source(config.data), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
     )
     _check_validation(config, data, reporter)
     ledger = _open_run(run_dir, config, data, size, resume, reporter, distribution)
