@@ -56,11 +56,14 @@ RECIPES: dict[str, list[str]] = {
     "unfreeze-1-images": ["--unfreeze", "1", "--finetune-copies", "0"],
     # Phase 1 on cached features with 2 augmented copies besides each image (the phase-1/2 shock).
     "cache-aug-2": ["--cache-aug", "2"],
+    "cache-aug-1": ["--cache-aug", "1"],
     # A lower fine-tuning rate.
     "finetune-lr-5e-5": ["--finetune-lr", "5e-5"],
     # Cosine decay of each phase's rate.
     "cosine": ["--lr-schedule", "cosine"],
     "finetune-lr-2e-4-cosine": ["--finetune-lr", "2e-4", "--lr-schedule", "cosine"],
+    "finetune-lr-3e-4-cosine": ["--finetune-lr", "3e-4", "--lr-schedule", "cosine"],
+    "finetune-lr-2e-4": ["--finetune-lr", "2e-4"],
     "finetune-20-cosine": ["--finetune-epochs", "20", "--lr-schedule", "cosine"],
     # A wider head: 3 x 256 units instead of the seed's 3 x 64.
     "units-256": ["--units", "256"],

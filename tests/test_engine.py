@@ -4,6 +4,7 @@ and resume giving the same epochs as an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,23 @@ def test_a_head_only_run_is_extended_with_epochs(data, tmp_path):
     assert more.exit_code == 0, more.output
     history = runs.read_history(project / "train" / "history.csv")
     assert [(r["epoch"], r["phase"]) for r in history] == [(1, "head"), (2, "head")]
+
+
+def test_an_extended_cosine_phase_goes_on_along_the_longer_curve(data, tmp_path):
+    project = tmp_path / "runs"
+    args = ["--data", str(data), *TINY, "--epochs", "2", "--unfreeze", "0", "--lr-schedule", "cosine",
+            "--lr", "1e-3", "--project", str(project)]  # fmt: skip
+    assert invoke("train", *args).exit_code == 0
+    run = project / "train"
+    assert runs.read_history(run / "history.csv")[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed
+    more = invoke("train", "--resume", str(run), "--epochs", "4")
+    assert more.exit_code == 0, more.output
+    rates = [r["lr"] for r in runs.read_history(run / "history.csv")]
+    # Epoch 3 ends three quarters along the 4-epoch curve, 1e-3 * (1 + cos(3 pi / 4)) / 2 = 1.5e-4: not
+    # the 2-epoch curve's 0, nor a restart. (Keras counts a step more per epoch than the batches on
+    # these datasets, which moves the curve by a step an epoch; hence the range.)
+    assert 0.0 < rates[2] < 1e-3 * (1 + math.cos(math.pi / 2)) / 2
+    assert rates[3] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_resume_in_the_cached_phase_repeats_the_uninterrupted_epochs(data, tmp_path, monkeypatch):

@@ -312,6 +312,10 @@ def _run_phase(
         return
     if not (compiled and index == state.phase and done > 0):  # else: go on with the optimizer's state
         _compile(model, phase, config, images.steps)
+    elif not isinstance(schedule := learning_rate(phase, config, images.steps), float):
+        # The saved schedule was planned for the phase's length then: a phase extended since (see
+        # extend_run) goes on along the longer phase's curve, from the step it has reached.
+        model.optimizer.learning_rate = schedule
     reporter.log(
         f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
         f" ({len(report.blocks)} blocks, {report.layers} layers); "
@@ -594,8 +598,10 @@ def extend_run(
 ) -> TrainConfig:
     """Give a finished run's last phase more epochs (its new total), for ``train --resume RUN``.
 
-    History and checkpoints continue; the optimizer goes on with its state. A different recipe
-    (another unfreeze, other rates) is a ``finetune`` child run instead.
+    History and checkpoints continue; the optimizer goes on with its state, and a scheduled rate
+    (cosine, warm-up) along the curve of the longer phase: a cosine phase of 10 epochs extended to 20
+    goes on at half its rate and decays to 0 again. A different recipe (another unfreeze, other rates)
+    is a ``finetune`` child run instead.
     """
     config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
     state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE))
@@ -606,11 +612,6 @@ def extend_run(
         raise UsageError(f"the last phase of {run_dir} is {last.name}: extend it with {option}")
     if state.status != "finished":
         raise UsageError(f"{run_dir} has not finished; resume it first (scenecls train --resume {run_dir})")
-    if config.lr_schedule == "cosine":
-        raise UsageError(
-            f"{run_dir} decayed its rate to 0 (cosine schedule); fine-tune it further as a new run: "
-            f"scenecls finetune {run_dir}"
-        )
     if wanted <= last.epochs:
         raise UsageError(
             f"{option} {wanted}: the {last.name} phase already has {last.epochs} epochs; give more"
@@ -705,24 +706,32 @@ def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
     return model, False
 
 
+def learning_rate(phase: Phase, config: TrainConfig, steps: int) -> Any:
+    """The phase's rate: constant (a float), or a schedule over the phase's steps — cosine decay to 0,
+    either after a linear warm-up from 0 over ``warmup_epochs`` (so that a freshly unfrozen backbone is
+    not hit at full rate)."""
+    import keras
+
+    total = max(1, steps * phase.epochs)
+    warmup = min(steps * config.warmup_epochs, total - 1)
+    if config.lr_schedule != "cosine" and not warmup:
+        return phase.lr
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else phase.lr,
+        decay_steps=max(1, total - warmup),
+        alpha=0.0 if config.lr_schedule == "cosine" else 1.0,  # alpha 1: constant after warm-up
+        warmup_target=phase.lr if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def _compile(model, phase: Phase, config: TrainConfig, steps: int) -> None:
-    """Adam at the phase's rate: constant, or cosine decay to 0 over the phase, either after a linear
-    warm-up from 0 over ``warmup_epochs`` (so that a freshly unfrozen backbone is not hit at full rate)."""
+    """Adam at the phase's :func:`learning_rate`, with the run's loss, metrics and moving average."""
     import keras
 
     from scenecls.losses import classification_loss
 
-    lr: Any = phase.lr
-    total = max(1, steps * phase.epochs)
-    warmup = min(steps * config.warmup_epochs, total - 1)
-    if config.lr_schedule == "cosine" or warmup:
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else phase.lr,
-            decay_steps=max(1, total - warmup),
-            alpha=0.0 if config.lr_schedule == "cosine" else 1.0,  # alpha 1: constant after warm-up
-            warmup_target=phase.lr if warmup else None,
-            warmup_steps=warmup,
-        )
+    lr = learning_rate(phase, config, steps)
     averaging = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr, **averaging),
