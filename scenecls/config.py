@@ -32,8 +32,10 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 32
     finetune_epochs: int = 10  # each fine-tuning stage
-    finetune_lr: float = 1e-4
-    lr_schedule: str = "constant"
+    # Chosen by measurement (benchmarks/README.md, "The fine-tuning rate and its schedule"): the seed's
+    # constant 1e-4 scored 0.5 points lower on each of five seeds; cosine from 2e-4 averages 1e-4.
+    finetune_lr: float = 2e-4
+    lr_schedule: str = "cosine"
     warmup_epochs: int = 0  # each phase's rate rises linearly from 0 over these epochs
     label_smoothing: float = 0.0
     mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off

@@ -102,7 +102,8 @@ def test_warm_up_and_smoothing_train_save_and_resume(tmp_path, monkeypatch):
     data = write_class_folders(tmp_path / "data", 8, seed=5, size=40)
     project = tmp_path / "runs"
     args = ["train", "--data", str(data), *TINY, "--epochs", "3", "--finetune-epochs", "0", "--no-cache",
-            "--warmup-epochs", "2", "--label-smoothing", "0.1", "--project", str(project)]  # fmt: skip
+            "--warmup-epochs", "2", "--lr-schedule", "constant", "--label-smoothing", "0.1",
+            "--project", str(project)]  # fmt: skip
     with ctrl_c_at_batch(monkeypatch, 7):  # 3 batches an epoch: batch 1 of epoch 3
         assert CliRunner().invoke(cli, args).exit_code == 130
     # The checkpoint holds the smoothed loss and the warm-up schedule, and loads in safe mode.
