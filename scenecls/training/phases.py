@@ -312,7 +312,7 @@ def _run_phase(
         return
     if not (compiled and index == state.phase and done > 0):  # else: go on with the optimizer's state
         _compile(model, phase, config, images.steps)
-    elif not isinstance(schedule := learning_rate(phase, config, images.steps), float):
+    elif not isinstance(schedule := learning_rate(phase, config, images.steps), int | float):
         # The saved schedule was planned for the phase's length then: a phase extended since (see
         # extend_run) goes on along the longer phase's curve, from the step it has reached.
         model.optimizer.learning_rate = schedule
