@@ -215,7 +215,7 @@ def _write_run(
         from scenecls.export import write_fast_predict
 
         metrics["export"] = write_fast_predict(
-            run_dir, data.classes, data.test or data.held_out()[0], size, reporter, model=model
+            run_dir, data.classes, data.held_out(test_first=True)[0], size, reporter, model=model
         )
     metrics["seconds"] = round(time.monotonic() - started, 1)
     runs.write_json(run_dir / runs.METRICS, metrics)

@@ -367,11 +367,10 @@ def sample_images(
         Path(source), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
     )
     # An ensemble's members trained on one another's validation images: its test images say more.
-    if run_dir is not None and data is None and runs.is_ensemble_run(run_dir) and prepared.test:
-        split, what = prepared.test, "test images"
-    else:
-        split, what = prepared.held_out()
-        what += " images"
+    # An ensemble's members trained on one another's validation images: its test images say more.
+    ensemble = run_dir is not None and data is None and runs.is_ensemble_run(run_dir)
+    split, what = prepared.held_out(test_first=ensemble)
+    what += " images"
     images, labels = split_images(split, size, count)
     same = list(prepared.classes) == list(classes)
     return images, labels if same else None, what

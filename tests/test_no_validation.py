@@ -38,6 +38,9 @@ def test_val_split_0_keeps_every_training_image(train_and_test):
     split = prepare_data(train_and_test, val_split=0.25, seed=0)
     assert split.validated and len(split.train) + len(split.val) == 24
     assert split.held_out() == (split.val, "validation")
+    assert split.held_out(test_first=True) == (split.test, "test")
+    no_test = prepare_data(train_and_test / "train", val_split=0.25, seed=0)
+    assert no_test.held_out(test_first=True) == (no_test.val, "validation")
 
 
 def test_val_split_0_leaves_a_val_folder_in_charge(split_dataset):

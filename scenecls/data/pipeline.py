@@ -42,9 +42,13 @@ class PreparedData:
         """Whether there are validation images (``--val-split 0`` trains on every training image)."""
         return bool(len(self.val))
 
-    def held_out(self) -> tuple[Split, str]:
+    def held_out(self, *, test_first: bool = False) -> tuple[Split, str]:
         """Images a saved model can be checked on, and their name: validation, else test, else (with
-        ``--val-split 0`` and no test folder) the training images themselves."""
+        ``--val-split 0`` and no test folder) the training images themselves. ``test_first`` puts the
+        test images first, for a model chosen on the validation images or trained on several splits
+        (an ensemble's members), on which validation figures flatter it."""
+        if test_first and self.test:
+            return self.test, "test"
         if self.validated:
             return self.val, "validation"
         if self.test:

@@ -585,7 +585,7 @@ def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state
     from scenecls.evaluation import evaluate_predictions, predict_split
     from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
 
-    split, name = (data.test, "test") if data.test else data.held_out()
+    split, name = data.held_out(test_first=True)
     best = load_model(run_dir / runs.BEST)
     probs = predict_split(best, split, config.batch_size)
     evaluation = evaluate_predictions(probs, np.asarray(split.labels), data.classes, split=name)

@@ -158,9 +158,10 @@ def _recipe(options: dict[str, Any]) -> dict[str, Any]:
 
 def run_status(run_dir: Path) -> str:
     """``new``, ``interrupted`` (has a state to resume) or ``finished``."""
-    if not (run_dir / runs.STATE).is_file():
+    status = runs.recorded_status(run_dir)
+    if status is None:
         return "new"
-    return "finished" if runs.recorded_status(run_dir) == "finished" else "interrupted"
+    return "finished" if status == "finished" else "interrupted"
 
 
 def run_sweep(
