@@ -97,6 +97,10 @@ RECIPES: dict[str, list[str]] = {
     "ema-0.998-size-224": ["--ema", "0.998", "--image-size", "224"],
     # The two that scored best alone (seed 0), together.
     "size-224-head-lr-4e-3": ["--image-size", "224", "--lr", "4e-3"],
+    # Gentler augmentation than the seed's (rotation 40, shift 0.2, zoom 0.2): upright scenes.
+    "aug-light": ["--rotation", "10", "--shift", "0.1", "--zoom", "0.1"],
+    "aug-no-rotation": ["--rotation", "0"],
+    "aug-flip-only": ["--rotation", "0", "--shift", "0", "--zoom", "0", "--shear", "0"],
 }
 
 

@@ -291,6 +291,33 @@ def test_finetune_validates_on_the_images_its_parent_held_out(data, tmp_path):
     assert sorted(own_split) != held_out  # what seed 0 would have split off instead
 
 
+def test_augmentation_strengths_are_options_that_a_finetune_inherits(data, tmp_path):
+    project = tmp_path / "runs"
+    parent = invoke(
+        "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--rotation", "10",
+        "--shift", "0.05", "--no-flip", "--project", str(project), "--name", "parent",
+    )  # fmt: skip
+    assert parent.exit_code == 0, parent.output
+
+    def augment(run: str) -> dict:
+        return json.loads((project / run / "config.json").read_text())["augment"]
+
+    assert augment("parent") == {"rotation": 10.0, "shift": 0.05, "shear": 0.2, "zoom": 0.2, "flip": False}
+    for name, options in [("same", []), ("zoom", ["--zoom", "0.1", "--flip"]), ("off", ["--no-augment"])]:
+        child = invoke(
+            "finetune", str(project / "parent"), "--unfreeze", "1", "--finetune-epochs", "1", "--no-export",
+            *options, "--project", str(project), "--name", name,
+        )  # fmt: skip
+        assert child.exit_code == 0, child.output
+    assert augment("same") == augment("parent")
+    assert augment("zoom") == {**augment("parent"), "zoom": 0.1, "flip": True}
+    assert augment("off") == {"rotation": 0.0, "shift": 0.0, "shear": 0.0, "zoom": 0.0, "flip": False}
+
+    both = CliRunner().invoke(cli, ["train", "--data", str(data), *TINY, "--no-augment", "--rotation", "5"])
+    assert both.exit_code == 2 and "--no-augment" in both.stderr and "--rotation" in both.stderr
+    assert len(both.stderr.strip().splitlines()) == 1
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     missing = invoke("train", "--data", str(tmp_path / "nothing"), *TINY, "--project", str(tmp_path / "r"))
     assert missing.exit_code == 1 and "does not exist" in missing.stderr

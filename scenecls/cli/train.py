@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ from scenecls.cli.output import (
     project_option,
 )
 from scenecls.config import LR_SCHEDULES, TrainConfig
+from scenecls.data.augment import AugmentConfig
 from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
 
 DEFAULTS = TrainConfig()
@@ -252,7 +254,7 @@ def recipe_options(func):
                 help="Validate and save a moving average of the weights (--ema alone: momentum 0.99); "
                 "0 = off.",
             ),
-            click.option("--no-augment", is_flag=True, help="Train without augmentation."),
+            *augment_options(),
             click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
         ]
     ):
@@ -260,14 +262,71 @@ def recipe_options(func):
     return func
 
 
+AUGMENT_OPTIONS = ("rotation", "shift", "shear", "zoom", "flip")
+
+
+def augment_options(inherited: bool = False) -> list:
+    """Whether and how strongly to augment, each strength unset by default: a new run takes the
+    seed's ranges, a fine-tuning run (``inherited``) its parent's."""
+    seed = AugmentConfig()
+
+    def default(value: str) -> str:
+        return "  [default: the run's]" if inherited else f"  [default: {value}]"
+
+    return [
+        click.option("--no-augment", is_flag=True, help="Train without augmentation."),
+        click.option(
+            "--rotation", type=click.FloatRange(0, 180), default=None, metavar="DEG",
+            help="Rotate by up to DEG degrees either way" + default(f"{seed.rotation:g}"),
+        ),
+        click.option(
+            "--shift", type=click.FloatRange(0, 1), default=None, metavar="FRAC",
+            help="Shift by up to FRAC of the width and height" + default(f"{seed.shift:g}"),
+        ),
+        click.option(
+            "--zoom", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="FRAC",
+            help="Zoom in or out by up to FRAC" + default(f"{seed.zoom:g}"),
+        ),
+        click.option(
+            "--shear", type=click.FloatRange(0, 80), default=None, metavar="DEG",
+            help="Shear by up to DEG degrees either way" + default(f"{seed.shear:g}"),
+        ),
+        click.option(
+            "--flip/--no-flip", default=None, help="Mirror half the images left to right" + default("flip"),
+        ),
+    ]  # fmt: skip
+
+
+def _options(make):
+    """A decorator adding the options ``make()`` returns, in their order."""
+
+    def decorate(func):
+        for option in reversed(make()):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def augment_from_options(base: AugmentConfig, no_augment: bool, options: dict) -> AugmentConfig:
+    """``base`` with the augmentation options given on the command line (taken out of ``options``)."""
+    from scenecls.data.augment import NO_AUGMENTATION
+    from scenecls.errors import UsageError
+
+    given = {key: value for key in AUGMENT_OPTIONS if (value := options.pop(key, None)) is not None}
+    if no_augment:
+        if given:
+            names = ", ".join(f"--{key}" for key in given)
+            raise UsageError(f"--no-augment turns augmentation off: give it or {names}, not both")
+        return NO_AUGMENTATION
+    return dataclasses.replace(base, **given)
+
+
 def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, options: dict) -> TrainConfig:
     """A run's configuration from the recipe and run options as click passes them."""
-    from scenecls.data.augment import NO_AUGMENTATION
-
-    config = TrainConfig(data=str(data) if data else None, feature_cache=not no_cache, **options)
-    if no_augment:
-        config.augment = NO_AUGMENTATION
-    return config
+    augment = augment_from_options(AugmentConfig(), no_augment, options)
+    data_path = str(data) if data else None
+    return TrainConfig(data=data_path, feature_cache=not no_cache, augment=augment, **options)
 
 
 @click.command("train")
@@ -376,6 +435,7 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
 @click.option(
     "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
 )
+@_options(lambda: augment_options(inherited=True))
 @finetune_cache_options
 @run_options
 @fail_under_option()
@@ -392,6 +452,7 @@ def finetune(
     fail_under: float | None,
     no_export: bool,
     no_cache: bool,
+    no_augment: bool,
     distribute: str,
     **options,
 ) -> None:
@@ -407,10 +468,12 @@ def finetune(
     parent_config = TrainConfig.from_dict(runs.read_json(parent / runs.CONFIG))
     if backbone and backbone != parent_config.backbone:
         raise ModelError(f"{parent} holds a {parent_config.backbone} model, not {backbone}")
+    augment = augment_from_options(parent_config.augment, no_augment, options)
     config = TrainConfig.from_dict(
         {
             **parent_config.to_dict(),
             **options,
+            "augment": augment.to_dict(),
             "data": str(data) if data else parent_config.data,
             "epochs": 0,
             "weights": "none",
