@@ -17,6 +17,7 @@ from PIL import Image
 
 from scenecls.classifier import load_model
 from scenecls.cli import cli
+from scenecls.data.augment import AugmentConfig
 from scenecls.data.pipeline import prepare_data
 from scenecls.training import callbacks, runs
 from tests.conftest import write_class_folders
@@ -294,7 +295,7 @@ def test_finetune_validates_on_the_images_its_parent_held_out(data, tmp_path):
 def test_augmentation_strengths_are_options_that_a_finetune_inherits(data, tmp_path):
     project = tmp_path / "runs"
     parent = invoke(
-        "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--rotation", "10",
+        "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--rotation", "15",
         "--shift", "0.05", "--no-flip", "--project", str(project), "--name", "parent",
     )  # fmt: skip
     assert parent.exit_code == 0, parent.output
@@ -302,15 +303,16 @@ def test_augmentation_strengths_are_options_that_a_finetune_inherits(data, tmp_p
     def augment(run: str) -> dict:
         return json.loads((project / run / "config.json").read_text())["augment"]
 
-    assert augment("parent") == {"rotation": 10.0, "shift": 0.05, "shear": 0.2, "zoom": 0.2, "flip": False}
-    for name, options in [("same", []), ("zoom", ["--zoom", "0.1", "--flip"]), ("off", ["--no-augment"])]:
+    defaults = AugmentConfig().to_dict()
+    assert augment("parent") == {**defaults, "rotation": 15.0, "shift": 0.05, "flip": False}
+    for name, options in [("same", []), ("zoom", ["--zoom", "0.15", "--flip"]), ("off", ["--no-augment"])]:
         child = invoke(
             "finetune", str(project / "parent"), "--unfreeze", "1", "--finetune-epochs", "1", "--no-export",
             *options, "--project", str(project), "--name", name,
         )  # fmt: skip
         assert child.exit_code == 0, child.output
     assert augment("same") == augment("parent")
-    assert augment("zoom") == {**augment("parent"), "zoom": 0.1, "flip": True}
+    assert augment("zoom") == {**augment("parent"), "zoom": 0.15, "flip": True}
     assert augment("off") == {"rotation": 0.0, "shift": 0.0, "shear": 0.0, "zoom": 0.0, "flip": False}
 
     both = CliRunner().invoke(cli, ["train", "--data", str(data), *TINY, "--no-augment", "--rotation", "5"])
