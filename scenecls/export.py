@@ -367,7 +367,6 @@ def sample_images(
         Path(source), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
     )
     # An ensemble's members trained on one another's validation images: its test images say more.
-    # An ensemble's members trained on one another's validation images: its test images say more.
     ensemble = run_dir is not None and data is None and runs.is_ensemble_run(run_dir)
     split, what = prepared.held_out(test_first=ensemble)
     what += " images"

@@ -267,8 +267,8 @@ AUGMENT_OPTIONS = ("rotation", "shift", "shear", "zoom", "flip")
 
 def augment_options(inherited: bool = False) -> list:
     """Whether and how strongly to augment, each strength unset by default: a new run takes the
-    seed's ranges, a fine-tuning run (``inherited``) its parent's."""
-    seed = AugmentConfig()
+    default ranges, a fine-tuning run (``inherited``) its parent's."""
+    ranges = AugmentConfig()
 
     def default(value: str) -> str:
         return "  [default: the run's]" if inherited else f"  [default: {value}]"
@@ -277,19 +277,19 @@ def augment_options(inherited: bool = False) -> list:
         click.option("--no-augment", is_flag=True, help="Train without augmentation."),
         click.option(
             "--rotation", type=click.FloatRange(0, 180), default=None, metavar="DEG",
-            help="Rotate by up to DEG degrees either way" + default(f"{seed.rotation:g}"),
+            help="Rotate by up to DEG degrees either way" + default(f"{ranges.rotation:g}"),
         ),
         click.option(
             "--shift", type=click.FloatRange(0, 1), default=None, metavar="FRAC",
-            help="Shift by up to FRAC of the width and height" + default(f"{seed.shift:g}"),
+            help="Shift by up to FRAC of the width and height" + default(f"{ranges.shift:g}"),
         ),
         click.option(
             "--zoom", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="FRAC",
-            help="Zoom in or out by up to FRAC" + default(f"{seed.zoom:g}"),
+            help="Zoom in or out by up to FRAC" + default(f"{ranges.zoom:g}"),
         ),
         click.option(
             "--shear", type=click.FloatRange(0, 80), default=None, metavar="DEG",
-            help="Shear by up to DEG degrees either way" + default(f"{seed.shear:g}"),
+            help="Shear by up to DEG degrees either way" + default(f"{ranges.shear:g}"),
         ),
         click.option(
             "--flip/--no-flip", default=None, help="Mirror half the images left to right" + default("flip"),
