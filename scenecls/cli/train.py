@@ -17,7 +17,7 @@ from scenecls.cli.output import (
     project_option,
 )
 from scenecls.config import LR_SCHEDULES, TrainConfig
-from scenecls.data.augment import AugmentConfig
+from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig
 from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
 
 DEFAULTS = TrainConfig()
@@ -29,9 +29,17 @@ def _backbone_choice() -> click.Choice:
     return click.Choice(backbone_names())
 
 
+def _add_options(func, options: list):
+    """``func`` with ``options`` added, listed by ``--help`` in their order."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def run_options(func):
     """Options shared by train and finetune: where runs go and how results print."""
-    for option in reversed(
+    return _add_options(
+        func,
         [
             project_option(),
             click.option("--name", default=None, help="Run folder name; a number is added when taken."),
@@ -72,10 +80,8 @@ def run_options(func):
                 "names; auto picks one of them when there are several GPUs or a cluster.",
             ),
             format_option("table", "json"),
-        ]
-    ):
-        func = option(func)
-    return func
+        ],
+    )
 
 
 def choose_distribution(out: Output, mode: str):
@@ -109,7 +115,8 @@ MAP_AUGMENTATIONS = ("flip", "crop")
 
 def finetune_cache_options(func):
     """The caches' switch and the fine-tuning activation cache's copies: for every command that fine-tunes."""
-    for option in reversed(
+    return _add_options(
+        func,
         [
             click.option(
                 "--no-cache",
@@ -136,10 +143,8 @@ def finetune_cache_options(func):
                 "from the same copies: flip (half of them mirrored left-right), crop (a random 80-100 % "
                 "window resized back), both as flip,crop, or none.",
             ),
-        ]
-    ):
-        func = option(func)
-    return func
+        ],
+    )
 
 
 def cache_options(func):
@@ -156,7 +161,8 @@ def cache_options(func):
 
 def recipe_options(func):
     """The recipe's options shared by train and sweep: data, weights, head sizes, epochs, rates."""
-    for option in reversed(
+    return _add_options(
+        func,
         [
             click.option(
                 "--data",
@@ -256,13 +262,11 @@ def recipe_options(func):
             ),
             *augment_options(),
             click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
-        ]
-    ):
-        func = option(func)
-    return func
+        ],
+    )
 
 
-AUGMENT_OPTIONS = ("rotation", "shift", "shear", "zoom", "flip")
+AUGMENT_OPTIONS = tuple(field.name for field in dataclasses.fields(AugmentConfig))
 
 
 def augment_options(inherited: bool = False) -> list:
@@ -297,20 +301,13 @@ def augment_options(inherited: bool = False) -> list:
     ]  # fmt: skip
 
 
-def _options(make):
-    """A decorator adding the options ``make()`` returns, in their order."""
-
-    def decorate(func):
-        for option in reversed(make()):
-            func = option(func)
-        return func
-
-    return decorate
+def finetune_augment_options(func):
+    """The augmentation options for ``finetune``, whose unset strengths are the parent run's."""
+    return _add_options(func, augment_options(inherited=True))
 
 
 def augment_from_options(base: AugmentConfig, no_augment: bool, options: dict) -> AugmentConfig:
     """``base`` with the augmentation options given on the command line (taken out of ``options``)."""
-    from scenecls.data.augment import NO_AUGMENTATION
     from scenecls.errors import UsageError
 
     given = {key: value for key in AUGMENT_OPTIONS if (value := options.pop(key, None)) is not None}
@@ -435,7 +432,7 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
 @click.option(
     "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
 )
-@_options(lambda: augment_options(inherited=True))
+@finetune_augment_options
 @finetune_cache_options
 @run_options
 @fail_under_option()
