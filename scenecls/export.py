@@ -9,9 +9,9 @@ its metadata (input size, that inputs are raw 0-255 RGB, classes, format, quanti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,13 +22,16 @@ import numpy as np
 from scenecls import __version__
 from scenecls.atomic import atomic_path
 from scenecls.errors import ModelError, UsageError, first_line
-from scenecls.runtimes import load_runtime, metadata_path
+from scenecls.files import make_staging, remove_abandoned
+from scenecls.runtimes import METADATA_SUFFIX, load_runtime, metadata_path
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
 # Top-1 agreement with the Keras model below which an export is refused. Float exports compute the same
 # function (differences of rounding only); float16 weights and int8 arithmetic change it a little.
 THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "onnx": 0.99, "float16": 0.98, "int8": 0.90}
+WRITTEN_BY = "scenecls export"  # in every export's metadata: what ``--output`` may replace
+STAGING_KIND = "export"  # .<output>.<host>-<pid>.export beside the output while it is written
 
 
 @dataclass
@@ -86,22 +89,24 @@ def export_model(
     if quantize == "int8" and (calibration is None or not len(calibration)):
         raise UsageError("--quantize int8 needs calibration images (the run's data, or --data)")
     output = Path(output)
-    _check_replaceable(output, fmt)
+    labels = (output if fmt == "savedmodel" else output.parent) / "labels.txt"
+    labels_text = "".join(f"{name}\n" for name in classes)
+    _check_replaceable(output, fmt, labels, labels_text)
     output.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    remove_abandoned(output.parent, STAGING_KIND, output.name)  # left by an export that was killed
+    scratch = make_staging(output.parent, output.name, STAGING_KIND)
     try:
         staged = scratch / output.name
         {"savedmodel": _savedmodel, "tflite": _tflite, "onnx": _onnx}[fmt](
             model, staged, classes=list(classes), quantize=quantize, calibration=calibration
         )
-        if output.is_dir() and not output.is_symlink():
-            shutil.rmtree(output)
+        if output.is_dir():  # an earlier export of ours (checked above): out of the way, then gone
+            output.rename(scratch / "replaced")
         staged.replace(output)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     height, width = int(model.input_shape[1]), int(model.input_shape[2])
-    labels = (output if output.is_dir() else output.parent) / "labels.txt"
-    _write_text(labels, "".join(f"{name}\n" for name in classes))
+    _write_text(labels, labels_text)
     _write_text(
         metadata_path(output),
         json.dumps(
@@ -113,6 +118,8 @@ def export_model(
                 "output": "probabilities (softmax), one per class in the order of classes",
                 "source": str(source) if source else None,
                 "scenecls": __version__,
+                "written_by": WRITTEN_BY,
+                "labels_sha256": hashlib.sha256(labels_text.encode()).hexdigest(),
             },
             indent=2,
         )
@@ -126,15 +133,76 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _check_replaceable(output: Path, fmt: str) -> None:
-    """Replace only an earlier export of the same kind, never a folder or file of something else."""
-    if not output.exists():
-        return
+def _check_replaceable(output: Path, fmt: str, labels: Path, labels_text: str) -> None:
+    """Refuse, before any work, an output this tool would not be sure to have written: replace only an
+    earlier export of the same kind (its metadata says it is ours), never a user's folder or file, never
+    through a link; and never write ``labels.txt`` or the metadata over a file this tool did not write."""
+    what = "SavedModel folder" if fmt == "savedmodel" else f".{fmt} file"
+    if output.is_symlink():
+        raise UsageError(f"--output {output} is a link; give the path it points to, or a new path")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--output {output}: {parent} is a file, not a folder")
+    if output.exists():
+        shape_ok = (
+            output.is_dir() if fmt == "savedmodel" else (output.is_file() and output.suffix == f".{fmt}")
+        )
+        if not (shape_ok and _is_our_export(output, fmt)):
+            raise UsageError(
+                f"--output {output} exists and is not a {what} that scenecls exported; it replaces only "
+                f"its own exports: choose a new path (nothing was changed)"
+            )
     if fmt == "savedmodel":
-        if not (output.is_dir() and (output / "saved_model.pb").is_file()):
-            raise UsageError(f"--output {output} exists and is not a SavedModel; choose a new path")
-    elif output.is_dir() or output.suffix.lower() != f".{fmt}":
-        raise UsageError(f"--output {output} exists and is not a .{fmt} file; choose a new path")
+        return  # labels and metadata go inside the folder, which is new or ours
+    meta = metadata_path(output)
+    if (meta.exists() or meta.is_symlink()) and not _is_our_export(output, fmt):
+        raise UsageError(f"{meta} exists and scenecls did not write it; move it, or choose another --output")
+    if labels.is_symlink() or (labels.exists() and not _labels_replaceable(labels, labels_text)):
+        raise UsageError(
+            f"{labels} exists with other class names and scenecls did not write it; move it, or export "
+            f"into another folder (nothing was changed)"
+        )
+
+
+def _read_metadata(path: Path) -> dict | None:
+    meta = metadata_path(path)
+    if meta.is_symlink() or not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_our_export(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is an export this tool wrote: its metadata (inside a SavedModel, beside a file)
+    says so, for this format (exports before the ``written_by`` field have the ``scenecls`` version)."""
+    data = _read_metadata(path)
+    ours = data is not None and (data.get("written_by") == WRITTEN_BY or "scenecls" in data)
+    if ours and fmt == "savedmodel":
+        ours = (path / "saved_model.pb").is_file()
+    return bool(ours and data.get("format") == fmt)
+
+
+def _labels_replaceable(labels: Path, text: str) -> bool:
+    """``labels.txt`` may be written when it already says the same, or when an export of ours in that
+    folder recorded it as the file it wrote."""
+    try:
+        current = labels.read_bytes()
+    except OSError:
+        return False
+    if current == text.encode():
+        return True
+    digest = hashlib.sha256(current).hexdigest()
+    for meta in labels.parent.glob(f"*{METADATA_SUFFIX}"):
+        model = meta.with_name(meta.name[: -len(METADATA_SUFFIX)])
+        data = _read_metadata(model)
+        if data and data.get("written_by") == WRITTEN_BY and data.get("labels_sha256") == digest:
+            return True
+    return False
 
 
 def _savedmodel(model, path: Path, *, classes: list[str], **_) -> None:

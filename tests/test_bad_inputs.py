@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from scenecls import files
 from scenecls.cli import cli
 from scenecls.data import fetch
 from scenecls.data.fetch import copy_folder, download, extract_archive, fetch_dataset, is_kaggle_url
@@ -148,7 +149,7 @@ def test_read_only_destination_is_one_line(tmp_path, intel_zip, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
 
-    monkeypatch.setattr(fetch.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(fetch, "make_staging", read_only)
     result = fetch_cli("--from", str(intel_zip), "--dest", str(tmp_path / "d"))
     assert result.exit_code == 1
     line = one_error_line(result)
@@ -311,7 +312,7 @@ def test_compression_ratio_bomb_is_refused(tmp_path, monkeypatch):
 
 def test_archive_larger_than_the_free_disk_is_refused(tmp_path, intel_zip, monkeypatch):
     usage = fetch.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda p: usage._replace(free=fetch.DISK_HEADROOM))
+    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda p: usage._replace(free=files.DISK_HEADROOM))
     with pytest.raises(DataError, match="not enough disk space"):
         fetch_dataset(tmp_path / "d", source=intel_zip)
     assert not (tmp_path / "d").exists()

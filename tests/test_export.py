@@ -217,3 +217,101 @@ def test_tta_averages_each_image_with_its_mirror_image(run, exported):
     image = next(data.rglob("*.jpg"))
     flipped = invoke("predict", str(image), "--model", str(exported["tflite"]), "--tta", "--format", "json")
     assert flipped.exit_code == 0 and json.loads(flipped.stdout)[0]["label"]
+
+
+# ------------------------------------------------------------- what --output may replace (never a user's)
+
+
+def test_a_folder_holding_a_saved_model_pb_of_a_user_is_not_replaced(run, tmp_path):
+    """A folder with a ``saved_model.pb`` (even empty) that this tool did not export is refused whole."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name, text in {"saved_model.pb": "", "train.py": "print(1)", "NOTES.md": "mine"}.items():
+        (folder / name).write_text(text)
+    result = invoke("export", str(run), "--format", "savedmodel", "--output", str(folder), "--parity", "0")
+    assert result.exit_code == 2
+    assert "not a SavedModel folder that scenecls exported" in one_error_line(result)
+    assert sorted(p.name for p in folder.iterdir()) == ["NOTES.md", "saved_model.pb", "train.py"]
+
+
+def test_a_users_tflite_file_and_side_files_are_not_overwritten(run, tmp_path):
+    """``--output x.tflite`` replaces only an export of ours; ``labels.txt`` and ``x.tflite.json`` of a
+    user beside a new output are never written over; a file with the same class names is fine."""
+    users = tmp_path / "users.tflite"
+    users.write_bytes(b"my own model")
+    result = invoke("export", str(run), "--format", "tflite", "--output", str(users), "--parity", "0")
+    assert result.exit_code == 2 and "not a .tflite file that scenecls exported" in one_error_line(result)
+    assert users.read_bytes() == b"my own model"
+
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    result = invoke("export", str(run), "--format", "tflite", "--output", str(tmp_path / "new.tflite"))
+    assert result.exit_code == 2 and "labels.txt exists with other class names" in one_error_line(result)
+    assert (tmp_path / "labels.txt").read_text() == "cat\ndog\n" and not (tmp_path / "new.tflite").exists()
+
+    side = tmp_path / "other"
+    side.mkdir()
+    (side / "new.tflite.json").write_text('{"mine": true}')
+    result = invoke("export", str(run), "--format", "tflite", "--output", str(side / "new.tflite"))
+    assert result.exit_code == 2 and "did not write it" in one_error_line(result)
+    assert (side / "new.tflite.json").read_text() == '{"mine": true}'
+
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "labels.txt").write_text((run / "labels.txt").read_text())
+    result = invoke(
+        "export", str(run), "--format", "tflite", "--output", str(same / "m.tflite"), "--parity", "0"
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_an_export_of_ours_is_replaced_and_its_labels_rewritten(run, tmp_path):
+    """Exporting twice to one path replaces the first export (file and folder); the labels.txt the
+    first wrote may be rewritten by the second."""
+    for fmt, name in (("tflite", "m.tflite"), ("savedmodel", "m_savedmodel")):
+        target = tmp_path / name
+        for _ in range(2):
+            result = invoke("export", str(run), "--format", fmt, "--output", str(target), "--parity", "0")
+            assert result.exit_code == 0, result.output
+        meta = json.loads(
+            ((target / "metadata.json") if fmt == "savedmodel" else Path(f"{target}.json")).read_text()
+        )
+        assert meta["written_by"] == "scenecls export"
+    (tmp_path / "labels.txt").write_text("changed by hand\n")  # no longer what our export recorded
+    result = invoke("export", str(run), "--format", "tflite", "--output", str(tmp_path / "m.tflite"))
+    assert result.exit_code == 2 and "labels.txt exists" in one_error_line(result)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_links_and_files_in_the_way_of_output_are_one_line_refusals(run, tmp_path):
+    real = tmp_path / "real_savedmodel"
+    assert (
+        invoke("export", str(run), "--format", "savedmodel", "--output", str(real), "--parity", "0").exit_code
+        == 0
+    )
+    link = tmp_path / "link_sm"
+    link.symlink_to(real)
+    result = invoke("export", str(run), "--format", "savedmodel", "--output", str(link), "--parity", "0")
+    assert result.exit_code == 2 and "is a link" in one_error_line(result)
+    assert link.is_symlink() and (real / "saved_model.pb").is_file()
+    (tmp_path / "afile").write_text("x")
+    result = invoke(
+        "export", str(run), "--format", "tflite", "--output", str(tmp_path / "afile" / "m.tflite")
+    )
+    assert result.exit_code == 2 and "is a file, not a folder" in one_error_line(result)
+
+
+def test_staging_of_a_killed_export_is_removed_by_the_next(run, tmp_path):
+    from scenecls import files
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    abandoned = tmp_path / f".m.tflite.{files.host_name()}-{int(done.stdout)}.export"
+    abandoned.mkdir()
+    (abandoned / files.STAGING_MARKER).write_text("")
+    users = tmp_path / ".m.tflite.backup"
+    users.mkdir()
+    result = invoke(
+        "export", str(run), "--format", "tflite", "--output", str(tmp_path / "m.tflite"), "--parity", "0"
+    )
+    assert result.exit_code == 0, result.output
+    assert not abandoned.exists() and users.is_dir()

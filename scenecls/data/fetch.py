@@ -23,7 +23,6 @@ import shutil
 import socket
 import stat
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -37,6 +36,14 @@ from pathlib import Path, PurePosixPath
 from scenecls import __version__
 from scenecls.data.images import IMAGE_SUFFIXES
 from scenecls.errors import DataError, DownloadError, UsageError, first_line
+from scenecls.files import (
+    check_free_space,
+    file_sha256,
+    is_staging,
+    locked,
+    make_staging,
+    remove_abandoned,
+)
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.units import byte_size
 
@@ -51,7 +58,6 @@ DEFAULT_MAX_BYTES = 20 * GIB  # the real Intel archive unpacks to well under 1 G
 # on an archive that unpacks to more than RATIO_FLOOR is a bomb, not a data set.
 MAX_RATIO = 100
 RATIO_FLOOR = 256 * 1024**2
-DISK_HEADROOM = 512 * 1024**2  # left free after unpacking, so that training can still write its runs
 ZIP_METHODS = {
     zipfile.ZIP_STORED: "stored",
     zipfile.ZIP_DEFLATED: "deflate",
@@ -131,13 +137,19 @@ def download(
     """Download ``url`` to ``target``, resuming ``target.part`` if an earlier attempt left one.
 
     Transient failures (connection cuts, time-outs, 5xx, 429) are retried ``retries`` times with
-    exponential back-off, each retry asking only for the bytes still missing.
+    exponential back-off, each retry asking only for the bytes still missing. A finished ``target`` is
+    reused only when the record written beside it when it was downloaded (URL, length, checksum) still
+    matches it; a file that merely has its name is downloaded afresh.
     """
     reporter = reporter or NullReporter()
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        _verify_checksum(target, sha256)
-        return target
+        if _finished_download_matches(target, url):
+            _verify_checksum(target, sha256)
+            return target
+        reporter.warn(f"{target} is not a download this tool finished from {url}; downloading afresh")
+        target.unlink(missing_ok=True)
+        _record_path(target).unlink(missing_ok=True)
     part = target.with_name(target.name + ".part")
     task = reporter.task("Downloading", unit="B")
     try:
@@ -161,8 +173,12 @@ def download(
     finally:
         task.close()
     part.replace(target)
-    _validator_path(part).unlink(missing_ok=True)
-    _verify_checksum(target, sha256)
+    _record_path(part).unlink(missing_ok=True)
+    actual = file_sha256(target)
+    _record_path(target).write_text(
+        json.dumps({"url": url, "bytes": target.stat().st_size, "sha256": actual, "scenecls": __version__})
+    )
+    _verify_checksum(target, sha256, actual)
     return target
 
 
@@ -170,41 +186,72 @@ class _Retryable(Exception):
     """A failure worth another attempt (server error, short body)."""
 
 
-def _validator_path(part: Path) -> Path:
-    return part.with_name(part.name + ".json")
+# Bytes received between two updates of a partial download's record: after a kill, at most this much is
+# downloaded again (the file is cut back to what the record vouches for).
+RECORD_EVERY = 32 * CHUNK
 
 
-def _read_validator(part: Path, url: str) -> str | None:
-    """The ETag (or Last-Modified) the partial file was downloaded under, if it was this URL's."""
+def _record_path(path: Path) -> Path:
+    """``<file>.json`` beside a download or its ``.part``: what this tool knows of the file."""
+    return path.with_name(path.name + ".json")
+
+
+def _read_record(path: Path, url: str) -> dict | None:
+    """The record beside ``path``, if it is one this tool wrote for ``url``."""
     try:
-        data = json.loads(_validator_path(part).read_text())
+        data = json.loads(_record_path(path).read_text())
     except (OSError, ValueError):
         return None
-    return data.get("validator") if isinstance(data, dict) and data.get("url") == url else None
+    return data if isinstance(data, dict) and data.get("url") == url else None
 
 
-def _write_validator(part: Path, url: str, headers) -> None:
+def _finished_download_matches(target: Path, url: str) -> bool:
+    record = _read_record(target, url)
+    if record is None or record.get("bytes") != target.stat().st_size:
+        return False
+    return record.get("sha256") == file_sha256(target)
+
+
+def _write_part_record(part: Path, url: str, validator: str | None, size: int) -> None:
+    _record_path(part).write_text(json.dumps({"url": url, "validator": validator, "bytes": size}))
+
+
+def _resumable_offset(part: Path, url: str) -> tuple[int, str | None]:
+    """Where to resume ``part`` and the validator it was downloaded under; ``(0, None)`` to start again.
+
+    Only bytes the record vouches for are kept: a ``.part`` with no record, another URL's, or one without
+    a validator (resuming could splice two different files together) is deleted; bytes past the
+    recorded length (written after the last update of the record, before a kill) are cut off.
+    """
+    if not part.exists():
+        return 0, None
+    record = _read_record(part, url)
+    size = part.stat().st_size
+    recorded = record.get("bytes") if record else None
+    if not record or not record.get("validator") or not isinstance(recorded, int) or not 0 < recorded <= size:
+        part.unlink()
+        _record_path(part).unlink(missing_ok=True)
+        return 0, None
+    if recorded < size:
+        os.truncate(part, recorded)
+    return recorded, record["validator"]
+
+
+def _validator(headers) -> str | None:
     etag = headers.get("ETag")
     # A weak ETag may not be used with If-Range (RFC 9110 13.1.5); Last-Modified then serves.
-    validator = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
-    _validator_path(part).write_text(json.dumps({"url": url, "validator": validator}))
+    return etag if etag and not etag.startswith("W/") else headers.get("Last-Modified")
 
 
 def discard_partial(target: Path) -> None:
-    """Forget a download in progress or finished: its ``.part`` file, validator and result."""
+    """Forget a download in progress or finished: its ``.part`` file, records and result."""
     part = target.with_name(target.name + ".part")
-    for path in (target, part, _validator_path(part)):
+    for path in (target, _record_path(target), part, _record_path(part)):
         path.unlink(missing_ok=True)
 
 
 def _download_once(url: str, part: Path, auth: tuple[str, str] | None, timeout: float, task) -> None:
-    offset = part.stat().st_size if part.exists() else 0
-    validator = _read_validator(part, url) if offset else None
-    if offset and validator is None:
-        # Bytes of unknown origin (another URL, or a server that gave no validator): resuming could
-        # splice two different files together.
-        part.unlink()
-        offset = 0
+    offset, validator = _resumable_offset(part, url)
     request = urllib.request.Request(url, headers={"User-Agent": f"scenecls/{__version__}"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
@@ -247,18 +294,27 @@ def _download_once(url: str, part: Path, auth: tuple[str, str] | None, timeout: 
         else:
             # The server ignored Range, or the file changed since (If-Range): take the whole body.
             offset, mode = 0, "wb"
-            _write_validator(part, url, response.headers)
+            validator = _validator(response.headers)
+            _write_part_record(part, url, validator, 0)
         total = offset + int(length) if length and length.isdigit() else None
         task.update(completed=offset, total=total)
-        received = offset
-        with open(part, mode) as out:
-            while True:
-                chunk = response.read(CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                received += len(chunk)
-                task.update(completed=received)
+        received = recorded = offset
+        try:
+            with open(part, mode) as out:
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    task.update(completed=received)
+                    if received - recorded >= RECORD_EVERY:
+                        out.flush()
+                        _write_part_record(part, url, validator, received)
+                        recorded = received
+        finally:
+            if received != recorded:
+                _write_part_record(part, url, validator, received)
         if total is not None and received < total:
             raise _Retryable(f"connection closed after {received} of {total} bytes")
 
@@ -295,20 +351,12 @@ def _content_range_total(value: str | None) -> int | None:
         return None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_looks_like_archive(path: Path, url: str) -> None:
     """Refuse (and delete) a download that is no archive at all, such as a login or error page."""
     with open(path, "rb") as handle:
         head = handle.read(512)
     if _archive_kind(head) is None and not _is_tar(path):
-        path.unlink(missing_ok=True)
+        discard_partial(path)
         what = "a web page" if head.lstrip()[:1] == b"<" else "not a zip or tar archive"
         raise DownloadError(
             f"{_host(url)} sent {what} instead of the data set; it was deleted. Check --url (for Kaggle, "
@@ -329,12 +377,13 @@ def _archive_kind(head: bytes) -> str | None:
     return None
 
 
-def _verify_checksum(path: Path, expected: str | None) -> None:
+def _verify_checksum(path: Path, expected: str | None, actual: str | None = None) -> None:
     if not expected:
         return
-    actual = file_sha256(path)
+    actual = actual or file_sha256(path)
     if actual.lower() != expected.strip().lower():
         path.unlink(missing_ok=True)
+        _record_path(path).unlink(missing_ok=True)
         raise DownloadError(
             f"checksum mismatch for {path.name}: expected {expected.strip().lower()}, got "
             f"{actual}; the file was removed, run again to download it afresh"
@@ -400,19 +449,6 @@ def _check_unpacked_size(archive: Path, declared: int, dest: Path, max_bytes: in
             f"a compression ratio over {MAX_RATIO}:1 (an archive bomb, not images)"
         )
     check_free_space(archive.name, declared, dest)
-
-
-def check_free_space(what: str, size: int, dest: Path) -> None:
-    """Refuse to start writing ``size`` bytes that would (nearly) fill the disk under ``dest``."""
-    probe = dest
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if size + DISK_HEADROOM > free:
-        raise DataError(
-            f"not enough disk space for {what}: it needs {byte_size(size)} and {probe} has {byte_size(free)} "
-            f"free ({byte_size(DISK_HEADROOM)} must stay free)"
-        )
 
 
 def _extract_members(archive: Path, members: list[tuple], dest: Path, max_bytes: int, reporter) -> None:
@@ -596,7 +632,8 @@ def fetch_dataset(
     data set this function placed (it holds :data:`MARKER`); anything else is refused untouched. An
     existing data set is left alone and reported, or with ``force`` replaced in one rename (or, for a
     mount point, which cannot be renamed, by moving its entries). A symbolic link as ``dest`` stays a
-    link: the folder it points to is filled or replaced.
+    link: the folder it points to is filled or replaced. Two runs into one ``dest`` take turns: the
+    second waits for the first's lock (:data:`LOCK_SUFFIX`), then finds its data set.
     """
     reporter = reporter or NullReporter()
     shown = dest.expanduser().absolute()
@@ -612,53 +649,96 @@ def fetch_dataset(
             raise UsageError("--sha256 checks an archive, but --from names a folder")
     if dest.exists() and not dest.is_dir():
         raise DataError(f"{shown} exists and is not a folder")
-    in_place = os.path.ismount(dest)  # cannot be renamed: stage inside it, then move entries
-    staging_parent = dest if in_place else dest.parent
-    if staging_parent.is_dir():
-        _remove_stale_partials(dest, staging_parent)
-    if dest.is_dir():
-        state = _dest_state(dest)
-        if state == "foreign":
-            raise DataError(
-                f"{shown} holds files that fetch-data did not put there; it only fills a new or empty "
-                f"folder or replaces a data set it placed itself (nothing was changed)"
-            )
-        if state == "ours" and not force:
-            return FetchResult(shown, already_present=True, counts=count_images(dest))
-        if source is not None and state == "ours" and _is_within(source, dest):
-            raise DataError(f"--from {source} lies inside {shown}, which --force would replace; move it out")
     if source is not None and source.is_dir() and _is_within(dest, source):
         raise DataError(f"--dest {shown} lies inside --from {source}; choose a folder outside it")
-    staging_parent.mkdir(parents=True, exist_ok=True)
+    in_place = os.path.ismount(dest)  # cannot be renamed: stage inside it, then move entries
+    staging_parent = dest if in_place else dest.parent
+    _make_folder(staging_parent)
 
-    archive: Path | None = None
-    downloaded = False
-    if source is not None and source.is_file():
-        archive = source
-        if sha256:
+    def waiting() -> None:
+        reporter.log(f"Waiting for another fetch-data into {shown} to finish")
+
+    with locked(_lock_path(dest, in_place), on_wait=waiting):
+        if dest.is_dir():
+            state = _dest_state(dest, in_place)
+            if state == "foreign":
+                raise DataError(
+                    f"{shown} holds files that fetch-data did not put there; it only fills a new or empty "
+                    f"folder or replaces a data set it placed itself (nothing was changed)"
+                )
+            if state == "ours" and not force:
+                return FetchResult(shown, already_present=True, counts=count_images(dest))
+            if source is not None and state == "ours" and _is_within(source, dest):
+                raise DataError(
+                    f"--from {source} lies inside {shown}, which --force would replace; move it out"
+                )
+        stem = _staging_stem(dest, in_place)
+        for kind in (STAGING_KIND, OLD_KIND):  # left by a run that was killed (we hold the lock)
+            remove_abandoned(staging_parent, kind, stem)
+        archive, downloaded = _obtain_archive(
+            dest, url, source, sha256, force=force, retries=retries, backoff=backoff, reporter=reporter
+        )
+        counts = _place(
+            dest, in_place, archive, source, downloaded, url=url, sha256=sha256, max_bytes=max_bytes,
+            reporter=reporter,
+        )  # fmt: skip
+    if downloaded and archive is not None and not keep_archive:
+        discard_partial(archive)
+    return FetchResult(shown, already_present=False, counts=counts)
+
+
+STAGING_KIND = "fetching"  # a data set being unpacked or copied: .<dest>.<host>-<pid>.fetching
+OLD_KIND = "replaced"  # a replaced data set on its way out
+LOCK_SUFFIX = ".scenecls-lock"
+
+
+def _lock_path(dest: Path, in_place: bool) -> Path:
+    """``.<dest>.scenecls-lock`` beside ``dest``; inside it for a mount point."""
+    return dest / LOCK_SUFFIX if in_place else dest.with_name(f".{dest.name}{LOCK_SUFFIX}")
+
+
+def _staging_stem(dest: Path, in_place: bool) -> str:
+    return "scenecls" if in_place else dest.name
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataError(f"cannot make the folder {folder}: a file of that name is in the way") from None
+
+
+def _obtain_archive(
+    dest: Path, url: str | None, source: Path | None, sha256: str | None, *, force: bool, retries: int,
+    backoff: float, reporter: Reporter,
+) -> tuple[Path | None, bool]:  # fmt: skip
+    """The archive to unpack (None for a folder to copy) and whether it was downloaded."""
+    if source is not None:
+        if source.is_file() and sha256:
             _verify_source_checksum(source, sha256)
-    elif source is None:
-        url = url or INTEL_URL
-        name = "download-" + hashlib.sha1(url.encode()).hexdigest()[:12]
-        archive = dest.parent / ".downloads" / name
+        return (source if source.is_file() else None), False
+    url = url or INTEL_URL
+    name = "download-" + hashlib.sha1(url.encode()).hexdigest()[:12]
+    archive = dest.parent / ".downloads" / name
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    # Two destinations may share one download folder: the download itself takes turns too.
+    with locked(archive.with_name(name + LOCK_SUFFIX)):
         if force:
             archive.unlink(missing_ok=True)  # fetch again; a partial download still resumes
+            _record_path(archive).unlink(missing_ok=True)
         auth = kaggle_credentials() if is_kaggle_url(url) else None
-        download(
-            url,
-            archive,
-            auth=auth,
-            sha256=sha256,
-            retries=retries,
-            backoff=backoff,
-            reporter=reporter,
-        )
+        download(url, archive, auth=auth, sha256=sha256, retries=retries, backoff=backoff, reporter=reporter)
         _check_looks_like_archive(archive, url)
-        downloaded = True
+    return archive, True
 
-    staging = Path(
-        tempfile.mkdtemp(prefix=_staging_prefix(dest, in_place), suffix=".partial", dir=staging_parent)
-    )
+
+def _place(
+    dest: Path, in_place: bool, archive: Path | None, source: Path | None, downloaded: bool, *,
+    url: str | None, sha256: str | None, max_bytes: int, reporter: Reporter,
+) -> dict[str, dict[str, int]]:  # fmt: skip
+    """Unpack ``archive`` (or copy ``source``) into staging, mark it, and swap it into place."""
+    staging_parent = dest if in_place else dest.parent
+    staging = make_staging(staging_parent, _staging_stem(dest, in_place), STAGING_KIND)
     try:
         unpacked = staging / "data"
         if archive is not None:
@@ -694,29 +774,30 @@ def fetch_dataset(
             _swap_into_place(root, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if downloaded and archive is not None and not keep_archive:
-        archive.unlink(missing_ok=True)
-    return FetchResult(shown, already_present=False, counts=counts)
+    return counts
 
 
-def _dest_state(dest: Path) -> str:
-    """``empty``, ``ours`` (holds the marker this module writes) or ``foreign``."""
+def _dest_state(dest: Path, in_place: bool = False) -> str:
+    """``empty``, ``ours`` (holds the marker this module writes) or ``foreign``; the lock and staging
+    this module keeps inside a mount point do not count."""
     try:
         entries = list(dest.iterdir())
     except OSError as exc:
         raise DataError(f"cannot read {dest}: {exc.strerror or first_line(exc)}") from exc
+    if in_place:
+        entries = [e for e in entries if e.name != LOCK_SUFFIX and not _is_our_staging(e)]
     if not entries:
         return "empty"
     marker = dest / MARKER
     return "ours" if marker.is_file() and not marker.is_symlink() else "foreign"
 
 
+def _is_our_staging(path: Path) -> bool:
+    return any(is_staging(path, kind, "scenecls") for kind in (STAGING_KIND, OLD_KIND))
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
-
-
-def _staging_prefix(dest: Path, in_place: bool) -> str:
-    return ".scenecls." if in_place else f".{dest.name}."
 
 
 def _verify_source_checksum(path: Path, expected: str) -> None:
@@ -726,15 +807,16 @@ def _verify_source_checksum(path: Path, expected: str) -> None:
 
 
 def _swap_into_place(new: Path, dest: Path) -> None:
-    """Rename ``new`` to ``dest``; an old ``dest`` is moved aside first and deleted after."""
+    """Rename ``new`` to ``dest``; an old ``dest`` is moved aside first (into marked staging, so that a
+    kill here leaves something the next run knows to remove) and deleted after."""
     old = None
     if dest.is_dir():
         if any(dest.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            old = make_staging(dest.parent, dest.name, OLD_KIND)
             try:
                 dest.rename(old / "data")
             except OSError:
-                old.rmdir()
+                shutil.rmtree(old, ignore_errors=True)
                 raise
         else:
             dest.rmdir()
@@ -746,22 +828,14 @@ def _swap_into_place(new: Path, dest: Path) -> None:
 def _replace_contents(new: Path, dest: Path, staging: Path) -> None:
     """For a ``dest`` that cannot be renamed (a mount point): move its old entries aside, the new
     ones in, then delete the old. ``new`` lies inside ``dest`` (in ``staging``), so every move is a rename."""
-    old = Path(tempfile.mkdtemp(prefix=".scenecls.", suffix=".old", dir=dest))
+    old = make_staging(dest, "scenecls", OLD_KIND)
+    lock = dest / LOCK_SUFFIX
     for entry in list(dest.iterdir()):
-        if entry not in (old, staging):
+        if entry not in (old, staging, lock):
             entry.rename(old / entry.name)
     for entry in list(new.iterdir()):
         entry.rename(dest / entry.name)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale_partials(dest: Path, staging_parent: Path) -> None:
-    """Left-overs of a run that was killed before it could clean up."""
-    prefix = _staging_prefix(dest, staging_parent == dest)
-    for pattern in (f"{prefix}*.partial", f"{prefix}*.old"):
-        for stale in staging_parent.glob(pattern):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
 
 
 def copy_folder(source: Path, target: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:

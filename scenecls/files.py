@@ -1,0 +1,183 @@
+"""The rules for files this tool writes, in one place: checksums, free space, locks, and staging folders
+that name the process that made them.
+
+A staging folder (``.<name>.<host>-<pid>.<kind>`` beside what it will become) holds a build, a download's
+unpacking or an export until it is complete and renamed into place. Its name says whose it is, so that a
+later run removes only staging that *this tool* left behind when it was killed (its process is gone), and
+never a user's folder that happens to look alike: a folder is taken for staging only when its name has
+that exact form and it holds the staging marker (or nothing at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from scenecls.errors import DataError
+from scenecls.units import byte_size
+
+CHUNK = 1 << 20
+DISK_HEADROOM = 512 * 1024**2  # left free after a large write, so that training can still write its runs
+STAGING_MARKER = ".scenecls-staging"
+# Another host's unfinished staging (a shared filesystem) counts as abandoned after this many seconds,
+# since that host's processes cannot be asked.
+ABANDONED_AFTER = 24 * 3600
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_free_space(what: str, size: int, dest: Path) -> None:
+    """Refuse to start writing ``size`` bytes that would (nearly) fill the disk under ``dest``."""
+    probe = Path(dest)
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if size + DISK_HEADROOM > free:
+        raise DataError(
+            f"not enough disk space for {what}: it needs {byte_size(size)} and {probe} has {byte_size(free)} "
+            f"free ({byte_size(DISK_HEADROOM)} must stay free)"
+        )
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def host_name() -> str:
+    """This machine's name as it may stand in a file name."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", platform.node()) or "host"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------- staging
+
+
+def staging_path(parent: Path, name: str, kind: str) -> Path:
+    """``parent/.<name>.<host>-<pid>.<kind>``: where this process stages ``name`` (not created)."""
+    return Path(parent) / f".{name}.{host_name()}-{os.getpid()}.{kind}"
+
+
+def make_staging(parent: Path, name: str, kind: str) -> Path:
+    """Create (afresh) and mark this process's staging folder for ``name``."""
+    staging = staging_path(parent, name, kind)
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging)  # this very process's own, from an attempt that failed
+    staging.mkdir(parents=False)
+    (staging / STAGING_MARKER).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+    return staging
+
+
+def _staging_pattern(name: str | None, kind: str) -> re.Pattern:
+    stem = re.escape(name) if name is not None else r"[^/]+?"
+    return re.compile(rf"^\.{stem}\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.{re.escape(kind)}$")
+
+
+def is_staging(path: Path, kind: str, name: str | None = None) -> bool:
+    """Whether ``path`` is a staging folder this tool made: the name's form, a real folder (never a
+    link), and the marker inside (or nothing at all: killed between making it and marking it)."""
+    if path.is_symlink() or not path.is_dir() or not _staging_pattern(name, kind).match(path.name):
+        return False
+    try:
+        entries = [entry.name for entry in path.iterdir()]
+    except OSError:
+        return False
+    return not entries or STAGING_MARKER in entries
+
+
+def is_abandoned(staging: Path, kind: str | None = None) -> bool:
+    """Whether a staging folder's process is gone: on this host, asked; on another, a day's silence."""
+    kind = kind or staging.name.rsplit(".", 1)[-1]
+    match = _staging_pattern(None, kind).match(staging.name)
+    if match is None:
+        return False
+    if match["host"] == host_name():
+        return not process_alive(int(match["pid"]))
+    try:
+        return time.time() - staging.stat().st_mtime > ABANDONED_AFTER
+    except OSError:
+        return False
+
+
+def remove_abandoned(parent: Path, kind: str, name: str | None = None) -> list[Path]:
+    """Remove the abandoned staging folders of ``kind`` (for ``name``, or any) in ``parent``; only
+    folders :func:`is_staging` recognises are touched. Returns what was removed."""
+    removed: list[Path] = []
+    if not Path(parent).is_dir() or Path(parent).is_symlink():
+        return removed
+    for path in Path(parent).glob(f".*.{kind}"):
+        if is_staging(path, kind, name) and is_abandoned(path, kind):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` for the block; when another process holds it, call
+    ``on_wait`` once and wait for it. The lock file is removed when the block ends, so nothing is left
+    behind (a waiter that then holds a removed file's lock notices, and locks the path afresh).
+
+    The lock is the operating system's (``flock``), so a process that dies releases it. Where locks
+    are not supported (Windows, some network file systems), the block runs unlocked.
+    """
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    waited = False
+    while True:
+        handle = open(path, "a+b")  # noqa: SIM115  (held for the block)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait and not waited:
+                on_wait()
+            waited = True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError:  # ENOLCK and kin: no locks on this file system
+            handle.close()
+            yield
+            return
+        if _same_file(handle, path):
+            break
+        handle.close()  # its holder removed it as we waited: lock the file now at ``path``
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        handle.close()
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        here, there = os.fstat(handle.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
