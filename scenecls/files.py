@@ -52,6 +52,13 @@ def check_free_space(what: str, size: int, dest: Path) -> None:
         )
 
 
+def mark_used(folder: Path) -> None:
+    """Record that a cache entry was read (its ``meta.json``'s time), for clearing the least recently
+    used first."""
+    with contextlib.suppress(OSError):  # a read-only cache is still a cache
+        (Path(folder) / "meta.json").touch()
+
+
 # ------------------------------------------------------------------------------------------ processes
 
 
@@ -93,11 +100,15 @@ def _staging_pattern(name: str | None, kind: str) -> re.Pattern:
     return re.compile(rf"^\.{stem}\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.{re.escape(kind)}$")
 
 
-def is_staging(path: Path, kind: str, name: str | None = None) -> bool:
+def is_staging(path: Path, kind: str, name: str | None = None, *, marked: bool = True) -> bool:
     """Whether ``path`` is a staging folder this tool made: the name's form, a real folder (never a
-    link), and the marker inside (or nothing at all: killed between making it and marking it)."""
+    link), and (``marked``) the marker inside or nothing at all (killed between making and marking it).
+    Inside the tool's own folders (the caches) the name's form is enough: staging made before the
+    marker existed has none."""
     if path.is_symlink() or not path.is_dir() or not _staging_pattern(name, kind).match(path.name):
         return False
+    if not marked:
+        return True
     try:
         entries = [entry.name for entry in path.iterdir()]
     except OSError:
@@ -119,14 +130,14 @@ def is_abandoned(staging: Path, kind: str | None = None) -> bool:
         return False
 
 
-def remove_abandoned(parent: Path, kind: str, name: str | None = None) -> list[Path]:
+def remove_abandoned(parent: Path, kind: str, name: str | None = None, *, marked: bool = True) -> list[Path]:
     """Remove the abandoned staging folders of ``kind`` (for ``name``, or any) in ``parent``; only
     folders :func:`is_staging` recognises are touched. Returns what was removed."""
     removed: list[Path] = []
     if not Path(parent).is_dir() or Path(parent).is_symlink():
         return removed
     for path in Path(parent).glob(f".*.{kind}"):
-        if is_staging(path, kind, name) and is_abandoned(path, kind):
+        if is_staging(path, kind, name, marked=marked) and is_abandoned(path, kind):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from scenecls import files
 from scenecls.classifier import build_classifier, find_backbone, load_model
 from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
@@ -194,7 +195,7 @@ def test_an_interrupted_build_leaves_nothing_and_an_abandoned_one_is_cleared(tmp
     cache = tmp_path / "cache"
     parent = cache / "activations"
     parent.mkdir(parents=True)
-    host = activations.staging_name("k").split(".")[2].rpartition("-")[0]
+    host = files.host_name()
     dead = parent / f".0123abcd.{host}-999999999.building"  # no such process
     dead.mkdir()
     (dead / "train.npy").write_bytes(b"half")

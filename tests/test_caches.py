@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from scenecls import files
 from scenecls.cli import cli
 from scenecls.data.images import SCAN_CACHE_VERSION
+from scenecls.files import mark_used
 from scenecls.training import activations, features
-from scenecls.training.caches import list_entries, mark_used
+from scenecls.training.caches import list_entries
 
 
 def _entry(root: Path, kind: str, name: str, meta: dict | None, size: int = 1000) -> Path:
@@ -29,7 +31,7 @@ def _entry(root: Path, kind: str, name: str, meta: dict | None, size: int = 1000
 
 def _abandoned_name(key: str) -> str:
     """The staging name a build of this host would have, for a process that has ended."""
-    mine = activations.staging_name(key)  # .<key>.<host>-<pid>.building
+    mine = files.staging_path(Path(), key, "building").name  # .<key>.<host>-<pid>.building
     return mine.replace(f"-{os.getpid()}.building", f"-{_dead_pid()}.building")
 
 
@@ -57,7 +59,9 @@ def cache(tmp_path, monkeypatch):
         "features": _entry(
             root, "features", "d" * 24, {"version": features.CACHE_VERSION, "size": [150, 150]}
         ),
-        "building": _entry(root, "activations", activations.staging_name("e" * 24), None, 200),
+        "building": _entry(
+            root, "activations", files.staging_path(Path(), "e" * 24, "building").name, None, 200
+        ),
         "abandoned": _entry(root, "activations", _abandoned_name("f" * 24), None, 400),
     }
     scans = root / "scans"
@@ -125,3 +129,62 @@ def test_an_empty_cache_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("SCENECLS_HOME", str(tmp_path / "nothing"))
     result = CliRunner().invoke(cli, ["cache"])
     assert result.exit_code == 0 and "No cache entries" in result.stderr and result.stdout == ""
+
+
+def test_clear_never_deletes_through_a_link_or_what_is_not_an_entry(tmp_path, monkeypatch):
+    """A kind's folder that is a link to another folder, a linked entry, and folders or files whose
+    name and marker do not say they are entries are listed as not cache entries and left, with a line
+    that says so (not "in use by a build")."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SCENECLS_HOME", str(home))
+    root = home / "cache"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "no_meta_folder").mkdir(parents=True)
+    (elsewhere / "no_meta_folder" / "thesis.tex").write_text("keep")
+    (elsewhere / "settings.json").write_text("{not json")
+    root.mkdir(parents=True)
+    (root / "features").symlink_to(elsewhere, target_is_directory=True)
+    (root / "scans").symlink_to(elsewhere, target_is_directory=True)
+    acts = root / "activations"
+    acts.mkdir()
+    (acts / ("a" * 24)).symlink_to(elsewhere / "no_meta_folder", target_is_directory=True)
+    (acts / "my_notes").mkdir()
+    (acts / "my_notes" / "n.txt").write_text("keep")
+    (acts / ("b" * 24)).mkdir()  # an entry's name, but holding a file no entry has
+    (acts / ("b" * 24) / "mine.txt").write_text("keep")
+    damaged = _entry(root, "activations", "c" * 24, None, 10)  # ours, its meta.json lost
+
+    states = {e.path.name: e.state for e in list_entries(root)}
+    assert states == {
+        "features": "foreign", "scans": "foreign", "a" * 24: "foreign", "my_notes": "foreign",
+        "b" * 24: "foreign", "c" * 24: "damaged",
+    }  # fmt: skip
+    result = CliRunner().invoke(cli, ["cache", "--clear", "--stale"])
+    assert result.exit_code == 0, result.output
+    assert not damaged.exists()
+    for kept in (
+        elsewhere / "no_meta_folder" / "thesis.tex", elsewhere / "settings.json",
+        acts / "my_notes" / "n.txt", acts / ("b" * 24) / "mine.txt",
+    ):  # fmt: skip
+        assert kept.exists(), kept
+    result = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert "5 not a cache entry left alone" in result.stderr and "in use by a build" not in result.stderr
+    assert (elsewhere / "no_meta_folder" / "thesis.tex").exists() and (acts / ("a" * 24)).is_symlink()
+    listing = CliRunner().invoke(cli, ["cache"])
+    assert "not a cache entry" in listing.output
+
+
+def test_both_caches_make_their_entries_by_the_umask(tmp_path):
+    """Feature and activation staging are made alike (mkdir, the umask), so that a SCENECLS_HOME shared
+    by a group works for both; the feature cache's was 0700 (mkdtemp)."""
+    import numpy as np
+
+    old = os.umask(0o022)
+    try:
+        made = files.make_staging(tmp_path, "k", "building")
+        folder = tmp_path / ("d" * 24)
+        features._write(folder, {"version": features.CACHE_VERSION}, np.zeros((1, 2, 3)), np.zeros((0, 3)))
+    finally:
+        os.umask(old)
+    assert made.stat().st_mode & 0o777 == 0o755
+    assert folder.stat().st_mode & 0o777 == 0o755

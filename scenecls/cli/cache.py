@@ -42,17 +42,20 @@ def cache(
     The cache lives in $SCENECLS_HOME/cache.
     """
     from scenecls.paths import cache_dir
-    from scenecls.training.caches import KINDS, UNUSABLE, list_entries, remove_entries
+    from scenecls.training.caches import FOREIGN, KINDS, UNUSABLE, list_entries, remove_entries
 
     root = cache_dir()
     unused_for = None if older_than is None else older_than * 86400
     entries = list_entries(root, kind or KINDS, unusable=stale, unused_for=unused_for)
     if clear:
         removed, freed = remove_entries(entries)
-        kept = len(entries) - len(removed)
+        building = sum(e.state == "building" for e in entries)
+        foreign = [e for e in entries if e.state == FOREIGN]
         out.log(
             f"Removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} from {root}, "
-            f"{byte_size(freed)} freed" + (f"; {kept} in use by a build left alone" if kept else "")
+            f"{byte_size(freed)} freed"
+            + (f"; {building} in use by a build left alone" if building else "")
+            + (f"; {len(foreign)} not a cache entry left alone ({_names(foreign)})" if foreign else "")
         )
         entries = removed
     elif not entries:
@@ -70,7 +73,15 @@ def cache(
     out.table(
         ["kind", "entry", "backbone", "detail", "size", "last used", "state"],
         [
-            [e.kind, e.path.name, e.backbone or "", e.detail, byte_size(e.bytes), _ago(e.used), e.state]
+            [
+                e.kind,
+                e.path.name,
+                e.backbone or "",
+                e.detail,
+                byte_size(e.bytes),
+                _ago(e.used),
+                "not a cache entry" if e.state == FOREIGN else e.state,
+            ]
             for e in entries
         ],
         numeric=["size"],
@@ -89,3 +100,8 @@ def _ago(when: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.0f} {unit} ago"
     return "just now"
+
+
+def _names(entries, most: int = 3) -> str:
+    names = [str(e.path) for e in entries[:most]]
+    return ", ".join(names) + (f" and {len(entries) - most} more" if len(entries) > most else "")

@@ -28,8 +28,6 @@ import errno
 import hashlib
 import json
 import os
-import platform
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,18 +36,24 @@ from pathlib import Path
 import numpy as np
 
 from scenecls.data.augment import AugmentConfig, augmented_copies
-from scenecls.data.fetch import check_free_space, file_sha256
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
+from scenecls.files import (
+    check_free_space,
+    file_sha256,
+    make_staging,
+    mark_used,
+    remove_abandoned,
+    staging_path,
+)
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training.caches import mark_used
 from scenecls.training.features import weights_sha256
 from scenecls.unfreeze import UnfreezePolicy
 
 CACHE_VERSION = 3  # 2: stored times a power-of-two scale; 3: batch normalisation folded
 STORED_DTYPE = np.float16  # half the disk and page cache of float32; see benchmarks/README.md
 HEADROOM = 64.0  # how much larger than the first batch's largest value later values may be in float16
-ABANDONED_AFTER = 24 * 3600  # seconds after which another host's unfinished build counts as abandoned
+BUILDING = "building"  # staging kind of a build: .<key>.<host>-<pid>.building (scenecls.files)
 
 
 class CacheUnavailable(DataError):
@@ -199,7 +203,7 @@ def load_or_build(
     if folder.exists():
         reporter.warn(f"activation cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    remove_abandoned(folder.parent)
+    remove_abandoned(folder.parent, BUILDING, marked=False)
     size_bytes = entry_bytes(fields["copies"], len(train), len(val), cut.shape)
     try:
         check_free_space("the activation cache", size_bytes, folder.parent)
@@ -227,50 +231,6 @@ def entry_bytes(copies: int, n_train: int, n_val: int, shape: tuple[int, ...]) -
     return (copies * n_train + n_val) * int(np.prod(shape)) * np.dtype(STORED_DTYPE).itemsize
 
 
-def remove_abandoned(parent: Path) -> None:
-    """Remove staging folders of builds that were killed or whose machine went down.
-
-    A build's staging folder names its host and process. On this host a folder whose process is gone is
-    abandoned; a folder of another host (a cache on a shared filesystem) only once it is a day old,
-    since that host's processes cannot be asked.
-    """
-    if not parent.is_dir():
-        return
-    for staging in parent.glob(".*.building"):
-        if is_abandoned(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def is_abandoned(staging: Path) -> bool:
-    """Whether a staging folder (see :func:`staging_name`) is a build whose process is gone."""
-    host, _, pid = staging.name.split(".")[-2].rpartition("-")
-    if host == _host():
-        return pid.isdigit() and not _alive(int(pid))
-    try:
-        return time.time() - staging.stat().st_mtime > ABANDONED_AFTER
-    except OSError:
-        return False
-
-
-def staging_name(key: str) -> str:
-    """``.<key>.<host>-<pid>.building``: whose build it is, for :func:`remove_abandoned`."""
-    return f".{key}.{_host()}-{os.getpid()}.building"
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", platform.node()) or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _build(
     folder: Path, fields: dict, cut: CutModels, train: Split, val: Split, size: tuple[int, int],
     batch_size: int, augmentations: list, reporter: Reporter,
@@ -279,7 +239,7 @@ def _build(
     from scenecls.models.folding import for_inference
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / staging_name(folder.name)
+    staging = staging_path(folder.parent, folder.name, BUILDING)
     copies = fields["copies"]
     forward = inference_function(for_inference(cut.lower, images=copies * len(train) + len(val)), batch_size)
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
@@ -287,8 +247,7 @@ def _build(
     try:
         scale = None
         for dtype in (STORED_DTYPE, np.float32):
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
+            staging = make_staging(folder.parent, folder.name, BUILDING)
             task.update(completed=0)
             try:
                 scale = _write_arrays(

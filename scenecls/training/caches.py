@@ -8,8 +8,8 @@ never a build in progress.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -17,10 +17,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scenecls.data.images import SCAN_CACHE_VERSION
+from scenecls.files import ABANDONED_AFTER, STAGING_MARKER, is_abandoned, is_staging
+from scenecls.training import activations, features
 
 KINDS = ("features", "activations", "scans")
 # An entry in one of these states is not used by this version of scenecls and can go.
 UNUSABLE = ("stale", "damaged", "abandoned")
+# Anything under the cache folder that is not an entry this tool made: listed, never removed.
+FOREIGN = "foreign"
+VERSIONS = {"features": features.CACHE_VERSION, "activations": activations.CACHE_VERSION}
+ENTRY_NAME = re.compile(r"^[0-9a-f]{24}$")  # a feature or activation entry: its key
+ENTRY_FILES = {"meta.json", "train.npy", "val.npy", STAGING_MARKER}
+SCAN_NAME = re.compile(r"^[0-9a-f]{1,64}\.json$")  # named for the scanned folder's hash
+# Feature staging before it was named for its process: ``.<key>.<mkdtemp's 8 characters>``.
+LEGACY_STAGING = re.compile(r"^\.[0-9a-f]{24}\.[a-z0-9_]{8}$")
 
 
 @dataclass
@@ -30,7 +40,7 @@ class CacheEntry:
     bytes: int
     created: float  # seconds since the epoch
     used: float  # when it was last read (or made)
-    state: str  # current, stale (another cache version), damaged, building or abandoned
+    state: str  # current, stale (another cache version), damaged, building, abandoned or foreign
     backbone: str | None = None
     detail: str = ""  # the cut of an activation entry, the input size of a feature entry
 
@@ -43,16 +53,23 @@ def list_entries(
 ) -> list[CacheEntry]:
     """The entries of ``root`` (the cache folder), least recently used first; with ``unusable`` only
     those this version cannot use (:data:`UNUSABLE`), with ``unused_for`` only those not read for that
-    many seconds."""
+    many seconds. Links, and anything whose name and marker do not say it is an entry, are listed as
+    :data:`FOREIGN` (a kind's folder that is a link, as one such entry: it is never looked into)."""
     entries: list[CacheEntry] = []
     for kind in kinds:
         folder = root / kind
+        if folder.is_symlink():
+            entries.append(_foreign(kind, folder))
+            continue
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
-            entry = _scan_entry(path) if kind == "scans" else _folder_entry(kind, path)
-            if entry is not None:
-                entries.append(entry)
+            if path.is_symlink():
+                entries.append(_foreign(kind, path))
+            else:
+                entry = _scan_entry(path) if kind == "scans" else _folder_entry(kind, path)
+                if entry is not None:
+                    entries.append(entry)
     if unusable:
         entries = [e for e in entries if e.state in UNUSABLE]
     if unused_for is not None:
@@ -61,14 +78,15 @@ def list_entries(
 
 
 def remove_entries(entries: Iterable[CacheEntry]) -> tuple[list[CacheEntry], int]:
-    """Delete ``entries`` except builds in progress; ``(removed, bytes freed)``.
+    """Delete ``entries`` except builds in progress and anything not a cache entry; ``(removed, bytes
+    freed)``. Never through a link.
 
     An entry in use by a running training stays readable to it: its files are memory-mapped, and an
     unlinked file lives on until it is unmapped.
     """
     removed, freed = [], 0
     for entry in entries:
-        if entry.state == "building":
+        if entry.state in ("building", FOREIGN) or entry.path.is_symlink():
             continue
         if entry.path.is_dir():
             shutil.rmtree(entry.path, ignore_errors=True)
@@ -80,22 +98,29 @@ def remove_entries(entries: Iterable[CacheEntry]) -> tuple[list[CacheEntry], int
     return removed, freed
 
 
-def mark_used(folder: Path) -> None:
-    """Record that an entry was read (its ``meta.json``'s time), for clearing the least recently used."""
-    with contextlib.suppress(OSError):  # a read-only cache is still a cache
-        (folder / "meta.json").touch()
+def _foreign(kind: str, path: Path) -> CacheEntry:
+    try:
+        when = path.lstat().st_mtime
+    except OSError:
+        when = 0.0
+    return CacheEntry(kind, path, 0, when, when, FOREIGN, detail="not a cache entry")
 
 
 def _folder_entry(kind: str, path: Path) -> CacheEntry | None:
-    from scenecls.training import activations, features  # they mark entries used through this module
-
     if not path.is_dir():
-        return None
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    created = path.stat().st_mtime
+        return _foreign(kind, path)
     if path.name.startswith("."):  # a staging folder: a build in progress or one that was killed
-        return CacheEntry(kind, path, size, created, created, _staging_state(kind, path))
-    version = activations.CACHE_VERSION if kind == "activations" else features.CACHE_VERSION
+        if is_staging(path, "building", marked=False):
+            state = "abandoned" if is_abandoned(path, "building") else "building"
+        elif LEGACY_STAGING.match(path.name):
+            state = "abandoned" if time.time() - path.stat().st_mtime > ABANDONED_AFTER else "building"
+        else:
+            return _foreign(kind, path)
+        size, created = _size(path), path.stat().st_mtime
+        return CacheEntry(kind, path, size, created, created, state)
+    if not ENTRY_NAME.match(path.name) or not _holds_only_ours(path):
+        return _foreign(kind, path)
+    size, created = _size(path), path.stat().st_mtime
     try:
         meta = json.loads((path / "meta.json").read_text())
         used = (path / "meta.json").stat().st_mtime
@@ -103,7 +128,7 @@ def _folder_entry(kind: str, path: Path) -> CacheEntry | None:
         return CacheEntry(kind, path, size, created, created, "damaged")
     if not isinstance(meta, dict):
         return CacheEntry(kind, path, size, created, created, "damaged")
-    state = "current" if meta.get("version") == version else "stale"
+    state = "current" if meta.get("version") == VERSIONS[kind] else "stale"
     if kind == "activations":
         detail = f"cut {meta.get('cut')}, {meta.get('copies')} cop{'y' if meta.get('copies') == 1 else 'ies'}"
     else:
@@ -111,19 +136,23 @@ def _folder_entry(kind: str, path: Path) -> CacheEntry | None:
     return CacheEntry(kind, path, size, created, used, state, meta.get("backbone"), detail)
 
 
-def _staging_state(kind: str, path: Path) -> str:
-    from scenecls.training import activations
+def _holds_only_ours(folder: Path) -> bool:
+    """An entry's marker is its ``meta.json``; one without it (damaged) may hold nothing but the files
+    an entry is made of."""
+    try:
+        names = {entry.name for entry in folder.iterdir()}
+    except OSError:
+        return False
+    return "meta.json" in names or names <= ENTRY_FILES
 
-    if kind == "activations" and path.name.endswith(".building"):
-        return "abandoned" if activations.is_abandoned(path) else "building"
-    # the feature cache's staging folders do not name their process: a day old is abandoned
-    age = time.time() - path.stat().st_mtime
-    return "abandoned" if age > activations.ABANDONED_AFTER else "building"
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def _scan_entry(path: Path) -> CacheEntry | None:
-    if not path.is_file() or path.suffix != ".json":
-        return None
+    if not path.is_file() or not SCAN_NAME.match(path.name):
+        return _foreign("scans", path)
     stat = path.stat()
     try:
         state = "current" if json.loads(path.read_text()).get("version") == SCAN_CACHE_VERSION else "stale"

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from scenecls.data.augment import AugmentConfig, augmented_copies
-from scenecls.data.fetch import file_sha256
 from scenecls.data.layout import Split
+from scenecls.files import file_sha256, make_staging, mark_used, remove_abandoned, staging_path
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training.caches import mark_used
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 POOL_LAYER = "head_pool"
+BUILDING = "building"  # staging kind of a build: .<key>.<host>-<pid>.building (scenecls.files)
 
 
 @dataclass
@@ -214,8 +213,10 @@ def load_or_compute(
 
 def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    remove_abandoned(folder.parent, BUILDING, marked=False)
+    staging = staging_path(folder.parent, folder.name, BUILDING)
     try:
+        make_staging(folder.parent, folder.name, BUILDING)
         np.save(staging / "train.npy", train)
         np.save(staging / "val.npy", val)
         meta = {
