@@ -14,6 +14,7 @@ from scenecls.atomic import atomic_path
 from scenecls.errors import ModelError, first_line
 from scenecls.heads import HeadConfig, apply_head
 from scenecls.models.registry import SCALE_MINUS_ONE_TO_ONE, BackboneSpec, build_backbone, get_spec
+from scenecls.safety import check_keras_archive
 
 MODEL_PREFIX = "scenecls_"
 ENSEMBLE_NAME = MODEL_PREFIX + "ensemble"  # several classifiers averaged (scenecls.ensemble)
@@ -144,6 +145,7 @@ def load_model(path: Path, *, compile: bool = False):
         raise ModelError(f"model file {path} does not exist")
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a Keras model file (damaged, truncated or another format)")
+    check_keras_archive(path)  # sizes inside the zip, and layers that hold code, before Keras reads it
     _register_application_layers()
     import scenecls.losses  # noqa: F401  (registers the losses a saved optimizer state refers to)
 

@@ -165,12 +165,13 @@ def evaluate_run(
     tta: bool = False,
     precision: str = "off",
     jit: bool = False,
+    trust_model: bool = False,
     reporter: Reporter | None = None,
 ) -> RunEvaluation:
     """Evaluate a run's best model (or a model file) and save the results into its run folder.
 
     Without ``data`` the run's own data set is used: its test split when it has one, else the
-    validation split, rebuilt exactly from the run's seed. ``precision`` and ``jit`` as for
+    validation split, rebuilt exactly from the run's seed. ``precision``, ``jit`` and ``trust_model`` as for
     :func:`scenecls.runtimes.load_runtime`.
     """
     from scenecls.classifier import check_compatible, load_model
@@ -208,7 +209,7 @@ def evaluate_run(
         check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))
         runtime = KerasRuntime.of(model, batch_size, jit=jit) if tta or jit else None
     else:  # an exported model, through its own runtime
-        runtime = load_runtime(model_path, batch_size=batch_size)
+        runtime = load_runtime(model_path, batch_size=batch_size, trust_model=trust_model)
         check_classes(runtime.num_classes, prepared.classes, runs.model_classes(model_path, run_dir))
     if runtime is None:
         probs = predict_split(model, chosen, batch_size)

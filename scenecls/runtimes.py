@@ -54,16 +54,21 @@ def needs_tensorflow(path: Path) -> bool:
     return model_kind(path) in ("keras", "savedmodel")
 
 
-def load_runtime(path: Path, *, batch_size: int = 32, precision: str = "off", jit: bool = False) -> Runtime:
+def load_runtime(
+    path: Path, *, batch_size: int = 32, precision: str = "off", jit: bool = False, trust_model: bool = False
+) -> Runtime:
     """The model at ``path`` ready to predict; damaged or foreign files are one-line errors.
 
     ``precision`` (``off``, ``bfloat16``, ``float16``) and ``jit`` (XLA) apply to ``.keras`` models;
-    exported ones run as they were exported.
+    exported ones run as they were exported. A SavedModel's graph is checked for ops a classifier does
+    not need (:mod:`scenecls.safety`) unless ``trust_model``.
     """
     kind = model_kind(path)
     if kind == "keras":
         return KerasRuntime(Path(path), batch_size=batch_size, precision=precision, jit=jit)
-    loader = {"savedmodel": SavedModelRuntime, "tflite": LiteRTRuntime, "onnx": OnnxRuntime}
+    if kind == "savedmodel":
+        return SavedModelRuntime(Path(path), batch_size=batch_size, trust_model=trust_model)
+    loader = {"tflite": LiteRTRuntime, "onnx": OnnxRuntime}
     return loader[kind](Path(path), batch_size=batch_size)
 
 
@@ -141,13 +146,18 @@ class KerasRuntime:
 
 
 class SavedModelRuntime:
-    """A SavedModel written by ``scenecls export``: its ``serve_pixels`` signature."""
+    """A SavedModel written by ``scenecls export``: its ``serve_pixels`` signature. A graph runs whatever
+    ops it holds, so one from elsewhere is checked first (``trust_model`` skips that)."""
 
     kind = "savedmodel"
 
-    def __init__(self, path: Path, *, batch_size: int = 32) -> None:
+    def __init__(self, path: Path, *, batch_size: int = 32, trust_model: bool = False) -> None:
         import tensorflow as tf
 
+        if not trust_model:
+            from scenecls.safety import check_savedmodel
+
+            check_savedmodel(path)
         try:
             loaded = tf.saved_model.load(str(path))
             self._serve = loaded.signatures["serve_pixels"]

@@ -13,6 +13,7 @@ from scenecls.cli.output import (
     format_option,
     precision_options,
     project_option,
+    trust_model_option,
 )
 
 
@@ -28,6 +29,7 @@ from scenecls.cli.output import (
 @click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
+@trust_model_option
 @precision_options
 @fail_under_option()
 @project_option()
@@ -41,6 +43,7 @@ def evaluate(
     top_k: int,
     batch_size: int,
     tta: bool,
+    trust_model: bool,
     mixed_precision: str,
     jit: str,
     fail_under: float | None,
@@ -69,6 +72,7 @@ def evaluate(
         top_k=top_k,
         batch_size=batch_size,
         tta=tta,
+        trust_model=trust_model,
         precision=precision,
         jit=compiled,
         reporter=out.reporter(),

@@ -49,6 +49,14 @@ def format_option(*choices: str, default: str = "table"):
     )
 
 
+trust_model_option = click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Load a SavedModel even when its graph holds ops a classifier does not need (file, process or "
+    "network ops): only for a model you trust.",
+)
+
+
 def precision_options(func):
     """``--mixed-precision`` and ``--jit``, for the commands that train or run a Keras model."""
     from scenecls.precision import JIT_MODES, PRECISIONS

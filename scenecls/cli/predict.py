@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, dumps, format_option, precision_options, project_option
+from scenecls.cli.output import (
+    Output,
+    dumps,
+    format_option,
+    precision_options,
+    project_option,
+    trust_model_option,
+)
 
 
 @click.command("predict")
@@ -28,6 +35,7 @@ from scenecls.cli.output import Output, dumps, format_option, precision_options,
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@trust_model_option
 @precision_options
 @project_option()
 @format_option("table", "json", "jsonl", "csv")
@@ -40,6 +48,7 @@ def predict(
     tta: bool,
     top_k: int,
     batch_size: int,
+    trust_model: bool,
     mixed_precision: str,
     jit: str,
     project: Path,
@@ -62,7 +71,9 @@ def predict(
         out.load_tensorflow()
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
     precision, compiled = inference_settings(out, model_path, mixed_precision, jit)
-    runtime = load_runtime(model_path, batch_size=batch_size, precision=precision, jit=compiled)
+    runtime = load_runtime(
+        model_path, batch_size=batch_size, precision=precision, jit=compiled, trust_model=trust_model
+    )
     if tta:
         runtime = FlipAveraged(runtime)
     classes = model_classes(model_path, run_dir)
