@@ -11,6 +11,7 @@ that exact form and it holds the staging marker (or nothing at all).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import platform
@@ -57,6 +58,21 @@ def mark_used(folder: Path) -> None:
     used first."""
     with contextlib.suppress(OSError):  # a read-only cache is still a cache
         (Path(folder) / "meta.json").touch()
+
+
+# What a write that cannot go on fails with: the disk or quota is full, a file would pass the size limit,
+# or the folder cannot be written. A cache meets these by going without (every entry can be rebuilt).
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def cannot_write(what: str, folder: Path, needs: int, exc: OSError) -> str:
+    """Why ``what`` could not be written into ``folder``, and what to do, in one sentence."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "set SCENECLS_HOME to a writable folder, or pass --no-cache"
+    else:
+        advice = "free some space (or set SCENECLS_HOME to a larger disk)"
+    return f"{what} could not be written to {folder} ({reason}; it needs {byte_size(needs)}): {advice}"
 
 
 # ------------------------------------------------------------------------------------------ processes

@@ -34,6 +34,10 @@ def default_dataset_dir() -> Path:
 def data_source(data: str | os.PathLike | None) -> Path:
     """The data set to use: ``data`` when given, else the one ``fetch-data`` placed."""
     if data:
+        if not Path(data).exists():
+            from scenecls.errors import DataError
+
+            raise DataError(f"no data set at {data}: the path does not exist")
         return Path(data)
     default = default_dataset_dir()
     if not default.exists():

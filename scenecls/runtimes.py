@@ -185,6 +185,7 @@ class LiteRTRuntime:
             raise _missing_runtime("tflite", "ai-edge-litert") from None
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
+        self._path = path
         try:
             with native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
                 self._interpreter = Interpreter(model_path=str(path))
@@ -201,14 +202,19 @@ class LiteRTRuntime:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
-        if len(images) != self._batch:  # the interpreter is sized for one batch size at a time
-            self._interpreter.resize_tensor_input(self._input["index"], [len(images), *self.input_size, 3])
-            with native_stderr_silenced():
-                self._interpreter.allocate_tensors()
-            self._batch = len(images)
-        self._interpreter.set_tensor(self._input["index"], images)
-        self._interpreter.invoke()
-        return np.array(self._interpreter.get_tensor(self._output["index"]))
+        try:
+            if len(images) != self._batch:  # the interpreter is sized for one batch size at a time
+                self._interpreter.resize_tensor_input(
+                    self._input["index"], [len(images), *self.input_size, 3]
+                )
+                with native_stderr_silenced():
+                    self._interpreter.allocate_tensors()
+                self._batch = len(images)
+            self._interpreter.set_tensor(self._input["index"], images)
+            self._interpreter.invoke()
+            return np.array(self._interpreter.get_tensor(self._output["index"]))
+        except (RuntimeError, ValueError) as exc:  # a damaged file loads, then fails here
+            raise ModelError(f"{self._path} is damaged: LiteRT says {first_line(exc, 200)}") from exc
 
 
 class OnnxRuntime:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -91,3 +94,31 @@ def test_other_backbone_weights_mean_another_key(data, tmp_path):
     key_a = load_or_compute(a, find_backbone(a), data.train, data.val, SIZE, **kwargs).key
     key_b = load_or_compute(b, find_backbone(b), data.train, data.val, SIZE, **kwargs).key
     assert key_a != key_b
+
+
+def test_a_full_disk_while_writing_the_feature_cache_is_a_warning_and_training_goes_on(tmp_path, monkeypatch):
+    """numpy's "122880 requested and 48096 written" was a traceback: now one warning that names the
+    cache and the room it needs, and the run trains on the features it has."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from scenecls.cli import cli
+    from scenecls.training import features
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(features.np, "save", full)
+    data = write_class_folders(tmp_path / "data", 6, size=32)
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--data", str(data), "--backbone", "mobilenet_v2", "--weights", "none", "--image-size",
+         "32", "-b", "8", "--epochs", "1", "--finetune-epochs", "0", "--no-export", "--project",
+         str(tmp_path / "runs")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.stderr.splitlines() if "feature cache could not be" in line)
+    assert "No space left on device" in warning and "it needs" in warning
+    staging = (Path(os.environ["SCENECLS_HOME"]) / "cache" / "features").glob(".*")
+    assert not list(staging)  # nothing half-written is left

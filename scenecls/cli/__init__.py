@@ -10,6 +10,7 @@ import errno
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -108,7 +109,24 @@ def _os_error_message(exc: OSError) -> str:
         errno.EACCES: "; choose a folder you may write to",
         errno.EPERM: "; choose a folder you may write to",
     }.get(exc.errno, "")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and _in_data_home(exc.filename):
+        from scenecls.paths import data_home
+
+        advice = (
+            f"; the folder for caches and data sets ({data_home()}) is not writable: set SCENECLS_HOME to a "
+            f"writable folder, or train with --no-cache"
+        )
     return f"{exc.strerror}{where}{advice}"
+
+
+def _in_data_home(filename) -> bool:
+    from scenecls.paths import data_home
+
+    if not filename:
+        return False
+    home = data_home().absolute()
+    path = Path(os.fsdecode(filename)).absolute()
+    return path == home or home in path.parents
 
 
 def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -7,6 +7,7 @@ import time
 import click
 
 from scenecls.cli.output import Output, format_option
+from scenecls.cli.types import FiniteFloatRange
 from scenecls.units import byte_size
 
 
@@ -20,7 +21,7 @@ from scenecls.units import byte_size
 @click.option(
     "--older-than",
     "older_than",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     metavar="DAYS",
     help="Only entries last used more than DAYS days ago.",
 )

@@ -8,6 +8,7 @@ import click
 
 from scenecls.cli.output import Output, format_option, project_option
 from scenecls.cli.train import DEFAULTS, _backbone_choice
+from scenecls.cli.types import rate_type
 
 
 @click.command("lr-find")
@@ -31,8 +32,8 @@ from scenecls.cli.train import DEFAULTS, _backbone_choice
 @click.option("--unfreeze", default=DEFAULTS.unfreeze, show_default=True, help="Blocks for --phase finetune.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
-@click.option("--start-lr", type=click.FloatRange(0, min_open=True), default=1e-7, show_default=True)
-@click.option("--end-lr", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--start-lr", type=rate_type(), default=1e-7, show_default=True)
+@click.option("--end-lr", type=rate_type(), default=1.0, show_default=True)
 @click.option("--steps", type=click.IntRange(10), default=100, show_default=True, help="Batches to try.")
 @click.option("--no-cache", is_flag=True, help="Head phase on images instead of cached features.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: PROJECT/lr_find_PHASE.png]")

@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from scenecls.cli.types import FiniteFloatRange
 from scenecls.reporting import native_stderr_silenced
 from scenecls.units import byte_size
 
@@ -85,7 +86,7 @@ def fail_under_option():
     """``--fail-under X``: an accuracy gate for scripts and CI jobs."""
     return click.option(
         "--fail-under",
-        type=click.FloatRange(0, 1),
+        type=FiniteFloatRange(0, 1),
         default=None,
         metavar="ACC",
         help=f"Exit with code {EXIT_BELOW_THRESHOLD} (after writing every output) when the accuracy is "
@@ -198,10 +199,31 @@ def printable(text: str) -> str:
 
 
 def dumps(data: Any, indent: int | None = None) -> str:
-    """JSON for stdout: NaN and infinities become null (``NaN`` is not JSON)."""
+    """JSON for stdout: NaN and infinities become null (``NaN`` is not JSON), and the undecodable bytes
+    of a non-UTF-8 file name become ``\\xNN`` escapes (a lone surrogate is not JSON either)."""
     from scenecls.training.runs import finite_or_none
 
-    return json.dumps(finite_or_none(data), indent=indent, default=str, allow_nan=False)
+    return json.dumps(_escaped(finite_or_none(data)), indent=indent, default=str, allow_nan=False)
+
+
+def escape_undecodable(text: str) -> str:
+    """``caf\\udce9.png`` (a Latin-1 byte read with ``surrogateescape``) -> ``caf\\\\xe9.png``: the file
+    system's bytes as the text ``\\xe9``, which every JSON parser reads."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _escaped(data: Any) -> Any:
+    if isinstance(data, str):
+        return escape_undecodable(data)
+    if isinstance(data, dict):
+        return {_escaped(key): _escaped(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_escaped(value) for value in data]
+    return data
 
 
 def _cell(value: Any) -> str:
@@ -349,8 +371,10 @@ class _PlainTask:
             return
         self._closed = True
         elapsed = time.monotonic() - self._start
+        # Closed while an error or Ctrl-C is on its way up (a ``finally``): the task did not finish.
+        ended = "stopped after" if sys.exc_info()[0] is not None else "done,"
         self._reporter.log(
-            f"{self.description}: done, {self._amount(self.completed)} in {_duration(elapsed)}"
+            f"{self.description}: {ended} {self._amount(self.completed)} in {_duration(elapsed)}"
         )
 
     def _maybe_print(self) -> None:

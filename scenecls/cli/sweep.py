@@ -99,7 +99,7 @@ def sweep(
     base = config_from_options(data, no_augment, no_cache, options)
     base.export_tflite = False  # export the runs you keep: scenecls export RUN
     folder = project / (name or "sweep")
-    share = sweeps.parse_shard(shard) if shard else None
+    share = None if shard is None else sweeps.parse_shard(shard)  # "" (an unset variable) is refused
     if share and collect:
         raise UsageError("--collect gathers every shard's runs; give it without --shard")
     if share and ensembles:
@@ -175,7 +175,7 @@ def _make_ensembles(out: Output, folder: Path, points) -> list[dict]:
     made = make_missing_ensembles(sweeps.ensemble_folders(folder, points), reporter=out.reporter())
     for result in made:
         out.log(f"Made {result.run_dir}")
-    rows = sweeps.collect_results(folder, points)
+    rows = sweeps.collect_results(folder, points, out.reporter())
     sweeps.write_results(folder, rows)
     return rows
 
@@ -190,7 +190,7 @@ def _collect(out: Output, folder: Path, points, fmt: str, ensembles: bool = Fals
         out.load_tensorflow()
         rows = _make_ensembles(out, folder, points)
     else:
-        rows = sweeps.collect_results(folder, points)
+        rows = sweeps.collect_results(folder, points, out.reporter())
         sweeps.write_results(folder, rows)
     _write_tables(out, folder, points, rows)
     _render(out, rows, fmt, f"Sweep results ({folder})")

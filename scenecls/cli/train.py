@@ -16,6 +16,7 @@ from scenecls.cli.output import (
     precision_options,
     project_option,
 )
+from scenecls.cli.types import FiniteFloatRange, rate_type
 from scenecls.config import LR_SCHEDULES, TrainConfig
 from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig
 from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
@@ -184,7 +185,7 @@ def recipe_options(func):
             click.option("--units", type=click.IntRange(1), default=DEFAULTS.units, show_default=True),
             click.option(
                 "--dropout",
-                type=click.FloatRange(0, 1, max_open=True),
+                type=FiniteFloatRange(0, 1, max_open=True),
                 default=DEFAULTS.dropout,
                 show_default=True,
             ),
@@ -195,9 +196,7 @@ def recipe_options(func):
                 show_default=True,
                 help="Phase 1 epochs (frozen backbone).",
             ),
-            click.option(
-                "--lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.lr, show_default=True
-            ),
+            click.option("--lr", type=rate_type(), default=DEFAULTS.lr, show_default=True),
             click.option(
                 "--finetune-epochs",
                 type=click.IntRange(0),
@@ -207,13 +206,13 @@ def recipe_options(func):
             ),
             click.option(
                 "--finetune-lr",
-                type=click.FloatRange(0, min_open=True),
+                type=rate_type(),
                 default=DEFAULTS.finetune_lr,
                 show_default=True,
             ),
             click.option(
                 "--val-split",
-                type=click.FloatRange(0, 1, max_open=True),
+                type=FiniteFloatRange(0, 1, max_open=True),
                 default=DEFAULTS.val_split,
                 show_default=True,
                 help="Fraction held out for validation when there is no val/ folder; 0 trains on every "
@@ -228,14 +227,14 @@ def recipe_options(func):
             ),
             click.option(
                 "--label-smoothing",
-                type=click.FloatRange(0, 1, max_open=True),
+                type=FiniteFloatRange(0, 1, max_open=True),
                 default=DEFAULTS.label_smoothing,
                 show_default=True,
                 help="Smooth the targets: 1 - S + S/k for the true class, S/k for the others.",
             ),
             click.option(
                 "--mixup",
-                type=click.FloatRange(0),
+                type=FiniteFloatRange(0, 100),
                 default=DEFAULTS.mixup,
                 show_default=True,
                 metavar="ALPHA",
@@ -243,7 +242,7 @@ def recipe_options(func):
             ),
             click.option(
                 "--cutmix",
-                type=click.FloatRange(0),
+                type=FiniteFloatRange(0, 100),
                 default=DEFAULTS.cutmix,
                 show_default=True,
                 metavar="ALPHA",
@@ -252,7 +251,7 @@ def recipe_options(func):
             ),
             click.option(
                 "--ema",
-                type=click.FloatRange(0, 1, max_open=True),
+                type=FiniteFloatRange(0, 1, max_open=True),
                 default=DEFAULTS.ema,
                 is_flag=False,
                 flag_value=0.99,
@@ -280,19 +279,19 @@ def augment_options(inherited: bool = False) -> list:
     return [
         click.option("--no-augment", is_flag=True, help="Train without augmentation."),
         click.option(
-            "--rotation", type=click.FloatRange(0, 180), default=None, metavar="DEG",
+            "--rotation", type=FiniteFloatRange(0, 180), default=None, metavar="DEG",
             help="Rotate by up to DEG degrees either way" + default(f"{ranges.rotation:g}"),
         ),
         click.option(
-            "--shift", type=click.FloatRange(0, 1), default=None, metavar="FRAC",
+            "--shift", type=FiniteFloatRange(0, 1), default=None, metavar="FRAC",
             help="Shift by up to FRAC of the width and height" + default(f"{ranges.shift:g}"),
         ),
         click.option(
-            "--zoom", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="FRAC",
+            "--zoom", type=FiniteFloatRange(0, 1, max_open=True), default=None, metavar="FRAC",
             help="Zoom in or out by up to FRAC" + default(f"{ranges.zoom:g}"),
         ),
         click.option(
-            "--shear", type=click.FloatRange(0, 80), default=None, metavar="DEG",
+            "--shear", type=FiniteFloatRange(0, 80), default=None, metavar="DEG",
             help="Shear by up to DEG degrees either way" + default(f"{ranges.shear:g}"),
         ),
         click.option(
@@ -382,6 +381,7 @@ def train(
     Every epoch updates runs/NAME/ (history.csv, last.keras, best.keras, state.json); Ctrl-C keeps
     them and prints how to resume.
     """
+    from scenecls.paths import data_source
     from scenecls.training import runs
 
     distribution = choose_distribution(out, distribute)
@@ -402,6 +402,7 @@ def train(
         return
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
+    data_source(config.data)  # no data set: say so before a runs/ folder is made for nothing
     run_dir = _new_run_dir(distribution, project, name or "train", exist_ok)
     _run(out, config, run_dir, fmt, fail_under, distribution)
 
@@ -429,9 +430,7 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
 @click.option(
     "--finetune-epochs", type=click.IntRange(1), default=DEFAULTS.finetune_epochs, show_default=True
 )
-@click.option(
-    "--finetune-lr", type=click.FloatRange(0, min_open=True), default=DEFAULTS.finetune_lr, show_default=True
-)
+@click.option("--finetune-lr", type=rate_type(), default=DEFAULTS.finetune_lr, show_default=True)
 @finetune_augment_options
 @finetune_cache_options
 @run_options

@@ -107,6 +107,12 @@ def check_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--url takes an http:// or https:// address, got {url!r}")
+    if any(char in parts.netloc for char in "\\ \t\r\n"):  # hosts differ between parsers: refuse
+        raise UsageError(f"--url {url!r}: a backslash or space in the host part is not a valid address")
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise UsageError(f"--url {url!r} has a port that is not a number from 0 to 65535") from None
     return url.strip()
 
 

@@ -62,6 +62,7 @@ class DatasetIndex:
     classes: list[str]
     splits: dict[str, Split]
     empty_dirs: list[Path] = field(default_factory=list)  # class-like folders without one image
+    empty_classes: list[str] = field(default_factory=list)  # CSV classes none of whose files exist
 
     def fingerprint(self) -> str:
         """Changes whenever a file is added, removed, relabelled or rewritten."""
@@ -200,6 +201,14 @@ def _index_csv(csv_path: Path) -> DatasetIndex:
     if any(numeric) and not all(numeric):
         line, _, label = rows[numeric.index(False)]
         raise DataError(f"{csv_path}:{line}: label {label!r} is not a class number like the others")
+    missing: list[str] = []
+    if not all(numeric) or not {int(label) for label in labels} <= set(range(len(INTEL_CLASSES))):
+        # A class every row of which names a missing file would train on nothing: left out, as an empty
+        # class folder is. (The Intel numbers keep every name: a subset still means the same classes.)
+        present = {label for _, name, label in rows if (image_dir / name).is_file()}
+        missing = sorted(set(labels) - present)
+        rows = [row for row in rows if row[2] in present]
+        labels = [label for _, _, label in rows]
     if all(numeric):
         numbers = sorted({int(label) for label in labels})
         if set(numbers) <= set(range(len(INTEL_CLASSES))):
@@ -222,7 +231,7 @@ def _index_csv(csv_path: Path) -> DatasetIndex:
         key = str(int(label)) if _is_int(label) else label
         split.paths.append(str(image))
         split.labels.append(to_index[key])
-    return DatasetIndex(csv_path, "csv", classes, {"train": split})
+    return DatasetIndex(csv_path, "csv", classes, {"train": split}, empty_classes=missing)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -39,6 +39,8 @@ from scenecls.data.augment import AugmentConfig, augmented_copies
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
 from scenecls.files import (
+    UNWRITABLE,
+    cannot_write,
     check_free_space,
     file_sha256,
     make_staging,
@@ -213,13 +215,16 @@ def load_or_build(
         augmentations = augmented_copies(augment, fields["copies"], seed + 1)
     if not fields["augment"]:
         augmentations = [None] * fields["copies"]
-    _build(folder, fields, cut, train, val, size, batch_size, augmentations, reporter)
+    try:
+        _build(folder, fields, cut, train, val, size, batch_size, augmentations, reporter)
+    except OSError as exc:  # a full disk, a file-size limit, a read-only cache: go on without it
+        if exc.errno not in UNWRITABLE:
+            raise
+        raise CacheUnavailable(cannot_write("the activation cache", folder.parent, size_bytes, exc)) from None
     # The checksums were just computed from these files: reading them back checks meta and shapes only.
     stored = _open(folder, fields, len(train), len(val), cut.shape, checksums=False)
     if stored is None:  # written and at once unreadable: a full or failing disk
-        from scenecls.errors import SceneclsError
-
-        raise SceneclsError(f"the activation cache {folder} could not be read back after writing it")
+        raise CacheUnavailable(f"the activation cache {folder} could not be read back after writing it")
     reporter.log(f"Activation cache: built {folder} (cut before {cut.layer})")
     return CachedActivations(
         stored[0], np.asarray(train.labels), stored[1], np.asarray(val.labels), key, folder, False, stored[2]

@@ -25,7 +25,17 @@ import numpy as np
 
 from scenecls.data.augment import AugmentConfig, augmented_copies
 from scenecls.data.layout import Split
-from scenecls.files import file_sha256, make_staging, mark_used, remove_abandoned, staging_path
+from scenecls.errors import DataError
+from scenecls.files import (
+    UNWRITABLE,
+    cannot_write,
+    check_free_space,
+    file_sha256,
+    make_staging,
+    mark_used,
+    remove_abandoned,
+    staging_path,
+)
 from scenecls.reporting import NullReporter, Reporter
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
@@ -204,8 +214,18 @@ def load_or_compute(
         else np.zeros((0, train_features.shape[-1]), np.float32)  # no validation images (--val-split 0)
     )
     if publish:
-        _write(folder, fields, train_features, val_features)
-        reporter.log(f"Feature cache: built {folder}")
+        needs = train_features.nbytes + val_features.nbytes
+        try:
+            check_free_space("the feature cache", needs, folder.parent)
+            _write(folder, fields, train_features, val_features)
+        except DataError as exc:  # known beforehand: not enough free space
+            reporter.warn(f"{exc}; training goes on without saving the features")
+        except OSError as exc:  # a full disk, a file-size limit, a read-only cache
+            if exc.errno not in UNWRITABLE:
+                raise
+            reporter.warn(f"{cannot_write('the feature cache', folder.parent, needs, exc)}; training goes on")
+        else:
+            reporter.log(f"Feature cache: built {folder}")
     return CachedFeatures(
         train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
     )

@@ -240,6 +240,11 @@ def _train(
     )
     _check_validation(config, data, reporter)
     ledger = _open_run(run_dir, config, data, size, resume, reporter, distribution)
+    if ledger.state.phase > len(phases):
+        raise SceneclsError(
+            f"{run_dir / runs.STATE} is damaged: phase is {ledger.state.phase}, but the run has "
+            f"{len(phases)} phases"
+        )
     if ledger.state.status == "finished":
         reporter.log(f"{run_dir} has already finished training")
         return _result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
@@ -498,7 +503,7 @@ def _open_run(
 ) -> Ledger:  # fmt: skip
     """The run's state and history: read back to resume, or a new run folder's files written."""
     if resume:
-        state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE))
+        state = TrainState.from_dict(runs.read_state(run_dir))
         if state.status != "finished":
             distribution.check_resume(runs.read_json(run_dir / runs.CONFIG).get("distribution"), run_dir)
         # A row past the state's last epoch is one whose checkpoint never finished: it is trained again.
@@ -532,7 +537,7 @@ def _record_interrupt(ledger: Ledger) -> None:
 def _record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
     state_file = run_dir / runs.STATE
     try:
-        state = TrainState.from_dict(runs.read_json(state_file)) if state_file.is_file() else None
+        state = TrainState.from_dict(runs.read_state(run_dir)) if state_file.is_file() else None
     except SceneclsError:
         state = None
     if fresh and (state is None or state.epoch == 0) and not isinstance(exc, TrainingDiverged):
@@ -604,7 +609,7 @@ def extend_run(
     is a ``finetune`` child run instead.
     """
     config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
-    state = TrainState.from_dict(runs.read_json(run_dir / runs.STATE))
+    state = TrainState.from_dict(runs.read_state(run_dir))
     phases = plan_phases(config)
     last = phases[-1]
     option, wanted = ("--epochs", epochs) if last.name == "head" else ("--finetune-epochs", finetune_epochs)

@@ -132,6 +132,68 @@ def read_json(path: Path) -> Any:
         raise SceneclsError(f"{path} is unreadable: {exc}") from exc
 
 
+# The fields of state.json a reader relies on, each with its kind: one schema, so that a damaged file is
+# one error that names the file and the field, wherever it is read (resume, collect, predict's advice).
+STATUSES = ("running", "interrupted", "failed", "finished")
+_COUNT, _NUMBER, _TEXT, _FLAG, _TABLE = (
+    "a whole number >= 0",
+    "a number",
+    "text",
+    "true or false",
+    "an object",
+)
+STATE_SCHEMA: dict[str, tuple[str, bool]] = {  # field: (kind, may be null)
+    "status": (_TEXT, False), "phase": (_COUNT, False), "phase_epoch": (_COUNT, False),
+    "epoch": (_COUNT, False), "best_val_accuracy": (_NUMBER, True), "best_epoch": (_COUNT, False),
+    "best_phase": (_TEXT, False), "wait": (_COUNT, False), "plateau_best": (_NUMBER, True),
+    "plateau_wait": (_COUNT, False), "stopped_early": (_FLAG, False), "head_checkpoint": (_FLAG, False),
+    "seconds": (_NUMBER, False), "phase_seconds": (_TABLE, False), "feature_cache": (_TEXT, False),
+    "activation_cache": (_TABLE, False), "error": (_TEXT, True),
+}  # fmt: skip
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """:func:`read_json` of a file that must hold a JSON object (every run file does)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise SceneclsError(f"{path} is damaged: it holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """A run's ``state.json``, checked against :data:`STATE_SCHEMA` (fields it lacks keep their defaults)."""
+    path = Path(run_dir) / STATE
+    state = read_object(path)
+    for name, (kind, nullable) in STATE_SCHEMA.items():
+        if name in state and not (state[name] is None and nullable) and not _is_kind(state[name], kind):
+            raise SceneclsError(f"{path} is damaged: {name} must be {kind}, not {state[name]!r}")
+    if "status" in state and state["status"] not in STATUSES:
+        raise SceneclsError(f"{path} is damaged: status must be one of {', '.join(STATUSES)}")
+    return state
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == _COUNT:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _FLAG:
+        return isinstance(value, bool)
+    return isinstance(value, dict)
+
+
+def read_classes(path: Path) -> list[str]:
+    """The class names of a ``labels.json``: a list of at least two distinct names."""
+    classes = read_object(path).get("classes")
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)):
+        raise SceneclsError(f"{path} is damaged: classes must be a list of class names, not {classes!r}")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise SceneclsError(f"{path} is damaged: classes must name at least two different classes")
+    return classes
+
+
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n", extrasaction="ignore")
@@ -188,14 +250,13 @@ def fast_model(model_path: Path) -> Path:
 def recorded_status(run_dir: Path) -> str | None:
     """The status ``state.json`` records (``running``, ``finished``, ``interrupted``, ``failed``), or None
     for a folder without one (a run never started)."""
-    state = run_dir / STATE
-    return read_json(state).get("status") if state.is_file() else None
+    return read_state(run_dir).get("status") if (run_dir / STATE).is_file() else None
 
 
 def _why_no_model(run: Path) -> str:
     """What a run's state says about its missing model, in words a user can act on."""
     try:
-        state = read_json(run / STATE)
+        state = read_state(run)
     except SceneclsError:
         return "its training has not finished an epoch"
     epochs, status = state.get("epoch", 0), state.get("status")
@@ -223,7 +284,7 @@ def model_classes(model_path: Path, run_dir: Path | None) -> list[str] | None:
             return classes
     for folder in (model_path.parent, run_dir):
         if folder is not None and (folder / LABELS).is_file():
-            return list(read_json(folder / LABELS)["classes"])
+            return read_classes(folder / LABELS)
     return None
 
 

@@ -157,8 +157,12 @@ def _recipe(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_status(run_dir: Path) -> str:
-    """``new``, ``interrupted`` (has a state to resume) or ``finished``."""
-    status = runs.recorded_status(run_dir)
+    """``new``, ``interrupted`` (has a state to resume), ``finished``, or ``damaged`` (its state cannot be
+    read: reported and left alone, never trained over)."""
+    try:
+        status = runs.recorded_status(run_dir)
+    except SceneclsError:
+        return "damaged"
     if status is None:
         return "new"
     return "finished" if status == "finished" else "interrupted"
@@ -196,6 +200,12 @@ def run_sweep(
         if status == "finished":
             reporter.log(f"[{number}/{len(mine)}] {point.name}: finished earlier, skipped")
             continue
+        if status == "damaged":
+            reporter.warn(
+                f"[{number}/{len(mine)}] {point.name}: its {runs.STATE} is damaged; skipped (move the folder "
+                f"away to train it afresh)"
+            )
+            continue
         resume = status == "interrupted"
         reporter.log(f"[{number}/{len(mine)}] {point.name}: {'resuming' if resume else 'training'}")
         if distribution.chief:
@@ -203,8 +213,8 @@ def run_sweep(
         train(point_config(base, point), run_dir, reporter=reporter, resume=resume, distribution=distribution)
         distribution.barrier()  # the run's state is written before anyone looks at the next
     if shard:
-        return collect_results(folder, mine)
-    results = collect_results(folder, points)
+        return collect_results(folder, mine, reporter)
+    results = collect_results(folder, points, reporter)
     if distribution.chief:
         write_results(folder, results)
     return results
@@ -215,16 +225,27 @@ def unfinished(folder: Path, points: list[GridPoint]) -> list[str]:
     return [p.name for p in points if run_status(folder / p.name) != "finished"]
 
 
-def collect_results(folder: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
+def collect_results(
+    folder: Path, points: list[GridPoint], reporter: Reporter | None = None
+) -> list[dict[str, Any]]:
     """One row per finished run, best validation accuracy first; then a row per finished ensemble of a
-    recipe's seeds (see :func:`ensemble_folders`), which has a test accuracy only."""
+    recipe's seeds (see :func:`ensemble_folders`), which has a test accuracy only. A run whose files
+    are damaged is reported and left out; the others are collected."""
+    reporter = reporter or NullReporter()
     rows = []
     for point in points:
         run_dir = folder / point.name
-        if run_status(run_dir) != "finished":
+        status = run_status(run_dir)
+        if status == "damaged":
+            reporter.warn(f"{point.name}: its {runs.STATE} is damaged; left out of the tables")
+        if status != "finished":
             continue
-        metrics = runs.read_json(run_dir / runs.METRICS)
-        config = runs.read_json(run_dir / runs.CONFIG)
+        try:
+            metrics = runs.read_object(run_dir / runs.METRICS)
+            config = runs.read_object(run_dir / runs.CONFIG)
+        except SceneclsError as exc:
+            reporter.warn(f"{point.name}: {exc}; left out of the tables")
+            continue
         reports = config.get("unfreeze_reports") or [{}]
         last = reports[-1]
         rows.append(

@@ -1,0 +1,139 @@
+"""What the command line takes: every number finite and in range at parse time (exit 2, nothing made),
+an empty --shard refused, a --url that parsers read differently refused at once, and messages a user can
+act on (a read-only SCENECLS_HOME, a task that stopped, a train before fetch-data)."""
+
+from __future__ import annotations
+
+import errno
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scenecls.cli import _os_error_message, cli
+from tests.conftest import write_class_folders
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--lr", "1e39"],
+        ["train", "--lr", "inf"],
+        ["train", "--lr", "nan"],
+        ["train", "--finetune-lr", "nan"],
+        ["train", "--mixup", "inf"],
+        ["train", "--dropout", "nan"],
+        ["finetune", "--finetune-lr", "-inf"],
+        ["lr-find", "--end-lr", "nan"],
+        ["cache", "--clear", "--older-than", "nan"],
+        ["sweep", "--lr", "inf", "--dry-run"],
+    ],
+)
+def test_numbers_that_are_not_finite_or_out_of_range_are_usage_errors(tmp_path, args):
+    project = tmp_path / "runs"
+    result = invoke(*args, *(["--project", str(project)] if args[0] != "cache" else []))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "unexpected" not in result.output
+    assert not project.exists()
+
+
+def test_an_empty_shard_is_a_usage_error_not_the_whole_grid(tmp_path):
+    """An unset variable in a job array (--shard "$I/$N" with both empty, or --shard "") must not run
+    the whole grid in every job."""
+    result = invoke("sweep", "--shard", "", "--dry-run", "--project", str(tmp_path / "runs"))
+    assert result.exit_code == 2 and "--shard takes I/N" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://host\\@kaggle.com/x.zip", "a backslash or space in the host part"),
+        ("https://example.org:8o/x.zip", "has a port that is not a number"),
+    ],
+)
+def test_a_url_parsers_read_differently_is_refused_at_once(tmp_path, url, message):
+    started = time.monotonic()
+    result = invoke("fetch-data", "--url", url, "--dest", str(tmp_path / "d"))
+    assert result.exit_code == 2 and message in result.stderr
+    assert time.monotonic() - started < 5  # no retries
+    assert not (tmp_path / "d").exists()
+
+
+def test_train_before_fetch_data_leaves_no_runs_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCENECLS_HOME", str(tmp_path / "home"))
+    project = tmp_path / "runs"
+    result = invoke("train", "--project", str(project))
+    assert result.exit_code == 1 and "run `scenecls fetch-data` first" in result.stderr
+    assert not project.exists()
+    missing = invoke("train", "--data", str(tmp_path / "nowhere"), "--project", str(project))
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    assert not project.exists()
+
+
+def test_a_read_only_scenecls_home_names_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCENECLS_HOME", str(tmp_path / "home"))
+    inside = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "home" / "cache" / "x"))
+    message = _os_error_message(inside)
+    assert "SCENECLS_HOME" in message and "--no-cache" in message
+    elsewhere = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "runs"))
+    assert "SCENECLS_HOME" not in _os_error_message(elsewhere)
+
+
+def test_a_task_closed_by_an_error_says_stopped_not_done():
+    from scenecls.cli.output import Output, PlainReporter
+
+    lines = []
+    reporter = PlainReporter(Output(), interval=3600)
+    reporter.log = lines.append
+    task = reporter.task("Downloading", unit="B")
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            task.close()
+    finished = reporter.task("Extracting", total=2, unit="files")
+    finished.advance(2)
+    finished.close()
+    assert lines[0].startswith("Downloading: stopped after 0 B in")
+    assert lines[1].startswith("Extracting: done, 2/2 files in") or lines[1].startswith(
+        "Extracting: done, 2 files in"
+    )
+
+
+def test_a_csv_class_whose_files_are_all_missing_is_left_out(tmp_path):
+    from scenecls.data.pipeline import prepare_data
+
+    source = write_class_folders(tmp_path / "src", 4, size=16, classes=("alpha", "beta"))
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for name in ("alpha", "beta"):
+        for image in sorted((source / name).iterdir()):
+            image.rename(root / "images" / f"{name}-{image.name}")
+            rows.append(f"{name}-{image.name},{name}")
+    rows += [f"gone-{i}.jpg,gamma" for i in range(3)]
+    (root / "train.csv").write_text("image_name,label\n" + "\n".join(rows) + "\n")
+    warnings = []
+
+    class Collect:
+        def log(self, message):
+            pass
+
+        def warn(self, message):
+            warnings.append(message)
+
+        def task(self, *args, **kwargs):
+            from scenecls.reporting import NullReporter
+
+            return NullReporter().task(*args, **kwargs)
+
+    prepared = prepare_data(root / "train.csv", val_split=0.25, seed=0, reporter=Collect())
+    assert prepared.classes == ["alpha", "beta"]
+    assert any("class 'gamma'" in w and "left out" in w for w in warnings)
+    assert len(prepared.train) + len(prepared.val) == 8
+    assert Path(root / "train.csv").is_file()
