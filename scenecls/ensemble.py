@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from scenecls import runs
 from scenecls.classifier import ENSEMBLE_NAME, input_size, load_model, save_model
 from scenecls.config import TrainConfig
 from scenecls.errors import UsageError
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training import runs
 
 MEMBER_PREFIX = "member_"
 
@@ -167,7 +167,7 @@ def _write_run(
 ) -> EnsembleResult:  # fmt: skip
     """The new run's files, ``metrics.json`` last (with the seconds since ``started``)."""
     from scenecls.data.pipeline import prepare_data
-    from scenecls.evaluation import evaluate_predictions, predict_split
+    from scenecls.metrics import evaluate_predictions, predict_split
     from scenecls.paths import data_source
 
     first = configs[0]

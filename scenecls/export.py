@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from scenecls import __version__
-from scenecls.atomic import atomic_path
 from scenecls.errors import ModelError, UsageError, first_line
-from scenecls.files import make_staging, remove_abandoned
+from scenecls.files import atomic_path, make_staging, remove_abandoned
 from scenecls.runtimes import METADATA_SUFFIX, load_runtime, metadata_path
 
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -327,7 +326,7 @@ def export_run(
     """Export a run's best model (or a ``.keras`` file) and check it on images of its own data."""
     from scenecls.classifier import load_model
     from scenecls.reporting import NullReporter
-    from scenecls.training.runs import model_classes, resolve_model
+    from scenecls.runs import model_classes, resolve_model
 
     reporter = reporter or NullReporter()
     model_path, run_dir = resolve_model(model_ref, project)
@@ -402,6 +401,33 @@ def write_fast_predict(
     return {"tflite": "best.tflite", "top1_agreement": parity.top1_agreement, "images": parity.images}
 
 
+def export_after_training(run_dir: Path, reporter) -> dict[str, Any] | None:
+    """The step a command takes after a run has finished training: ``best.tflite`` beside ``best.keras``
+    (unless the run was made with ``--no-export``), checked on the run's held-out images, and recorded in
+    ``metrics.json`` under ``export``. Training itself knows nothing of exports; the commands that train
+    (``train``, ``finetune``, ``sweep``) ask for this step. A run whose record is already as fresh as its
+    ``best.keras`` (a finished run resumed again) is left as it is."""
+    from scenecls import runs
+    from scenecls.config import TrainConfig
+    from scenecls.data.pipeline import prepare_data
+    from scenecls.models.registry import get_spec
+    from scenecls.paths import data_source
+    from scenecls.reporting import NullReporter
+
+    config = TrainConfig.from_dict(runs.read_object(run_dir / runs.CONFIG))
+    metrics = runs.read_object(run_dir / runs.METRICS)
+    if not config.export_tflite or "export" in metrics:
+        return metrics.get("export")
+    prepared = prepare_data(
+        data_source(config.data), val_split=config.val_split, seed=config.validation_seed,
+        reporter=NullReporter(),
+    )  # fmt: skip
+    size = config.image_size or get_spec(config.backbone).default_size
+    metrics["export"] = write_fast_predict(run_dir, prepared.classes, prepared.held_out()[0], size, reporter)
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    return metrics["export"]
+
+
 def sample_images(
     run_dir: Path | None,
     data: Path | None,
@@ -414,9 +440,9 @@ def sample_images(
     """Up to ``count`` images (raw 0-255, at ``size``) with their labels, for the parity check and int8
     calibration: the run's validation split (rebuilt from its seed), or ``data``'s; random pixels, said
     so, when there is no data at all."""
+    from scenecls import runs
     from scenecls.config import TrainConfig
     from scenecls.data.pipeline import prepare_data
-    from scenecls.training import runs
 
     if count == 0:
         return np.zeros((0, *size, 3), np.float32), None, "images"

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from scenecls.atomic import atomic_path
 from scenecls.data.images import ImageReadError, load_rgb
+from scenecls.files import atomic_path
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from scenecls import files
+from scenecls import files, runs
 from scenecls.classifier import build_classifier, find_backbone, load_model
 from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
@@ -21,7 +21,7 @@ from scenecls.models import folding
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir
 from scenecls.reporting import NullReporter
-from scenecls.training import activations, runs
+from scenecls.training import activations
 from scenecls.training.caches import list_entries
 from scenecls.training.sources import crop_resize, flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze

@@ -653,7 +653,7 @@ def test_killed_before_the_first_epoch_resumes(small_set, tmp_path):
 
 
 def test_predict_explains_a_missing_model_in_phase_one(tmp_path):
-    from scenecls.training import runs
+    from scenecls import runs
 
     run = tmp_path / "runs" / "train"
     run.mkdir(parents=True)

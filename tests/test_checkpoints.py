@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from scenecls import runs
 from scenecls.classifier import build_classifier, load_model
 from scenecls.errors import SceneclsError
 from scenecls.heads import HeadConfig
-from scenecls.training import runs
 from scenecls.training.checkpoints import BEST_HEAD, LAST_HEAD, HeadCheckpoints, load_head, save_head
 from scenecls.training.features import head_model
 

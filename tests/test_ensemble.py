@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from scenecls import runs
 from scenecls.classifier import load_model
 from scenecls.cli import cli
 from scenecls.data.layout import index_dataset
-from scenecls.evaluation import evaluate_predictions, predict_split
-from scenecls.training import runs
+from scenecls.metrics import evaluate_predictions, predict_split
 from tests.conftest import write_class_folders
 
 # Head-only runs: what an ensemble does with its members does not depend on how they were trained.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scenecls.evaluation import evaluate_predictions
+from scenecls.metrics import evaluate_predictions
 from scenecls.predict import expand_inputs
 
 

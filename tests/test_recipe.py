@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from scenecls import runs
 from scenecls.cli import cli
-from scenecls.training import runs
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]

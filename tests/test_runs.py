@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from scenecls import runs
 from scenecls.cli import cli
-from scenecls.training import runs
 from scenecls.training import sweep as sweeps
 from tests.conftest import write_class_folders
 

@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from scenecls import runs
 from scenecls.cli import cli
-from scenecls.training import callbacks, runs
+from scenecls.training import callbacks
 from tests.conftest import write_class_folders
 
 GRID = ["--backbones", "convnext_tiny,mobilenet_v2", "--unfreeze", "0,1", "--dense", "0,1"]

@@ -15,11 +15,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from scenecls import runs
 from scenecls.classifier import load_model
 from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.pipeline import prepare_data
-from scenecls.training import callbacks, runs
+from scenecls.training import callbacks
 from tests.conftest import write_class_folders
 
 TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]

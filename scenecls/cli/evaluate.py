@@ -57,8 +57,8 @@ def evaluate(
     """
     from scenecls.cli.predict import inference_settings
     from scenecls.evaluation import evaluate_run
+    from scenecls.runs import resolve_model
     from scenecls.runtimes import needs_tensorflow
-    from scenecls.training.runs import resolve_model
 
     model_path, _ = resolve_model(model, project)
     if needs_tensorflow(model_path):

@@ -61,9 +61,8 @@ def lr_find(
     Use the suggestion as --lr (head phase) or --finetune-lr (fine-tuning).
     """
     out.load_tensorflow()
-    from scenecls import plots
+    from scenecls import plots, runs
     from scenecls.config import TrainConfig
-    from scenecls.training import runs
     from scenecls.training.lr_find import lr_find as range_test
 
     start_model = None

@@ -201,7 +201,7 @@ def printable(text: str) -> str:
 def dumps(data: Any, indent: int | None = None) -> str:
     """JSON for stdout: NaN and infinities become null (``NaN`` is not JSON), and the undecodable bytes
     of a non-UTF-8 file name become ``\\xNN`` escapes (a lone surrogate is not JSON either)."""
-    from scenecls.training.runs import finite_or_none
+    from scenecls.runs import finite_or_none
 
     return json.dumps(_escaped(finite_or_none(data)), indent=indent, default=str, allow_nan=False)
 

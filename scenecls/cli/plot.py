@@ -24,8 +24,7 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt:
     first (see `scenecls evaluate`). With several runs, their curves are also overlaid in
     PROJECT/compare.png.
     """
-    from scenecls import plots
-    from scenecls.training import runs
+    from scenecls import plots, runs
 
     run_dirs = [runs.resolve_run(r, project) for r in runs_] or [runs.resolve_run(None, project)]
     written: list[Path] = []

@@ -61,8 +61,8 @@ def predict(
     """
     from scenecls.errors import ModelError
     from scenecls.predict import expand_inputs, predict_files
+    from scenecls.runs import fast_model, model_classes, resolve_model
     from scenecls.runtimes import FlipAveraged, load_runtime, needs_tensorflow
-    from scenecls.training.runs import fast_model, model_classes, resolve_model
 
     model_path, run_dir = resolve_model(model_ref, project)
     if not keras and not (model_ref and Path(model_ref).is_file()):  # a run: its best.tflite if fresh

@@ -381,8 +381,8 @@ def train(
     Every epoch updates runs/NAME/ (history.csv, last.keras, best.keras, state.json); Ctrl-C keeps
     them and prints how to resume.
     """
+    from scenecls import runs
     from scenecls.paths import data_source
-    from scenecls.training import runs
 
     distribution = choose_distribution(out, distribute)
     if resume:
@@ -409,7 +409,7 @@ def train(
 
 def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path:
     """The chief makes the run folder; a worker only names it (it trains in a scratch copy)."""
-    from scenecls.training import runs
+    from scenecls import runs
 
     if distribution.chief:
         return runs.create_run_dir(project, name, exist_ok=exist_ok)
@@ -456,8 +456,8 @@ def finetune(
 
     RUN is a run folder or name (default: the latest run).
     """
+    from scenecls import runs
     from scenecls.errors import ModelError
-    from scenecls.training import runs
 
     distribution = choose_distribution(out, distribute)
     parent = runs.trained_run(run, project)
@@ -512,6 +512,10 @@ def _run(
         best = accuracy_cell(result.best_val_accuracy)
         out.log(f"{distribution.task}: training finished (best val accuracy {best})")
         return
+    if result.status == "finished":
+        from scenecls.export import export_after_training
+
+        export_after_training(run_dir, out.reporter())
     _render(out, result, fmt)
     # The gate judges the test split when there is one, else the best validation accuracy.
     if result.test_accuracy is not None:

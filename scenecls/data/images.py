@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from scenecls.atomic import atomic_path
 from scenecls.errors import first_line
+from scenecls.files import atomic_path
 from scenecls.reporting import NullReporter, Reporter
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})

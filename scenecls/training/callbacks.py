@@ -30,9 +30,9 @@ from typing import Any
 
 import keras
 
+from scenecls import runs
 from scenecls.errors import SceneclsError
 from scenecls.reporting import Reporter, Task
-from scenecls.training import runs
 
 PLATEAU_PATIENCE = 2
 PLATEAU_FACTOR = 0.2

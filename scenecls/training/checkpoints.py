@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from scenecls.atomic import atomic_path
+from scenecls import runs
 from scenecls.classifier import save_model
 from scenecls.errors import SceneclsError, first_line
-from scenecls.training import runs
+from scenecls.files import atomic_path
 
 LAST_HEAD = "last_head.npz"
 BEST_HEAD = "best_head.npz"

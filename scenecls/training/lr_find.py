@@ -84,11 +84,11 @@ def lr_find(
 ) -> LrFindResult:
     """Run the range test for ``phase`` (``head``, or ``finetune``: the first stage of ``--unfreeze``)
     of the recipe in ``config``, from ``start_model`` (a run's best model) or a new classifier."""
+    from scenecls import runs
     from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, prepare_data
     from scenecls.models.registry import get_spec
     from scenecls.paths import data_source
-    from scenecls.training import runs
     from scenecls.training.phases import epoch_source, image_source, plan_phases
     from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze, check_policy
 

@@ -35,8 +35,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from scenecls import __version__
-from scenecls.atomic import remove_stale_temporaries
+from scenecls import __version__, runs
 from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
 from scenecls.config import TrainConfig
 from scenecls.data.augment import NO_AUGMENTATION, augmented_copies, build_augmentation
@@ -48,11 +47,12 @@ from scenecls.data.pipeline import (
     prepare_data,
 )
 from scenecls.errors import SceneclsError, UsageError, first_line
+from scenecls.files import remove_stale_temporaries
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir, data_source
 from scenecls.precision import dtype_policy, dtype_policy_name, jit_compile, resolve_precision
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training import ema, runs
+from scenecls.training import ema
 from scenecls.training.callbacks import (
     BatchProgress,
     EarlyStopping,
@@ -571,23 +571,13 @@ def _finish(
     runs.write_json(run_dir / runs.CONFIG, config_data)
     if config.tensorboard:
         _log_confusion(run_dir, data, config, state)
-    if config.export_tflite:
-        metrics["export"] = _export_tflite(run_dir, data, size, reporter)
-        runs.write_json(run_dir / runs.METRICS, metrics)
     return _result(run_dir, state, metrics, report_dicts)
-
-
-def _export_tflite(run_dir: Path, data: PreparedData, size: int, reporter: Reporter) -> dict[str, Any] | None:
-    """``best.tflite`` for a fast ``predict`` (see ``benchmarks/README.md``: 0.17 s instead of 4.8 s)."""
-    from scenecls.export import write_fast_predict
-
-    return write_fast_predict(run_dir, data.classes, data.held_out()[0], size, reporter)
 
 
 def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: TrainState) -> None:
     import numpy as np
 
-    from scenecls.evaluation import evaluate_predictions, predict_split
+    from scenecls.metrics import evaluate_predictions, predict_split
     from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
 
     split, name = data.held_out(test_first=True)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scenecls import runs
 from scenecls.config import TrainConfig
 from scenecls.errors import SceneclsError, UsageError
 from scenecls.models.registry import get_spec
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training import runs
 
 SWEEP_FILE = "sweep.json"
 ENSEMBLE_SUFFIX = "-ensemble"  # <backbone>-d<dense>-u<unfreeze>-ensemble: the ensemble of a recipe's seeds

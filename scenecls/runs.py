@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from scenecls.atomic import atomic_path
 from scenecls.errors import SceneclsError, UsageError
+from scenecls.files import atomic_path
 
 CONFIG = "config.json"
 LABELS = "labels.json"
