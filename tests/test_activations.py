@@ -344,15 +344,13 @@ def test_crop_resize_zooms_and_shifts_each_map_within_its_bounds():
 def test_no_room_for_the_cache_fine_tunes_on_images_and_says_so(data, tmp_path, monkeypatch):
     import shutil as shutil_module
 
-    from scenecls.data import fetch
-
     real = shutil_module.disk_usage
 
     def nearly_full(path):
         usage = real(path)
         return usage._replace(free=100 * 1024**2)  # below the 512 MiB that must stay free
 
-    monkeypatch.setattr(fetch.shutil, "disk_usage", nearly_full)
+    monkeypatch.setattr(files.shutil, "disk_usage", nearly_full)  # where check_free_space asks
     project = tmp_path / "runs"
     # A seed of its own: other tests' entries (one cache folder for the session) have other weights.
     result = invoke("train", "--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1",

@@ -20,8 +20,10 @@ from PIL import Image
 
 from scenecls import files
 from scenecls.cli import cli
-from scenecls.data import fetch
-from scenecls.data.fetch import copy_folder, download, extract_archive, fetch_dataset, is_kaggle_url
+from scenecls.data import archives, fetch
+from scenecls.data.archives import copy_folder, extract_archive
+from scenecls.data.download import download, is_kaggle_url
+from scenecls.data.fetch import fetch_dataset
 from scenecls.errors import DataError, DownloadError
 from scenecls.units import byte_size
 from tests.conftest import ctrl_c_at_batch, write_class_folders
@@ -297,7 +299,7 @@ def test_zips_python_cannot_unpack_are_named(tmp_path, patch, message):
 
 
 def test_compression_ratio_bomb_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch, "RATIO_FLOOR", 100_000)
+    monkeypatch.setattr(archives, "RATIO_FLOOR", 100_000)
     archive = tmp_path / "bomb.zip"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -312,7 +314,7 @@ def test_compression_ratio_bomb_is_refused(tmp_path, monkeypatch):
 
 def test_archive_larger_than_the_free_disk_is_refused(tmp_path, intel_zip, monkeypatch):
     usage = fetch.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda p: usage._replace(free=files.DISK_HEADROOM))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=files.DISK_HEADROOM))
     with pytest.raises(DataError, match="not enough disk space"):
         fetch_dataset(tmp_path / "d", source=intel_zip)
     assert not (tmp_path / "d").exists()

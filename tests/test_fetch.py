@@ -15,7 +15,9 @@ from click.testing import CliRunner
 
 from scenecls.cli import cli
 from scenecls.data import fetch
-from scenecls.data.fetch import download, extract_archive, fetch_dataset
+from scenecls.data.archives import extract_archive
+from scenecls.data.download import download, kaggle_credentials
+from scenecls.data.fetch import fetch_dataset
 from scenecls.errors import DataError, DownloadError
 from tests.conftest import write_class_folders
 
@@ -136,15 +138,15 @@ def test_credentials_go_to_the_host_asked_but_not_through_redirects(http_server,
 
 
 def test_kaggle_credentials_from_env_and_file(monkeypatch, tmp_path):
-    assert fetch.kaggle_credentials() is None
+    assert kaggle_credentials() is None
     config = tmp_path / "kaggle"
     config.mkdir()
     (config / "kaggle.json").write_text(json.dumps({"username": "u", "key": "k"}))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
-    assert fetch.kaggle_credentials() == ("u", "k")
+    assert kaggle_credentials() == ("u", "k")
     monkeypatch.setenv("KAGGLE_USERNAME", "env-user")
     monkeypatch.setenv("KAGGLE_KEY", "env-key")
-    assert fetch.kaggle_credentials() == ("env-user", "env-key")
+    assert kaggle_credentials() == ("env-user", "env-key")
 
 
 # ------------------------------------------------------------------------------------- extract

@@ -17,7 +17,9 @@ import pytest
 
 from scenecls import files
 from scenecls.data import fetch
-from scenecls.data.fetch import download, fetch_dataset
+from scenecls.data.download import download
+from scenecls.data.fetch import fetch_dataset
+from scenecls.errors import DataError, DownloadError
 from tests.conftest import write_class_folders
 from tests.test_fetch import intel_like_zip, zip_of
 
@@ -116,7 +118,7 @@ def test_folders_beside_dest_that_look_like_staging_are_left_alone(tmp_path, int
     for folder in keep:
         folder.mkdir()
         (folder / "precious.txt").write_text("keep me")
-    with pytest.raises(fetch.DataError, match="nothing was changed"):
+    with pytest.raises(DataError, match="nothing was changed"):
         fetch_dataset(dest, source=intel_zip, force=True)
     assert all((folder / "precious.txt").read_text() == "keep me" for folder in keep)
 
@@ -187,7 +189,7 @@ def test_bytes_past_the_record_of_a_partial_download_are_cut_off(http_server, tm
     state.files["/data.bin"] = PAYLOAD
     state.cut_after["/data.bin"] = 300_000
     target = tmp_path / "data.bin"
-    with pytest.raises(fetch.DownloadError):
+    with pytest.raises(DownloadError):
         download(f"{base}/data.bin", target, retries=0)
     part = tmp_path / "data.bin.part"
     record = json.loads((tmp_path / "data.bin.part.json").read_text())
