@@ -56,13 +56,6 @@ def check_free_space(what: str, size: int, dest: Path) -> None:
         )
 
 
-def mark_used(folder: Path) -> None:
-    """Record that a cache entry was read (its ``meta.json``'s time), for clearing the least recently
-    used first."""
-    with contextlib.suppress(OSError):  # a read-only cache is still a cache
-        (Path(folder) / "meta.json").touch()
-
-
 # What a write that cannot go on fails with: the disk or quota is full, a file would pass the size limit,
 # or the folder cannot be written. A cache meets these by going without (every entry can be rebuilt).
 UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from scenecls import files
 from scenecls.cli import cli
 from scenecls.data.images import SCAN_CACHE_VERSION
-from scenecls.files import mark_used
 from scenecls.training import activations, features
+from scenecls.training.cache_store import mark_used
 from scenecls.training.caches import list_entries
 
 

@@ -23,13 +23,11 @@ entry whose later batches still overflow is stored as float32 instead.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,20 +40,15 @@ from scenecls.files import (
     UNWRITABLE,
     cannot_write,
     check_free_space,
-    file_sha256,
-    make_staging,
-    mark_used,
-    remove_abandoned,
-    staging_path,
 )
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.training import cache_store
 from scenecls.training.features import weights_sha256
 from scenecls.unfreeze import UnfreezePolicy
 
 CACHE_VERSION = 3  # 2: stored times a power-of-two scale; 3: batch normalisation folded
 STORED_DTYPE = np.float16  # half the disk and page cache of float32; see benchmarks/README.md
 HEADROOM = 64.0  # how much larger than the first batch's largest value later values may be in float16
-BUILDING = "building"  # staging kind of a build: .<key>.<host>-<pid>.building (scenecls.files)
 
 
 class CacheUnavailable(DataError):
@@ -195,7 +188,7 @@ def load_or_build(
     stored = _open(folder, fields, len(train), len(val), cut.shape)
     if stored is not None:
         reporter.log(f"Activation cache: reusing {folder} (cut before {cut.layer})")
-        mark_used(folder)
+        cache_store.mark_used(folder)
         return CachedActivations(
             stored[0], np.asarray(train.labels), stored[1], np.asarray(val.labels), key, folder, True,
             stored[2],
@@ -205,7 +198,6 @@ def load_or_build(
     if folder.exists():
         reporter.warn(f"activation cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    remove_abandoned(folder.parent, BUILDING, marked=False)
     size_bytes = entry_bytes(fields["copies"], len(train), len(val), cut.shape)
     try:
         check_free_space("the activation cache", size_bytes, folder.parent)
@@ -243,39 +235,28 @@ def _build(
     from scenecls.classifier import inference_function
     from scenecls.models.folding import for_inference
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(folder.parent, folder.name, BUILDING)
     copies = fields["copies"]
     forward = inference_function(for_inference(cut.lower, images=copies * len(train) + len(val)), batch_size)
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
     try:
-        scale = None
-        for dtype in (STORED_DTYPE, np.float32):
-            staging = make_staging(folder.parent, folder.name, BUILDING)
-            task.update(completed=0)
-            try:
-                scale = _write_arrays(
-                    staging, dtype, cut.shape, forward, train, val, size, batch_size, augmentations, task
-                )
-                break
-            except _Overflow:
-                reporter.log(
-                    f"Activation cache: values beyond float16's range; storing {folder.name} as float32"
-                )
-        meta = {
-            **fields,
-            "shape": list(cut.shape),
-            "scale": scale,
-            "sha256": {name: file_sha256(staging / name) for name in ("train.npy", "val.npy")},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        with contextlib.suppress(OSError):  # another process published the same entry first
-            staging.rename(folder)
+        with cache_store.building(folder):
+            scale = None
+            for dtype in (STORED_DTYPE, np.float32):
+                staging = cache_store.start(folder)
+                task.update(completed=0)
+                try:
+                    scale = _write_arrays(
+                        staging, dtype, cut.shape, forward, train, val, size, batch_size, augmentations, task
+                    )
+                    break
+                except _Overflow:
+                    reporter.log(
+                        f"Activation cache: values beyond float16's range; storing {folder.name} as float32"
+                    )
+            cache_store.publish(staging, folder, fields, shape=list(cut.shape), scale=scale)
     finally:
         task.close()
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 class _Overflow(Exception):
@@ -345,13 +326,10 @@ def _fill(store: np.ndarray, dataset, forward, task, scale: float | None) -> flo
 def _open(
     folder: Path, fields: dict, n_train: int, n_val: int, shape: tuple[int, ...], *, checksums: bool = True
 ) -> tuple[np.ndarray, np.ndarray, float] | None:
+    meta = cache_store.read_meta(folder, fields, checksums=checksums)
+    if meta is None:
+        return None
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        if any(meta.get(k) != v for k, v in fields.items()):
-            return None
-        for name in ("train.npy", "val.npy") if checksums else ():
-            if file_sha256(folder / name) != meta["sha256"][name]:
-                return None
         train = np.load(folder / "train.npy", mmap_mode="r")
         val = np.load(folder / "val.npy", mmap_mode="r")
         scale = float(meta["scale"])

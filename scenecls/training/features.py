@@ -13,11 +13,9 @@ key; a damaged or incomplete cache entry fails its checksums and is rebuilt, nev
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,17 +28,12 @@ from scenecls.files import (
     UNWRITABLE,
     cannot_write,
     check_free_space,
-    file_sha256,
-    make_staging,
-    mark_used,
-    remove_abandoned,
-    staging_path,
 )
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.training import cache_store
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 POOL_LAYER = "head_pool"
-BUILDING = "building"  # staging kind of a build: .<key>.<host>-<pid>.building (scenecls.files)
 
 
 @dataclass
@@ -196,7 +189,7 @@ def load_or_compute(
     cached = _read(folder, fields, len(train), len(val))
     if cached is not None:
         reporter.log(f"Feature cache: reusing {folder}")
-        mark_used(folder)
+        cache_store.mark_used(folder)
         return CachedFeatures(
             cached[0], np.asarray(train.labels), cached[1], np.asarray(val.labels), key, True
         )
@@ -232,34 +225,19 @@ def load_or_compute(
 
 
 def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(folder.parent, BUILDING, marked=False)
-    staging = staging_path(folder.parent, folder.name, BUILDING)
-    try:
-        make_staging(folder.parent, folder.name, BUILDING)
+    with cache_store.building(folder):
+        staging = cache_store.start(folder)
         np.save(staging / "train.npy", train)
         np.save(staging / "val.npy", val)
-        meta = {
-            **fields,
-            "shapes": {"train": list(train.shape), "val": list(val.shape)},
-            "sha256": {name: file_sha256(staging / name) for name in ("train.npy", "val.npy")},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        with contextlib.suppress(OSError):  # another run wrote the same entry first; theirs is as good
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        cache_store.publish(
+            staging, folder, fields, shapes={"train": list(train.shape), "val": list(val.shape)}
+        )
 
 
 def _read(folder: Path, fields: dict, n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray] | None:
+    if cache_store.read_meta(folder, fields) is None:
+        return None
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        if any(meta.get(k) != v for k, v in fields.items()):
-            return None
-        for name in ("train.npy", "val.npy"):
-            if file_sha256(folder / name) != meta["sha256"][name]:
-                return None
         train = np.load(folder / "train.npy")
         val = np.load(folder / "val.npy")
     except (OSError, ValueError, KeyError, TypeError):

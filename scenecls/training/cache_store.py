@@ -1,0 +1,81 @@
+"""What a cache entry is on disk, for the feature and the activation cache alike: one protocol.
+
+An entry is a folder named for its key (a hash of everything that made it) under ``<cache>/<kind>/``,
+holding ``train.npy``, ``val.npy`` and ``meta.json``; ``meta.json`` is its marker and records the key's
+fields, the arrays' SHA-256 and whatever the kind adds (shapes, a scale). It is built in a staging
+folder named for its process (``.<key>.<host>-<pid>.building``, :mod:`scenecls.files`) and renamed into
+place whole, so a reader sees a whole entry or none; a build that was killed is removed by the next
+build once its process is gone. Reading checks the fields and (unless just written) the checksums, so an
+entry of another version, other options or damaged bytes is never misread: it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from scenecls.files import STAGING_MARKER, file_sha256, make_staging, remove_abandoned, staging_path
+
+BUILDING = "building"  # the staging kind of a build
+META = "meta.json"
+ARRAYS = ("train.npy", "val.npy")
+ENTRY_FILES = frozenset({META, *ARRAYS})  # all an entry holds
+
+
+@contextlib.contextmanager
+def building(folder: Path) -> Iterator[Path]:
+    """Where to build the entry ``folder``: this process's staging folder beside it (abandoned builds
+    removed first), removed when the block ends, whether or not :func:`publish` renamed it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(folder.parent, BUILDING, marked=False)
+    staging = staging_path(folder.parent, folder.name, BUILDING)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def start(folder: Path) -> Path:
+    """(Re)make this process's staging folder for ``folder``, empty; a second attempt starts afresh."""
+    return make_staging(folder.parent, folder.name, BUILDING)
+
+
+def publish(staging: Path, folder: Path, fields: dict[str, Any], **extra: Any) -> None:
+    """Write the entry's ``meta.json`` (its fields, ``extra``, the arrays' checksums) and rename the
+    staging folder into place; if another process published the same entry first, theirs stays."""
+    meta = {
+        **fields,
+        **extra,
+        "sha256": {name: file_sha256(staging / name) for name in ARRAYS},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (staging / META).write_text(json.dumps(meta, indent=2))
+    (staging / STAGING_MARKER).unlink(missing_ok=True)  # an entry's marker is its meta.json
+    with contextlib.suppress(OSError):  # published by another process first: theirs is as good
+        staging.rename(folder)
+
+
+def read_meta(folder: Path, fields: dict[str, Any], *, checksums: bool = True) -> dict[str, Any] | None:
+    """The entry's ``meta.json`` if it was made with exactly ``fields`` and (``checksums``) its arrays
+    are the bytes it recorded; None otherwise (missing, another version or options, damaged)."""
+    try:
+        meta = json.loads((folder / META).read_text())
+        if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in fields.items()):
+            return None
+        for name in ARRAYS if checksums else ():
+            if file_sha256(folder / name) != meta["sha256"][name]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta
+
+
+def mark_used(folder: Path) -> None:
+    """Record that an entry was read (its ``meta.json``'s time), for clearing the least recently used."""
+    with contextlib.suppress(OSError):  # a read-only cache is still a cache
+        (folder / META).touch()
