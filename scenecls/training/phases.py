@@ -14,7 +14,10 @@ The loop, in short::
         finish the phase's checkpoints, record it in state.json
     test the best model, write metrics.json
 
-Where each concern lives: the run folder's files in ``runs.py``; checkpoints in ``checkpoints.py``
+Where each concern lives: the phases, rates and compiling in ``recipe.py``; the run's life in its folder
+(open, resume, interrupt, fail, extend) in ``state.py``; what one epoch feeds ``fit`` and choosing it in
+``sources.py``; the final test and ``metrics.json`` in ``finish.py``; the run folder's files in
+``scenecls/runs.py``; checkpoints in ``checkpoints.py``
 (whole model, or only the head while phase 1 trains on cached features); the feature cache in
 ``features.py``; NaN, history, early stopping, plateau, checkpoint writing and progress as callbacks in
 ``callbacks.py``; TensorBoard in ``tensorboard.py``; the weights' moving average (``--ema``) in ``ema.py``;
@@ -25,32 +28,24 @@ crash or Ctrl-C loses at most the epoch in progress and ``--resume`` continues i
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import math
-import platform
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from scenecls import __version__, runs
+from scenecls import runs
 from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
 from scenecls.config import TrainConfig
-from scenecls.data.augment import NO_AUGMENTATION, augmented_copies, build_augmentation
 from scenecls.data.pipeline import (
     PreparedData,
     class_weights,
     finite_dataset_warnings_silenced,
-    make_dataset,
     prepare_data,
 )
-from scenecls.errors import SceneclsError, UsageError, first_line
+from scenecls.errors import SceneclsError, UsageError
 from scenecls.files import remove_stale_temporaries
 from scenecls.models.registry import get_spec
-from scenecls.paths import cache_dir, data_source
-from scenecls.precision import dtype_policy, dtype_policy_name, jit_compile, resolve_precision
+from scenecls.paths import data_source
+from scenecls.precision import dtype_policy, dtype_policy_name, resolve_precision
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import ema
 from scenecls.training.callbacks import (
@@ -65,104 +60,24 @@ from scenecls.training.callbacks import (
     TrainingDiverged,
     interrupts_deferred,
 )
-from scenecls.training.sources import CutPointSource, EpochSource, FeatureSource, ImageSource
+from scenecls.training.finish import finish_run
+from scenecls.training.recipe import Phase, compile_phase, learning_rate, plan_phases
+from scenecls.training.sources import EpochSource, ImageSource, epoch_source, image_source
+from scenecls.training.state import (
+    TrainingInterrupted,
+    TrainResult,
+    TrainState,
+    extend_run,
+    open_run,
+    record_failure,
+    record_interrupt,
+    train_result,
+)
 from scenecls.training.strategy import OFF, Distribution, cluster_stopped, private_run_dir
-from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, check_policy, parse_unfreeze
+from scenecls.unfreeze import UnfreezeReport, apply_unfreeze, check_policy
 
 __all__ = ["Phase", "TrainResult", "TrainState", "TrainingDiverged", "TrainingInterrupted", "extend_run",
            "plan_phases", "train"]  # fmt: skip
-
-
-class TrainingInterrupted(SceneclsError):
-    """Ctrl-C during training; the run folder holds everything up to the last finished epoch."""
-
-    exit_code = 130
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"training interrupted; resume with: scenecls train --resume {run_dir}")
-        self.run_dir = run_dir
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    epochs: int
-    lr: float
-    policy: UnfreezePolicy
-
-
-@dataclass
-class TrainState:
-    status: str = "running"  # running, interrupted, failed, finished
-    phase: int = 0  # index of the phase in progress
-    phase_epoch: int = 0  # epochs finished in that phase
-    epoch: int = 0  # epochs finished in all
-    best_val_accuracy: float = -1.0
-    best_epoch: int = 0
-    best_phase: str = ""
-    wait: int = 0  # epochs without improvement (early stopping)
-    plateau_best: float | None = None  # lowest val loss so far (plateau schedule); None: none yet
-    plateau_wait: int = 0
-    stopped_early: bool = False
-    head_checkpoint: bool = False  # the phase's head checkpoints are newer than last.keras
-    seconds: float = 0.0
-    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
-    feature_cache: str = "off"  # what phase 1 did with the feature cache: off, built or reused
-    activation_cache: dict[str, str] = field(default_factory=dict)  # per fine-tuning phase: built, reused
-    error: str | None = None  # why the run failed (status "failed")
-
-    @property
-    def validated_best(self) -> float | None:
-        """The best validation accuracy; None when no epoch was validated (``--val-split 0``)."""
-        return self.best_val_accuracy if self.best_val_accuracy >= 0 else None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    status: str
-    epochs: int
-    best_val_accuracy: float | None  # None: trained without validation images (--val-split 0)
-    best_epoch: int
-    best_phase: str
-    test_accuracy: float | None
-    test_loss: float | None
-    seconds: float
-    stopped_early: bool
-    unfreeze: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["run_dir"] = str(self.run_dir)
-        return data
-
-
-def plan_phases(config: TrainConfig) -> list[Phase]:
-    """Phase 1 (``head``) unless ``epochs`` is 0, then one ``finetune`` stage per unfreeze step.
-
-    ``last_phase_epochs`` (set when a finished run is extended) overrides the last phase's length.
-    """
-    phases = []
-    if config.epochs > 0:
-        phases.append(Phase("head", config.epochs, config.lr, UnfreezePolicy("blocks", 0)))
-    if config.unfreeze_layers:
-        stages = [UnfreezePolicy("layers", config.unfreeze_layers)]
-    else:
-        stages = [p for p in parse_unfreeze(config.unfreeze) if not p.frozen]
-    if config.finetune_epochs > 0:
-        for i, policy in enumerate(stages, start=1):
-            name = "finetune" if len(stages) == 1 else f"finetune{i}"
-            phases.append(Phase(name, config.finetune_epochs, config.finetune_lr, policy))
-    if not phases:
-        raise UsageError("nothing to train: --epochs and --finetune-epochs (or --unfreeze) are all 0")
-    if config.last_phase_epochs:
-        phases[-1] = replace(phases[-1], epochs=config.last_phase_epochs)
-    return phases
 
 
 def train(
@@ -205,13 +120,13 @@ def train(
     except BaseException as exc:
         lost = cluster_stopped(exc, distribution)
         if lost is None:
-            _record_failure(run_dir, fresh, exc)
+            record_failure(run_dir, fresh, exc)
             raise
         lost = SceneclsError(
             f"{lost}; every finished epoch is saved: start the cluster again with "
             f"scenecls train --resume {run_dir}"
         )
-        _record_failure(run_dir, fresh, lost)
+        record_failure(run_dir, fresh, lost)
         raise lost from exc
 
 
@@ -239,7 +154,7 @@ def _train(
         data_source(config.data), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
     )
     _check_validation(config, data, reporter)
-    ledger = _open_run(run_dir, config, data, size, resume, reporter, distribution)
+    ledger = open_run(run_dir, config, data, size, resume, reporter, distribution)
     if ledger.state.phase > len(phases):
         raise SceneclsError(
             f"{run_dir / runs.STATE} is damaged: phase is {ledger.state.phase}, but the run has "
@@ -247,7 +162,7 @@ def _train(
         )
     if ledger.state.status == "finished":
         reporter.log(f"{run_dir} has already finished training")
-        return _result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
+        return train_result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
     if distribution.strategy is not None:
         reporter.log(distribution.describe(config.batch_size))
         config = replace(config, batch_size=distribution.global_batch(config.batch_size))
@@ -268,12 +183,12 @@ def _train(
                            compiled=compiled, reporter=reporter, distribution=distribution)  # fmt: skip
                 compiled = False
         except KeyboardInterrupt:
-            _record_interrupt(ledger)
+            record_interrupt(ledger)
             raise TrainingInterrupted(run_dir) from None
     if not distribution.chief:  # the chief tests, exports and reports the run
         ledger.state.status = "finished"
-        return _result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
-    return _finish(run_dir, data, size, config, ledger, reports, reporter)
+        return train_result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
+    return finish_run(run_dir, data, size, config, ledger, reports, reporter)
 
 
 def _check_validation(config: TrainConfig, data: PreparedData, reporter: Reporter) -> None:
@@ -316,7 +231,7 @@ def _run_phase(
     if done >= phase.epochs and not resumed_head:
         return
     if not (compiled and index == state.phase and done > 0):  # else: go on with the optimizer's state
-        _compile(model, phase, config, images.steps)
+        compile_phase(model, phase, config, images.steps)
     elif not isinstance(schedule := learning_rate(phase, config, images.steps), int | float):
         # The saved schedule was planned for the phase's length then: a phase extended since (see
         # extend_run) goes on along the longer phase's curve, from the step it has reached.
@@ -402,281 +317,7 @@ def phase_callbacks(
     return callbacks
 
 
-def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> ImageSource:
-    """The whole classifier on images: the source of every phase that does not run on cached features."""
-    augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
-    train_ds = make_dataset(
-        data.train, (size, size), config.batch_size, shuffle=True, augment=augment, seed=config.seed,
-        cache=config.cache_images,
-    )  # fmt: skip
-    val_ds = None  # no validation images (--val-split 0)
-    if data.validated:
-        val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
-    if config.mixing.on:
-        from scenecls.data.mixing import mix_batches, one_hot_labels
-
-        train_ds = mix_batches(train_ds, len(data.classes), config.mixing, seed=config.seed)
-        if val_ds is not None:
-            val_ds = one_hot_labels(val_ds, len(data.classes))
-    return ImageSource(model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
-
-
-def epoch_source(
-    policy: UnfreezePolicy, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData,
-    size: int, reporter: Reporter, distribution: Distribution = OFF, run_dir: Path | None = None,
-) -> tuple[EpochSource, str | None]:  # fmt: skip
-    """``(source, cache)``: what the phase trains on, and whether its cache entry was ``built`` or
-    ``reused`` (None: no cache).
-
-    Unless ``--no-cache``: cached pooled features while the backbone is frozen; cached activations at the
-    first unfrozen block while the last blocks are fine-tuned (not with ``--finetune-copies 0``, for
-    ``--unfreeze all`` or raw layer counts, or with MixUp/CutMix, which mix images). Else the images
-    through the whole classifier, freshly augmented every epoch.
-
-    On a cluster the chief builds the cache entry while the others wait; they then read it (on a
-    shared filesystem) or, not finding it, compute it for themselves without publishing it.
-    """
-    if not config.feature_cache:
-        return images, None
-    if policy.frozen:
-        return _feature_source(model, backbone, config, data, size, reporter, distribution)
-    from scenecls.training import activations
-
-    index = activations.cut_index(get_spec(config.backbone).block_map(backbone), policy)
-    if index is None or config.mixing.on or not config.finetune_copies:
-        return images, None
-    cut = activations.split_classifier(model, backbone, index)
-    augmentations = augmented_copies(config.augment, config.finetune_copies, config.seed + 1)
-
-    def cached(root: Path, build: bool):
-        try:
-            return activations.load_or_build(
-                cut, backbone, data.train, data.val, (size, size), cache_root=root,
-                batch_size=config.batch_size, augment=config.augment, copies=config.finetune_copies,
-                seed=config.seed, reporter=reporter, build=build, augmentations=augmentations,
-            )  # fmt: skip
-        except activations.CacheUnavailable as exc:
-            reporter.warn(f"{exc}; fine-tuning on images instead")
-            return None
-
-    if distribution.chief:
-        entry = cached(cache_dir(), build=True)
-        distribution.barrier()
-    else:
-        distribution.barrier()
-        entry = cached(cache_dir(), build=False) or cached(run_dir or cache_dir(), build=True)
-    if entry is None:
-        return images, None
-    source = CutPointSource(
-        model, cut, entry, batch_size=config.batch_size, seed=config.seed, map_aug=config.finetune_map_aug
-    )
-    return source, "reused" if entry.reused else "built"
-
-
-def _feature_source(model, backbone, config, data, size, reporter, distribution) -> tuple[EpochSource, str]:
-    from scenecls.training.features import load_or_compute
-
-    augmentations = augmented_copies(config.augment, config.cache_aug, config.seed + 1)
-
-    def features(publish: bool):
-        return load_or_compute(
-            model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
-            batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
-            seed=config.seed, reporter=reporter, publish=publish, augmentations=augmentations,
-        )  # fmt: skip
-
-    if distribution.chief:
-        cached = features(publish=True)
-        distribution.barrier()
-    else:
-        distribution.barrier()
-        cached = features(publish=False)
-    source = FeatureSource(
-        model, cached, batch_size=config.batch_size, seed=config.seed, mixing=config.mixing
-    )
-    return source, "reused" if cached.reused else "built"
-
-
-def _open_run(
-    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, resume: bool, reporter: Reporter,
-    distribution: Distribution,
-) -> Ledger:  # fmt: skip
-    """The run's state and history: read back to resume, or a new run folder's files written."""
-    if resume:
-        state = TrainState.from_dict(runs.read_state(run_dir))
-        if state.status != "finished":
-            distribution.check_resume(runs.read_json(run_dir / runs.CONFIG).get("distribution"), run_dir)
-        # A row past the state's last epoch is one whose checkpoint never finished: it is trained again.
-        history = [row for row in runs.read_history(run_dir / runs.HISTORY) if row["epoch"] <= state.epoch]
-        ledger = Ledger(state, history, run_dir, time.monotonic() - state.seconds)
-        ledger.saved = copy.deepcopy(state)
-        if state.status != "finished":
-            _check_resume_data(run_dir, data, reporter)
-        return ledger
-    _write_run_files(run_dir, config, data, size, distribution)
-    ledger = Ledger(TrainState(), [], run_dir, time.monotonic())
-    ledger.write_state()  # so that --resume works from the start
-    return ledger
-
-
-def _record_interrupt(ledger: Ledger) -> None:
-    """Ctrl-C: everything up to the last finished epoch is on disk; say so in ``state.json``."""
-    checkpoints = ledger.checkpoints
-    state = ledger.saved if ledger.saved is not None else ledger.state  # as last written
-    if checkpoints is not None and checkpoints.pending:
-        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: --resume uses the head files
-            checkpoints.finish(best_in_phase=state.best_phase == ledger.phase.name, continue_from_best=False)
-    ledger.state = state
-    state.status = "interrupted"
-    state.head_checkpoint = checkpoints is not None and checkpoints.pending
-    ledger.write_state()
-    if checkpoints is not None and not checkpoints.pending:
-        checkpoints.discard()
-
-
-def _record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
-    state_file = run_dir / runs.STATE
-    try:
-        state = TrainState.from_dict(runs.read_state(run_dir)) if state_file.is_file() else None
-    except SceneclsError:
-        state = None
-    if fresh and (state is None or state.epoch == 0) and not isinstance(exc, TrainingDiverged):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return
-    if state is not None:
-        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C before the epochs began, on a resume
-            state.status = "interrupted"
-        else:
-            state.status, state.error = "failed", first_line(exc, 300)
-        runs.write_json(state_file, asdict(state))
-
-
-def _finish(
-    run_dir: Path, data: PreparedData, size: int, config: TrainConfig, ledger: Ledger,
-    reports: list[UnfreezeReport], reporter: Reporter,
-) -> TrainResult:  # fmt: skip
-    """Test the best model and write ``metrics.json``; the run is finished."""
-    state = ledger.state
-    metrics = _final_metrics(run_dir, data, size, config, state, reporter)
-    metrics["feature_cache"] = state.feature_cache
-    metrics["activation_cache"] = state.activation_cache
-    metrics["phase_seconds"] = state.phase_seconds
-    state.status = "finished"
-    metrics["seconds"] = round(time.monotonic() - ledger.started, 1)
-    runs.write_json(run_dir / runs.METRICS, metrics)
-    ledger.write_state()
-    report_dicts = [r.to_dict() for r in reports]
-    config_data = runs.read_json(run_dir / runs.CONFIG)
-    config_data["unfreeze_reports"] = report_dicts
-    runs.write_json(run_dir / runs.CONFIG, config_data)
-    if config.tensorboard:
-        _log_confusion(run_dir, data, config, state)
-    return _result(run_dir, state, metrics, report_dicts)
-
-
-def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: TrainState) -> None:
-    import numpy as np
-
-    from scenecls.metrics import evaluate_predictions, predict_split
-    from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
-
-    split, name = data.held_out(test_first=True)
-    best = load_model(run_dir / runs.BEST)
-    probs = predict_split(best, split, config.batch_size)
-    evaluation = evaluate_predictions(probs, np.asarray(split.labels), data.classes, split=name)
-    title = f"best model (epoch {state.best_epoch}) on {name}: accuracy {evaluation.accuracy:.4f}"
-    log_confusion_matrix(run_dir / LOGDIR, evaluation.confusion, data.classes, step=state.epoch, title=title)
-
-
-def extend_run(
-    run_dir: Path, *, epochs: int | None = None, finetune_epochs: int | None = None
-) -> TrainConfig:
-    """Give a finished run's last phase more epochs (its new total), for ``train --resume RUN``.
-
-    History and checkpoints continue; the optimizer goes on with its state, and a scheduled rate
-    (cosine, warm-up) along the curve of the longer phase: a cosine phase of 10 epochs extended to 20
-    goes on at half its rate and decays to 0 again. A different recipe (another unfreeze, other rates)
-    is a ``finetune`` child run instead.
-    """
-    config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
-    state = TrainState.from_dict(runs.read_state(run_dir))
-    phases = plan_phases(config)
-    last = phases[-1]
-    option, wanted = ("--epochs", epochs) if last.name == "head" else ("--finetune-epochs", finetune_epochs)
-    if wanted is None:
-        raise UsageError(f"the last phase of {run_dir} is {last.name}: extend it with {option}")
-    if state.status != "finished":
-        raise UsageError(f"{run_dir} has not finished; resume it first (scenecls train --resume {run_dir})")
-    if wanted <= last.epochs:
-        raise UsageError(
-            f"{option} {wanted}: the {last.name} phase already has {last.epochs} epochs; give more"
-        )
-    if last.name == "head":
-        config.epochs = wanted
-    else:
-        config.last_phase_epochs = wanted
-    data = runs.read_json(run_dir / runs.CONFIG)
-    runs.write_json(run_dir / runs.CONFIG, {**data, **config.to_dict()})
-    state.phase, state.phase_epoch = len(phases) - 1, last.epochs
-    state.status, state.stopped_early, state.wait = "interrupted", False, 0
-    runs.write_json(run_dir / runs.STATE, asdict(state))
-    return config
-
-
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _write_run_files(
-    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, distribution: Distribution
-) -> None:
-    import keras
-    import tensorflow as tf
-
-    runs.write_json(
-        run_dir / runs.CONFIG,
-        {
-            **config.to_dict(),
-            "image_size": size,
-            "data_resolved": str(data.index.root),
-            "data_layout": data.index.layout,
-            "data_fingerprint": data.index.fingerprint(),
-            "classes": data.classes,
-            "images": {
-                "train": len(data.train),
-                "val": len(data.val),
-                "test": len(data.test) if data.test else 0,
-                "skipped": len(data.skipped),
-            },
-            "val_source": data.val_source,
-            "distribution": distribution.shape,
-            "versions": {
-                "scenecls": __version__,
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
-                "python": platform.python_version(),
-            },
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
-    runs.write_json(
-        run_dir / runs.LABELS,
-        {"classes": data.classes, "backbone": config.backbone, "image_size": [size, size]},
-    )
-    if data.skipped:
-        runs.write_atomic(
-            run_dir / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in data.skipped)
-        )
-
-
-def _check_resume_data(run_dir: Path, data: PreparedData, reporter: Reporter) -> None:
-    saved = runs.read_json(run_dir / runs.CONFIG)
-    if saved.get("classes") != data.classes:
-        raise SceneclsError(
-            f"the data's classes ({', '.join(data.classes)}) differ from the run's "
-            f"({', '.join(saved.get('classes', []))}); cannot resume"
-        )
-    if saved.get("data_fingerprint") != data.index.fingerprint():
-        reporter.warn("the data set changed since this run started; resuming on the data as it is now")
 
 
 def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
@@ -699,77 +340,3 @@ def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
         config.backbone, len(data.classes), size=size, weights=config.weights, head=config.head
     )
     return model, False
-
-
-def learning_rate(phase: Phase, config: TrainConfig, steps: int) -> Any:
-    """The phase's rate: constant (a float), or a schedule over the phase's steps — cosine decay to 0,
-    either after a linear warm-up from 0 over ``warmup_epochs`` (so that a freshly unfrozen backbone is
-    not hit at full rate)."""
-    import keras
-
-    total = max(1, steps * phase.epochs)
-    warmup = min(steps * config.warmup_epochs, total - 1)
-    if config.lr_schedule != "cosine" and not warmup:
-        return phase.lr
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else phase.lr,
-        decay_steps=max(1, total - warmup),
-        alpha=0.0 if config.lr_schedule == "cosine" else 1.0,  # alpha 1: constant after warm-up
-        warmup_target=phase.lr if warmup else None,
-        warmup_steps=warmup,
-    )
-
-
-def _compile(model, phase: Phase, config: TrainConfig, steps: int) -> None:
-    """Adam at the phase's :func:`learning_rate`, with the run's loss, metrics and moving average."""
-    import keras
-
-    from scenecls.losses import classification_loss
-
-    lr = learning_rate(phase, config, steps)
-    averaging = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr, **averaging),
-        loss=classification_loss(config.label_smoothing, soft_labels=config.mixing.on),
-        jit_compile=jit_compile(config.jit),
-        metrics=["accuracy"],
-    )
-
-
-def _final_metrics(
-    run_dir: Path, data: PreparedData, size: int, config: TrainConfig, state: TrainState, reporter: Reporter
-) -> dict[str, Any]:
-    metrics: dict[str, Any] = {
-        "best_val_accuracy": state.validated_best,
-        "best_epoch": state.best_epoch,
-        "best_phase": state.best_phase,
-        "epochs": state.epoch,
-        "stopped_early": state.stopped_early,
-        "test_accuracy": None,
-        "test_loss": None,
-    }
-    if data.test:
-        reporter.log(f"Testing the best model on {len(data.test)} test images")
-        best = load_model(run_dir / runs.BEST)
-        best.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        test_ds = make_dataset(data.test, (size, size), config.batch_size)
-        with finite_dataset_warnings_silenced():
-            loss, accuracy = best.evaluate(test_ds, verbose=0)
-        metrics["test_accuracy"], metrics["test_loss"] = float(accuracy), float(loss)
-    return metrics
-
-
-def _result(run_dir: Path, state: TrainState, metrics: dict, reports: list[dict]) -> TrainResult:
-    return TrainResult(
-        run_dir=run_dir,
-        status=state.status,
-        epochs=state.epoch,
-        best_val_accuracy=state.validated_best,
-        best_epoch=state.best_epoch,
-        best_phase=state.best_phase,
-        test_accuracy=metrics.get("test_accuracy"),
-        test_loss=metrics.get("test_loss"),
-        seconds=round(state.seconds, 1),
-        stopped_early=state.stopped_early,
-        unfreeze=reports,
-    )

@@ -14,16 +14,25 @@ The phase loop does not know which one it runs.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Protocol
 
 import keras
 import numpy as np
 
+from scenecls.config import TrainConfig
+from scenecls.data.augment import NO_AUGMENTATION, augmented_copies, build_augmentation
 from scenecls.data.mixing import Mixing, mix_batches, one_hot_labels
+from scenecls.data.pipeline import PreparedData, make_dataset
+from scenecls.models.registry import get_spec
+from scenecls.paths import cache_dir
+from scenecls.reporting import Reporter
 from scenecls.training.activations import CachedActivations, CutModels
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
 from scenecls.training.features import CachedFeatures, head_model
+from scenecls.training.strategy import OFF, Distribution
+from scenecls.unfreeze import UnfreezePolicy
 
 
 class EpochSource(Protocol):
@@ -229,3 +238,98 @@ def _batch_of(pair, shape: tuple[int, ...]):
     activations.set_shape((None, *shape))
     labels.set_shape((None,))
     return activations, labels
+
+
+def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> ImageSource:
+    """The whole classifier on images: the source of every phase that does not run on cached features."""
+    augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
+    train_ds = make_dataset(
+        data.train, (size, size), config.batch_size, shuffle=True, augment=augment, seed=config.seed,
+        cache=config.cache_images,
+    )  # fmt: skip
+    val_ds = None  # no validation images (--val-split 0)
+    if data.validated:
+        val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
+    if config.mixing.on:
+        from scenecls.data.mixing import mix_batches, one_hot_labels
+
+        train_ds = mix_batches(train_ds, len(data.classes), config.mixing, seed=config.seed)
+        if val_ds is not None:
+            val_ds = one_hot_labels(val_ds, len(data.classes))
+    return ImageSource(model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
+
+
+def epoch_source(
+    policy: UnfreezePolicy, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData,
+    size: int, reporter: Reporter, distribution: Distribution = OFF, run_dir: Path | None = None,
+) -> tuple[EpochSource, str | None]:  # fmt: skip
+    """``(source, cache)``: what the phase trains on, and whether its cache entry was ``built`` or
+    ``reused`` (None: no cache).
+
+    Unless ``--no-cache``: cached pooled features while the backbone is frozen; cached activations at the
+    first unfrozen block while the last blocks are fine-tuned (not with ``--finetune-copies 0``, for
+    ``--unfreeze all`` or raw layer counts, or with MixUp/CutMix, which mix images). Else the images
+    through the whole classifier, freshly augmented every epoch.
+
+    On a cluster the chief builds the cache entry while the others wait; they then read it (on a
+    shared filesystem) or, not finding it, compute it for themselves without publishing it.
+    """
+    if not config.feature_cache:
+        return images, None
+    if policy.frozen:
+        return _feature_source(model, backbone, config, data, size, reporter, distribution)
+    from scenecls.training import activations
+
+    index = activations.cut_index(get_spec(config.backbone).block_map(backbone), policy)
+    if index is None or config.mixing.on or not config.finetune_copies:
+        return images, None
+    cut = activations.split_classifier(model, backbone, index)
+    augmentations = augmented_copies(config.augment, config.finetune_copies, config.seed + 1)
+
+    def cached(root: Path, build: bool):
+        try:
+            return activations.load_or_build(
+                cut, backbone, data.train, data.val, (size, size), cache_root=root,
+                batch_size=config.batch_size, augment=config.augment, copies=config.finetune_copies,
+                seed=config.seed, reporter=reporter, build=build, augmentations=augmentations,
+            )  # fmt: skip
+        except activations.CacheUnavailable as exc:
+            reporter.warn(f"{exc}; fine-tuning on images instead")
+            return None
+
+    if distribution.chief:
+        entry = cached(cache_dir(), build=True)
+        distribution.barrier()
+    else:
+        distribution.barrier()
+        entry = cached(cache_dir(), build=False) or cached(run_dir or cache_dir(), build=True)
+    if entry is None:
+        return images, None
+    source = CutPointSource(
+        model, cut, entry, batch_size=config.batch_size, seed=config.seed, map_aug=config.finetune_map_aug
+    )
+    return source, "reused" if entry.reused else "built"
+
+
+def _feature_source(model, backbone, config, data, size, reporter, distribution) -> tuple[EpochSource, str]:
+    from scenecls.training.features import load_or_compute
+
+    augmentations = augmented_copies(config.augment, config.cache_aug, config.seed + 1)
+
+    def features(publish: bool):
+        return load_or_compute(
+            model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
+            batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
+            seed=config.seed, reporter=reporter, publish=publish, augmentations=augmentations,
+        )  # fmt: skip
+
+    if distribution.chief:
+        cached = features(publish=True)
+        distribution.barrier()
+    else:
+        distribution.barrier()
+        cached = features(publish=False)
+    source = FeatureSource(
+        model, cached, batch_size=config.batch_size, seed=config.seed, mixing=config.mixing
+    )
+    return source, "reused" if cached.reused else "built"

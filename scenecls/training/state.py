@@ -1,0 +1,244 @@
+"""A run's life in its folder: opened (its files written) or resumed (read back and checked against
+the data), interrupted, failed, extended; and the types that say where it stands (:class:`TrainState`
+in ``state.json``) and how it ended (:class:`TrainResult`)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from scenecls import __version__, runs
+from scenecls.config import TrainConfig
+from scenecls.data.pipeline import (
+    PreparedData,
+)
+from scenecls.errors import SceneclsError, UsageError, first_line
+from scenecls.reporting import Reporter
+from scenecls.training.callbacks import Ledger, TrainingDiverged
+from scenecls.training.recipe import plan_phases
+from scenecls.training.strategy import Distribution
+
+
+class TrainingInterrupted(SceneclsError):
+    """Ctrl-C during training; the run folder holds everything up to the last finished epoch."""
+
+    exit_code = 130
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"training interrupted; resume with: scenecls train --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+@dataclass
+class TrainState:
+    status: str = "running"  # running, interrupted, failed, finished
+    phase: int = 0  # index of the phase in progress
+    phase_epoch: int = 0  # epochs finished in that phase
+    epoch: int = 0  # epochs finished in all
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    best_phase: str = ""
+    wait: int = 0  # epochs without improvement (early stopping)
+    plateau_best: float | None = None  # lowest val loss so far (plateau schedule); None: none yet
+    plateau_wait: int = 0
+    stopped_early: bool = False
+    head_checkpoint: bool = False  # the phase's head checkpoints are newer than last.keras
+    seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
+    feature_cache: str = "off"  # what phase 1 did with the feature cache: off, built or reused
+    activation_cache: dict[str, str] = field(default_factory=dict)  # per fine-tuning phase: built, reused
+    error: str | None = None  # why the run failed (status "failed")
+
+    @property
+    def validated_best(self) -> float | None:
+        """The best validation accuracy; None when no epoch was validated (``--val-split 0``)."""
+        return self.best_val_accuracy if self.best_val_accuracy >= 0 else None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str
+    epochs: int
+    best_val_accuracy: float | None  # None: trained without validation images (--val-split 0)
+    best_epoch: int
+    best_phase: str
+    test_accuracy: float | None
+    test_loss: float | None
+    seconds: float
+    stopped_early: bool
+    unfreeze: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        return data
+
+
+def open_run(
+    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, resume: bool, reporter: Reporter,
+    distribution: Distribution,
+) -> Ledger:  # fmt: skip
+    """The run's state and history: read back to resume, or a new run folder's files written."""
+    if resume:
+        state = TrainState.from_dict(runs.read_state(run_dir))
+        if state.status != "finished":
+            distribution.check_resume(runs.read_json(run_dir / runs.CONFIG).get("distribution"), run_dir)
+        # A row past the state's last epoch is one whose checkpoint never finished: it is trained again.
+        history = [row for row in runs.read_history(run_dir / runs.HISTORY) if row["epoch"] <= state.epoch]
+        ledger = Ledger(state, history, run_dir, time.monotonic() - state.seconds)
+        ledger.saved = copy.deepcopy(state)
+        if state.status != "finished":
+            _check_resume_data(run_dir, data, reporter)
+        return ledger
+    _write_run_files(run_dir, config, data, size, distribution)
+    ledger = Ledger(TrainState(), [], run_dir, time.monotonic())
+    ledger.write_state()  # so that --resume works from the start
+    return ledger
+
+
+def record_interrupt(ledger: Ledger) -> None:
+    """Ctrl-C: everything up to the last finished epoch is on disk; say so in ``state.json``."""
+    checkpoints = ledger.checkpoints
+    state = ledger.saved if ledger.saved is not None else ledger.state  # as last written
+    if checkpoints is not None and checkpoints.pending:
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: --resume uses the head files
+            checkpoints.finish(best_in_phase=state.best_phase == ledger.phase.name, continue_from_best=False)
+    ledger.state = state
+    state.status = "interrupted"
+    state.head_checkpoint = checkpoints is not None and checkpoints.pending
+    ledger.write_state()
+    if checkpoints is not None and not checkpoints.pending:
+        checkpoints.discard()
+
+
+def record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
+    state_file = run_dir / runs.STATE
+    try:
+        state = TrainState.from_dict(runs.read_state(run_dir)) if state_file.is_file() else None
+    except SceneclsError:
+        state = None
+    if fresh and (state is None or state.epoch == 0) and not isinstance(exc, TrainingDiverged):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    if state is not None:
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C before the epochs began, on a resume
+            state.status = "interrupted"
+        else:
+            state.status, state.error = "failed", first_line(exc, 300)
+        runs.write_json(state_file, asdict(state))
+
+
+def extend_run(
+    run_dir: Path, *, epochs: int | None = None, finetune_epochs: int | None = None
+) -> TrainConfig:
+    """Give a finished run's last phase more epochs (its new total), for ``train --resume RUN``.
+
+    History and checkpoints continue; the optimizer goes on with its state, and a scheduled rate
+    (cosine, warm-up) along the curve of the longer phase: a cosine phase of 10 epochs extended to 20
+    goes on at half its rate and decays to 0 again. A different recipe (another unfreeze, other rates)
+    is a ``finetune`` child run instead.
+    """
+    config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
+    state = TrainState.from_dict(runs.read_state(run_dir))
+    phases = plan_phases(config)
+    last = phases[-1]
+    option, wanted = ("--epochs", epochs) if last.name == "head" else ("--finetune-epochs", finetune_epochs)
+    if wanted is None:
+        raise UsageError(f"the last phase of {run_dir} is {last.name}: extend it with {option}")
+    if state.status != "finished":
+        raise UsageError(f"{run_dir} has not finished; resume it first (scenecls train --resume {run_dir})")
+    if wanted <= last.epochs:
+        raise UsageError(
+            f"{option} {wanted}: the {last.name} phase already has {last.epochs} epochs; give more"
+        )
+    if last.name == "head":
+        config.epochs = wanted
+    else:
+        config.last_phase_epochs = wanted
+    data = runs.read_json(run_dir / runs.CONFIG)
+    runs.write_json(run_dir / runs.CONFIG, {**data, **config.to_dict()})
+    state.phase, state.phase_epoch = len(phases) - 1, last.epochs
+    state.status, state.stopped_early, state.wait = "interrupted", False, 0
+    runs.write_json(run_dir / runs.STATE, asdict(state))
+    return config
+
+
+def _write_run_files(
+    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, distribution: Distribution
+) -> None:
+    import keras
+    import tensorflow as tf
+
+    runs.write_json(
+        run_dir / runs.CONFIG,
+        {
+            **config.to_dict(),
+            "image_size": size,
+            "data_resolved": str(data.index.root),
+            "data_layout": data.index.layout,
+            "data_fingerprint": data.index.fingerprint(),
+            "classes": data.classes,
+            "images": {
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test) if data.test else 0,
+                "skipped": len(data.skipped),
+            },
+            "val_source": data.val_source,
+            "distribution": distribution.shape,
+            "versions": {
+                "scenecls": __version__,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "python": platform.python_version(),
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    runs.write_json(
+        run_dir / runs.LABELS,
+        {"classes": data.classes, "backbone": config.backbone, "image_size": [size, size]},
+    )
+    if data.skipped:
+        runs.write_atomic(
+            run_dir / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in data.skipped)
+        )
+
+
+def _check_resume_data(run_dir: Path, data: PreparedData, reporter: Reporter) -> None:
+    saved = runs.read_json(run_dir / runs.CONFIG)
+    if saved.get("classes") != data.classes:
+        raise SceneclsError(
+            f"the data's classes ({', '.join(data.classes)}) differ from the run's "
+            f"({', '.join(saved.get('classes', []))}); cannot resume"
+        )
+    if saved.get("data_fingerprint") != data.index.fingerprint():
+        reporter.warn("the data set changed since this run started; resuming on the data as it is now")
+
+
+def train_result(run_dir: Path, state: TrainState, metrics: dict, reports: list[dict]) -> TrainResult:
+    return TrainResult(
+        run_dir=run_dir,
+        status=state.status,
+        epochs=state.epoch,
+        best_val_accuracy=state.validated_best,
+        best_epoch=state.best_epoch,
+        best_phase=state.best_phase,
+        test_accuracy=metrics.get("test_accuracy"),
+        test_loss=metrics.get("test_loss"),
+        seconds=round(state.seconds, 1),
+        stopped_early=state.stopped_early,
+        unfreeze=reports,
+    )
