@@ -501,10 +501,15 @@ def train_cli(*args: str):
     return CliRunner().invoke(cli, ["train", *args])
 
 
-def test_diverged_training_fails_with_advice_and_valid_json(small_set, tmp_path):
+def test_diverged_training_fails_with_advice_and_valid_json(small_set, tmp_path, monkeypatch):
+    from scenecls.training import recipe
+
+    # The command line refuses a rate above 10, so the rate that makes the run diverge at its first
+    # step (1e38, as a bad schedule or a bug would) is given to the optimizer directly.
+    monkeypatch.setattr(recipe, "learning_rate", lambda phase, config, steps: 1e38)
     project = tmp_path / "runs"
     result = train_cli(
-        "--data", str(small_set), *TINY, "--epochs", "3", "--finetune-epochs", "0", "--lr", "1e38",
+        "--data", str(small_set), *TINY, "--epochs", "3", "--finetune-epochs", "0", "--lr", "10",
         "--project", str(project), "--format", "json",
     )  # fmt: skip
     assert result.exit_code == 1
