@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
+import stat
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -96,6 +99,60 @@ def ctrl_c_at_batch(monkeypatch, n: int):
         yield
     finally:
         monkeypatch.setattr(callbacks.BatchProgress, "on_train_batch_end", original)
+
+
+# -------------------------------------------------------------------------------- archives and errors
+
+
+def zip_of(tree: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(tree.rglob("*")):
+            archive.write(path, path.relative_to(tree).as_posix())
+    return buffer.getvalue()
+
+
+def intel_like_zip(tmp_path: Path) -> bytes:
+    """Packed like the Kaggle archive: seg_train/seg_train/<class>, seg_test/..., seg_pred/..."""
+    tree = tmp_path / "intel-src"
+    write_class_folders(tree / "seg_train" / "seg_train", 3, size=16)
+    write_class_folders(tree / "seg_test" / "seg_test", 2, size=16, seed=5)
+    pred = tree / "seg_pred" / "seg_pred"
+    write_class_folders(pred / "tmp", 2, size=16, classes=("x",))
+    for image in (pred / "tmp" / "x").iterdir():
+        image.rename(pred / image.name)
+    for leftover in [*sorted(pred.glob("tmp/**/*"), reverse=True), pred / "tmp"]:
+        leftover.rmdir()
+    return zip_of(tree)
+
+
+def make_zip(entries: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, target)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def intel_zip(tmp_path) -> Path:
+    """A small archive packed like the Kaggle one."""
+    archive = tmp_path / "intel.zip"
+    archive.write_bytes(intel_like_zip(tmp_path))
+    return archive
+
+
+def one_error_line(result) -> str:
+    """The single ``Error:`` line of a CLI result; fails on a traceback or several lines."""
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
 
 
 # ------------------------------------------------------------------------------------ HTTP server

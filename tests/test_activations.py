@@ -27,6 +27,8 @@ from scenecls.training.sources import crop_resize, flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 # ConvNeXt where training on the cache must match training on images: a random MobileNetV2's activations
 # are near 1e-10 and its head learns next to nothing. MobileNetV2 (far quicker) where only the choice of
 # source is at stake.

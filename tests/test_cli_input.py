@@ -5,6 +5,9 @@ act on (a read-only SCENECLS_HOME, a task that stopped, a train before fetch-dat
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import _os_error_message, cli
-from tests.conftest import write_class_folders
+from tests.conftest import one_error_line, write_class_folders
 
 
 def invoke(*args: str):
@@ -137,3 +140,96 @@ def test_a_csv_class_whose_files_are_all_missing_is_left_out(tmp_path):
     assert any("class 'gamma'" in w and "left out" in w for w in warnings)
     assert len(prepared.train) + len(prepared.val) == 8
     assert Path(root / "train.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------- scripts
+
+
+def test_closed_output_pipe_exits_quietly(tmp_path, intel_zip):
+    """``scenecls ... --format csv | head`` must not print a BrokenPipeError."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first row is written
+    try:
+        args = ["fetch-data", "--from", str(intel_zip), "--dest", str(tmp_path / "d"), "--format", "csv"]
+        done = subprocess.run(
+            [sys.executable, "-m", "scenecls", "-q", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""
+
+
+def test_quiet_is_accepted_after_the_subcommand(tmp_path, intel_zip):
+    result = CliRunner().invoke(
+        cli, ["fetch-data", "--from", str(intel_zip), "--dest", str(tmp_path / "d"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert "alpha" in result.stdout  # the results still print
+    loud = CliRunner().invoke(cli, ["fetch-data", "--from", str(intel_zip), "--dest", str(tmp_path / "d")])
+    assert "already holds" in loud.stderr
+
+
+# ------------------------------------------------------------------------------ small ones
+
+
+def test_long_errors_are_cut_at_a_boundary():
+    from scenecls.errors import first_line
+
+    message = "the weights do not fit; " + " ".join(f"layer_{i} expected shape (3, 3, 32)" for i in range(40))
+    cut = first_line(ValueError(message), 120)
+    assert len(cut) <= 122 and cut.endswith(" …")
+    assert cut[:-2] == message[: len(cut) - 2]  # a prefix of the message ...
+    assert message[len(cut) - 2] in " ;,."  # ... ending where a word ends
+
+
+def test_an_error_line_that_introduces_a_list_is_cut_before_the_list():
+    from scenecls.errors import first_line
+
+    keras_style = "A total of 3 objects could not be loaded. Example error message for object <C>:\n\nshape"
+    assert first_line(ValueError(keras_style)) == "A total of 3 objects could not be loaded."
+    assert first_line(ValueError("Cannot read these:\na.jpg\nb.jpg")) == "Cannot read these"
+    assert first_line(ValueError("ratio 1:2")) == "ratio 1:2"
+    assert first_line(ValueError("no colon")) == "no colon"
+
+
+def test_finetune_offers_only_the_fine_tuning_cache_options():
+    """finetune has no phase 1, so no feature-cache copies; its fine-tuning uses the activation cache."""
+    result = CliRunner().invoke(cli, ["finetune", "--help"])
+    assert result.exit_code == 0
+    assert "--cache-aug" not in result.output
+    assert "--no-cache" in result.output and "--finetune-copies" in result.output
+    assert "--cache-aug" in CliRunner().invoke(cli, ["train", "--help"]).output
+
+
+def test_sweep_grid_values_run_once_and_negative_dense_is_usage():
+    from scenecls.training.sweep import grid
+
+    points = grid(["mobilenet_v2", "mobilenet_v2"], ["1", "1", "3"], [1, 1, 2])
+    assert [p.name for p in points] == [
+        "mobilenet_v2-d1-u1",
+        "mobilenet_v2-d2-u1",
+        "mobilenet_v2-d1-u3",
+        "mobilenet_v2-d2-u3",
+    ]
+    result = CliRunner().invoke(cli, ["sweep", "--dense", "-1", "--dry-run"])
+    assert result.exit_code == 2
+    assert "--dense" in one_error_line(result)
+
+
+def test_quiet_sweep_still_prints_its_table_with_readable_headers():
+    from scenecls.cli.sweep import _cell
+
+    args = ["-q", "sweep", "--backbones", "mobilenet_v2", "--unfreeze", "1", "--dense", "1,1",
+            "--image-size", "32", "--weights", "none", "--dry-run"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert "unfrozen blocks" in result.stdout and "unfrozen_blocks" not in result.stdout
+    assert result.stdout.count("mobilenet_v2-d1-u1") == 1
+    assert _cell("seconds", 12.3456) == "12 s"

@@ -30,6 +30,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from scenecls.cli import main
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 sys.argv[0] = "scenecls"
 main()
 """

@@ -14,6 +14,8 @@ from scenecls import runs
 from scenecls.cli import cli
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 
 

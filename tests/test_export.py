@@ -18,6 +18,8 @@ from PIL import Image
 from scenecls.cli import cli
 from tests.conftest import write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8"]
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import stat
 import tarfile
 import zipfile
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,35 +16,13 @@ from scenecls.data.archives import extract_archive
 from scenecls.data.download import download, kaggle_credentials
 from scenecls.data.fetch import fetch_dataset
 from scenecls.errors import DataError, DownloadError
-from tests.conftest import write_class_folders
+from tests.conftest import intel_like_zip, make_zip, write_class_folders, zip_of  # noqa: F401
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def zip_of(tree: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted(tree.rglob("*")):
-            archive.write(path, path.relative_to(tree).as_posix())
-    return buffer.getvalue()
-
-
-def intel_like_zip(tmp_path: Path) -> bytes:
-    """Packed like the Kaggle archive: seg_train/seg_train/<class>, seg_test/..., seg_pred/..."""
-    tree = tmp_path / "intel-src"
-    write_class_folders(tree / "seg_train" / "seg_train", 3, size=16)
-    write_class_folders(tree / "seg_test" / "seg_test", 2, size=16, seed=5)
-    pred = tree / "seg_pred" / "seg_pred"
-    write_class_folders(pred / "tmp", 2, size=16, classes=("x",))
-    for image in (pred / "tmp" / "x").iterdir():
-        image.rename(pred / image.name)
-    for leftover in [*sorted(pred.glob("tmp/**/*"), reverse=True), pred / "tmp"]:
-        leftover.rmdir()
-    return zip_of(tree)
 
 
 # ------------------------------------------------------------------------------------ download
@@ -150,18 +125,6 @@ def test_kaggle_credentials_from_env_and_file(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- extract
-
-
-def make_zip(entries: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-        for name, target in (symlinks or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            archive.writestr(info, target)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(

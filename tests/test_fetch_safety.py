@@ -20,8 +20,7 @@ from scenecls.data import fetch
 from scenecls.data.download import download
 from scenecls.data.fetch import fetch_dataset
 from scenecls.errors import DataError, DownloadError
-from tests.conftest import write_class_folders
-from tests.test_fetch import intel_like_zip, zip_of
+from tests.conftest import intel_like_zip, write_class_folders, zip_of
 
 PAYLOAD = bytes(range(256)) * 4096
 

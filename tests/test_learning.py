@@ -21,10 +21,13 @@ WEIGHTS_FILE = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5
 KERAS_CACHE = SHARED / "weights" / "keras-cache" / "models"
 TARGET = 0.85  # a linear probe on these features scores 0.91; random weights 0.51
 
-pytestmark = pytest.mark.skipif(
-    not (MINI.is_file() and WEIGHTS_FILE.is_file() and KERAS_CACHE.is_dir()),
-    reason="needs ../shared/data/intel-mini.zip and ../shared/weights (real MobileNetV2 weights)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (MINI.is_file() and WEIGHTS_FILE.is_file() and KERAS_CACHE.is_dir()),
+        reason="needs ../shared/data/intel-mini.zip and ../shared/weights (real MobileNetV2 weights)",
+    ),
+    pytest.mark.slow,  # real weights on real images: left out of the fast lane (-m "not slow")
+]
 
 # Phase 1 only, on cached features: seconds on 2 cores, and what the weights alone are worth.
 RECIPE = ["--backbone", "mobilenet_v2", "--epochs", "10", "--finetune-epochs", "0", "--format", "json"]

@@ -14,6 +14,8 @@ from scenecls.cli import cli
 from scenecls.data.pipeline import prepare_data
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 
 

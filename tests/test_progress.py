@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from scenecls.cli import cli
 from scenecls.cli.output import Output, PlainReporter, RichReporter
-from tests.test_fetch import intel_like_zip
+from tests.conftest import intel_like_zip
 
 
 class Lines:

@@ -13,6 +13,8 @@ from scenecls import runs
 from scenecls.cli import cli
 from tests.conftest import ctrl_c_at_batch, write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 # A random ResNet's pooled features separate the generated classes gradually: a loss that moves.
 LEARNING = ["--backbone", "resnet50_v2", "--weights", "none", "--image-size", "40", "-b", "8", "--no-export"]

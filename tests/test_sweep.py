@@ -15,6 +15,8 @@ from scenecls.cli import cli
 from scenecls.training import callbacks
 from tests.conftest import write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 GRID = ["--backbones", "convnext_tiny,mobilenet_v2", "--unfreeze", "0,1", "--dense", "0,1"]
 # What the training tests run: both backbones and both kinds of run, half the grid (every run costs seconds).
 TRAIN_GRID = ["--backbones", "convnext_tiny,mobilenet_v2", "--unfreeze", "0,1", "--dense", "0"]

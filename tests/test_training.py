@@ -23,6 +23,8 @@ from scenecls.data.pipeline import prepare_data
 from scenecls.training import callbacks
 from tests.conftest import write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 CHANCE = 1 / 3
 
