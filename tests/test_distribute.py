@@ -17,6 +17,8 @@ from scenecls.errors import UsageError
 from scenecls.training import strategy
 from tests.conftest import write_class_folders
 
+pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
+
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--dense", "1", "--dropout",
         "0", "--lr", "0.01", "--finetune-lr", "0.001", "--no-export", "--format", "json"]  # fmt: skip
 
@@ -29,8 +31,6 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from scenecls.cli import main
-
-pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
 sys.argv[0] = "scenecls"
 main()
