@@ -152,7 +152,27 @@ def one_error_line(result) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     assert len(errors) == 1, result.stderr
+    assert "unexpected" not in errors[0]  # an anticipated failure, not a bug's
     return errors[0]
+
+
+class RecordingReporter:
+    """A reporter that keeps what it is told, for tests that assert on warnings."""
+
+    def __init__(self) -> None:
+        self.logs: list[str] = []
+        self.warnings: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def task(self, *args, **kwargs):
+        from scenecls.reporting import NullReporter
+
+        return NullReporter().task(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ HTTP server

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import _os_error_message, cli
-from tests.conftest import one_error_line, write_class_folders
+from tests.conftest import RecordingReporter, one_error_line, write_class_folders
 
 
 def invoke(*args: str):
@@ -121,23 +121,11 @@ def test_a_csv_class_whose_files_are_all_missing_is_left_out(tmp_path):
             rows.append(f"{name}-{image.name},{name}")
     rows += [f"gone-{i}.jpg,gamma" for i in range(3)]
     (root / "train.csv").write_text("image_name,label\n" + "\n".join(rows) + "\n")
-    warnings = []
+    reporter = RecordingReporter()
 
-    class Collect:
-        def log(self, message):
-            pass
-
-        def warn(self, message):
-            warnings.append(message)
-
-        def task(self, *args, **kwargs):
-            from scenecls.reporting import NullReporter
-
-            return NullReporter().task(*args, **kwargs)
-
-    prepared = prepare_data(root / "train.csv", val_split=0.25, seed=0, reporter=Collect())
+    prepared = prepare_data(root / "train.csv", val_split=0.25, seed=0, reporter=reporter)
     assert prepared.classes == ["alpha", "beta"]
-    assert any("class 'gamma'" in w and "left out" in w for w in warnings)
+    assert any("class 'gamma'" in w and "left out" in w for w in reporter.warnings)
     assert len(prepared.train) + len(prepared.val) == 8
     assert Path(root / "train.csv").is_file()
 

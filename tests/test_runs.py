@@ -16,21 +16,13 @@ from click.testing import CliRunner
 from scenecls import runs
 from scenecls.cli import cli
 from scenecls.training import sweep as sweeps
-from tests.conftest import write_class_folders
+from tests.conftest import RecordingReporter, one_error_line, write_class_folders
 
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8"]
 
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args))
-
-
-def one_error_line(result) -> str:
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert "unexpected" not in errors[0]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +85,11 @@ def test_collect_reports_a_damaged_run_and_goes_on(finished, tmp_path):
     for point in points:
         shutil.copytree(finished, folder / point.name)
     (folder / points[0].name / runs.STATE).write_text("[]")
-    warnings = []
+    reporter = RecordingReporter()
 
-    class Collect:
-        def log(self, message):
-            pass
-
-        def warn(self, message):
-            warnings.append(message)
-
-        def task(self, *args, **kwargs):
-            raise AssertionError
-
-    rows = sweeps.collect_results(folder, points, Collect())
+    rows = sweeps.collect_results(folder, points, reporter)
     assert [row["run"] for row in rows] == [points[1].name]
-    assert warnings == [f"{points[0].name}: its state.json is damaged; left out of the tables"]
+    assert reporter.warnings == [f"{points[0].name}: its state.json is damaged; left out of the tables"]
     assert sweeps.unfinished(folder, points) == [points[0].name]
 
 

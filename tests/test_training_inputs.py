@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecls.cli import cli
-from tests.conftest import ctrl_c_at_batch, one_error_line, write_class_folders
+from tests.conftest import RecordingReporter, ctrl_c_at_batch, one_error_line, write_class_folders
 
 # ------------------------------------------------------------------------------------- training
 
@@ -135,23 +135,11 @@ def test_empty_class_folder_is_reported(tmp_path):
     data = write_class_folders(tmp_path / "set", 3, size=16)
     (data / "delta").mkdir()
     (data / "delta" / "notes.txt").write_text("no images yet")
-    warnings: list[str] = []
+    reporter = RecordingReporter()
 
-    class Collect:
-        def log(self, message):
-            pass
-
-        def warn(self, message):
-            warnings.append(message)
-
-        def task(self, *args, **kwargs):
-            from scenecls.reporting import NullReporter
-
-            return NullReporter().task("")
-
-    prepared = prepare_data(data, reporter=Collect(), cache_root=tmp_path / "cache")
+    prepared = prepare_data(data, reporter=reporter, cache_root=tmp_path / "cache")
     assert prepared.classes == ["alpha", "beta", "gamma"]
-    assert any("delta" in w and "no images" in w for w in warnings)
+    assert any("delta" in w and "no images" in w for w in reporter.warnings)
 
 
 def test_killed_before_the_first_epoch_resumes(small_set, tmp_path):
