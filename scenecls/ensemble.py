@@ -212,7 +212,7 @@ def _write_run(
         "member_test_accuracy": member_tests,
     }
     if export:
-        from scenecls.export import write_fast_predict
+        from scenecls.fast_predict import write_fast_predict
 
         metrics["export"] = write_fast_predict(
             run_dir, data.classes, data.held_out(test_first=True)[0], size, reporter, model=model

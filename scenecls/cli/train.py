@@ -513,7 +513,7 @@ def _run(
         out.log(f"{distribution.task}: training finished (best val accuracy {best})")
         return
     if result.status == "finished":
-        from scenecls.export import export_after_training
+        from scenecls.fast_predict import export_after_training
 
         export_after_training(run_dir, out.reporter())
     _render(out, result, fmt)
