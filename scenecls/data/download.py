@@ -104,8 +104,9 @@ def download(
     reporter = reporter or NullReporter()
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        if _finished_download_matches(target, url):
-            _verify_checksum(target, sha256)
+        digest = _finished_download_digest(target, url)
+        if digest is not None:
+            _verify_checksum(target, sha256, digest)  # the file is hashed once, not twice
             return target
         reporter.warn(f"{target} is not a download this tool finished from {url}; downloading afresh")
         target.unlink(missing_ok=True)
@@ -165,11 +166,13 @@ def _read_record(path: Path, url: str) -> dict | None:
     return data if isinstance(data, dict) and data.get("url") == url else None
 
 
-def _finished_download_matches(target: Path, url: str) -> bool:
+def _finished_download_digest(target: Path, url: str) -> str | None:
+    """The SHA-256 of a download this tool finished from ``url``, if its record still matches it."""
     record = _read_record(target, url)
     if record is None or record.get("bytes") != target.stat().st_size:
-        return False
-    return record.get("sha256") == file_sha256(target)
+        return None
+    digest = file_sha256(target)
+    return digest if record.get("sha256") == digest else None
 
 
 def _write_part_record(part: Path, url: str, validator: str | None, size: int) -> None:
