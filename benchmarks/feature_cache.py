@@ -33,7 +33,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scenecls-cache-bench-"))
     os.environ["SCENECLS_HOME"] = str(work / "home")  # a cold cache, not the user's
     from scenecls.config import TrainConfig
-    from scenecls.training.phases import train
+    from scenecls.training.loop import train
 
     root, source = dataset(work)
     print(

@@ -114,7 +114,7 @@ def sweep(
         _collect(out, folder, points, fmt, ensembles)
         return
     distribution = choose_distribution(out, distribute)
-    from scenecls.training.phases import TrainingInterrupted
+    from scenecls.training.loop import TrainingInterrupted
 
     mine = len(sweeps.shard_points(points, *share)) if share else len(points)
     out.log(f"Sweep folder: {folder} ({mine} runs{f' of {len(points)}, shard {shard}' if share else ''})")

@@ -394,7 +394,7 @@ def train(
             if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE
         }
         if more and distribution.chief:
-            from scenecls.training.phases import extend_run
+            from scenecls.training.state import extend_run
 
             extend_run(run_dir, **more)
         config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
@@ -494,8 +494,8 @@ def _run(
     resume: bool = False,
     start_model: Path | None = None,
 ) -> None:
-    from scenecls.training.phases import TrainingInterrupted
-    from scenecls.training.phases import train as run_training
+    from scenecls.training.loop import TrainingInterrupted
+    from scenecls.training.loop import train as run_training
 
     if distribution.chief:
         out.log(f"Run folder: {run_dir}")

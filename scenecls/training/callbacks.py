@@ -1,6 +1,6 @@
 """Everything that happens per epoch, as Keras callbacks with one job each.
 
-A phase is one ``fit``; these callbacks run in the order :func:`scenecls.training.phases.phase_callbacks`
+A phase is one ``fit``; these callbacks run in the order :func:`scenecls.training.loop.phase_callbacks`
 gives them, sharing one :class:`Ledger` (the run's state, its history and the epoch being closed):
 
 * :class:`StopOnNonFiniteLoss` stops at the first NaN batch (Keras's ``TerminateOnNaN`` prints to stdout,

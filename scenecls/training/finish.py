@@ -17,17 +17,16 @@ from scenecls.data.pipeline import (
 )
 from scenecls.reporting import Reporter
 from scenecls.training.callbacks import Ledger
+from scenecls.training.context import RunContext
 from scenecls.training.state import TrainResult, TrainState, train_result
 from scenecls.unfreeze import UnfreezeReport
 
 
-def finish_run(
-    run_dir: Path, data: PreparedData, size: int, config: TrainConfig, ledger: Ledger,
-    reports: list[UnfreezeReport], reporter: Reporter,
-) -> TrainResult:  # fmt: skip
+def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport]) -> TrainResult:
     """Test the best model and write ``metrics.json``; the run is finished."""
+    run_dir, data, size, config = context.run_dir, context.data, context.size, context.config
     state = ledger.state
-    metrics = _final_metrics(run_dir, data, size, config, state, reporter)
+    metrics = _final_metrics(run_dir, data, size, config, state, context.reporter)
     metrics["feature_cache"] = state.feature_cache
     metrics["activation_cache"] = state.activation_cache
     metrics["phase_seconds"] = state.phase_seconds

@@ -84,50 +84,28 @@ def lr_find(
 ) -> LrFindResult:
     """Run the range test for ``phase`` (``head``, or ``finetune``: the first stage of ``--unfreeze``)
     of the recipe in ``config``, from ``start_model`` (a run's best model) or a new classifier."""
-    from scenecls import runs
-    from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
-    from scenecls.data.pipeline import finite_dataset_warnings_silenced, prepare_data
-    from scenecls.models.registry import get_spec
-    from scenecls.paths import data_source
-    from scenecls.training.phases import epoch_source, image_source, plan_phases
-    from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze, check_policy
+    from scenecls.data.pipeline import finite_dataset_warnings_silenced
+    from scenecls.training.context import prepare_model, start_run
+    from scenecls.training.sources import epoch_source, image_source
+    from scenecls.unfreeze import UnfreezePolicy
 
     if not 0 < start_lr < end_lr:
         raise UsageError(f"--start-lr must be above 0 and below --end-lr, got {start_lr:g} and {end_lr:g}")
     if phase not in ("head", "finetune"):
         raise UsageError(f"--phase takes head or finetune, got {phase!r}")
     reporter = reporter or NullReporter()
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    spec = get_spec(config.backbone)
-    size = config.image_size or spec.default_size
-    source_path = data_source(config.data)
-    data = prepare_data(
-        source_path, val_split=config.val_split, seed=config.validation_seed, reporter=reporter
-    )
-    if start_model is not None:
-        model = load_model(start_model)
-        check_compatible(model, data.classes, runs.model_classes(start_model, None), backbone=config.backbone)
-        size = int(model.input_shape[1])
-    else:
-        model = build_classifier(
-            config.backbone, len(data.classes), size=size, weights=config.weights, head=config.head
-        )
-    backbone = find_backbone(model)
-    block_map = spec.block_map(backbone)
+    learner = prepare_model(start_run(config, reporter=reporter), start_model)
     policy = UnfreezePolicy("blocks", 0)
     if phase == "finetune":
-        stages = [p for p in plan_phases(config) if p.name != "head"]
+        stages = [p for p in learner.context.phases if p.name != "head"]
         if not stages:
             raise UsageError("--phase finetune needs something to unfreeze: --unfreeze N or all")
         policy = stages[0].policy
-    check_policy(block_map, policy)
-    apply_unfreeze(backbone, block_map, policy, model=model)
-    model.compile(
+    learner.unfreeze(policy)
+    learner.model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=start_lr), loss="sparse_categorical_crossentropy"
     )
-    images = image_source(config, data, size, model)
-    source, _ = epoch_source(policy, model, backbone, images, config, data, size, reporter)
+    source, _ = epoch_source(learner, policy, image_source(learner))
     task = reporter.task(f"Range test ({phase})", total=steps, unit="batches")
     test = RangeTest(start_lr, end_lr, steps, source.trainer.optimizer, task)
     try:

@@ -21,17 +21,14 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
-from scenecls.config import TrainConfig
 from scenecls.data.augment import NO_AUGMENTATION, augmented_copies, build_augmentation
 from scenecls.data.mixing import Mixing, mix_batches, one_hot_labels
-from scenecls.data.pipeline import PreparedData, make_dataset
-from scenecls.models.registry import get_spec
+from scenecls.data.pipeline import make_dataset
 from scenecls.paths import cache_dir
-from scenecls.reporting import Reporter
 from scenecls.training.activations import CachedActivations, CutModels
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
+from scenecls.training.context import Learner
 from scenecls.training.features import CachedFeatures, head_model
-from scenecls.training.strategy import OFF, Distribution
 from scenecls.unfreeze import UnfreezePolicy
 
 
@@ -240,8 +237,9 @@ def _batch_of(pair, shape: tuple[int, ...]):
     return activations, labels
 
 
-def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> ImageSource:
+def image_source(learner: Learner) -> ImageSource:
     """The whole classifier on images: the source of every phase that does not run on cached features."""
+    config, data, size = learner.context.config, learner.context.data, learner.context.size
     augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
     train_ds = make_dataset(
         data.train, (size, size), config.batch_size, shuffle=True, augment=augment, seed=config.seed,
@@ -256,13 +254,12 @@ def image_source(config: TrainConfig, data: PreparedData, size: int, model) -> I
         train_ds = mix_batches(train_ds, len(data.classes), config.mixing, seed=config.seed)
         if val_ds is not None:
             val_ds = one_hot_labels(val_ds, len(data.classes))
-    return ImageSource(model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
+    return ImageSource(learner.model, train_ds, val_ds, steps=math.ceil(len(data.train) / config.batch_size))
 
 
 def epoch_source(
-    policy: UnfreezePolicy, model, backbone, images: ImageSource, config: TrainConfig, data: PreparedData,
-    size: int, reporter: Reporter, distribution: Distribution = OFF, run_dir: Path | None = None,
-) -> tuple[EpochSource, str | None]:  # fmt: skip
+    learner: Learner, policy: UnfreezePolicy, images: ImageSource
+) -> tuple[EpochSource, str | None]:
     """``(source, cache)``: what the phase trains on, and whether its cache entry was ``built`` or
     ``reused`` (None: no cache).
 
@@ -274,13 +271,16 @@ def epoch_source(
     On a cluster the chief builds the cache entry while the others wait; they then read it (on a
     shared filesystem) or, not finding it, compute it for themselves without publishing it.
     """
+    context, model, backbone = learner.context, learner.model, learner.backbone
+    config, data, size, reporter = context.config, context.data, context.size, context.reporter
+    distribution, run_dir = context.distribution, context.run_dir
     if not config.feature_cache:
         return images, None
     if policy.frozen:
-        return _feature_source(model, backbone, config, data, size, reporter, distribution)
+        return _feature_source(learner)
     from scenecls.training import activations
 
-    index = activations.cut_index(get_spec(config.backbone).block_map(backbone), policy)
+    index = activations.cut_index(learner.block_map, policy)
     if index is None or config.mixing.on or not config.finetune_copies:
         return images, None
     cut = activations.split_classifier(model, backbone, index)
@@ -311,8 +311,12 @@ def epoch_source(
     return source, "reused" if entry.reused else "built"
 
 
-def _feature_source(model, backbone, config, data, size, reporter, distribution) -> tuple[EpochSource, str]:
+def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
     from scenecls.training.features import load_or_compute
+
+    context, model, backbone = learner.context, learner.model, learner.backbone
+    config, data, size, reporter = context.config, context.data, context.size, context.reporter
+    distribution = context.distribution
 
     augmentations = augmented_copies(config.augment, config.cache_aug, config.seed + 1)
 

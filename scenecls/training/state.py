@@ -21,6 +21,7 @@ from scenecls.data.pipeline import (
 from scenecls.errors import SceneclsError, UsageError, first_line
 from scenecls.reporting import Reporter
 from scenecls.training.callbacks import Ledger, TrainingDiverged
+from scenecls.training.context import RunContext
 from scenecls.training.recipe import plan_phases
 from scenecls.training.strategy import Distribution
 
@@ -86,11 +87,9 @@ class TrainResult:
         return data
 
 
-def open_run(
-    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, resume: bool, reporter: Reporter,
-    distribution: Distribution,
-) -> Ledger:  # fmt: skip
+def open_run(context: RunContext, resume: bool) -> Ledger:
     """The run's state and history: read back to resume, or a new run folder's files written."""
+    run_dir, data, distribution = context.run_dir, context.data, context.distribution
     if resume:
         state = TrainState.from_dict(runs.read_state(run_dir))
         if state.status != "finished":
@@ -100,9 +99,9 @@ def open_run(
         ledger = Ledger(state, history, run_dir, time.monotonic() - state.seconds)
         ledger.saved = copy.deepcopy(state)
         if state.status != "finished":
-            _check_resume_data(run_dir, data, reporter)
+            _check_resume_data(run_dir, data, context.reporter)
         return ledger
-    _write_run_files(run_dir, config, data, size, distribution)
+    _write_run_files(run_dir, context.config, data, context.size, distribution)
     ledger = Ledger(TrainState(), [], run_dir, time.monotonic())
     ledger.write_state()  # so that --resume works from the start
     return ledger

@@ -185,7 +185,7 @@ def run_sweep(
     ``distribution`` every worker goes through the same runs (the sweep folder must be on a shared
     filesystem, so that all see which are finished); only the chief writes.
     """
-    from scenecls.training.phases import train
+    from scenecls.training.loop import train
     from scenecls.training.strategy import OFF
 
     reporter = reporter or NullReporter()
@@ -313,25 +313,19 @@ def _markdown_cell(value: Any) -> str:
 
 def describe_points(points: list[GridPoint], base: TrainConfig, num_classes: int = 6) -> list[dict[str, Any]]:
     """What each run would train, from the block maps of freshly built backbones (random weights)."""
-    from scenecls.classifier import build_classifier, find_backbone
-    from scenecls.training.phases import plan_phases
-    from scenecls.unfreeze import apply_unfreeze
+    from scenecls.training.context import prepare_model, preview_context
+    from scenecls.training.recipe import plan_phases
 
     rows = []
-    models: dict[tuple[str, int], Any] = {}
+    learners: dict[tuple[str, int], Any] = {}  # one model per backbone and head: unfreezing is a flag
     for point in points:
         config = point_config(base, point)
-        spec = get_spec(point.backbone)
         key = (point.backbone, point.dense)
-        if key not in models:
-            models[key] = build_classifier(
-                spec, num_classes, size=base.image_size or spec.default_size, weights=None, head=config.head
-            )
-        model = models[key]
-        backbone = find_backbone(model)
-        block_map = spec.block_map(backbone)
+        if key not in learners:
+            learners[key] = prepare_model(preview_context(config, num_classes))
+        learner = learners[key]
         phases = plan_phases(config)
-        last = apply_unfreeze(backbone, block_map, phases[-1].policy, model=model)
+        last = learner.unfreeze(phases[-1].policy)
         rows.append(
             {
                 "run": point.name,

@@ -1,23 +1,24 @@
-"""The training recipe: phase 1 trains the head on a frozen backbone, then each fine-tuning stage
-unfreezes more of it with a lower learning rate.
+"""The phase loop: phase 1 trains the head on a frozen backbone, then each fine-tuning stage
+unfreezes more of it with a lower learning rate; one ``fit`` per phase.
 
 The loop, in short::
 
-    phases = plan_phases(config)                       # head, then one stage per --unfreeze step
+    context = start_run(config, ...)                   # context.py: seed, precision, data, size
     state, history = open the run folder (or resume it)
-    model = last.keras, a model to fine-tune, or a new classifier
-    for each phase not finished yet:
-        apply_unfreeze(...)                            # unfreeze.py: what trains
+    learner = prepare_model(context, start_model)      # last.keras, a model to fine-tune, or a new one
+    for each phase of context.phases not finished yet:
+        learner.unfreeze(phase.policy)                 # unfreeze.py: what trains
         compile (unless resuming mid-phase with the optimizer's state)
-        source = FeatureSource or ImageSource          # sources.py: what one epoch feeds fit()
+        source = FeatureSource, CutPointSource or ImageSource   # sources.py: what one epoch feeds fit()
         source.trainer.fit(..., callbacks=phase_callbacks(...))  # callbacks.py: per-epoch concerns
         finish the phase's checkpoints, record it in state.json
-    test the best model, write metrics.json
+    test the best model, write metrics.json            # finish.py
 
-Where each concern lives: the phases, rates and compiling in ``recipe.py``; the run's life in its folder
-(open, resume, interrupt, fail, extend) in ``state.py``; what one epoch feeds ``fit`` and choosing it in
-``sources.py``; the final test and ``metrics.json`` in ``finish.py``; the run folder's files in
-``scenecls/runs.py``; checkpoints in ``checkpoints.py``
+Where each concern lives: the run's context and its starting model in ``context.py``; the phases,
+rates and compiling in ``recipe.py``; the run's life in its folder (open, resume, interrupt, fail,
+extend) in ``state.py``; what one epoch feeds ``fit`` and choosing it in ``sources.py``; the final
+test and ``metrics.json`` in ``finish.py``; the run folder's files in ``scenecls/runs.py``;
+checkpoints in ``checkpoints.py``
 (whole model, or only the head while phase 1 trains on cached features); the feature cache in
 ``features.py``; NaN, history, early stopping, plateau, checkpoint writing and progress as callbacks in
 ``callbacks.py``; TensorBoard in ``tensorboard.py``; the weights' moving average (``--ema``) in ``ema.py``;
@@ -33,19 +34,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from scenecls import runs
-from scenecls.classifier import build_classifier, check_compatible, find_backbone, load_model
 from scenecls.config import TrainConfig
-from scenecls.data.pipeline import (
-    PreparedData,
-    class_weights,
-    finite_dataset_warnings_silenced,
-    prepare_data,
-)
+from scenecls.data.pipeline import class_weights, finite_dataset_warnings_silenced
 from scenecls.errors import SceneclsError, UsageError
 from scenecls.files import remove_stale_temporaries
-from scenecls.models.registry import get_spec
-from scenecls.paths import data_source
-from scenecls.precision import dtype_policy, dtype_policy_name, resolve_precision
+from scenecls.precision import dtype_policy
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import ema
 from scenecls.training.callbacks import (
@@ -57,27 +50,24 @@ from scenecls.training.callbacks import (
     ReduceLROnPlateau,
     RunCheckpoint,
     StopOnNonFiniteLoss,
-    TrainingDiverged,
     interrupts_deferred,
 )
+from scenecls.training.context import Learner, RunContext, prepare_model, start_run
 from scenecls.training.finish import finish_run
-from scenecls.training.recipe import Phase, compile_phase, learning_rate, plan_phases
+from scenecls.training.recipe import compile_phase, learning_rate, plan_phases
 from scenecls.training.sources import EpochSource, ImageSource, epoch_source, image_source
 from scenecls.training.state import (
     TrainingInterrupted,
     TrainResult,
-    TrainState,
-    extend_run,
     open_run,
     record_failure,
     record_interrupt,
     train_result,
 )
 from scenecls.training.strategy import OFF, Distribution, cluster_stopped, private_run_dir
-from scenecls.unfreeze import UnfreezeReport, apply_unfreeze, check_policy
+from scenecls.unfreeze import UnfreezeReport
 
-__all__ = ["Phase", "TrainResult", "TrainState", "TrainingDiverged", "TrainingInterrupted", "extend_run",
-           "plan_phases", "train"]  # fmt: skip
+__all__ = ["TrainResult", "TrainingInterrupted", "train"]
 
 
 def train(
@@ -134,27 +124,17 @@ def _train(
     config: TrainConfig, run_dir: Path, reporter: Reporter, *, resume: bool, start_model: Path | None,
     distribution: Distribution,
 ) -> TrainResult:  # fmt: skip
-    import keras
-
-    # A fresh Keras state per run: the same seed gives the same initial weights whatever ran before
-    # in this process (a sweep runs many), and earlier runs' graphs are freed.
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed)
-    config = replace(config, mixed_precision=resolve_precision(config.mixed_precision))
-    spec = get_spec(config.backbone)
-    size = config.image_size or spec.default_size
-    phases = plan_phases(config)
+    plan_phases(config)  # a recipe that cannot be planned stops before the data set is read
     if config.warmup_epochs and config.lr_schedule == "plateau":
         raise UsageError("--warmup-epochs works with --lr-schedule constant or cosine, not plateau")
     if config.tensorboard:
         from scenecls.training.tensorboard import require_tensorboard
 
         require_tensorboard()
-    data = prepare_data(
-        data_source(config.data), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
-    )
-    _check_validation(config, data, reporter)
-    ledger = open_run(run_dir, config, data, size, resume, reporter, distribution)
+    context = start_run(config, reporter=reporter, distribution=distribution, run_dir=run_dir)
+    _check_validation(context)
+    ledger = open_run(context, resume)
+    phases = context.phases
     if ledger.state.phase > len(phases):
         raise SceneclsError(
             f"{run_dir / runs.STATE} is damaged: phase is {ledger.state.phase}, but the run has "
@@ -165,34 +145,31 @@ def _train(
         return train_result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
     if distribution.strategy is not None:
         reporter.log(distribution.describe(config.batch_size))
-        config = replace(config, batch_size=distribution.global_batch(config.batch_size))
+        global_batch = distribution.global_batch(context.config.batch_size)
+        context = replace(context, config=replace(context.config, batch_size=global_batch))
     reports: list[UnfreezeReport] = []
     # Every variable (model, optimizer, metrics) is the strategy's; every layer computes in the precision.
-    with distribution.scope(), dtype_policy(config.mixed_precision):
-        model, compiled = _initial_model(config, run_dir, data, size, resume, start_model, reporter)
-        backbone = find_backbone(model)
-        block_map = spec.block_map(backbone)
-        for phase in phases:
-            check_policy(block_map, phase.policy)
-        images = image_source(config, data, size, model)
+    with distribution.scope(), dtype_policy(context.config.mixed_precision):
+        learner = prepare_model(context, start_model, resume=resume)
+        images = image_source(learner)
         ledger.state.status, ledger.state.error = "running", None
         try:
             for index in range(ledger.state.phase, len(phases)):
-                reports.append(apply_unfreeze(backbone, block_map, phases[index].policy, model=model))
-                _run_phase(index, phases, model, backbone, reports[-1], images, ledger, config, data, size,
-                           compiled=compiled, reporter=reporter, distribution=distribution)  # fmt: skip
-                compiled = False
+                reports.append(learner.unfreeze(phases[index].policy))
+                _run_phase(learner, ledger, index, reports[-1], images)
+                learner.compiled = False
         except KeyboardInterrupt:
             record_interrupt(ledger)
             raise TrainingInterrupted(run_dir) from None
     if not distribution.chief:  # the chief tests, exports and reports the run
         ledger.state.status = "finished"
         return train_result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
-    return finish_run(run_dir, data, size, config, ledger, reports, reporter)
+    return finish_run(learner.context, ledger, reports)
 
 
-def _check_validation(config: TrainConfig, data: PreparedData, reporter: Reporter) -> None:
+def _check_validation(context: RunContext) -> None:
     """Refuse what chooses by validation when there are no validation images (``--val-split 0``)."""
+    config, data, reporter = context.config, context.data, context.reporter
     if data.validated:
         return
     watching = {"--patience": config.patience, "--lr-schedule plateau": config.lr_schedule == "plateau"}
@@ -209,28 +186,18 @@ def _check_validation(config: TrainConfig, data: PreparedData, reporter: Reporte
 
 
 def _run_phase(
-    index: int,
-    phases: list[Phase],
-    model,
-    backbone,
-    report: UnfreezeReport,
-    images: ImageSource,
-    ledger: Ledger,
-    config: TrainConfig,
-    data: PreparedData,
-    size: int,
-    *,
-    compiled: bool,
-    reporter: Reporter,
-    distribution: Distribution = OFF,
+    learner: Learner, ledger: Ledger, index: int, report: UnfreezeReport, images: ImageSource
 ) -> None:
     """One phase: compile, choose its epoch source, one ``fit`` over its epochs, then close it."""
+    context, model = learner.context, learner.model
+    config, data, reporter, phases = context.config, context.data, context.reporter, context.phases
+    distribution = context.distribution
     phase, state = phases[index], ledger.state
     done = state.phase_epoch if index == state.phase else 0
     resumed_head = index == state.phase and state.head_checkpoint
     if done >= phase.epochs and not resumed_head:
         return
-    if not (compiled and index == state.phase and done > 0):  # else: go on with the optimizer's state
+    if not (learner.compiled and index == state.phase and done > 0):  # else: go on with the optimizer's state
         compile_phase(model, phase, config, images.steps)
     elif not isinstance(schedule := learning_rate(phase, config, images.steps), int | float):
         # The saved schedule was planned for the phase's length then: a phase extended since (see
@@ -243,9 +210,7 @@ def _run_phase(
     )
     ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, first_epoch=state.epoch - done)
     ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
-    source, cache = epoch_source(
-        phase.policy, model, backbone, images, config, data, size, reporter, distribution, ledger.run_dir
-    )
+    source, cache = epoch_source(learner, phase.policy, images)
     if cache and phase.policy.frozen:
         state.feature_cache = cache
     elif cache:
@@ -255,7 +220,7 @@ def _run_phase(
     if config.ema and index == state.phase and (done > 0 or resumed_head):
         ema.swap(source.trainer.optimizer)  # a checkpoint holds the average in the model (see ema.py)
     total_epochs = state.epoch - done + sum(p.epochs for p in phases[index:])
-    callbacks = phase_callbacks(source, ledger, info, config, reporter, total_epochs)
+    callbacks = phase_callbacks(source, ledger, info, context, total_epochs)
     stopped_before = state.stopped_early
     weights = class_weights(data.train.labels, len(data.classes)) if config.class_weights else None
     distribution.prepare(source.trainer)
@@ -289,14 +254,10 @@ def _run_phase(
 
 
 def phase_callbacks(
-    source: EpochSource,
-    ledger: Ledger,
-    info: PhaseInfo,
-    config: TrainConfig,
-    reporter: Reporter,
-    total_epochs: int,
+    source: EpochSource, ledger: Ledger, info: PhaseInfo, context: RunContext, total_epochs: int
 ) -> list:
     """The phase's callbacks, in the order they must see each epoch's end (progress last)."""
+    config, reporter = context.config, context.reporter
     optimizer = source.trainer.optimizer
     callbacks = [*source.callbacks(), StopOnNonFiniteLoss(), HistoryRow(ledger, info, optimizer)]
     if config.patience:
@@ -315,28 +276,3 @@ def phase_callbacks(
         callbacks.append(TensorBoardLog(ledger, info, ledger.run_dir / LOGDIR))
     callbacks.append(BatchProgress(reporter, ledger, info, source.steps, total_epochs))
     return callbacks
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def _initial_model(config, run_dir, data, size, resume, start_model, reporter):
-    """(model, compiled): the last checkpoint, a model to fine-tune, or a new classifier."""
-    last = run_dir / runs.LAST
-    if resume and last.is_file():
-        reporter.log(f"Resuming from {last}")
-        return load_model(last, compile=True), True
-    if start_model is not None:
-        model = load_model(start_model)
-        check_compatible(model, data.classes, runs.model_classes(start_model, None), backbone=config.backbone)
-        saved = next(layer for layer in find_backbone(model).layers if layer.weights).dtype_policy.name
-        if saved != dtype_policy_name(config.mixed_precision):
-            reporter.warn(
-                f"{start_model} computes in {saved}; --mixed-precision {config.mixed_precision} applies "
-                f"to new models only, so this run computes as the model was saved"
-            )
-        return model, False
-    model = build_classifier(
-        config.backbone, len(data.classes), size=size, weights=config.weights, head=config.head
-    )
-    return model, False
