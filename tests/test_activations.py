@@ -22,6 +22,7 @@ from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir
 from scenecls.reporting import NullReporter
 from scenecls.training import activations
+from scenecls.training.cache_store import CacheInputs
 from scenecls.training.caches import list_entries
 from scenecls.training.sources import crop_resize, flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
@@ -97,10 +98,8 @@ def test_entries_are_built_reused_keyed_and_rebuilt_when_damaged(tmp_path, monke
     augment = AugmentConfig()
 
     def entry(cut_models=cut, copies=2, **kwargs):
-        return activations.load_or_build(
-            cut_models, inner, data.train, data.val, (32, 32), cache_root=cache, batch_size=4,
-            augment=augment, copies=copies, seed=0, **kwargs,
-        )  # fmt: skip
+        inputs = CacheInputs(data.train, data.val, (32, 32), 4, augment, copies, seed=0)
+        return activations.load_or_build(cut_models, inner, inputs, cache_root=cache, **kwargs)
 
     built = entry()
     assert not built.reused and built.train.dtype == np.float16 and isinstance(built.train, np.memmap)
@@ -123,9 +122,8 @@ def test_entries_are_built_reused_keyed_and_rebuilt_when_damaged(tmp_path, monke
     assert not entry(copies=1).reused
     _, _, lower_cut = _split("mobilenet_v2", 3)
     assert lower_cut.layer != cut.layer
-    assert (
-        activations.cache_key(inner, lower_cut, (32, 32), augment, 2, 0, data.train, data.val)[0] != built.key
-    )
+    inputs = CacheInputs(data.train, data.val, (32, 32), 4, augment, copies=2, seed=0)
+    assert activations.cache_key(inner, lower_cut, inputs)[0] != built.key
 
     # A damaged entry fails its checksum: rebuilt (with a warning), never used.
     with open(built.folder / "train.npy", "r+b") as handle:
@@ -180,10 +178,8 @@ def test_values_beyond_float16_after_the_first_batch_are_stored_as_float32(tmp_p
         def log(self, message: str) -> None:
             messages.append(message)
 
-    entry = activations.load_or_build(
-        cut, inner, data.train, data.val, (32, 32), cache_root=tmp_path / "cache", batch_size=4,
-        augment=AugmentConfig(), copies=1, seed=0, reporter=Recorder(),
-    )  # fmt: skip
+    inputs = CacheInputs(data.train, data.val, (32, 32), 4, AugmentConfig(), copies=1, seed=0)
+    entry = activations.load_or_build(cut, inner, inputs, cache_root=tmp_path / "cache", reporter=Recorder())
     assert entry.train.dtype == np.float32 and entry.scale == 1.0
     # The later batches, a trillion times the first, are kept (the first batch's scale would overflow).
     assert np.isfinite(entry.train).all() and np.abs(entry.read(entry.val)).max() > 1.0
@@ -212,10 +208,8 @@ def test_an_interrupted_build_leaves_nothing_and_an_abandoned_one_is_cleared(tmp
     os.utime(stale, (two_days_ago, two_days_ago))
 
     def build():
-        return activations.load_or_build(
-            cut, inner, data.train, data.val, (32, 32), cache_root=cache, batch_size=4,
-            augment=AugmentConfig(), copies=1, seed=0,
-        )  # fmt: skip
+        inputs = CacheInputs(data.train, data.val, (32, 32), 4, AugmentConfig(), copies=1, seed=0)
+        return activations.load_or_build(cut, inner, inputs, cache_root=cache)
 
     original = activations._fill
     calls = {"n": 0}

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from scenecls.classifier import build_classifier, find_backbone
-from scenecls.data.augment import AugmentConfig
+from scenecls.data.augment import AugmentConfig, augmented_copies
 from scenecls.data.layout import Split
 from scenecls.data.pipeline import make_dataset, prepare_data
 from scenecls.heads import HeadConfig
+from scenecls.training.cache_store import CacheInputs
 from scenecls.training.features import compute_features, head_model, load_or_compute
 from tests.conftest import write_class_folders
 
@@ -45,6 +46,11 @@ def data(tmp_path):
     return prepare_data(write_class_folders(tmp_path / "set", 6, size=40), val_split=0.3)
 
 
+def _inputs(train, val) -> CacheInputs:
+    """The images of an entry with no augmented copies, in batches of 8."""
+    return CacheInputs(train, val, SIZE, batch_size=8, augment=AugmentConfig(), copies=0, seed=0)
+
+
 def test_cached_features_give_the_same_outputs_as_images(model, data):
     features = compute_features(model, data.train, SIZE, batch_size=8)
     assert features.shape == (1, len(data.train), 768)
@@ -55,25 +61,26 @@ def test_cached_features_give_the_same_outputs_as_images(model, data):
 
 
 def test_augmented_copies_differ_from_the_plain_one(model, data):
-    features = compute_features(model, data.train, SIZE, batch_size=8, augment=AugmentConfig(), aug_copies=2)
+    layers = augmented_copies(AugmentConfig(), 2, 1)
+    features = compute_features(model, data.train, SIZE, batch_size=8, augmentations=layers)
     assert features.shape[0] == 3
     assert not np.allclose(features[0], features[1]) and not np.allclose(features[1], features[2])
 
 
 def test_cache_is_reused_and_rebuilt_when_data_or_files_change(model, data, tmp_path):
     backbone = find_backbone(model)
-    kwargs = dict(cache_root=tmp_path / "cache", batch_size=8, augment=AugmentConfig(), aug_copies=0, seed=0)
-    first = load_or_compute(model, backbone, data.train, data.val, SIZE, **kwargs)
+    kwargs = dict(cache_root=tmp_path / "cache")
+    first = load_or_compute(model, backbone, _inputs(data.train, data.val), **kwargs)
     assert not first.reused
     recorder = Recorder()
-    second = load_or_compute(model, backbone, data.train, data.val, SIZE, reporter=recorder, **kwargs)
+    second = load_or_compute(model, backbone, _inputs(data.train, data.val), reporter=recorder, **kwargs)
     assert second.reused and second.key == first.key
     assert any("reusing" in line for line in recorder.logs)
     np.testing.assert_array_equal(first.train, second.train)
 
     # Another image in the training split: another key, computed afresh.
     fewer = Split(data.train.paths[1:], data.train.labels[1:])
-    third = load_or_compute(model, backbone, fewer, data.val, SIZE, **kwargs)
+    third = load_or_compute(model, backbone, _inputs(fewer, data.val), **kwargs)
     assert not third.reused and third.key != first.key and third.train.shape[1] == len(fewer)
 
     # A damaged cache file is detected and rebuilt, never used.
@@ -82,17 +89,17 @@ def test_cache_is_reused_and_rebuilt_when_data_or_files_change(model, data, tmp_
     raw[-4:] = b"\xff\xff\xff\xff"
     entry.write_bytes(bytes(raw))
     recorder = Recorder()
-    fourth = load_or_compute(model, backbone, data.train, data.val, SIZE, reporter=recorder, **kwargs)
+    fourth = load_or_compute(model, backbone, _inputs(data.train, data.val), reporter=recorder, **kwargs)
     assert not fourth.reused and recorder.warnings
     np.testing.assert_allclose(fourth.train, first.train, atol=1e-6)
 
 
 def test_other_backbone_weights_mean_another_key(data, tmp_path):
-    kwargs = dict(cache_root=tmp_path / "cache", batch_size=8, augment=AugmentConfig(), aug_copies=0, seed=0)
+    kwargs = dict(cache_root=tmp_path / "cache")
     a = build_classifier("mobilenet_v2", 3, size=32, weights=None)
     b = build_classifier("mobilenet_v2", 3, size=32, weights=None)  # other random weights
-    key_a = load_or_compute(a, find_backbone(a), data.train, data.val, SIZE, **kwargs).key
-    key_b = load_or_compute(b, find_backbone(b), data.train, data.val, SIZE, **kwargs).key
+    key_a = load_or_compute(a, find_backbone(a), _inputs(data.train, data.val), **kwargs).key
+    key_b = load_or_compute(b, find_backbone(b), _inputs(data.train, data.val), **kwargs).key
     assert key_a != key_b
 
 

@@ -33,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scenecls.data.augment import AugmentConfig, augmented_copies
-from scenecls.data.layout import Split
+from scenecls.data.augment import augmented_copies
 from scenecls.errors import DataError
 from scenecls.files import (
     UNWRITABLE,
@@ -43,6 +42,7 @@ from scenecls.files import (
 )
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import cache_store
+from scenecls.training.cache_store import CacheInputs
 from scenecls.training.features import weights_sha256
 from scenecls.unfreeze import UnfreezePolicy
 
@@ -104,10 +104,9 @@ def split_classifier(model, backbone, index: int) -> CutModels:
     return CutModels(first.name, lower, upper, tuple(backbone.layers[:index]))
 
 
-def cache_key(
-    backbone, cut: CutModels, size: tuple[int, int], augment: AugmentConfig, copies: int, seed: int,
-    train: Split, val: Split,
-) -> tuple[str, dict]:  # fmt: skip
+def cache_key(backbone, cut: CutModels, inputs: CacheInputs) -> tuple[str, dict]:
+    """The entry's key and the fields it hashes: everything the activations at ``cut`` depend on."""
+    augment = inputs.augment
     augmented = augment.enabled
     fields = {
         "version": CACHE_VERSION,
@@ -115,12 +114,12 @@ def cache_key(
         "cut": cut.layer,
         # the frozen part's weights: the same weights give the same activations
         "weights": weights_sha256(w for layer in cut.lower_layers for w in layer.weights),
-        "size": list(size),
+        "size": list(inputs.size),
         "augment": augment.to_dict() if augmented else None,
-        "copies": copies if augmented else 1,
-        "seed": seed if augmented else None,
-        "train": train.digest(),
-        "val": val.digest(),
+        "copies": inputs.copies if augmented else 1,
+        "seed": inputs.seed if augmented else None,
+        "train": inputs.train.digest(),
+        "val": inputs.val.digest(),
         "dtype": np.dtype(STORED_DTYPE).name,
     }
     compute = backbone.dtype_policy.name
@@ -163,27 +162,19 @@ def storage_scale(sample: np.ndarray) -> float:
 def load_or_build(
     cut: CutModels,
     backbone,
-    train: Split,
-    val: Split,
-    size: tuple[int, int],
+    inputs: CacheInputs,
     *,
     cache_root: Path,
-    batch_size: int,
-    augment: AugmentConfig,
-    copies: int,
-    seed: int,
     reporter: Reporter | None = None,
     build: bool = True,
-    augmentations: list | None = None,
 ) -> CachedActivations | None:
     """The entry for this cut from ``cache_root``, or (with ``build``) computed and written there.
 
     Without ``build`` a missing entry gives None (a worker of a cluster looks for the chief's entry).
-    ``augmentations``: one layer per copy, when made beforehand (see
-    :func:`~scenecls.data.augment.augmented_copies`); by default made here.
     """
     reporter = reporter or NullReporter()
-    key, fields = cache_key(backbone, cut, size, augment, copies, seed, train, val)
+    train, val = inputs.train, inputs.val
+    key, fields = cache_key(backbone, cut, inputs)
     folder = cache_root / "activations" / key
     stored = _open(folder, fields, len(train), len(val), cut.shape)
     if stored is not None:
@@ -203,12 +194,13 @@ def load_or_build(
         check_free_space("the activation cache", size_bytes, folder.parent)
     except DataError as exc:
         raise CacheUnavailable(str(exc)) from None
+    augmentations = inputs.augmentations
     if augmentations is None:
-        augmentations = augmented_copies(augment, fields["copies"], seed + 1)
+        augmentations = augmented_copies(inputs.augment, fields["copies"], inputs.seed + 1)
     if not fields["augment"]:
         augmentations = [None] * fields["copies"]
     try:
-        _build(folder, fields, cut, train, val, size, batch_size, augmentations, reporter)
+        _build(folder, fields, cut, inputs, augmentations, reporter)
     except OSError as exc:  # a full disk, a file-size limit, a read-only cache: go on without it
         if exc.errno not in UNWRITABLE:
             raise
@@ -229,13 +221,12 @@ def entry_bytes(copies: int, n_train: int, n_val: int, shape: tuple[int, ...]) -
 
 
 def _build(
-    folder: Path, fields: dict, cut: CutModels, train: Split, val: Split, size: tuple[int, int],
-    batch_size: int, augmentations: list, reporter: Reporter,
-) -> None:  # fmt: skip
+    folder: Path, fields: dict, cut: CutModels, inputs: CacheInputs, augmentations: list, reporter: Reporter
+) -> None:
     from scenecls.classifier import inference_function
     from scenecls.models.folding import for_inference
 
-    copies = fields["copies"]
+    copies, train, val, batch_size = fields["copies"], inputs.train, inputs.val, inputs.batch_size
     forward = inference_function(for_inference(cut.lower, images=copies * len(train) + len(val)), batch_size)
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
@@ -246,9 +237,7 @@ def _build(
                 staging = cache_store.start(folder)
                 task.update(completed=0)
                 try:
-                    scale = _write_arrays(
-                        staging, dtype, cut.shape, forward, train, val, size, batch_size, augmentations, task
-                    )
+                    scale = _write_arrays(staging, dtype, cut.shape, forward, inputs, augmentations, task)
                     break
                 except _Overflow:
                     reporter.log(
@@ -264,12 +253,13 @@ class _Overflow(Exception):
 
 
 def _write_arrays(
-    staging: Path, dtype, shape: tuple[int, ...], forward, train: Split, val: Split, size: tuple[int, int],
-    batch_size: int, augmentations: list, task,
-) -> float:  # fmt: skip
+    staging: Path, dtype, shape: tuple[int, ...], forward, inputs: CacheInputs, augmentations: list, task
+) -> float:
     """Fill ``train.npy`` (a copy per augmentation) and ``val.npy`` in ``staging``; the scale they are
     stored at."""
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
+
+    train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
 
     train_store = np.lib.format.open_memmap(
         staging / "train.npy", mode="w+", dtype=dtype, shape=(len(augmentations), len(train), *shape)

@@ -16,15 +16,37 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scenecls.files import STAGING_MARKER, file_sha256, make_staging, remove_abandoned, staging_path
+
+if TYPE_CHECKING:
+    from scenecls.data.augment import AugmentConfig
+    from scenecls.data.layout import Split
 
 BUILDING = "building"  # the staging kind of a build
 META = "meta.json"
 ARRAYS = ("train.npy", "val.npy")
 ENTRY_FILES = frozenset({META, *ARRAYS})  # all an entry holds
+
+
+@dataclass(frozen=True)
+class CacheInputs:
+    """What an entry is computed from, besides the model: the images of both splits at one size, the
+    batch they are computed in, and the augmented copies of the training images (``copies`` of them,
+    drawn from ``augment`` with ``seed``; ``augmentations`` their layers when made beforehand, so that
+    several processes make the same ones). A run's context gives them (see ``sources.py``)."""
+
+    train: Split
+    val: Split
+    size: tuple[int, int]
+    batch_size: int
+    augment: AugmentConfig
+    copies: int
+    seed: int
+    augmentations: list | None = field(default=None, compare=False)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scenecls.data.augment import AugmentConfig, augmented_copies
+from scenecls.data.augment import augmented_copies
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
 from scenecls.files import (
@@ -31,6 +31,7 @@ from scenecls.files import (
 )
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import cache_store
+from scenecls.training.cache_store import CacheInputs
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 POOL_LAYER = "head_pool"
@@ -61,25 +62,19 @@ def weights_sha256(weights) -> str:
     return digest.hexdigest()[:20]
 
 
-def cache_key(
-    backbone,
-    size: tuple[int, int],
-    augment: AugmentConfig,
-    aug_copies: int,
-    seed: int,
-    train: Split,
-    val: Split,
-) -> tuple[str, dict]:
+def cache_key(backbone, inputs: CacheInputs) -> tuple[str, dict]:
+    """The entry's key and the fields it hashes: everything the features depend on."""
+    augment, aug_copies, seed = inputs.augment, inputs.copies, inputs.seed
     fields = {
         "version": CACHE_VERSION,
         "backbone": backbone.name,
         "weights": backbonefile_sha256(backbone),
-        "size": list(size),
+        "size": list(inputs.size),
         "augment": augment.to_dict() if aug_copies else None,
         "aug_copies": aug_copies,
         "seed": seed if aug_copies else None,
-        "train": train.digest(),
-        "val": val.digest(),
+        "train": inputs.train.digest(),
+        "val": inputs.val.digest(),
     }
     compute = backbone.dtype_policy.name  # mixed precision gives other features than float32
     if compute != "float32":
@@ -129,28 +124,23 @@ def compute_features(
     size: tuple[int, int],
     *,
     batch_size: int = 32,
-    augment: AugmentConfig | None = None,
-    aug_copies: int = 0,
-    seed: int = 0,
+    augmentations: list | tuple = (),
     reporter: Reporter | None = None,
     forward=None,
-    augmentations: list | None = None,
 ) -> np.ndarray:
-    """``(aug_copies + 1, n, d)`` features: copy 0 of the images as they are, then augmented copies.
+    """``(len(augmentations) + 1, n, d)`` features: copy 0 of the images as they are, then one copy per
+    augmentation (its layer; see :func:`~scenecls.data.augment.augmented_copies`).
 
     ``forward`` (images -> features, see :func:`extractor`) can be shared by several splits, so that
-    it is traced once. ``augmentations``: the copies' layers, when made beforehand (see
-    :func:`~scenecls.data.augment.augmented_copies`); by default made here.
+    it is traced once.
     """
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
     reporter = reporter or NullReporter()
-    forward = forward or extractor(classifier, batch_size, images=len(split) * (aug_copies + 1))
+    forward = forward or extractor(classifier, batch_size, images=len(split) * (len(augmentations) + 1))
     copies = []
     steps = -(-len(split) // batch_size)
-    task = reporter.task("Caching features", total=steps * (aug_copies + 1), unit="batches")
-    if augmentations is None:
-        augmentations = augmented_copies(augment, aug_copies, seed + 1) if augment else [None] * aug_copies
+    task = reporter.task("Caching features", total=steps * (len(augmentations) + 1), unit="batches")
     try:
         for layers in [None, *augmentations]:
             dataset = make_dataset(split, size, batch_size, augment=layers, drop_unreadable=False)
@@ -168,23 +158,17 @@ def compute_features(
 def load_or_compute(
     classifier,
     backbone,
-    train: Split,
-    val: Split,
-    size: tuple[int, int],
+    inputs: CacheInputs,
     *,
     cache_root: Path,
-    batch_size: int,
-    augment: AugmentConfig,
-    aug_copies: int,
-    seed: int,
     reporter: Reporter | None = None,
     publish: bool = True,
-    augmentations: list | None = None,
 ) -> CachedFeatures:
     """The entry for these images and this backbone from ``cache_root``, or computed and (with
-    ``publish``) written there for the next run; ``augmentations`` as for :func:`compute_features`."""
+    ``publish``) written there for the next run."""
     reporter = reporter or NullReporter()
-    key, fields = cache_key(backbone, size, augment, aug_copies, seed, train, val)
+    train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
+    key, fields = cache_key(backbone, inputs)
     folder = cache_root / "features" / key
     cached = _read(folder, fields, len(train), len(val))
     if cached is not None:
@@ -196,10 +180,13 @@ def load_or_compute(
     if folder.exists() and publish:
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    forward = extractor(classifier, batch_size, images=len(train) * (aug_copies + 1) + len(val))
+    augmentations = inputs.augmentations
+    if augmentations is None:
+        augmentations = augmented_copies(inputs.augment, inputs.copies, inputs.seed + 1)
+    forward = extractor(classifier, batch_size, images=len(train) * (inputs.copies + 1) + len(val))
     train_features = compute_features(
-        classifier, train, size, batch_size=batch_size, augment=augment, aug_copies=aug_copies, seed=seed,
-        reporter=reporter, forward=forward, augmentations=augmentations,
+        classifier, train, size, batch_size=batch_size, augmentations=augmentations, reporter=reporter,
+        forward=forward,
     )  # fmt: skip
     val_features = (
         compute_features(classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward)[0]

@@ -26,8 +26,9 @@ from scenecls.data.mixing import Mixing, mix_batches, one_hot_labels
 from scenecls.data.pipeline import make_dataset
 from scenecls.paths import cache_dir
 from scenecls.training.activations import CachedActivations, CutModels
+from scenecls.training.cache_store import CacheInputs
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
-from scenecls.training.context import Learner
+from scenecls.training.context import Learner, RunContext
 from scenecls.training.features import CachedFeatures, head_model
 from scenecls.unfreeze import UnfreezePolicy
 
@@ -272,7 +273,7 @@ def epoch_source(
     shared filesystem) or, not finding it, compute it for themselves without publishing it.
     """
     context, model, backbone = learner.context, learner.model, learner.backbone
-    config, data, size, reporter = context.config, context.data, context.size, context.reporter
+    config, reporter = context.config, context.reporter
     distribution, run_dir = context.distribution, context.run_dir
     if not config.feature_cache:
         return images, None
@@ -284,15 +285,13 @@ def epoch_source(
     if index is None or config.mixing.on or not config.finetune_copies:
         return images, None
     cut = activations.split_classifier(model, backbone, index)
-    augmentations = augmented_copies(config.augment, config.finetune_copies, config.seed + 1)
+    inputs = _cache_inputs(context, config.finetune_copies)
 
     def cached(root: Path, build: bool):
         try:
             return activations.load_or_build(
-                cut, backbone, data.train, data.val, (size, size), cache_root=root,
-                batch_size=config.batch_size, augment=config.augment, copies=config.finetune_copies,
-                seed=config.seed, reporter=reporter, build=build, augmentations=augmentations,
-            )  # fmt: skip
+                cut, backbone, inputs, cache_root=root, reporter=reporter, build=build
+            )
         except activations.CacheUnavailable as exc:
             reporter.warn(f"{exc}; fine-tuning on images instead")
             return None
@@ -315,17 +314,15 @@ def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
     from scenecls.training.features import load_or_compute
 
     context, model, backbone = learner.context, learner.model, learner.backbone
-    config, data, size, reporter = context.config, context.data, context.size, context.reporter
+    config, reporter = context.config, context.reporter
     distribution = context.distribution
 
-    augmentations = augmented_copies(config.augment, config.cache_aug, config.seed + 1)
+    inputs = _cache_inputs(context, config.cache_aug)
 
     def features(publish: bool):
         return load_or_compute(
-            model, backbone, data.train, data.val, (size, size), cache_root=cache_dir(),
-            batch_size=config.batch_size, augment=config.augment, aug_copies=config.cache_aug,
-            seed=config.seed, reporter=reporter, publish=publish, augmentations=augmentations,
-        )  # fmt: skip
+            model, backbone, inputs, cache_root=cache_dir(), reporter=reporter, publish=publish
+        )
 
     if distribution.chief:
         cached = features(publish=True)
@@ -337,3 +334,20 @@ def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
         model, cached, batch_size=config.batch_size, seed=config.seed, mixing=config.mixing
     )
     return source, "reused" if cached.reused else "built"
+
+
+def _cache_inputs(context: RunContext, copies: int) -> CacheInputs:
+    """What a cache entry of this run is computed from; its augmentation layers are made here, up front
+    (see :func:`~scenecls.data.augment.augmented_copies`)."""
+    config, data, size = context.config, context.data, context.size
+    augmentations = augmented_copies(config.augment, copies, config.seed + 1)
+    return CacheInputs(
+        data.train,
+        data.val,
+        (size, size),
+        config.batch_size,
+        config.augment,
+        copies,
+        config.seed,
+        augmentations,
+    )
