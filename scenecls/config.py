@@ -1,7 +1,10 @@
 """Every option of a training run in one place, with the seed's recipe as defaults.
 
-A run's ``config.json`` is this dataclass (plus what was found at run time: versions, data
-fingerprint), so a run can be resumed or repeated exactly from its folder.
+Each field that the command line sets declares there its help and the range of values it takes
+(:func:`~scenecls.option.option_field`); ``scenecls.cli.options`` makes the click options from them,
+so a default, a range or a help text is written once, here. A run's ``config.json`` is this
+dataclass (plus what was found at run time: versions, data fingerprint), so a run can be resumed or
+repeated exactly from its folder.
 """
 
 from __future__ import annotations
@@ -13,49 +16,112 @@ from typing import Any
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.mixing import Mixing
 from scenecls.heads import HeadConfig
+from scenecls.option import Option, declared_option, option_field
 
 LR_SCHEDULES = ("constant", "cosine", "plateau")
+MAP_AUGMENTATIONS = ("flip", "crop")  # what --finetune-map-aug may name, in the order they apply
+
+
+def option_of(name: str) -> tuple[Option, Any]:
+    """The command-line :class:`~scenecls.option.Option` of config field ``name``, and its default."""
+    return declared_option(TrainConfig, name)
 
 
 @dataclass
 class TrainConfig:
     data: str | None = None  # None: the data set fetch-data placed
-    backbone: str = "xception"  # the seed's best: 94.28 % with 3 dense layers and 5 blocks
-    weights: str = "imagenet"
-    image_size: int | None = None  # None: the backbone's default
-    dense: int = 3
-    units: int = 64
-    dropout: float = 0.3
-    unfreeze: str = "5"  # blocks, "all", or a progressive schedule "1,3,5"
-    unfreeze_layers: int | None = None  # instead of blocks: the last K layers
-    epochs: int = 10  # phase 1, frozen backbone
-    lr: float = 1e-3
-    batch_size: int = 32
-    finetune_epochs: int = 10  # each fine-tuning stage
+    # The seed's best: 94.28 % with 3 dense layers and 5 blocks.
+    backbone: str = option_field("xception", kind="backbone")
+    weights: str = option_field("imagenet", "imagenet, none, or a weights file.")
+    image_size: int | None = option_field(None, "Input size  [default: the backbone's]", kind="int", low=16)
+    dense: int = option_field(3, "Hidden dense layers in the head.", kind="int", low=0)
+    units: int = option_field(64, kind="int", low=1)
+    dropout: float = option_field(0.3, kind="float", low=0, high=1, high_open=True)
+    unfreeze: str = option_field(  # blocks, "all", or a progressive schedule "1,3,5"
+        "5", "Blocks to fine-tune: N, all, or stages like 1,3,5; 0 = frozen backbone only."
+    )
+    unfreeze_layers: int | None = option_field(
+        None, "Fine-tune the last K layers instead of blocks.", kind="int", low=1
+    )
+    epochs: int = option_field(10, "Phase 1 epochs (frozen backbone).", kind="int", low=0)
+    lr: float = option_field(1e-3, kind="rate")
+    batch_size: int = option_field(32, kind="int", low=1, short="-b")
+    finetune_epochs: int = option_field(10, "Epochs of each fine-tuning stage.", kind="int", low=0)
     # Chosen by measurement (benchmarks/README.md, "The fine-tuning rate and its schedule"): the seed's
     # constant 1e-4 scored 0.5 points lower on each of five seeds; cosine from 2e-4 averages 1e-4.
-    finetune_lr: float = 2e-4
-    lr_schedule: str = "cosine"
-    warmup_epochs: int = 0  # each phase's rate rises linearly from 0 over these epochs
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0: off
-    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0: off
-    ema: float = 0.0  # momentum of the weights' moving average that is validated and saved; 0: off
+    finetune_lr: float = option_field(2e-4, kind="rate")
+    lr_schedule: str = option_field(
+        "cosine",
+        "cosine: decay to 0 over each phase; plateau: x0.2 after 2 epochs without a better val loss.",
+        kind="choice",
+        choices=LR_SCHEDULES,
+    )
+    warmup_epochs: int = option_field(
+        0, "Raise each phase's rate linearly from 0 over this many epochs.", kind="int", low=0
+    )
+    label_smoothing: float = option_field(
+        0.0,
+        "Smooth the targets: 1 - S + S/k for the true class, S/k for the others.",
+        kind="float", low=0, high=1, high_open=True,
+    )  # fmt: skip
+    mixup: float = option_field(  # MixUp's Beta(alpha, alpha)
+        0.0, "MixUp: blend pairs of images and labels by Beta(ALPHA, ALPHA); 0 = off.",
+        kind="float", low=0, high=100, metavar="ALPHA",
+    )  # fmt: skip
+    cutmix: float = option_field(  # CutMix's Beta(alpha, alpha)
+        0.0,
+        "CutMix: paste a box of another image, labels by area; 0 = off. With --mixup, each batch uses "
+        "one of the two.",
+        kind="float", low=0, high=100, metavar="ALPHA",
+    )  # fmt: skip
+    ema: float = option_field(  # momentum of the weights' moving average that is validated and saved
+        0.0,
+        "Validate and save a moving average of the weights (--ema alone: momentum 0.99); 0 = off.",
+        kind="float", low=0, high=1, high_open=True, metavar="[MOMENTUM]", flag_value=0.99,
+        show_default=False,
+    )  # fmt: skip
     mixed_precision: str = "auto"  # auto, off, bfloat16, float16; a run records what auto resolved to
     jit: str = "auto"  # XLA: auto (Keras's: on GPUs only), on, off
-    patience: int | None = None  # early stopping on val accuracy; None: off
-    val_split: float = 0.2
-    seed: int = 0
+    patience: int | None = option_field(
+        None,
+        "Stop a phase after this many epochs without a better val accuracy; the best weights are restored.",
+        kind="int", low=1,
+    )  # fmt: skip
+    val_split: float = option_field(
+        0.2,
+        "Fraction held out for validation when there is no val/ folder; 0 trains on every image, the "
+        "last epoch being the model.",
+        kind="float", low=0, high=1, high_open=True,
+    )  # fmt: skip
+    seed: int = option_field(0, kind="int")
     split_seed: int | None = None  # the validation split's seed; None: seed. finetune keeps its parent's
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    class_weights: bool = False
-    cache_images: bool = False  # keep decoded images in memory after the first epoch
+    class_weights: bool = option_field(False, "Weight the loss to balance unequal classes.", kind="flag")
+    cache_images: bool = option_field(  # keep decoded images in memory after the first epoch
+        False, "Keep decoded images in memory (RAM permitting).", kind="flag"
+    )
     feature_cache: bool = True  # cached features (phase 1) and activations (fine-tuning); see training/
-    cache_aug: int = 0  # augmented copies per image in the feature cache, besides the image itself
-    finetune_copies: int = 2  # augmented copies per image in the fine-tuning activation cache
-    finetune_map_aug: str = "none"  # "flip", "crop" or "flip,crop": cached activation maps changed each epoch
+    cache_aug: int = option_field(
+        0, "Augmented copies per image in the feature cache, besides the image itself.", kind="int", low=0
+    )
+    finetune_copies: int = option_field(
+        2,
+        "Augmented copies of each training image whose activations below the unfrozen blocks are cached "
+        "for fine-tuning (epoch e trains on copy e mod K); 0 = fine-tune on images, freshly augmented "
+        "every epoch.",
+        kind="int", low=0,
+    )  # fmt: skip
+    finetune_map_aug: str = option_field(  # cached activation maps changed each epoch
+        "none",
+        "Change the cached activation maps in every fine-tuning epoch, for more variety from the same "
+        "copies: flip (half of them mirrored left-right), crop (a random 80-100 % window resized back), "
+        "both as flip,crop, or none.",
+        kind="map_aug",
+    )
     parent: str | None = None  # the run a fine-tuning run started from
-    tensorboard: bool = False  # TensorBoard logs in the run folder
+    tensorboard: bool = option_field(
+        False, "TensorBoard logs in the run folder (see them with: tensorboard --logdir runs).", kind="flag"
+    )
     export_tflite: bool = True  # best.tflite beside best.keras when the run ends (fast predict)
     last_phase_epochs: int | None = None  # set when a finished run is extended: its last phase's length
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from scenecls.cli.options import option
 from scenecls.cli.output import Output, format_option, project_option
-from scenecls.cli.train import DEFAULTS, _backbone_choice
 from scenecls.cli.types import rate_type
 
 
@@ -25,13 +25,13 @@ from scenecls.cli.types import rate_type
 @click.option(
     "--data", type=click.Path(path_type=Path), help="Data set  [default: the run's, or fetch-data's]"
 )
-@click.option("--backbone", type=_backbone_choice(), default=DEFAULTS.backbone, show_default=True)
-@click.option("--weights", default=DEFAULTS.weights, show_default=True, help="imagenet, none, or a file.")
-@click.option("--image-size", type=click.IntRange(16), default=None)
-@click.option("--dense", type=click.IntRange(0), default=DEFAULTS.dense, show_default=True)
-@click.option("--unfreeze", default=DEFAULTS.unfreeze, show_default=True, help="Blocks for --phase finetune.")
-@click.option("--batch-size", "-b", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True)
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@option("backbone")
+@option("weights", help="imagenet, none, or a file.")
+@option("image_size", help=None)
+@option("dense", help=None)
+@option("unfreeze", help="Blocks for --phase finetune.")
+@option("batch_size")
+@option("seed")
 @click.option("--start-lr", type=rate_type(), default=1e-7, show_default=True)
 @click.option("--end-lr", type=rate_type(), default=1.0, show_default=True)
 @click.option("--steps", type=click.IntRange(10), default=100, show_default=True, help="Batches to try.")

@@ -6,14 +6,9 @@ from pathlib import Path
 
 import click
 
+from scenecls.cli.options import cache_options, config_from_options, recipe_options, run_options
 from scenecls.cli.output import Output
-from scenecls.cli.train import (
-    cache_options,
-    choose_distribution,
-    config_from_options,
-    recipe_options,
-    run_options,
-)
+from scenecls.cli.train import choose_distribution
 
 
 def _csv_list(value: str) -> list[str]:
@@ -85,17 +80,7 @@ def sweep(
     from scenecls.errors import UsageError
     from scenecls.training import sweep as sweeps
 
-    try:
-        dense_values = [int(d) for d in _csv_list(dense)]
-    except ValueError:
-        dense_values = None
-    if dense_values is None or any(d < 0 for d in dense_values):
-        raise UsageError(f"--dense takes numbers of 0 or more like 0,1,2,3; got {dense!r}")
-    points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values, _seeds(seeds))
-    if seeds is not None and click.get_current_context().get_parameter_source("seed").name != "DEFAULT":
-        raise UsageError("give --seeds or --seed, not both")
-    if ensembles and not sweeps.seed_groups(points):
-        raise UsageError("--ensemble joins the seeds of each recipe: give --seeds with two or more seeds")
+    points = _grid(backbones, unfreeze, dense, seeds, ensembles)
     base = config_from_options(data, no_augment, no_cache, options)
     base.export_tflite = False  # export the runs you keep: scenecls export RUN
     folder = project / (name or "sweep")
@@ -138,6 +123,25 @@ def sweep(
     _render(out, rows, fmt, f"Sweep results ({folder})")
     if not ensembles:
         _suggest_ensembles(out, folder, points)
+
+
+def _grid(backbones: str, unfreeze: str, dense: str, seeds: str | None, ensembles: bool) -> list:
+    """The grid's points from the list options, each checked."""
+    from scenecls.errors import UsageError
+    from scenecls.training import sweep as sweeps
+
+    try:
+        dense_values = [int(d) for d in _csv_list(dense)]
+    except ValueError:
+        dense_values = None
+    if dense_values is None or any(d < 0 for d in dense_values):
+        raise UsageError(f"--dense takes numbers of 0 or more like 0,1,2,3; got {dense!r}")
+    points = sweeps.grid(_csv_list(backbones), _csv_list(unfreeze), dense_values, _seeds(seeds))
+    if seeds is not None and click.get_current_context().get_parameter_source("seed").name != "DEFAULT":
+        raise UsageError("give --seeds or --seed, not both")
+    if ensembles and not sweeps.seed_groups(points):
+        raise UsageError("--ensemble joins the seeds of each recipe: give --seeds with two or more seeds")
+    return points
 
 
 def _seeds(value: str | None) -> list[int] | None:

@@ -2,87 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
 
-from scenecls.cli.output import (
-    Output,
-    accuracy_cell,
-    check_fail_under,
-    fail_under_option,
-    format_option,
-    precision_options,
-    project_option,
+from scenecls.cli.options import (
+    augment_from_options,
+    backbone_choice,
+    cache_options,
+    config_from_options,
+    finetune_augment_options,
+    finetune_cache_options,
+    option,
+    recipe_options,
+    run_options,
 )
-from scenecls.cli.types import FiniteFloatRange, rate_type
-from scenecls.config import LR_SCHEDULES, TrainConfig
-from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig
-from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
-
-DEFAULTS = TrainConfig()
-
-
-def _backbone_choice() -> click.Choice:
-    from scenecls.models.registry import backbone_names
-
-    return click.Choice(backbone_names())
-
-
-def _add_options(func, options: list):
-    """``func`` with ``options`` added, listed by ``--help`` in their order."""
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def run_options(func):
-    """Options shared by train and finetune: where runs go and how results print."""
-    return _add_options(
-        func,
-        [
-            project_option(),
-            click.option("--name", default=None, help="Run folder name; a number is added when taken."),
-            click.option(
-                "--batch-size", "-b", type=click.IntRange(1), default=DEFAULTS.batch_size, show_default=True
-            ),
-            click.option(
-                "--patience",
-                type=click.IntRange(1),
-                default=None,
-                help="Stop a phase after this many epochs without a better val accuracy; "
-                "the best weights are restored.",
-            ),
-            click.option(
-                "--lr-schedule",
-                type=click.Choice(LR_SCHEDULES),
-                default=DEFAULTS.lr_schedule,
-                show_default=True,
-                help="cosine: decay to 0 over each phase; plateau: x0.2 after "
-                "2 epochs without a better val loss.",
-            ),
-            click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
-            click.option(
-                "--cache-images", is_flag=True, help="Keep decoded images in memory (RAM permitting)."
-            ),
-            click.option(
-                "--tensorboard",
-                is_flag=True,
-                help="TensorBoard logs in the run folder (see them with: tensorboard --logdir runs).",
-            ),
-            precision_options,
-            click.option(
-                "--distribute",
-                type=click.Choice(DISTRIBUTE_MODES),
-                default="auto",
-                show_default=True,
-                help="tf.distribute: mirrored = this machine's GPUs, multiworker = the cluster TF_CONFIG "
-                "names; auto picks one of them when there are several GPUs or a cluster.",
-            ),
-            format_option("table", "json"),
-        ],
-    )
+from scenecls.cli.output import Output, accuracy_cell, check_fail_under, fail_under_option
+from scenecls.config import TrainConfig
 
 
 def choose_distribution(out: Output, mode: str):
@@ -96,256 +32,11 @@ def choose_distribution(out: Output, mode: str):
     return distribution
 
 
-class MapAugment(click.ParamType):
-    """``none`` or a comma list of ``flip`` and ``crop``, in that order."""
-
-    name = "none|flip|crop|flip,crop"
-
-    def convert(self, value, param, ctx):
-        parts = [p.strip() for p in str(value).split(",") if p.strip()]
-        if parts in (["none"], []):
-            return "none"
-        unknown = [p for p in parts if p not in MAP_AUGMENTATIONS]
-        if unknown:
-            self.fail(f"{', '.join(unknown)} is not one of none, flip, crop", param, ctx)
-        return ",".join(m for m in MAP_AUGMENTATIONS if m in parts)
-
-
-MAP_AUGMENTATIONS = ("flip", "crop")
-
-
-def finetune_cache_options(func):
-    """The caches' switch and the fine-tuning activation cache's copies: for every command that fine-tunes."""
-    return _add_options(
-        func,
-        [
-            click.option(
-                "--no-cache",
-                "no_cache",
-                is_flag=True,
-                help="Train on images every epoch: no cached backbone features (phase 1) and no cached "
-                "activations below the unfrozen blocks (fine-tuning).",
-            ),
-            click.option(
-                "--finetune-copies",
-                type=click.IntRange(0),
-                default=DEFAULTS.finetune_copies,
-                show_default=True,
-                help="Augmented copies of each training image whose activations below the unfrozen "
-                "blocks are cached for fine-tuning (epoch e trains on copy e mod K); 0 = fine-tune on "
-                "images, freshly augmented every epoch.",
-            ),
-            click.option(
-                "--finetune-map-aug",
-                type=MapAugment(),
-                default=DEFAULTS.finetune_map_aug,
-                show_default=True,
-                help="Change the cached activation maps in every fine-tuning epoch, for more variety "
-                "from the same copies: flip (half of them mirrored left-right), crop (a random 80-100 % "
-                "window resized back), both as flip,crop, or none.",
-            ),
-        ],
-    )
-
-
-def cache_options(func):
-    """The caches' options for train and sweep, whose runs have a phase 1 as well."""
-    func = click.option(
-        "--cache-aug",
-        type=click.IntRange(0),
-        default=DEFAULTS.cache_aug,
-        show_default=True,
-        help="Augmented copies per image in the feature cache, besides the image itself.",
-    )(func)
-    return finetune_cache_options(func)
-
-
-def recipe_options(func):
-    """The recipe's options shared by train and sweep: data, weights, head sizes, epochs, rates."""
-    return _add_options(
-        func,
-        [
-            click.option(
-                "--data",
-                type=click.Path(path_type=Path),
-                help="Data set folder or CSV  [default: the fetch-data set]",
-            ),
-            click.option(
-                "--weights",
-                default=DEFAULTS.weights,
-                show_default=True,
-                help="imagenet, none, or a weights file.",
-            ),
-            click.option(
-                "--image-size",
-                type=click.IntRange(16),
-                default=None,
-                help="Input size  [default: the backbone's]",
-            ),
-            click.option("--units", type=click.IntRange(1), default=DEFAULTS.units, show_default=True),
-            click.option(
-                "--dropout",
-                type=FiniteFloatRange(0, 1, max_open=True),
-                default=DEFAULTS.dropout,
-                show_default=True,
-            ),
-            click.option(
-                "--epochs",
-                type=click.IntRange(0),
-                default=DEFAULTS.epochs,
-                show_default=True,
-                help="Phase 1 epochs (frozen backbone).",
-            ),
-            click.option("--lr", type=rate_type(), default=DEFAULTS.lr, show_default=True),
-            click.option(
-                "--finetune-epochs",
-                type=click.IntRange(0),
-                default=DEFAULTS.finetune_epochs,
-                show_default=True,
-                help="Epochs of each fine-tuning stage.",
-            ),
-            click.option(
-                "--finetune-lr",
-                type=rate_type(),
-                default=DEFAULTS.finetune_lr,
-                show_default=True,
-            ),
-            click.option(
-                "--val-split",
-                type=FiniteFloatRange(0, 1, max_open=True),
-                default=DEFAULTS.val_split,
-                show_default=True,
-                help="Fraction held out for validation when there is no val/ folder; 0 trains on every "
-                "image, the last epoch being the model.",
-            ),
-            click.option(
-                "--warmup-epochs",
-                type=click.IntRange(0),
-                default=DEFAULTS.warmup_epochs,
-                show_default=True,
-                help="Raise each phase's rate linearly from 0 over this many epochs.",
-            ),
-            click.option(
-                "--label-smoothing",
-                type=FiniteFloatRange(0, 1, max_open=True),
-                default=DEFAULTS.label_smoothing,
-                show_default=True,
-                help="Smooth the targets: 1 - S + S/k for the true class, S/k for the others.",
-            ),
-            click.option(
-                "--mixup",
-                type=FiniteFloatRange(0, 100),
-                default=DEFAULTS.mixup,
-                show_default=True,
-                metavar="ALPHA",
-                help="MixUp: blend pairs of images and labels by Beta(ALPHA, ALPHA); 0 = off.",
-            ),
-            click.option(
-                "--cutmix",
-                type=FiniteFloatRange(0, 100),
-                default=DEFAULTS.cutmix,
-                show_default=True,
-                metavar="ALPHA",
-                help="CutMix: paste a box of another image, labels by area; 0 = off. With --mixup, "
-                "each batch uses one of the two.",
-            ),
-            click.option(
-                "--ema",
-                type=FiniteFloatRange(0, 1, max_open=True),
-                default=DEFAULTS.ema,
-                is_flag=False,
-                flag_value=0.99,
-                metavar="[MOMENTUM]",
-                help="Validate and save a moving average of the weights (--ema alone: momentum 0.99); "
-                "0 = off.",
-            ),
-            *augment_options(),
-            click.option("--class-weights", is_flag=True, help="Weight the loss to balance unequal classes."),
-        ],
-    )
-
-
-AUGMENT_OPTIONS = tuple(field.name for field in dataclasses.fields(AugmentConfig))
-
-
-def augment_options(inherited: bool = False) -> list:
-    """Whether and how strongly to augment, each strength unset by default: a new run takes the
-    default ranges, a fine-tuning run (``inherited``) its parent's."""
-    ranges = AugmentConfig()
-
-    def default(value: str) -> str:
-        return "  [default: the run's]" if inherited else f"  [default: {value}]"
-
-    return [
-        click.option("--no-augment", is_flag=True, help="Train without augmentation."),
-        click.option(
-            "--rotation", type=FiniteFloatRange(0, 180), default=None, metavar="DEG",
-            help="Rotate by up to DEG degrees either way" + default(f"{ranges.rotation:g}"),
-        ),
-        click.option(
-            "--shift", type=FiniteFloatRange(0, 1), default=None, metavar="FRAC",
-            help="Shift by up to FRAC of the width and height" + default(f"{ranges.shift:g}"),
-        ),
-        click.option(
-            "--zoom", type=FiniteFloatRange(0, 1, max_open=True), default=None, metavar="FRAC",
-            help="Zoom in or out by up to FRAC" + default(f"{ranges.zoom:g}"),
-        ),
-        click.option(
-            "--shear", type=FiniteFloatRange(0, 80), default=None, metavar="DEG",
-            help="Shear by up to DEG degrees either way" + default(f"{ranges.shear:g}"),
-        ),
-        click.option(
-            "--flip/--no-flip", default=None, help="Mirror half the images left to right" + default("flip"),
-        ),
-    ]  # fmt: skip
-
-
-def finetune_augment_options(func):
-    """The augmentation options for ``finetune``, whose unset strengths are the parent run's."""
-    return _add_options(func, augment_options(inherited=True))
-
-
-def augment_from_options(base: AugmentConfig, no_augment: bool, options: dict) -> AugmentConfig:
-    """``base`` with the augmentation options given on the command line (taken out of ``options``)."""
-    from scenecls.errors import UsageError
-
-    given = {key: value for key in AUGMENT_OPTIONS if (value := options.pop(key, None)) is not None}
-    if no_augment:
-        if given:
-            names = ", ".join(f"--{key}" for key in given)
-            raise UsageError(f"--no-augment turns augmentation off: give it or {names}, not both")
-        return NO_AUGMENTATION
-    return dataclasses.replace(base, **given)
-
-
-def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, options: dict) -> TrainConfig:
-    """A run's configuration from the recipe and run options as click passes them."""
-    augment = augment_from_options(AugmentConfig(), no_augment, options)
-    data_path = str(data) if data else None
-    return TrainConfig(data=data_path, feature_cache=not no_cache, augment=augment, **options)
-
-
 @click.command("train")
-@click.option("--backbone", type=_backbone_choice(), default=DEFAULTS.backbone, show_default=True)
-@click.option(
-    "--dense",
-    type=click.IntRange(0),
-    default=DEFAULTS.dense,
-    show_default=True,
-    help="Hidden dense layers in the head.",
-)
-@click.option(
-    "--unfreeze",
-    default=DEFAULTS.unfreeze,
-    show_default=True,
-    help="Blocks to fine-tune: N, all, or stages like 1,3,5; 0 = frozen backbone only.",
-)
-@click.option(
-    "--unfreeze-layers",
-    type=click.IntRange(1),
-    default=None,
-    help="Fine-tune the last K layers instead of blocks.",
-)
+@option("backbone")
+@option("dense")
+@option("unfreeze")
+@option("unfreeze_layers")
 @click.option(
     "--resume",
     "resume",
@@ -421,16 +112,14 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
 @click.option("--data", type=click.Path(path_type=Path), help="Data set  [default: the run's]")
 @click.option(
     "--backbone",
-    type=_backbone_choice(),
+    type=backbone_choice(),
     default=None,
     help="Refuse the run unless its model has this backbone.",
 )
-@click.option("--unfreeze", default="5", show_default=True, help="Blocks to fine-tune: N, all, or 1,3,5.")
-@click.option("--unfreeze-layers", type=click.IntRange(1), default=None)
-@click.option(
-    "--finetune-epochs", type=click.IntRange(1), default=DEFAULTS.finetune_epochs, show_default=True
-)
-@click.option("--finetune-lr", type=rate_type(), default=DEFAULTS.finetune_lr, show_default=True)
+@option("unfreeze", help="Blocks to fine-tune: N, all, or 1,3,5.")
+@option("unfreeze_layers", help=None)
+@option("finetune_epochs", low=1, help=None)
+@option("finetune_lr")
 @finetune_augment_options
 @finetune_cache_options
 @run_options

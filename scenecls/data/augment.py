@@ -16,14 +16,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from scenecls.option import option_field
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotation: float = 10.0  # degrees, either way
-    shift: float = 0.1  # fraction of width and height
-    shear: float = 0.2  # degrees, either way (ImageDataGenerator's unit)
-    zoom: float = 0.1  # fraction in or out
-    flip: bool = True  # horizontal
+    rotation: float = option_field(
+        10.0, "Rotate by up to DEG degrees either way", kind="float", low=0, high=180, metavar="DEG"
+    )
+    shift: float = option_field(  # a fraction of width and height
+        0.1, "Shift by up to FRAC of the width and height", kind="float", low=0, high=1, metavar="FRAC"
+    )
+    shear: float = option_field(  # ImageDataGenerator's unit
+        0.2, "Shear by up to DEG degrees either way", kind="float", low=0, high=80, metavar="DEG"
+    )
+    zoom: float = option_field(
+        0.1, "Zoom in or out by up to FRAC", kind="float", low=0, high=1, high_open=True, metavar="FRAC"
+    )
+    flip: bool = option_field(True, "Mirror half the images left to right", kind="switch")  # horizontal
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,62 @@
+"""The command-line options are made from the config's field declarations: one default, one range."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+import pytest
+
+from scenecls.cli import cli
+from scenecls.config import TrainConfig
+from scenecls.data.augment import AugmentConfig
+
+
+def _defaults(command: str) -> dict[str, object]:
+    """Each option's default as ``command`` would use it."""
+    found = cli.get_command(click.Context(cli), command)
+    context = click.Context(found)
+    return {param.name: param.get_default(context) for param in found.params}
+
+
+DECLARED = [item for item in dataclasses.fields(TrainConfig) if "option" in item.metadata]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_every_declared_option_takes_its_default_from_the_config(command):
+    params, defaults = _defaults(command), TrainConfig()
+    grid = {"backbone", "dense", "unfreeze", "unfreeze_layers"} if command == "sweep" else set()
+    for item in DECLARED:
+        if item.name in grid:  # the sweep's grid options take lists
+            continue
+        assert item.name in params, f"--{item.name} is declared but not an option of {command}"
+        assert params[item.name] == getattr(defaults, item.name), item.name
+
+
+def test_finetune_and_lr_find_share_the_config_defaults():
+    defaults = TrainConfig()
+    finetune, lr_find = _defaults("finetune"), _defaults("lr-find")
+    assert finetune["unfreeze"] == defaults.unfreeze
+    assert finetune["finetune_lr"] == defaults.finetune_lr
+    for name in ("backbone", "weights", "dense", "unfreeze", "batch_size", "seed"):
+        assert lr_find[name] == getattr(defaults, name), name
+
+
+def test_a_declared_range_is_the_option_range(tmp_path):
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    for args in (["--dropout", "1"], ["--lr", "0"], ["--image-size", "8"], ["--rotation", "181"],
+                 ["--zoom", "1"], ["--lr-schedule", "sometimes"]):  # fmt: skip
+        result = runner.invoke(cli, ["train", *args, "--data", str(tmp_path)])
+        assert result.exit_code == 2, args
+        assert args[0] in result.output, args
+
+
+def test_the_augmentation_help_shows_the_config_ranges():
+    from click.testing import CliRunner
+
+    help_text = " ".join(CliRunner().invoke(cli, ["train", "--help"]).output.split())
+    ranges = AugmentConfig()
+    for name in ("rotation", "shift", "zoom", "shear"):
+        assert f"[default: {getattr(ranges, name):g}]" in help_text, name
