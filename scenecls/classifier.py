@@ -128,6 +128,22 @@ def inference_function(model, batch_size: int, *, jit: bool = False):
     return forward
 
 
+PREDICTIONS = "predictions"  # the classifier's last layer: Dense + softmax (see heads.py)
+
+
+def scale_logits(model, temperature: float) -> None:
+    """Divide the classifier's logits by ``temperature``, in its weights: the last layer computes
+    ``softmax(x W + b)``, so ``W / T`` and ``b / T`` give ``softmax((x W + b) / T)`` with no new layer
+    or operation, in the ``.keras`` file and in every export (see :mod:`scenecls.calibration`)."""
+    from scenecls.errors import UsageError
+
+    if is_ensemble(model):
+        raise UsageError("an ensemble averages calibrated members: calibrate each member's run instead")
+    layer = model.get_layer(PREDICTIONS)
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel / temperature, bias / temperature])
+
+
 def save_model(model, path: Path) -> Path:
     """Write ``path`` atomically: a crash mid-write never leaves a damaged model file behind."""
     path = Path(path)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from scenecls.calibration import calibration_scores, reliability_bins, with_temperature
 from scenecls.errors import UsageError
 from scenecls.metrics import Evaluation, evaluate_predictions, predict_split, prediction_rows
 from scenecls.reporting import NullReporter, Reporter
@@ -38,6 +39,17 @@ def check_classes(count: int, classes: list[str], model_classes: list[str] | Non
         )
     if count != len(classes):
         raise ModelError(f"the model predicts {count} classes but the data has {len(classes)}")
+
+
+def _temperature(model_path: Path, run_dir: Path | None, tta: bool) -> float | None:
+    """The temperature inside a run's best model (and its exports), from ``metrics.json``; None for
+    a model file of unknown making, or with ``--tta`` (averaged mirrors are not the fitted model)."""
+    from scenecls import runs
+
+    if run_dir is None or tta or not (run_dir / runs.METRICS).is_file():
+        return None
+    value = runs.read_json(run_dir / runs.METRICS).get("temperature")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 @dataclass
@@ -114,6 +126,12 @@ def evaluate_run(
     evaluation = evaluate_predictions(
         probs, np.asarray(chosen.labels), prepared.classes, top_k=top_k, split=name
     )
+    temperature = _temperature(model_path, run_dir, tta)
+    if temperature is not None and evaluation.calibration:
+        labels = np.asarray(chosen.labels)
+        raw = with_temperature(probs, 1.0 / temperature)
+        before = {**calibration_scores(raw, labels), "bins": reliability_bins(raw, labels)}
+        evaluation.calibration.update(temperature=temperature, before=before)
     rows = prediction_rows(chosen, probs, prepared.classes)
     outcome = RunEvaluation(evaluation, model_path, run_dir, rows)
     if run_dir is not None:

@@ -1,5 +1,6 @@
 """Metrics for a classifier on a labelled split: accuracy, top-k, per-class precision / recall / F1,
-macro and weighted averages, and the confusion matrix; and the probabilities they are computed from.
+macro and weighted averages, the confusion matrix, calibration and accuracy against coverage; and the
+probabilities they are computed from.
 
 The metric arithmetic is plain NumPy on probabilities and labels, so it is checked without a model. It
 sits below training (whose final test uses it) and evaluation (which loads models and runs to use it).
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from scenecls.calibration import calibration_scores, reliability_bins, risk_coverage
 from scenecls.data.layout import Split
 
 
@@ -28,6 +30,10 @@ class Evaluation:
     macro: dict[str, float] = field(default_factory=dict)
     weighted: dict[str, float] = field(default_factory=dict)
     confusion: list[list[int]] = field(default_factory=list)  # rows: true class, columns: predicted
+    # Expected calibration error (15 bins), NLL, Brier and the reliability bins; with the model's
+    # temperature, "temperature" and the scores "before" it (see scenecls.calibration).
+    calibration: dict[str, Any] = field(default_factory=dict)
+    coverage: list[dict[str, Any]] = field(default_factory=list)  # accuracy at each --min-confidence
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +93,10 @@ def evaluate_predictions(
         macro={key: average(key, None) for key in ("precision", "recall", "f1")},
         weighted={key: average(key, supports) for key in ("precision", "recall", "f1")},
         confusion=confusion.tolist(),
+        calibration={**calibration_scores(probs, labels), "bins": reliability_bins(probs, labels)}
+        if n
+        else {},
+        coverage=risk_coverage(probs, labels) if n else [],
     )
 
 

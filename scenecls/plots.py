@@ -207,6 +207,46 @@ def plot_sweep_heatmap(rows: Sequence[dict[str, Any]], backbone: str, path: Path
     return _save(figure, path)
 
 
+def plot_reliability(calibration: dict[str, Any], path: Path, title: str = "") -> Path:
+    """The reliability diagram: per confidence bin, the accuracy against the mean confidence (on the
+    diagonal when calibrated), as the model is and, when known, before its temperature."""
+    figure = _figure(5.5, 5.2)
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    shown = [("as is", calibration, "#0969da", "o-")]
+    if calibration.get("before"):
+        shown = [("before (T = 1)", calibration["before"], "#bc4c00", "s--"),
+                 (f"T = {calibration['temperature']:.2f}", calibration, "#0969da", "o-")]  # fmt: skip
+    for label, scores, colour, style in shown:
+        bins = [row for row in scores["bins"] if row["count"]]
+        ax.plot([row["confidence"] for row in bins], [row["accuracy"] for row in bins], style, color=colour,
+                label=f"{label}: ECE {scores['ece']:.3f}")  # fmt: skip
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title or "Reliability")
+    ax.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def plot_risk_coverage(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Accuracy against coverage, answering the most confident images first: what a confidence floor
+    (``predict --min-confidence``) buys in accuracy and costs in answers."""
+    confidence = np.array([float(row["confidence"]) for row in rows])
+    correct = np.array([row["true"] == row["predicted"] for row in rows])
+    order = np.argsort(-confidence, kind="stable")
+    answered = np.arange(1, len(rows) + 1)
+    figure = _figure(6, 4.5)
+    ax = figure.subplots()
+    ax.plot(answered / max(len(rows), 1), np.cumsum(correct[order]) / answered, color="#0969da")
+    for floor in (0.5, 0.8, 0.9):
+        kept = confidence >= floor
+        if kept.any():
+            ax.plot(kept.mean(), correct[kept].mean(), "o", color="#bc4c00")
+            ax.annotate(f" {floor:g}", (kept.mean(), correct[kept].mean()), fontsize=8)
+    ax.set(xlim=(0, 1.02), xlabel="coverage (share of images answered)", ylabel="accuracy on those answered",
+           title=title or "Accuracy against coverage")  # fmt: skip
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
 def plot_lr_find(result, path: Path) -> Path:
     """Loss against learning rate (log scale) from the range test, the suggested rate marked."""
     figure = _figure(6.5, 4.2)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from scenecls.calibration import UNKNOWN
 from scenecls.data.images import ImageReadError, is_image_path, load_rgb
 from scenecls.reporting import NullReporter, Reporter
 
@@ -26,6 +27,8 @@ class Prediction:
     confidence: float | None = None
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    unknown: bool | None = None  # below --min-confidence (None: no floor was asked for)
+    best_guess: str | None = None  # the top class, also when the answer is unknown
 
     @property
     def ok(self) -> bool:
@@ -34,7 +37,21 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["top"] = [{"label": label, "confidence": conf} for label, conf in self.top]
+        if self.unknown is None:
+            del data["unknown"], data["best_guess"]
         return data
+
+
+def abstain(prediction: Prediction, min_confidence: float) -> Prediction:
+    """``prediction`` answered :data:`~scenecls.calibration.UNKNOWN` when its top class's confidence
+    is below ``min_confidence``; the top class stays its ``best_guess`` (and first in ``top``)."""
+    if not prediction.ok:
+        return prediction
+    prediction.best_guess = prediction.label
+    prediction.unknown = prediction.confidence is None or prediction.confidence < min_confidence
+    if prediction.unknown:
+        prediction.label = UNKNOWN
+    return prediction
 
 
 def expand_inputs(items: Iterable[str], stdin: Iterable[str] | None = None) -> list[tuple[str, str | None]]:

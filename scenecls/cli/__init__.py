@@ -25,6 +25,7 @@ COMMANDS = {
     "finetune": "scenecls.cli.train:finetune",
     "sweep": "scenecls.cli.sweep:sweep",
     "evaluate": "scenecls.cli.evaluate:evaluate",
+    "calibrate": "scenecls.cli.calibrate:calibrate",
     "predict": "scenecls.cli.predict:predict",
     "plot": "scenecls.cli.plot:plot",
     "export": "scenecls.cli.export:export",

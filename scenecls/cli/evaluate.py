@@ -112,5 +112,32 @@ def _render(out: Output, outcome, fmt: str) -> None:
         title="Confusion matrix",
         numeric=ev.classes,
     )
+    _render_trust(out, ev)
     for path in outcome.saved:
         out.log(f"Saved {path}")
+
+
+def _render_trust(out: Output, ev) -> None:
+    """How far the confidence can be trusted: calibration, and accuracy against coverage."""
+    if not ev.calibration:
+        return
+    scores = ev.calibration
+    before = scores.get("before")
+    rows = [
+        [name, *([before[key]] if before else []), scores[key]]
+        for name, key in (("expected calibration error", "ece"), ("negative log-likelihood", "nll"),
+                          ("Brier score", "brier"))
+    ]  # fmt: skip
+    temperature = scores.get("temperature")
+    columns = [
+        "",
+        *(["before (T = 1)"] if before else []),
+        "as is" if before is None else f"T = {temperature:.3f}",
+    ]
+    out.table(columns, rows, title="Calibration (lower is better)", numeric=columns[1:])
+    out.table(
+        ["min confidence", "coverage", "accuracy"],
+        [[r["min_confidence"], r["coverage"], r["accuracy"]] for r in ev.coverage],
+        title="Accuracy against coverage (predict --min-confidence answers unknown below it)",
+        numeric=["min confidence", "coverage", "accuracy"],
+    )

@@ -18,7 +18,8 @@ from scenecls.cli.output import Output, format_option, project_option
 @format_option("table", "json")
 @click.pass_obj
 def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt: str) -> None:
-    """Training curves, confusion matrix, sample predictions and highest losses of each RUN.
+    """Training curves, confusion matrix, sample predictions, highest losses, reliability diagram and
+    accuracy against coverage of each RUN.
 
     RUN is a run folder or name (default: the latest run). A run not yet evaluated is evaluated
     first (see `scenecls evaluate`). With several runs, their curves are also overlaid in
@@ -58,6 +59,19 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt:
             )
             written.append(plots.plot_samples(rows, run_dir / "samples.png"))
             written.append(plots.plot_top_losses(rows, run_dir / "top_losses.png"))
+            label = f"{runs.run_label(run_dir)}: {evaluation['split']}"
+            calibration = evaluation.get("calibration")  # none in evaluations from before it was measured
+            if calibration:
+                reliability = run_dir / "reliability.png"
+                written.append(
+                    plots.plot_reliability(calibration, reliability, title=f"{label}, reliability")
+                )
+            if rows:
+                coverage, coverage_title = (
+                    run_dir / "risk_coverage.png",
+                    f"{label}, accuracy against coverage",
+                )
+                written.append(plots.plot_risk_coverage(rows, coverage, title=coverage_title))
     if len(run_dirs) > 1:
         written.append(plots.plot_compare(histories, project / "compare.png"))
     if fmt == "json":

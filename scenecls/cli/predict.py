@@ -15,6 +15,7 @@ from scenecls.cli.output import (
     project_option,
     trust_model_option,
 )
+from scenecls.cli.types import FiniteFloatRange
 
 
 @click.command("predict")
@@ -34,6 +35,14 @@ from scenecls.cli.output import (
 )
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
+@click.option(
+    "--min-confidence",
+    type=FiniteFloatRange(0, 1),
+    default=None,
+    metavar="P",
+    help="Answer unknown when the top class's confidence (calibrated on the run's validation images) "
+    "is below P; the top class stays in best_guess. Choose P from evaluate's accuracy against coverage.",
+)
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
 @trust_model_option
 @precision_options
@@ -47,6 +56,7 @@ def predict(
     keras: bool,
     tta: bool,
     top_k: int,
+    min_confidence: float | None,
     batch_size: int,
     trust_model: bool,
     mixed_precision: str,
@@ -60,7 +70,7 @@ def predict(
     3 when some inputs failed and 4 when every one did.
     """
     from scenecls.errors import ModelError
-    from scenecls.predict import expand_inputs, predict_files
+    from scenecls.predict import abstain, expand_inputs, predict_files
     from scenecls.runs import fast_model, model_classes, resolve_model
     from scenecls.runtimes import FlipAveraged, load_runtime, needs_tensorflow
 
@@ -88,21 +98,25 @@ def predict(
     )
     failed = 0
     collected = []
+    floor = min_confidence is not None
     header = ["path", "label", "confidence", *(f"top{i}" for i in range(2, top_k + 1)), "error"]
+    header += ["unknown", "best_guess"] if floor else []
     if fmt == "csv":
         out.csv_row(header)
     for prediction in predictions:
+        if floor:
+            prediction = abstain(prediction, min_confidence)
         failed += not prediction.ok
         if fmt == "jsonl":
             click.echo(dumps(prediction.to_dict()))
         elif fmt == "csv":
-            out.csv_row(_flat_row(prediction, top_k))
+            out.csv_row(_flat_row(prediction, top_k, floor))
         else:
             collected.append(prediction)
     if fmt == "json":
         out.json([p.to_dict() for p in collected])
     elif fmt == "table":
-        out.table(header, [_flat_row(p, top_k) for p in collected], numeric=["confidence"])
+        out.table(header, [_flat_row(p, top_k, floor) for p in collected], numeric=["confidence"])
     if failed == len(inputs):
         out.warn(f"none of the {len(inputs)} input(s) could be classified")
         raise click.exceptions.Exit(4)
@@ -111,11 +125,15 @@ def predict(
         raise click.exceptions.Exit(3)
 
 
-def _flat_row(prediction, top_k: int) -> list:
+def _flat_row(prediction, top_k: int, floor: bool) -> list:
     others = [f"{label} {conf:.3f}" for label, conf in prediction.top[1:]]
     others += [""] * (top_k - 1 - len(others))
     confidence = None if prediction.confidence is None else round(prediction.confidence, 4)
-    return [prediction.path, prediction.label or "", confidence, *others, prediction.error or ""]
+    row = [prediction.path, prediction.label or "", confidence, *others, prediction.error or ""]
+    if floor:  # an image that could not be read has neither
+        unknown = "" if prediction.unknown is None else str(prediction.unknown).lower()
+        row += [unknown, prediction.best_guess or ""]
+    return row
 
 
 def inference_settings(out: Output, model_path: Path, mixed_precision: str, jit: str) -> tuple[str, bool]:

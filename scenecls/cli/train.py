@@ -224,6 +224,7 @@ def _render(out: Output, result, fmt: str) -> None:
             ["best val accuracy", accuracy_cell(result.best_val_accuracy)],
             ["best epoch", f"{result.best_epoch} ({result.best_phase}){last}"],
             ["test accuracy", accuracy_cell(result.test_accuracy)],
+            ["temperature", "-" if result.temperature is None else f"{result.temperature:.3f}"],
             ["epochs", str(result.epochs) + (" (stopped early)" if result.stopped_early else "")],
             ["time", f"{result.seconds:.0f} s"],
             ["run folder", str(result.run_dir)],

@@ -1,5 +1,6 @@
-"""The end of a run: its best model tested on the held-out images, ``metrics.json`` written, the
-run marked finished (and its confusion matrix logged to TensorBoard when asked)."""
+"""The end of a run: its best model calibrated on the validation images (see ``calibrate.py``) and
+tested on the held-out ones, ``metrics.json`` written, the run marked finished (and its confusion matrix
+logged to TensorBoard when asked)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scenecls import runs
 from scenecls.classifier import load_model
 from scenecls.config import TrainConfig
 from scenecls.data.pipeline import (
     PreparedData,
-    finite_dataset_warnings_silenced,
-    make_dataset,
 )
-from scenecls.reporting import Reporter
+from scenecls.metrics import evaluate_predictions, predict_split
+from scenecls.training.calibrate import calibrate_best, scores_on
 from scenecls.training.callbacks import Ledger
 from scenecls.training.context import RunContext
 from scenecls.training.state import TrainResult, TrainState, train_result
@@ -23,10 +25,11 @@ from scenecls.unfreeze import UnfreezeReport
 
 
 def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport]) -> TrainResult:
-    """Test the best model and write ``metrics.json``; the run is finished."""
-    run_dir, data, size, config = context.run_dir, context.data, context.size, context.config
+    """Calibrate and test the best model and write ``metrics.json``; the run is finished."""
+    run_dir, data, config = context.run_dir, context.data, context.config
     state = ledger.state
-    metrics = _final_metrics(run_dir, data, size, config, state, context.reporter)
+    calibration = _calibration(context, state)
+    metrics = _final_metrics(context, state, calibration)
     metrics["feature_cache"] = state.feature_cache
     metrics["activation_cache"] = state.activation_cache
     metrics["phase_seconds"] = state.phase_seconds
@@ -44,9 +47,6 @@ def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport
 
 
 def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: TrainState) -> None:
-    import numpy as np
-
-    from scenecls.metrics import evaluate_predictions, predict_split
     from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
 
     split, name = data.held_out(test_first=True)
@@ -57,9 +57,18 @@ def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state
     log_confusion_matrix(run_dir / LOGDIR, evaluation.confusion, data.classes, step=state.epoch, title=title)
 
 
-def _final_metrics(
-    run_dir: Path, data: PreparedData, size: int, config: TrainConfig, state: TrainState, reporter: Reporter
-) -> dict[str, Any]:
+def _calibration(context: RunContext, state: TrainState) -> dict[str, Any]:
+    """The best model's temperature: fitted now, unless the best model is the one an earlier end of
+    this run calibrated (an extended run whose extra epochs did not beat it)."""
+    metrics_file = context.run_dir / runs.METRICS
+    earlier = runs.read_json(metrics_file).get("calibration") if metrics_file.is_file() else None
+    if isinstance(earlier, dict) and earlier.get("epoch") == state.best_epoch and "temperature" in earlier:
+        return earlier
+    return calibrate_best(context, state.best_epoch)
+
+
+def _final_metrics(context: RunContext, state: TrainState, calibration: dict[str, Any]) -> dict[str, Any]:
+    data, reporter = context.data, context.reporter
     metrics: dict[str, Any] = {
         "best_val_accuracy": state.validated_best,
         "best_epoch": state.best_epoch,
@@ -68,13 +77,14 @@ def _final_metrics(
         "stopped_early": state.stopped_early,
         "test_accuracy": None,
         "test_loss": None,
+        "temperature": calibration["temperature"],
     }
     if data.test:
         reporter.log(f"Testing the best model on {len(data.test)} test images")
-        best = load_model(run_dir / runs.BEST)
-        best.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        test_ds = make_dataset(data.test, (size, size), config.batch_size)
-        with finite_dataset_warnings_silenced():
-            loss, accuracy = best.evaluate(test_ds, verbose=0)
-        metrics["test_accuracy"], metrics["test_loss"] = float(accuracy), float(loss)
+        best = load_model(context.run_dir / runs.BEST)
+        probs = predict_split(best, data.test, context.config.batch_size)
+        test = evaluate_predictions(probs, np.asarray(data.test.labels), data.classes, split="test")
+        metrics["test_accuracy"], metrics["test_loss"] = test.accuracy, test.loss
+        calibration = {**calibration, "test": scores_on(probs, data.test, calibration["temperature"])}
+    metrics["calibration"] = calibration
     return metrics

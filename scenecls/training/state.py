@@ -80,6 +80,7 @@ class TrainResult:
     seconds: float
     stopped_early: bool
     unfreeze: list[dict[str, Any]] = field(default_factory=list)
+    temperature: float | None = None  # the best model's calibration (None: not finished yet)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -240,4 +241,5 @@ def train_result(run_dir: Path, state: TrainState, metrics: dict, reports: list[
         seconds=round(state.seconds, 1),
         stopped_early=state.stopped_early,
         unfreeze=reports,
+        temperature=metrics.get("temperature"),
     )

@@ -1,0 +1,124 @@
+"""Temperature scaling of a run's best model: fitted on its validation images, kept in ``best.keras``.
+
+Done at the end of every run (before the final test) and by ``scenecls calibrate RUN`` for runs made
+before it existed. The arithmetic is :mod:`scenecls.calibration`; the temperature goes into the model's
+last layer (:func:`scenecls.classifier.scale_logits`), so ``predict`` and every export give calibrated
+probabilities. ``metrics.json`` records it: ``temperature`` and ``calibration`` (the scores before
+and after, on the validation split and, when there is one, the test split).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenecls import runs
+from scenecls.calibration import (
+    ECE_BINS,
+    HIGHEST_TEMPERATURE,
+    LOWEST_TEMPERATURE,
+    calibration_scores,
+    fit_temperature,
+    with_temperature,
+)
+from scenecls.classifier import load_model, save_model, scale_logits
+from scenecls.data.layout import Split
+from scenecls.errors import SceneclsError, UsageError
+from scenecls.metrics import predict_split
+from scenecls.reporting import NullReporter, Reporter
+from scenecls.training.context import RunContext
+
+
+def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) -> dict[str, Any]:
+    """Fit the temperature of the run's ``best.keras`` on the validation split and put it in the model.
+
+    ``inside``: the temperature the model holds already (a run calibrated before): the fit is made on
+    the probabilities without it, and the model's logits are scaled by what is missing. With no
+    validation images (``--val-split 0``) there is nothing to fit on: the model stays as trained.
+    """
+    data, reporter, path = context.data, context.reporter, context.run_dir / runs.BEST
+    if not data.validated:
+        reporter.log(
+            "No validation images (--val-split 0): no temperature to fit the confidence on; "
+            "the probabilities stay as trained (temperature 1)"
+        )
+        return {"temperature": inside, "epoch": best_epoch, "fitted_on": None}
+    model = load_model(path)
+    labels = np.asarray(data.val.labels)
+    raw = with_temperature(predict_split(model, data.val, context.config.batch_size), 1.0 / inside)
+    temperature = fit_temperature(raw, labels)
+    if not LOWEST_TEMPERATURE * 1.01 < temperature < HIGHEST_TEMPERATURE * 0.99:
+        reporter.warn(
+            f"the fitted temperature {temperature:.3g} is at the edge of what is searched "
+            f"({LOWEST_TEMPERATURE:g}-{HIGHEST_TEMPERATURE:g}): too few or too odd validation images "
+            f"to trust it"
+        )
+    scale_logits(model, temperature / inside)
+    save_model(model, path)
+    before = calibration_scores(raw, labels)
+    after = calibration_scores(with_temperature(raw, temperature), labels)
+    reporter.log(
+        f"Calibrated on {len(labels)} validation images: temperature {temperature:.3f}, expected "
+        f"calibration error {before['ece']:.4f} -> {after['ece']:.4f}"
+    )
+    return {
+        "temperature": temperature,
+        "epoch": best_epoch,
+        "fitted_on": "val",
+        "images": len(labels),
+        "bins": ECE_BINS,
+        "val": {"before": before, "after": after},
+    }
+
+
+def scores_on(probs: np.ndarray, split: Split, temperature: float) -> dict[str, dict[str, float]]:
+    """Scores of a calibrated model's ``probs`` on ``split``, and of the model before calibration."""
+    labels = np.asarray(split.labels)
+    return {
+        "before": calibration_scores(with_temperature(probs, 1.0 / temperature), labels),
+        "after": calibration_scores(probs, labels),
+    }
+
+
+def calibrate_run(run_dir: Path, *, reporter: Reporter | None = None) -> dict[str, Any]:
+    """``scenecls calibrate``: fit (or fit again) a finished run's temperature and record it in
+    ``metrics.json``; its ``best.tflite`` record is dropped, since the model it was made from changed
+    (the command that calls this makes it again)."""
+    from scenecls.config import TrainConfig
+    from scenecls.training.context import start_run
+
+    reporter = reporter or NullReporter()
+    config_data = runs.read_object(run_dir / runs.CONFIG)
+    if config_data.get("ensemble"):
+        raise UsageError("an ensemble averages calibrated members: calibrate each member's run instead")
+    metrics_file = run_dir / runs.METRICS
+    if not metrics_file.is_file():
+        raise UsageError(f"{run_dir} has not finished training: calibrate it once it has")
+    metrics = runs.read_object(metrics_file)
+    context = start_run(TrainConfig.from_dict(config_data), reporter=reporter, run_dir=run_dir)
+    recorded = config_data.get("classes")
+    if recorded is not None and list(recorded) != list(context.classes):
+        raise SceneclsError(
+            f"the data's classes ({', '.join(context.classes)}) differ from the run's ({', '.join(recorded)})"
+        )
+    if not context.data.validated:
+        raise UsageError(
+            f"{run_dir} trained on all its images (--val-split 0): there are no validation images to fit "
+            f"a temperature on"
+        )
+    inside = _number(metrics.get("temperature"), 1.0)
+    record = calibrate_best(context, int(metrics.get("best_epoch") or 0), inside)
+    if context.data.test:
+        best = load_model(run_dir / runs.BEST)
+        probs = predict_split(best, context.data.test, context.config.batch_size)
+        record["test"] = scores_on(probs, context.data.test, record["temperature"])
+    metrics["temperature"], metrics["calibration"] = record["temperature"], record
+    metrics.pop("export", None)
+    runs.write_json(metrics_file, metrics)
+    return record
+
+
+def _number(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and value > 0 else default
