@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+POOL_LAYER = "head_pool"  # the head's first layer: pools the backbone's feature map
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -45,7 +47,7 @@ def apply_head(feature_map, num_classes: int, config: HeadConfig):
     """Pool a backbone's ``(h, w, c)`` feature map and classify it; returns the softmax tensor."""
     import keras
 
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(feature_map)
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(feature_map)
     for layer in head_layers(num_classes, config):
         x = layer(x)
     return x

@@ -98,7 +98,8 @@ def plot_confusion(
     return _save(figure, path)
 
 
-def _image_grid(rows: Sequence[dict[str, Any]], path: Path, title: str, caption) -> Path:
+def _image_grid(rows: Sequence[dict[str, Any]], path: Path, title: str, caption, picture=None) -> Path:
+    picture = picture or (lambda row: load_rgb(row["path"]))
     columns = min(4, max(1, len(rows)))
     lines = max(1, -(-len(rows) // columns))
     figure = _figure(3 * columns, 3.2 * lines)
@@ -107,7 +108,7 @@ def _image_grid(rows: Sequence[dict[str, Any]], path: Path, title: str, caption)
         ax.axis("off")
     for ax, row in zip(axes, rows, strict=False):
         try:
-            ax.imshow(load_rgb(row["path"]))
+            ax.imshow(picture(row))
         except ImageReadError:
             ax.text(0.5, 0.5, "unreadable", ha="center", transform=ax.transAxes)
         text, colour = caption(row)
@@ -135,15 +136,34 @@ def plot_samples(rows: Sequence[dict[str, Any]], path: Path, count: int = 16, se
     return _image_grid(chosen, path, "Sample predictions (green right, red wrong)", caption)
 
 
-def plot_top_losses(rows: Sequence[dict[str, Any]], path: Path, count: int = 12) -> Path:
-    """The images the model got most wrong, highest loss first."""
-    worst = sorted(rows, key=lambda r: r["loss"], reverse=True)[:count]
+def top_losses(rows: Sequence[dict[str, Any]], count: int = 12) -> list[dict[str, Any]]:
+    """The ``count`` rows of highest loss, highest first."""
+    return sorted(rows, key=lambda r: r["loss"], reverse=True)[:count]
+
+
+def plot_top_losses(
+    rows: Sequence[dict[str, Any]], path: Path, count: int = 12, heatmaps: dict[str, np.ndarray] | None = None
+) -> Path:
+    """The images the model got most wrong, highest loss first; with ``heatmaps`` (path -> the image
+    with its Grad-CAM map over it, see :func:`scenecls.explain.blend`), each beside its heat map."""
+    worst = top_losses(rows, count)
 
     def caption(row):
         text = f"{row['predicted']} / {row['true']}\nloss {row['loss']:.2f}, p {row['confidence']:.2f}"
         return text, RIGHT if row["true"] == row["predicted"] else WRONG
 
-    return _image_grid(worst, path, "Highest losses (predicted / true)", caption)
+    def picture(row):
+        image = load_rgb(row["path"])
+        heat = (heatmaps or {}).get(row["path"])
+        if heat is None:
+            return image
+        from PIL import Image
+
+        resized = np.asarray(Image.fromarray(image).resize((heat.shape[1], heat.shape[0])))
+        return np.concatenate([resized, np.full((heat.shape[0], 4, 3), 255, np.uint8), heat], axis=1)
+
+    title = "Highest losses (predicted / true)" + (", with where the model looked" if heatmaps else "")
+    return _image_grid(worst, path, title, caption, picture)
 
 
 def plot_compare(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path:

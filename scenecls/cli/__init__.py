@@ -28,6 +28,7 @@ COMMANDS = {
     "calibrate": "scenecls.cli.calibrate:calibrate",
     "predict": "scenecls.cli.predict:predict",
     "plot": "scenecls.cli.plot:plot",
+    "explain": "scenecls.cli.explain:explain",
     "export": "scenecls.cli.export:export",
     "ensemble": "scenecls.cli.ensemble:ensemble",
     "lr-find": "scenecls.cli.lr_find:lr_find",

@@ -15,9 +15,14 @@ from scenecls.cli.output import Output, format_option, project_option
 @click.option(
     "--no-eval", is_flag=True, help="Only curves: do not evaluate runs that have no predictions yet."
 )
+@click.option(
+    "--heatmaps",
+    is_flag=True,
+    help="Draw each of the highest losses beside its Grad-CAM heat map (see scenecls explain).",
+)
 @format_option("table", "json")
 @click.pass_obj
-def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt: str) -> None:
+def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, heatmaps: bool, fmt: str) -> None:
     """Training curves, confusion matrix, sample predictions, highest losses, reliability diagram and
     accuracy against coverage of each RUN.
 
@@ -58,7 +63,8 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt:
                 )
             )
             written.append(plots.plot_samples(rows, run_dir / "samples.png"))
-            written.append(plots.plot_top_losses(rows, run_dir / "top_losses.png"))
+            maps = _heatmaps(out, run_dir, plots.top_losses(rows)) if heatmaps else None
+            written.append(plots.plot_top_losses(rows, run_dir / "top_losses.png", heatmaps=maps))
             label = f"{runs.run_label(run_dir)}: {evaluation['split']}"
             calibration = evaluation.get("calibration")  # none in evaluations from before it was measured
             if calibration:
@@ -79,3 +85,20 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, fmt:
     else:
         for path in written:
             click.echo(str(path))
+
+
+def _heatmaps(out: Output, run_dir: Path, rows: list[dict]) -> dict:
+    """Each row's image with the Grad-CAM map of its predicted class over it, from the run's model."""
+    out.load_tensorflow()
+    from scenecls import runs
+    from scenecls.classifier import input_size, load_model
+    from scenecls.data.images import load_rgb
+    from scenecls.explain import blend, explain_files
+
+    model = load_model(run_dir / runs.BEST)
+    classes = runs.model_classes(run_dir / runs.BEST, run_dir) or []
+    maps = {}
+    for item in explain_files(model, [row["path"] for row in rows], classes, reporter=out.reporter()):
+        if item.error is None:
+            maps[item.path] = blend(load_rgb(item.path, input_size(model)), item.heatmap)
+    return maps

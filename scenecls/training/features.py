@@ -29,12 +29,12 @@ from scenecls.files import (
     cannot_write,
     check_free_space,
 )
+from scenecls.heads import POOL_LAYER
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import cache_store
 from scenecls.training.cache_store import CacheInputs
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
-POOL_LAYER = "head_pool"
 
 
 @dataclass
