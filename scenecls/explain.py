@@ -191,3 +191,21 @@ def explain_into(
             item.heatmap = None  # bounded memory: the map is in its file
         results[item.path] = item
     return [results[path] for path, _ in inputs]
+
+
+def run_heatmaps(
+    run_dir: Path, paths: list[str], *, reporter: Reporter | None = None
+) -> dict[str, np.ndarray]:
+    """Each readable image of ``paths`` with the Grad-CAM map of the run's predicted class over it (at
+    the model's input size), by path: for pictures that show images beside their maps."""
+    from scenecls import runs
+    from scenecls.classifier import load_model
+
+    model = load_model(run_dir / runs.BEST)
+    classes = runs.model_classes(run_dir / runs.BEST, run_dir)
+    classes = classes or [f"class_{i}" for i in range(int(model.output_shape[-1]))]
+    maps = {}
+    for item in explain_files(model, paths, classes, reporter=reporter):
+        if item.error is None:
+            maps[item.path] = blend(load_rgb(item.path, input_size(model)), item.heatmap)
+    return maps

@@ -143,7 +143,8 @@ def test_plot_writes_pngs(trained, tmp_path):
     result = invoke("plot", str(trained), "--format", "json")
     assert result.exit_code == 0, result.output
     paths = [Path(p) for p in json.loads(result.stdout)]
-    assert {p.name for p in paths} == {"curves.png", "confusion.png", "samples.png", "top_losses.png"}
+    assert {p.name for p in paths} == {"curves.png", "confusion.png", "samples.png", "top_losses.png",
+                                       "reliability.png", "risk_coverage.png"}  # fmt: skip
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 300

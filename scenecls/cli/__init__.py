@@ -29,6 +29,7 @@ COMMANDS = {
     "predict": "scenecls.cli.predict:predict",
     "plot": "scenecls.cli.plot:plot",
     "explain": "scenecls.cli.explain:explain",
+    "report": "scenecls.cli.report:report",
     "export": "scenecls.cli.export:export",
     "ensemble": "scenecls.cli.ensemble:ensemble",
     "lr-find": "scenecls.cli.lr_find:lr_find",

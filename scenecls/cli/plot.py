@@ -63,7 +63,13 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, heat
                 )
             )
             written.append(plots.plot_samples(rows, run_dir / "samples.png"))
-            maps = _heatmaps(out, run_dir, plots.top_losses(rows)) if heatmaps else None
+            maps = None
+            if heatmaps:
+                out.load_tensorflow()
+                from scenecls.explain import run_heatmaps
+
+                paths = [row["path"] for row in plots.top_losses(rows)]
+                maps = run_heatmaps(run_dir, paths, reporter=out.reporter())
             written.append(plots.plot_top_losses(rows, run_dir / "top_losses.png", heatmaps=maps))
             label = f"{runs.run_label(run_dir)}: {evaluation['split']}"
             calibration = evaluation.get("calibration")  # none in evaluations from before it was measured
@@ -85,20 +91,3 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, heat
     else:
         for path in written:
             click.echo(str(path))
-
-
-def _heatmaps(out: Output, run_dir: Path, rows: list[dict]) -> dict:
-    """Each row's image with the Grad-CAM map of its predicted class over it, from the run's model."""
-    out.load_tensorflow()
-    from scenecls import runs
-    from scenecls.classifier import input_size, load_model
-    from scenecls.data.images import load_rgb
-    from scenecls.explain import blend, explain_files
-
-    model = load_model(run_dir / runs.BEST)
-    classes = runs.model_classes(run_dir / runs.BEST, run_dir) or []
-    maps = {}
-    for item in explain_files(model, [row["path"] for row in rows], classes, reporter=out.reporter()):
-        if item.error is None:
-            maps[item.path] = blend(load_rgb(item.path, input_size(model)), item.heatmap)
-    return maps

@@ -27,6 +27,7 @@ from scenecls.classifier import load_model, save_model, scale_logits
 from scenecls.data.layout import Split
 from scenecls.errors import SceneclsError, UsageError
 from scenecls.metrics import predict_split
+from scenecls.precision import dtype_policy
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training.context import RunContext
 
@@ -45,7 +46,8 @@ def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) ->
             "the probabilities stay as trained (temperature 1)"
         )
         return {"temperature": inside, "epoch": best_epoch, "fitted_on": None}
-    model = load_model(path)
+    with dtype_policy(context.config.mixed_precision):  # as the run loads its checkpoints
+        model = load_model(path, compile=True)  # saved back with its optimizer's state, as checkpoints are
     labels = np.asarray(data.val.labels)
     raw = with_temperature(predict_split(model, data.val, context.config.batch_size), 1.0 / inside)
     temperature = fit_temperature(raw, labels)

@@ -1,0 +1,263 @@
+"""One self-contained HTML page per run (or sweep): everything worth seeing, in a file that opens anywhere.
+
+The page holds its pictures inline (PNG as ``data:`` addresses), its style in a ``<style>`` element and
+no script at all, so it needs no network, no server and nothing beside it: a file to mail, attach to a
+ticket or keep with the run. For a run: its summary and options, learning curves, per-class table,
+confusion matrix, reliability diagram, accuracy against coverage, and the highest losses (beside their
+Grad-CAM heat maps when the model is given). For a sweep: its results table and heat maps.
+
+The page is made from the run folder's files; evaluating the run first (when it has no
+``evaluation.json``) and the heat maps are the caller's (the command's) to do, so this module needs
+no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from scenecls import __version__, plots, runs
+from scenecls.errors import UsageError
+
+GENERATOR = f"scenecls report {__version__}"
+MARK = '<meta name="generator" content="scenecls report'  # how a page of ours starts its head
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1f2328; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+td, th { padding: 0.25em 0.7em; border: 1px solid #d0d7de; }
+th { background: #f6f8fa; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; border: 1px solid #d0d7de; margin: 0.3em 0; }
+.muted { color: #656d76; }
+details { margin: 0.5em 0 1em; }
+.pair { display: flex; gap: 1em; flex-wrap: wrap; }
+.pair img { max-width: 48%; }
+"""
+
+
+def is_sweep_folder(folder: Path) -> bool:
+    return (folder / "results.json").is_file() and not (folder / runs.CONFIG).is_file()
+
+
+def write_report(folder: Path, output: Path, *, heatmaps: dict[str, Any] | None = None) -> Path:
+    """The page for the run or sweep in ``folder``, written to ``output`` (atomically). ``output`` may
+    replace only a page this wrote (its ``generator`` mark): any other file is refused."""
+    check_output(output)
+    body = _sweep_page(folder) if is_sweep_folder(folder) else _run_page(folder, heatmaps)
+    title = html.escape(f"{runs.run_label(folder)}: scenecls report")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head>{MARK} {__version__}">\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{title}</title>\n<style>{STYLE}</style></head>\n<body>\n{body}\n"
+        f'<p class="muted">Made by {GENERATOR} on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>\n'
+        f"</body></html>\n"
+    )
+    runs.write_atomic(output, page)
+    return output
+
+
+def check_output(output: Path) -> None:
+    """Refuse an ``output`` that is a folder, a link, or a file this did not write."""
+    if output.is_symlink() or output.is_dir():
+        raise UsageError(f"--output {output} is a folder or a link: give a file name")
+    if output.exists():
+        with open(output, encoding="utf-8", errors="replace") as handle:
+            start = handle.read(4096)
+        if MARK not in start:
+            raise UsageError(f"--output {output} exists and is not a report of scenecls: give a new file")
+
+
+# ------------------------------------------------------------------------------------------ a run
+
+
+def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None) -> str:
+    config = runs.read_json(run_dir / runs.CONFIG)
+    metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
+    state = runs.read_json(run_dir / runs.STATE) if (run_dir / runs.STATE).is_file() else {}
+    evaluation = runs.read_json(run_dir / runs.EVALUATION) if (run_dir / runs.EVALUATION).is_file() else {}
+    rows = runs.read_rows_csv(run_dir / runs.PREDICTIONS) if (run_dir / runs.PREDICTIONS).is_file() else []
+    history = runs.read_history(run_dir / runs.HISTORY) if (run_dir / runs.HISTORY).is_file() else []
+    parts = [
+        f"<h1>{html.escape(runs.run_label(run_dir))}</h1>",
+        f'<p class="muted">{html.escape(str(run_dir))}</p>',
+        _summary(config, metrics, state),
+    ]
+    with tempfile.TemporaryDirectory(prefix="scenecls-report-") as scratch:
+        draw = _drawer(Path(scratch))
+        if history:
+            parts += [
+                "<h2>Learning curves</h2>",
+                draw(lambda p: plots.plot_curves(history, p), "Learning curves"),
+            ]
+        if evaluation:
+            parts.append(_evaluation(evaluation, rows, draw, heatmaps))
+        else:
+            parts.append(
+                '<p class="muted">Not evaluated yet: no per-class table, confusion matrix or calibration.</p>'
+            )
+    parts.append(_options(config))
+    return "\n".join(parts)
+
+
+def _summary(config: dict, metrics: dict, state: dict) -> str:
+    test = metrics.get("calibration", {}).get("test", {})
+    cells = [
+        ("status", state.get("status", "-")),
+        ("backbone", config.get("backbone")),
+        ("data", config.get("data_resolved") or config.get("data")),
+        ("classes", ", ".join(config.get("classes", []))),
+        (
+            "images (train / val / test)",
+            " / ".join(str(config.get("images", {}).get(k, "-")) for k in ("train", "val", "test")),
+        ),
+        ("best validation accuracy", _number(metrics.get("best_val_accuracy"))),
+        ("best epoch", f"{metrics.get('best_epoch', '-')} ({metrics.get('best_phase', '-')})"),
+        ("test accuracy", _number(metrics.get("test_accuracy"))),
+        ("temperature", _number(metrics.get("temperature"), 3)),
+        (
+            "test ECE before / after calibration",
+            f"{_number(test.get('before', {}).get('ece'))} / {_number(test.get('after', {}).get('ece'))}"
+            if test
+            else "-",
+        ),
+        ("epochs", metrics.get("epochs", state.get("epoch", "-"))),
+        ("seconds", _number(metrics.get("seconds"), 0)),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in cells)
+    return f"<h2>Summary</h2><table>{rows}</table>"
+
+
+def _options(config: dict) -> str:
+    shown = {k: v for k, v in config.items() if k not in ("classes", "unfreeze_reports", "versions")}
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in sorted(shown.items())
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in (config.get("versions") or {}).items())
+    return (
+        f"<h2>Options</h2><details><summary>Every option of the run ({len(shown)})</summary>"
+        f'<table>{rows}</table></details><p class="muted">{html.escape(versions)}</p>'
+    )
+
+
+def _evaluation(evaluation: dict, rows: list[dict], draw: Callable, heatmaps: dict | None) -> str:
+    split, classes = evaluation.get("split", ""), evaluation.get("classes", [])
+    parts = [
+        f"<h2>On the {html.escape(split)} split ({evaluation.get('images', 0)} images)</h2>",
+        f"<p>Accuracy <b>{_number(evaluation.get('accuracy'))}</b>, top-{evaluation.get('top_k')} "
+        f"{_number(evaluation.get('top_k_accuracy'))}, loss {_number(evaluation.get('loss'))}.</p>",
+    ]
+    table = [["class", "precision", "recall", "f1", "support"]]
+    table += [
+        [r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
+        for r in evaluation.get("per_class", [])
+    ]
+    parts.append(_table(table))
+    title = f"{split} accuracy {evaluation.get('accuracy', 0):.4f}"
+    parts.append(
+        draw(
+            lambda p: plots.plot_confusion(evaluation["confusion"], classes, p, title=title),
+            "Confusion matrix",
+        )
+    )
+    calibration = evaluation.get("calibration")
+    if calibration:
+        parts.append("<h2>Can its confidence be trusted?</h2>")
+        before = calibration.get("before")
+        now = f"after (T = {calibration['temperature']:.3f})" if before else "as is"
+        scores = [["score", *(["before (T = 1)"] if before else []), now]]
+        for name, key in (
+            ("expected calibration error", "ece"),
+            ("negative log-likelihood", "nll"),
+            ("Brier score", "brier"),
+        ):
+            scores.append([name, *([before[key]] if before else []), calibration[key]])
+        parts.append(_table(scores))
+        coverage = [["min confidence", "coverage", "accuracy"]]
+        coverage += [
+            [r["min_confidence"], r["coverage"], r["accuracy"]] for r in evaluation.get("coverage", [])
+        ]
+        parts.append(
+            '<div class="pair">'
+            + draw(lambda p: plots.plot_reliability(calibration, p), "Reliability diagram")
+            + (draw(lambda p: plots.plot_risk_coverage(rows, p), "Accuracy against coverage") if rows else "")
+            + "</div>"
+        )
+        parts.append(
+            "<p>Accuracy against coverage: below a floor, <code>predict --min-confidence</code> "
+            "answers <code>unknown</code>.</p>" + _table(coverage)
+        )
+    if rows:
+        parts.append("<h2>Highest losses</h2>")
+        parts.append(draw(lambda p: plots.plot_top_losses(rows, p, heatmaps=heatmaps), "Highest losses"))
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ a sweep
+
+
+def _sweep_page(folder: Path) -> str:
+    rows = runs.read_json(folder / "results.json")
+    if not isinstance(rows, list):
+        raise UsageError(f"{folder / 'results.json'} is not a sweep's results table")
+    parts = [
+        f"<h1>Sweep {html.escape(folder.name)}</h1>",
+        f'<p class="muted">{html.escape(str(folder))}</p>',
+        f"<h2>Results ({len(rows)} runs)</h2>",
+    ]
+    if rows:
+        columns = list(rows[0])
+        parts.append(_table([columns, *([row.get(c) for c in columns] for row in rows)]))
+    for picture in sorted(folder.glob("heatmap_*.png")):
+        parts += [
+            f"<h2>{html.escape(picture.stem.replace('_', ' '))}</h2>",
+            _img(picture.read_bytes(), picture.stem),
+        ]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _drawer(scratch: Path) -> Callable[[Callable[[Path], Path], str], str]:
+    """``draw(plot, alt)``: the ``<img>`` of what ``plot(path)`` draws, inline."""
+    count = iter(range(10_000))
+
+    def draw(plot: Callable[[Path], Path], alt: str) -> str:
+        path = plot(scratch / f"figure{next(count)}.png")
+        return _img(path.read_bytes(), alt)
+
+    return draw
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _table(rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return f"<td>{'-' if value is None else value}</td>"
+    if isinstance(value, int | float):
+        return f'<td class="n">{_number(value)}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _number(value: Any, places: int = 4) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    return str(value) if isinstance(value, int) else f"{value:.{places}f}"
