@@ -41,6 +41,17 @@ def check_classes(count: int, classes: list[str], model_classes: list[str] | Non
         raise ModelError(f"the model predicts {count} classes but the data has {len(classes)}")
 
 
+def _add_before_calibration(
+    evaluation: Evaluation, probs: np.ndarray, labels: np.ndarray, temperature: float | None
+) -> None:
+    """With the model's temperature known, the calibration scores of the model without it as well."""
+    if temperature is None or not evaluation.calibration:
+        return
+    raw = with_temperature(probs, 1.0 / temperature)
+    before = {**calibration_scores(raw, labels), "bins": reliability_bins(raw, labels)}
+    evaluation.calibration.update(temperature=temperature, before=before)
+
+
 def _temperature(model_path: Path, run_dir: Path | None, tta: bool) -> float | None:
     """The temperature inside a run's best model (and its exports), from ``metrics.json``; None for
     a model file of unknown making, or with ``--tta`` (averaged mirrors are not the fitted model)."""
@@ -126,12 +137,9 @@ def evaluate_run(
     evaluation = evaluate_predictions(
         probs, np.asarray(chosen.labels), prepared.classes, top_k=top_k, split=name
     )
-    temperature = _temperature(model_path, run_dir, tta)
-    if temperature is not None and evaluation.calibration:
-        labels = np.asarray(chosen.labels)
-        raw = with_temperature(probs, 1.0 / temperature)
-        before = {**calibration_scores(raw, labels), "bins": reliability_bins(raw, labels)}
-        evaluation.calibration.update(temperature=temperature, before=before)
+    _add_before_calibration(
+        evaluation, probs, np.asarray(chosen.labels), _temperature(model_path, run_dir, tta)
+    )
     rows = prediction_rows(chosen, probs, prepared.classes)
     outcome = RunEvaluation(evaluation, model_path, run_dir, rows)
     if run_dir is not None:

@@ -125,4 +125,4 @@ def test_the_report_of_a_sweep_shows_its_table_and_heat_maps(tmp_path):
     assert [alt for *_, alt in seen["images"]] == ["heatmap_mobilenet_v2"]
     assert all(complete and width > 100 for complete, width, *_ in seen["images"])
     text = page_file.read_text()
-    assert "Results (2 runs)" in text and "mobilenet_v2-u0-d0" in text and "mobilenet_v2-u0-d1" in text
+    assert "Results (2 runs)" in text and "mobilenet_v2-d0-u0" in text and "mobilenet_v2-d1-u0" in text
