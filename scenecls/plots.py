@@ -98,11 +98,13 @@ def plot_confusion(
     return _save(figure, path)
 
 
-def _image_grid(rows: Sequence[dict[str, Any]], path: Path, title: str, caption, picture=None) -> Path:
+def _image_grid(
+    rows: Sequence[dict[str, Any]], path: Path, title: str, caption, picture=None, line_height: float = 3.2
+) -> Path:
     picture = picture or (lambda row: load_rgb(row["path"]))
     columns = min(4, max(1, len(rows)))
     lines = max(1, -(-len(rows) // columns))
-    figure = _figure(3 * columns, 3.2 * lines)
+    figure = _figure(3 * columns, line_height * lines)
     axes = np.atleast_1d(figure.subplots(lines, columns)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -163,7 +165,8 @@ def plot_top_losses(
         return np.concatenate([resized, np.full((heat.shape[0], 4, 3), 255, np.uint8), heat], axis=1)
 
     title = "Highest losses (predicted / true)" + (", with where the model looked" if heatmaps else "")
-    return _image_grid(worst, path, title, caption, picture)
+    # An image beside its map is twice as wide as high: lines half as high keep the pictures' size.
+    return _image_grid(worst, path, title, caption, picture, line_height=2.0 if heatmaps else 3.2)
 
 
 def plot_compare(histories: dict[str, Sequence[dict[str, Any]]], path: Path) -> Path:
