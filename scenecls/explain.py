@@ -33,6 +33,7 @@ class Explanation:
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)  # classes and probabilities, best first
     heatmap: np.ndarray | None = None  # (h, w) in [0, 1] at the model's input size, for top[0]
+    image: np.ndarray | None = None  # the image as the model saw it (uint8, its input size)
     written: Path | None = None
     error: str | None = None
 
@@ -106,10 +107,10 @@ def explain_files(
             readable = [item for item in chunk if item.error is None]
             if readable:
                 maps, probs = cam(np.stack(images).astype(np.float32))
-                for item, heatmap, p in zip(readable, maps, probs, strict=True):
+                for item, image, heatmap, p in zip(readable, images, maps, probs, strict=True):
                     order = np.argsort(-p)[: max(1, min(top_k, len(classes)))]
                     item.top = [(classes[i], float(p[i])) for i in order]
-                    item.heatmap = heatmap
+                    item.heatmap, item.image = heatmap, image
             for item in chunk:
                 task.advance()
                 yield item
@@ -141,14 +142,13 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, caption: list[str]):
     return canvas
 
 
-def write_explanation(item: Explanation, target: Path, size: tuple[int, int]) -> Path:
+def write_explanation(item: Explanation, target: Path) -> Path:
     """``target`` (a PNG): the heat map over the image, its top classes below."""
     from scenecls.files import atomic_path
 
-    image = load_rgb(item.path, size)
     caption = [f"{label} {conf:.3f}" for label, conf in item.top]
     with atomic_path(target, suffix=".png") as tmp:
-        overlay(image, item.heatmap, caption).save(tmp, format="PNG")
+        overlay(item.image, item.heatmap, caption).save(tmp, format="PNG")
     return target
 
 
@@ -177,7 +177,6 @@ def explain_into(
             tmp.write_text("heat maps written by scenecls explain\n")
     failed = [Explanation(path, error=error) for path, error in inputs if error is not None]
     readable = [path for path, error in inputs if error is None]
-    size = input_size(model)
     names: dict[str, int] = {}
     results = {item.path: item for item in failed}
     for item in explain_files(
@@ -187,8 +186,8 @@ def explain_into(
             stem = Path(item.path).stem
             names[stem] = names.get(stem, 0) + 1  # two images of one name in different folders
             name = stem if names[stem] == 1 else f"{stem}-{names[stem]}"
-            item.written = write_explanation(item, folder / f"{name}.cam.png", size)
-            item.heatmap = None  # bounded memory: the map is in its file
+            item.written = write_explanation(item, folder / f"{name}.cam.png")
+            item.heatmap = item.image = None  # bounded memory: both are in its file
         results[item.path] = item
     return [results[path] for path, _ in inputs]
 
@@ -207,5 +206,5 @@ def run_heatmaps(
     maps = {}
     for item in explain_files(model, paths, classes, reporter=reporter):
         if item.error is None:
-            maps[item.path] = blend(load_rgb(item.path, input_size(model)), item.heatmap)
+            maps[item.path] = blend(item.image, item.heatmap)
     return maps

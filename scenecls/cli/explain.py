@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option, project_option
+from scenecls.cli.output import Output, exit_for_failed_inputs, format_option, project_option
 
 
 @click.command("explain")
@@ -70,9 +70,4 @@ def explain(
     else:
         out.table(header, rows, numeric=["confidence"])
         out.log(f"Heat maps in {folder}")
-    if failed == len(results):
-        out.warn(f"none of the {len(results)} input(s) could be explained")
-        raise click.exceptions.Exit(4)
-    if failed:
-        out.warn(f"{failed} of {len(results)} input(s) could not be explained")
-        raise click.exceptions.Exit(3)
+    exit_for_failed_inputs(out, failed, len(results), "explained")

@@ -79,6 +79,17 @@ def precision_options(func):
     )(func)
 
 
+def exit_for_failed_inputs(out: Output, failed: int, total: int, done: str) -> None:
+    """The exit code of a command over many inputs: 4 when every one failed (or there were none), 3
+    when some did (said once on stderr), else none; ``done`` is what was not done to them."""
+    if failed == total:
+        out.warn(f"none of the {total} input(s) could be {done}")
+        raise click.exceptions.Exit(4)
+    if failed:
+        out.warn(f"{failed} of {total} input(s) could not be {done}")
+        raise click.exceptions.Exit(3)
+
+
 EXIT_BELOW_THRESHOLD = 5  # finished, outputs written, but accuracy below --fail-under
 
 

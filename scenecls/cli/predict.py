@@ -10,6 +10,7 @@ import click
 from scenecls.cli.output import (
     Output,
     dumps,
+    exit_for_failed_inputs,
     format_option,
     precision_options,
     project_option,
@@ -117,12 +118,7 @@ def predict(
         out.json([p.to_dict() for p in collected])
     elif fmt == "table":
         out.table(header, [_flat_row(p, top_k, floor) for p in collected], numeric=["confidence"])
-    if failed == len(inputs):
-        out.warn(f"none of the {len(inputs)} input(s) could be classified")
-        raise click.exceptions.Exit(4)
-    if failed:
-        out.warn(f"{failed} of {len(inputs)} input(s) could not be classified")
-        raise click.exceptions.Exit(3)
+    exit_for_failed_inputs(out, failed, len(inputs), "classified")
 
 
 def _flat_row(prediction, top_k: int, floor: bool) -> list:
