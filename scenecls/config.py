@@ -30,6 +30,12 @@ def option_of(name: str) -> tuple[Option, Any]:
 @dataclass
 class TrainConfig:
     data: str | None = None  # None: the data set fetch-data placed
+    exclude: str | None = option_field(  # kept as an absolute path, so that a resumed run finds it
+        None,
+        "Leave out the images this file lists (one path per line, relative to the data folder), as "
+        "`scenecls inspect --write-exclude` writes it. The images stay on disk.",
+        metavar="FILE",
+    )
     # The seed's best: 94.28 % with 3 dense layers and 5 blocks.
     backbone: str = option_field("xception", kind="backbone")
     weights: str = option_field("imagenet", "imagenet, none, or a weights file.")

@@ -193,7 +193,7 @@ def _write_run(
         member_tests.append(metrics.get("test_accuracy"))
     split = TrainConfig.from_dict(first)
     data = prepare_data(data_source(split.data), val_split=split.val_split, seed=split.validation_seed,
-                        reporter=reporter)  # fmt: skip
+                        reporter=reporter, exclude=split.exclude)  # fmt: skip
     test_accuracy = None
     tested = 0
     if data.test:

@@ -108,7 +108,7 @@ def evaluate_run(
         raise UsageError(f"{model_path} is not in a run folder: pass --data")
     source = data_source(data or config.data)
     prepared = prepare_data(source, val_split=config.val_split, seed=config.validation_seed,
-                            reporter=reporter)  # fmt: skip
+                            reporter=reporter, exclude=None if data else config.exclude)  # fmt: skip
     splits = {"train": prepared.train, "val": prepared.val, "test": prepared.test}
     name = split or ("test" if prepared.test else "val")
     if data is None and run_dir is not None:

@@ -162,19 +162,9 @@ def explain_into(
     """Explain ``inputs`` (``(path, error)`` pairs, as :func:`scenecls.predict.expand_inputs` gives)
     and write each heat map into ``folder``: a new or empty folder, or one this wrote before (its
     marker); any other is refused before any work, so no file of the user's is replaced."""
-    from scenecls.errors import UsageError
-    from scenecls.files import atomic_path
+    from scenecls.files import claim_folder
 
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise UsageError(f"--output {folder} is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
-        raise UsageError(
-            f"--output {folder} holds files that scenecls explain did not write: give a new or empty folder"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / MARKER).is_file():
-        with atomic_path(folder / MARKER) as tmp:
-            tmp.write_text("heat maps written by scenecls explain\n")
+    claim_folder(folder, MARKER, "scenecls explain")
     failed = [Explanation(path, error=error) for path, error in inputs if error is not None]
     readable = [path for path, error in inputs if error is None]
     names: dict[str, int] = {}

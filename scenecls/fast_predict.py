@@ -70,7 +70,7 @@ def export_after_training(run_dir: Path, reporter) -> dict[str, Any] | None:
         return metrics.get("export")
     prepared = prepare_data(
         data_source(config.data), val_split=config.val_split, seed=config.validation_seed,
-        reporter=NullReporter(),
+        reporter=NullReporter(), exclude=config.exclude,
     )  # fmt: skip
     size = config.image_size or get_spec(config.backbone).default_size
     metrics["export"] = write_fast_predict(run_dir, prepared.classes, prepared.held_out()[0], size, reporter)

@@ -250,3 +250,21 @@ def _same_file(handle, path: Path) -> bool:
     except OSError:
         return False
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def claim_folder(folder: Path, marker: str, writer: str) -> None:
+    """Make ``folder`` an output folder of ``writer`` (a command), marked by the file ``marker``: a new
+    or empty folder, or one it marked before. A folder holding anyone else's files, a link or a file
+    is refused (a usage error) before any work, so no file of the user's is ever replaced."""
+    from scenecls.errors import UsageError
+
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UsageError(f"--output {folder} is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_file():
+        raise UsageError(
+            f"--output {folder} holds files that {writer} did not write: give a new or empty folder"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / marker).is_file():
+        with atomic_path(folder / marker) as tmp:
+            tmp.write_text(f"written by {writer}\n")

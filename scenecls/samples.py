@@ -38,8 +38,9 @@ def sample_images(
         return rng.uniform(0, 255, (count, *size, 3)).astype(np.float32), None, "random images"
     config = config or TrainConfig()
     prepared = prepare_data(
-        Path(source), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
-    )
+        Path(source), val_split=config.val_split, seed=config.validation_seed, reporter=reporter,
+        exclude=None if data else config.exclude,
+    )  # fmt: skip
     # An ensemble's members trained on one another's validation images: its test images say more.
     ensemble = run_dir is not None and data is None and runs.is_ensemble_run(run_dir)
     split, what = prepared.held_out(test_first=ensemble)

@@ -21,6 +21,7 @@ from scenecls.errors import SceneclsError, first_line
 # name -> "module:function", in the order --help lists them
 COMMANDS = {
     "fetch-data": "scenecls.cli.fetch:fetch_data",
+    "inspect": "scenecls.cli.inspect:inspect",
     "train": "scenecls.cli.train:train",
     "finetune": "scenecls.cli.train:finetune",
     "sweep": "scenecls.cli.sweep:sweep",

@@ -151,7 +151,9 @@ def recipe_options(func):
     )
     recipe = ["weights", "image_size", "units", "dropout", "epochs", "lr", "finetune_epochs", "finetune_lr",
               "val_split", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "ema"]  # fmt: skip
-    return _add_options(func, [data, *map(option, recipe), *augment_options(), option("class_weights")])
+    return _add_options(
+        func, [data, option("exclude"), *map(option, recipe), *augment_options(), option("class_weights")]
+    )
 
 
 AUGMENT_OPTIONS = tuple(field.name for field in dataclasses.fields(AugmentConfig))
@@ -191,4 +193,17 @@ def config_from_options(data: Path | None, no_augment: bool, no_cache: bool, opt
     """A run's configuration from the recipe and run options as click passes them."""
     augment = augment_from_options(AugmentConfig(), no_augment, options)
     data_path = str(data) if data else None
+    options["exclude"] = absolute_exclude(options.get("exclude"))
     return TrainConfig(data=data_path, feature_cache=not no_cache, augment=augment, **options)
+
+
+def absolute_exclude(path: str | None) -> str | None:
+    """``--exclude``'s file as an absolute path (a resumed run finds it from anywhere); it must exist."""
+    if path is None:
+        return None
+    from scenecls.errors import DataError
+
+    resolved = Path(path).expanduser().absolute()
+    if not resolved.is_file():
+        raise DataError(f"--exclude {path}: no such file")
+    return str(resolved)

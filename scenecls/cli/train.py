@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from scenecls.cli.options import (
+    absolute_exclude,
     augment_from_options,
     backbone_choice,
     cache_options,
@@ -110,6 +111,8 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
 @click.command("finetune")
 @click.argument("run", required=False)
 @click.option("--data", type=click.Path(path_type=Path), help="Data set  [default: the run's]")
+@option("exclude", help="Leave out the images this file lists (as inspect --write-exclude writes it)  "
+        "[default: the run's]")  # fmt: skip
 @click.option(
     "--backbone",
     type=backbone_choice(),
@@ -154,12 +157,14 @@ def finetune(
     if backbone and backbone != parent_config.backbone:
         raise ModelError(f"{parent} holds a {parent_config.backbone} model, not {backbone}")
     augment = augment_from_options(parent_config.augment, no_augment, options)
+    exclude = absolute_exclude(options.pop("exclude")) or parent_config.exclude
     config = TrainConfig.from_dict(
         {
             **parent_config.to_dict(),
             **options,
             "augment": augment.to_dict(),
             "data": str(data) if data else parent_config.data,
+            "exclude": exclude,
             "epochs": 0,
             "weights": "none",
             "parent": str(parent),

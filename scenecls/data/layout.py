@@ -63,10 +63,14 @@ class DatasetIndex:
     splits: dict[str, Split]
     empty_dirs: list[Path] = field(default_factory=list)  # class-like folders without one image
     empty_classes: list[str] = field(default_factory=list)  # CSV classes none of whose files exist
+    excluded: str | None = None  # a hash of the images an exclude list left out, when it left some
+    left_out: int = 0  # how many images an exclude list left out
 
     def fingerprint(self) -> str:
-        """Changes whenever a file is added, removed, relabelled or rewritten."""
+        """Changes whenever a file is added, removed, relabelled, rewritten or left out."""
         digest = hashlib.sha256("\n".join(self.classes).encode("utf-8", "surrogateescape"))
+        if self.excluded:
+            digest.update(f"excluded\0{self.excluded}\n".encode())
         for name in sorted(self.splits):
             digest.update(f"{name}\0{self.splits[name].digest()}\n".encode())
         return digest.hexdigest()[:16]

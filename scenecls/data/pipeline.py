@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scenecls.data.exclude import exclude_digest, normal, read_exclude
 from scenecls.data.images import ImageReadError, load_rgb, scan_cache_path, scan_images
 from scenecls.data.layout import DatasetIndex, Split, index_dataset
 from scenecls.errors import DataError
@@ -63,17 +64,21 @@ def prepare_data(
     seed: int = 0,
     reporter: Reporter | None = None,
     cache_root: Path | None = None,
+    exclude: str | os.PathLike | None = None,
 ) -> PreparedData:
     """Index ``path``, drop unreadable images (reported, never fatal) and split off validation.
 
     An existing ``val/`` folder wins over ``val_split``; otherwise a seeded stratified split of the
     training images is used, the same for the same seed and files. ``val_split`` 0 (and no ``val/``)
-    keeps every training image for training: the validation split is then empty.
+    keeps every training image for training: the validation split is then empty. ``exclude`` is a
+    list of images to leave out (see :mod:`scenecls.data.exclude`), before anything else.
     """
     reporter = reporter or NullReporter()
     if not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split must be in [0, 1), got {val_split}")
     index = index_dataset(path)
+    if exclude:
+        leave_out(index, Path(exclude), reporter)
     for folder in index.empty_dirs:
         reporter.warn(f"{folder} holds no images; left out")
     for name in index.empty_classes:
@@ -111,6 +116,24 @@ def prepare_data(
         reporter.warn(f"no training images for class(es): {', '.join(missing)}")
     test = index.splits.get("test")
     return PreparedData(index, train, val, test if test else None, scan.bad, source)
+
+
+def leave_out(index: DatasetIndex, exclude: Path, reporter: Reporter) -> None:
+    """Drop the images ``exclude`` lists from ``index`` (the files stay where they are)."""
+    listed = read_exclude(exclude, index.root)
+    dropped: list[str] = []
+    for name, split in list(index.splits.items()):
+        paths = [normal(p) for p in split.paths]
+        dropped += [p for p in paths if p in listed]
+        index.splits[name] = split.subset([i for i, p in enumerate(paths) if p not in listed])
+    unknown = len(listed) - len(set(dropped))
+    reporter.log(f"Left out {len(dropped)} image(s) listed in {exclude}")
+    if unknown:
+        reporter.warn(
+            f"{unknown} path(s) listed in {exclude} are not in {index.root}; nothing to leave out there"
+        )
+    index.excluded = exclude_digest(dropped) if dropped else None
+    index.left_out = len(dropped)
 
 
 def _first_bad(bad: list[tuple[str, str]]) -> str:

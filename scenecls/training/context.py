@@ -68,8 +68,9 @@ def start_run(
     reporter = reporter or NullReporter()
     spec = get_spec(config.backbone)
     data = prepare_data(
-        data_source(config.data), val_split=config.val_split, seed=config.validation_seed, reporter=reporter
-    )
+        data_source(config.data), val_split=config.val_split, seed=config.validation_seed, reporter=reporter,
+        exclude=config.exclude,
+    )  # fmt: skip
     size = config.image_size or spec.default_size
     return RunContext(config, data, tuple(data.classes), size, spec, reporter, distribution, run_dir)
 

@@ -195,6 +195,7 @@ def _write_run_files(
                 "val": len(data.val),
                 "test": len(data.test) if data.test else 0,
                 "skipped": len(data.skipped),
+                "excluded": data.index.left_out,
             },
             "val_source": data.val_source,
             "distribution": distribution.shape,

@@ -1,0 +1,216 @@
+"""Looking at a data set: what is wrong with it, before a model learns it.
+
+Four looks at every labelled image, each cheap after the first time (all are cached):
+
+* byte-for-byte copies (SHA-256 of the file) and near copies (a 64-bit difference hash within
+  ``hash_distance`` bits, or a cosine similarity of the backbone's pooled features of at least
+  ``similarity``), grouped; a group within one split, a group across splits (a leak: the model is
+  tested on what it trained on) and a group whose members carry different labels are told apart;
+* likely label errors, from out-of-fold predictions of a linear head on the same features
+  (:mod:`scenecls.label_errors`);
+* class balance, image sizes and aspect ratios, the grayscale share and the unreadable files;
+* contact sheets of each finding, for a person to judge.
+
+The images are indexed as the data set lies on disk: its ``train/``, ``val/`` and ``test/`` folders (the
+validation split a run carves out of ``train/`` is random, so a group within ``train/`` may leak into it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scenecls.data import duplicates
+from scenecls.data.images import scan_cache_path, scan_images
+from scenecls.data.inspect import ImageFacts, survey_cache_path, survey_images
+from scenecls.data.layout import Split, index_dataset
+from scenecls.errors import DataError
+from scenecls.inspection.findings import Group, Inspection, Item, split_rank
+from scenecls.label_errors import FOLDS, Suspect, find_suspects, out_of_fold_probabilities
+from scenecls.paths import cache_dir
+from scenecls.reporting import NullReporter, Reporter
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """How to look. ``backbone``/``weights``/``image_size`` as ``train`` takes them; ``features`` False
+    skips the model (no feature near-duplicates, no label errors: hashes and counts only)."""
+
+    backbone: str = "xception"
+    weights: str = "imagenet"
+    image_size: int | None = None
+    batch_size: int = 32
+    folds: int = FOLDS
+    hash_distance: int = duplicates.HASH_DISTANCE
+    similarity: float = duplicates.FEATURE_SIMILARITY
+    features: bool = True
+    seed: int = 0
+
+
+def inspect_dataset(
+    path: Path,
+    options: InspectOptions | None = None,
+    *,
+    reporter: Reporter | None = None,
+    cache_root: Path | None = None,
+) -> Inspection:
+    """Look at the data set at ``path`` (any layout ``--data`` takes) and say what is wrong with it."""
+    options = options or InspectOptions()
+    reporter = reporter or NullReporter()
+    cache_root = cache_root or cache_dir()
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    index = index_dataset(path)
+    listed = [
+        (name, p, label)
+        for name in _ordered(index.splits)
+        for p, label in zip(index.splits[name].paths, index.splits[name].labels, strict=True)
+    ]
+    if not listed:
+        raise DataError(f"no images in {index.root}")
+    scan = scan_images([p for _, p, _ in listed], scan_cache_path(index.root, cache_root), reporter=reporter)
+    unreadable = list(scan.bad)
+    bad = {p for p, _ in unreadable}
+    surveyed = survey_images(
+        [p for _, p, _ in listed if p not in bad],
+        survey_cache_path(index.root, cache_root),
+        reporter=reporter,
+    )
+    readable = [entry for entry in listed if entry[1] not in bad]
+    items, facts = [], []
+    for (split, p, label), outcome in zip(readable, surveyed, strict=True):
+        if isinstance(outcome, ImageFacts):
+            items.append(Item(split, p, label))
+            facts.append(outcome)
+        else:
+            unreadable.append((p, outcome))
+    if not items:
+        raise DataError(f"no readable images in {index.root}")
+    seconds["survey"] = time.perf_counter() - start
+
+    features = None
+    if options.features:
+        start = time.perf_counter()
+        features = image_features(
+            items, len(index.classes), options, reporter=reporter, cache_root=cache_root
+        )
+        seconds["features"] = time.perf_counter() - start
+    start = time.perf_counter()
+    groups = find_groups(items, facts, features, options)
+    seconds["duplicates"] = time.perf_counter() - start
+    start = time.perf_counter()
+    suspects, check = check_labels(items, len(index.classes), features, options, reporter)
+    seconds["labels"] = time.perf_counter() - start
+    return Inspection(
+        index.root,
+        index.layout,
+        list(index.classes),
+        items,
+        unreadable,
+        facts,
+        groups,
+        suspects,
+        check,
+        options,
+        seconds,
+    )
+
+
+def _ordered(splits: dict[str, Split]) -> list[str]:
+    return sorted(splits, key=split_rank)
+
+
+def image_features(
+    items: list[Item], num_classes: int, options: InspectOptions, *, reporter: Reporter, cache_root: Path
+) -> np.ndarray:
+    """The backbone's pooled features of every item, ``(n, d)``, through the feature cache (an entry of
+    all the images, unaugmented): computed once, then read back in seconds."""
+    import keras
+
+    from scenecls.classifier import build_classifier, find_backbone
+    from scenecls.data.augment import NO_AUGMENTATION
+    from scenecls.heads import HeadConfig
+    from scenecls.models.registry import get_spec
+    from scenecls.training.cache_store import CacheInputs
+    from scenecls.training.features import load_or_compute
+
+    keras.backend.clear_session()
+    size = options.image_size or get_spec(options.backbone).default_size
+    weights = None if options.weights == "none" else options.weights
+    model = build_classifier(
+        options.backbone, max(num_classes, 2), size=size, weights=weights, head=HeadConfig(dense=0)
+    )
+    every = Split([i.path for i in items], [i.label for i in items])
+    inputs = CacheInputs(every, Split(), (size, size), options.batch_size, NO_AUGMENTATION, 0, 0)
+    cached = load_or_compute(model, find_backbone(model), inputs, cache_root=cache_root, reporter=reporter)
+    return cached.train[0]
+
+
+def find_groups(
+    items: list[Item], facts: list[ImageFacts], features: np.ndarray | None, options: InspectOptions
+) -> list[Group]:
+    """Exact and near duplicate groups among ``items`` (see the module's doc)."""
+    n = len(items)
+    exact = duplicates.group(n, duplicates.exact_pairs([f.sha256 for f in facts]))
+    pairs = list(duplicates.exact_pairs([f.sha256 for f in facts]))
+    hashed = duplicates.hash_pairs([f.dhash for f in facts], options.hash_distance)
+    if features is None:
+        pairs += hashed
+    else:
+        pairs += [
+            (i, j)
+            for i, j in hashed
+            if duplicates.cosine(features[i], features[j]) >= duplicates.HASH_CONFIRMATION
+        ]
+        pairs += [(i, j) for i, j, _ in duplicates.feature_pairs(features, options.similarity)]
+    exact_sets = {tuple(g) for g in exact}
+    groups = []
+    for members in duplicates.group(n, pairs):
+        kind = "exact" if tuple(members) in exact_sets else "near"
+        splits = sorted({items[i].split for i in members}, key=split_rank)
+        groups.append(Group(kind, members, splits, sorted({items[i].label for i in members})))
+    return groups
+
+
+def check_labels(
+    items: list[Item],
+    num_classes: int,
+    features: np.ndarray | None,
+    options: InspectOptions,
+    reporter: Reporter,
+) -> tuple[list[Suspect], str]:
+    """Likely label errors and a few words on the check; classes of one image cannot be checked (a head
+    that never saw their class would doubt every one of them), and at least two classes must remain."""
+    if features is None:
+        return [], "not run (--no-features)"
+    labels = np.array([i.label for i in items])
+    sizes = Counter(labels.tolist())
+    checked_classes = [c for c, n in sizes.items() if n >= 2]
+    if len(checked_classes) < 2:
+        return [], "not run: it needs two classes of at least two images"
+    rows = np.flatnonzero(np.isin(labels, checked_classes))
+    remap = {c: k for k, c in enumerate(sorted(checked_classes))}
+    back = sorted(checked_classes)
+    local = np.array([remap[c] for c in labels[rows]])
+    folds = min(options.folds, max(2, min(sizes[c] for c in checked_classes)))
+    probs = out_of_fold_probabilities(
+        features[rows] if len(rows) < len(items) else features,
+        local,
+        len(back),
+        folds=folds,
+        seed=options.seed,
+        reporter=reporter,
+    )
+    found = [
+        Suspect(
+            int(rows[s.index]), back[s.given], back[s.suggested], s.given_probability, s.suggested_probability
+        )
+        for s in find_suspects(probs, local)
+    ]
+    left_out = len(items) - len(rows)
+    note = f"{folds}-fold out-of-fold predictions of a linear head on {len(rows)} images"
+    return found, note + (f"; {left_out} image(s) of single-image classes not checked" if left_out else "")
