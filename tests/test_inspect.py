@@ -205,6 +205,12 @@ def test_inspect_reports_every_kind_of_finding_and_writes_an_exclude_list_train_
     assert config["data_fingerprint"] != other["data_fingerprint"] and other["images"]["excluded"] == 0
     seen = config["images"]["train"] + config["images"]["val"] + config["images"]["test"]
     assert seen == other["images"]["train"] + other["images"]["val"] + other["images"]["test"] - len(listed)
+    # A fine-tuning run keeps its parent's list (and so its parent's validation images).
+    child = CliRunner().invoke(cli, ["finetune", "with", "--project", str(runs), "--finetune-epochs", "1",
+                                     "--unfreeze", "1", "--name", "child", "--no-export", "-q"])  # fmt: skip
+    assert child.exit_code == 0, child.output
+    child_config = json.loads((runs / "child" / "config.json").read_text())
+    assert child_config["exclude"] == config["exclude"] and child_config["images"] == config["images"]
     # Nothing of the user's was touched.
     assert plants["leak"].is_file() and (data / "train" / "alpha" / "alpha_000.jpg").is_file()
 
@@ -251,8 +257,10 @@ def test_inspect_refuses_what_is_not_its_own_and_bad_input_in_one_line(tmp_path)
     for bad in (["--similarity", "nan"], ["--folds", "1"], ["--hash-distance", "99"]):
         result = CliRunner().invoke(cli, ["inspect", str(data), *bad])
         assert result.exit_code == 2 and "Traceback" not in result.output
-    missing = CliRunner().invoke(cli, ["train", "--data", str(data), "--exclude", str(tmp_path / "nope.txt")])
-    assert missing.exit_code == 1 and "no such file" in one_error_line(missing)
+    for command in ("train", "lr-find", "sweep"):
+        args = [command, "--data", str(data), "--exclude", str(tmp_path / "nope.txt")]
+        missing = CliRunner().invoke(cli, args)
+        assert missing.exit_code == 1 and "no such file" in one_error_line(missing), command
     empty = tmp_path / "empty"
     (empty / "alpha").mkdir(parents=True)
     (empty / "alpha" / "a.jpg").write_bytes(b"")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import option
+from scenecls.cli.options import absolute_exclude, option
 from scenecls.cli.output import Output, format_option, project_option
 from scenecls.cli.types import rate_type
 
@@ -25,6 +25,7 @@ from scenecls.cli.types import rate_type
 @click.option(
     "--data", type=click.Path(path_type=Path), help="Data set  [default: the run's, or fetch-data's]"
 )
+@option("exclude", help="Leave out the images this file lists  [default: the run's]")
 @option("backbone")
 @option("weights", help="imagenet, none, or a file.")
 @option("image_size", help=None)
@@ -65,6 +66,7 @@ def lr_find(
     from scenecls.config import TrainConfig
     from scenecls.training.lr_find import lr_find as range_test
 
+    exclude = absolute_exclude(options.pop("exclude"))
     start_model = None
     if run_ref:
         run_dir = runs.trained_run(run_ref, project)
@@ -74,8 +76,9 @@ def lr_find(
         start_model, phase = run_dir / runs.BEST, phase or "finetune"
         if data:
             config.data = str(data)
+        config.exclude = exclude or config.exclude
     else:
-        config = TrainConfig(data=str(data) if data else None, **options)
+        config = TrainConfig(data=str(data) if data else None, exclude=exclude, **options)
         config.finetune_epochs = max(config.finetune_epochs, 1)
     config.feature_cache = not no_cache
     phase = phase or "head"

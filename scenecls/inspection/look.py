@@ -146,7 +146,9 @@ def image_features(
     )
     every = Split([i.path for i in items], [i.label for i in items])
     inputs = CacheInputs(every, Split(), (size, size), options.batch_size, NO_AUGMENTATION, 0, 0)
-    cached = load_or_compute(model, find_backbone(model), inputs, cache_root=cache_root, reporter=reporter)
+    cached = load_or_compute(
+        model, find_backbone(model), inputs, cache_root=cache_root, reporter=reporter, mmap=True
+    )
     return cached.train[0]
 
 

@@ -163,14 +163,16 @@ def load_or_compute(
     cache_root: Path,
     reporter: Reporter | None = None,
     publish: bool = True,
+    mmap: bool = False,
 ) -> CachedFeatures:
     """The entry for these images and this backbone from ``cache_root``, or computed and (with
-    ``publish``) written there for the next run."""
+    ``publish``) written there for the next run. ``mmap``: an entry read back is memory-mapped, not
+    loaded (for a reader of a few rows at a time, on a data set of any size)."""
     reporter = reporter or NullReporter()
     train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
     key, fields = cache_key(backbone, inputs)
     folder = cache_root / "features" / key
-    cached = _read(folder, fields, len(train), len(val))
+    cached = _read(folder, fields, len(train), len(val), mmap=mmap)
     if cached is not None:
         reporter.log(f"Feature cache: reusing {folder}")
         cache_store.mark_used(folder)
@@ -221,12 +223,15 @@ def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> No
         )
 
 
-def _read(folder: Path, fields: dict, n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _read(
+    folder: Path, fields: dict, n_train: int, n_val: int, *, mmap: bool = False
+) -> tuple[np.ndarray, np.ndarray] | None:
     if cache_store.read_meta(folder, fields) is None:
         return None
+    mode = "r" if mmap else None
     try:
-        train = np.load(folder / "train.npy")
-        val = np.load(folder / "val.npy")
+        train = np.load(folder / "train.npy", mmap_mode=mode)
+        val = np.load(folder / "val.npy", mmap_mode=mode)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if train.ndim != 3 or train.shape[1] != n_train or val.shape[0] != n_val:
