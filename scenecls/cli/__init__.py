@@ -34,6 +34,7 @@ COMMANDS = {
     "export": "scenecls.cli.export:export",
     "ensemble": "scenecls.cli.ensemble:ensemble",
     "lr-find": "scenecls.cli.lr_find:lr_find",
+    "log-mlflow": "scenecls.cli.log_mlflow:log_mlflow",
     "backbones": "scenecls.cli.backbones:backbones",
     "cache": "scenecls.cli.cache:cache",
 }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from scenecls.cli.options import tracking_from, tracking_options
 from scenecls.cli.output import (
     Output,
     check_fail_under,
@@ -33,6 +34,7 @@ from scenecls.cli.output import (
 @precision_options
 @fail_under_option()
 @project_option()
+@tracking_options
 @format_option()
 @click.pass_obj
 def evaluate(
@@ -49,6 +51,7 @@ def evaluate(
     fail_under: float | None,
     project: Path,
     fmt: str,
+    **tracking_choice,
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
 
@@ -60,7 +63,8 @@ def evaluate(
     from scenecls.runs import resolve_model
     from scenecls.runtimes import needs_tensorflow
 
-    model_path, _ = resolve_model(model, project)
+    tracking = tracking_from(out, tracking_choice, project)
+    model_path, run_dir = resolve_model(model, project)
     if needs_tensorflow(model_path):
         out.load_tensorflow()
     precision, compiled = inference_settings(out, model_path, mixed_precision, jit)
@@ -78,6 +82,12 @@ def evaluate(
         reporter=out.reporter(),
     )
     ev = outcome.evaluation
+    if tracking is not None and run_dir is not None:
+        from scenecls.training.tracking import log_run_folder
+
+        missed = log_run_folder(run_dir, tracking, out.reporter(), evaluation=ev.to_dict()).missed()
+        if missed:
+            out.warn(f"MLflow did not get {', '.join(missed)}; send it with: scenecls log-mlflow {run_dir}")
     _render(out, outcome, fmt)
     check_fail_under(out, ev.accuracy, fail_under, f"{ev.split} accuracy")
 

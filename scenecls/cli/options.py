@@ -207,3 +207,49 @@ def absolute_exclude(path: str | None) -> str | None:
     if not resolved.is_file():
         raise DataError(f"--exclude {path}: no such file")
     return str(resolved)
+
+
+def tracking_options(func):
+    """MLflow tracking, for every command that trains or evaluates (see ``training/tracking.py``)."""
+    return _add_options(
+        func,
+        [
+            click.option(
+                "--mlflow/--no-mlflow",
+                "mlflow",
+                default=None,
+                help="Log to the MLflow tracking server that MLFLOW_TRACKING_URI names  "
+                "[default: on when it is set]",
+            ),
+            click.option(
+                "--mlflow-experiment",
+                metavar="NAME",
+                default=None,
+                help="MLflow experiment  [default: the project's folder name]",
+            ),
+            click.option("--mlflow-log-model", is_flag=True, help="Upload best.keras to MLflow too (large)."),
+        ],
+    )
+
+
+def tracking_from(out, options: dict, project: Path):
+    """The MLflow settings the tracking options ask for (taken out of ``options``), or None when off."""
+    from scenecls.training.tracking import TrackingSettings, require_client, tracking_requested
+
+    flag = options.pop("mlflow", None)
+    experiment = options.pop("mlflow_experiment", None)
+    log_model = options.pop("mlflow_log_model", False)
+    if not tracking_requested(flag):
+        return None
+    if not require_client(explicit=flag is True):
+        out.warn("MLFLOW_TRACKING_URI is set but the MLflow client is not installed: not tracking "
+                 "(pip install 'scenecls[mlflow]')")  # fmt: skip
+        return None
+    return TrackingSettings(experiment or default_experiment(project), log_model)
+
+
+def default_experiment(project: Path) -> str:
+    """The project's folder name: the folder that holds ``runs/`` (or the --project folder itself when it
+    is named otherwise)."""
+    folder = Path(project).resolve()
+    return (folder.parent if folder.name == "runs" else folder).name or "scenecls"

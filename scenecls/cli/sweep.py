@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import cache_options, config_from_options, recipe_options, run_options
+from scenecls.cli.options import (
+    cache_options,
+    config_from_options,
+    recipe_options,
+    run_options,
+    tracking_from,
+    tracking_options,
+)
 from scenecls.cli.output import Output
 from scenecls.cli.train import choose_distribution
 
@@ -50,6 +57,7 @@ def _csv_list(value: str) -> list[str]:
 )
 @cache_options
 @run_options
+@tracking_options
 @click.pass_obj
 def sweep(
     out: Output,
@@ -81,6 +89,7 @@ def sweep(
     from scenecls.training import sweep as sweeps
 
     points = _grid(backbones, unfreeze, dense, seeds, ensembles)
+    tracking = tracking_from(out, options, project)
     base = config_from_options(data, no_augment, no_cache, options)
     base.export_tflite = False  # export the runs you keep: scenecls export RUN
     folder = project / (name or "sweep")
@@ -96,7 +105,7 @@ def sweep(
         _render(out, rows, fmt, f"{len(rows)} runs in {folder} (dry run)")
         return
     if collect:
-        _collect(out, folder, points, fmt, ensembles)
+        _collect(out, folder, points, fmt, ensembles, tracking)
         return
     distribution = choose_distribution(out, distribute)
     from scenecls.training.loop import TrainingInterrupted
@@ -105,8 +114,9 @@ def sweep(
     out.log(f"Sweep folder: {folder} ({mine} runs{f' of {len(points)}, shard {shard}' if share else ''})")
     try:
         rows = sweeps.run_sweep(
-            folder, points, base, shard=share, reporter=out.reporter(), distribution=distribution
-        )
+            folder, points, base, shard=share, reporter=out.reporter(), distribution=distribution,
+            tracking=tracking,
+        )  # fmt: skip
     except TrainingInterrupted:
         click.echo("Interrupted. Run the same command again to resume the sweep.", err=True)  # even with -q
         raise click.exceptions.Exit(130) from None
@@ -120,6 +130,7 @@ def sweep(
     if ensembles:
         rows = _make_ensembles(out, folder, points)
     _write_tables(out, folder, points, rows)
+    _track_sweep(out, folder, points, tracking)
     _render(out, rows, fmt, f"Sweep results ({folder})")
     if not ensembles:
         _suggest_ensembles(out, folder, points)
@@ -184,7 +195,21 @@ def _make_ensembles(out: Output, folder: Path, points) -> list[dict]:
     return rows
 
 
-def _collect(out: Output, folder: Path, points, fmt: str, ensembles: bool = False) -> None:
+def _track_sweep(out: Output, folder: Path, points, tracking) -> None:
+    """The tables and heat maps to the sweep's MLflow parent run (FINISHED once every run is)."""
+    if tracking is None:
+        return
+    from scenecls.training import sweep as sweeps
+
+    files = [folder / name for name in ("results.csv", "results.json", "results.md")]
+    files += sorted(folder.glob("heatmap_*.png"))
+    finished = not sweeps.unfinished(folder, points)
+    missed = sweeps.log_sweep(folder, tracking, files, finished=finished, reporter=out.reporter())
+    if missed:
+        out.warn(f"MLflow did not get {', '.join(missed)} of the sweep; the sweep folder has them")
+
+
+def _collect(out: Output, folder: Path, points, fmt: str, ensembles: bool = False, tracking=None) -> None:
     """Tables and heatmaps from the runs on disk (with ``ensembles``, the ensembles of each recipe's
     finished seeds made first); exit 3 while some runs are not finished."""
     from scenecls.training import sweep as sweeps
@@ -197,6 +222,7 @@ def _collect(out: Output, folder: Path, points, fmt: str, ensembles: bool = Fals
         rows = sweeps.collect_results(folder, points, out.reporter())
         sweeps.write_results(folder, rows)
     _write_tables(out, folder, points, rows)
+    _track_sweep(out, folder, points, tracking)
     _render(out, rows, fmt, f"Sweep results ({folder})")
     missing = sweeps.unfinished(folder, points)
     if missing:

@@ -17,6 +17,8 @@ from scenecls.cli.options import (
     option,
     recipe_options,
     run_options,
+    tracking_from,
+    tracking_options,
 )
 from scenecls.cli.output import Output, accuracy_cell, check_fail_under, fail_under_option
 from scenecls.config import TrainConfig
@@ -50,6 +52,7 @@ def choose_distribution(out: Output, mode: str):
 @recipe_options
 @cache_options
 @run_options
+@tracking_options
 @fail_under_option()
 @click.option("--no-export", is_flag=True, help="Do not write best.tflite (fast predict) when the run ends.")
 @click.pass_obj
@@ -77,6 +80,7 @@ def train(
     from scenecls.paths import data_source
 
     distribution = choose_distribution(out, distribute)
+    tracking = tracking_from(out, options, project)
     if resume:
         run_dir = runs.trained_run(resume, project)
         ctx = click.get_current_context()
@@ -90,13 +94,13 @@ def train(
 
             extend_run(run_dir, **more)
         config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
-        _run(out, config, run_dir, fmt, fail_under, distribution, resume=True)
+        _run(out, config, run_dir, fmt, fail_under, distribution, resume=True, tracking=tracking)
         return
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
     data_source(config.data)  # no data set: say so before a runs/ folder is made for nothing
     run_dir = _new_run_dir(distribution, project, name or "train", exist_ok)
-    _run(out, config, run_dir, fmt, fail_under, distribution)
+    _run(out, config, run_dir, fmt, fail_under, distribution, tracking=tracking)
 
 
 def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path:
@@ -126,6 +130,7 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
 @finetune_augment_options
 @finetune_cache_options
 @run_options
+@tracking_options
 @fail_under_option()
 @click.option("--no-export", is_flag=True, help="Do not write best.tflite (fast predict) when the run ends.")
 @click.pass_obj
@@ -152,6 +157,7 @@ def finetune(
     from scenecls.errors import ModelError
 
     distribution = choose_distribution(out, distribute)
+    tracking = tracking_from(out, options, project)
     parent = runs.trained_run(run, project)
     parent_config = TrainConfig.from_dict(runs.read_json(parent / runs.CONFIG))
     if backbone and backbone != parent_config.backbone:
@@ -174,7 +180,9 @@ def finetune(
         }
     )
     run_dir = _new_run_dir(distribution, project, name or f"{parent.name}-ft", False)
-    _run(out, config, run_dir, fmt, fail_under, distribution, start_model=parent / runs.BEST)
+    _run(
+        out, config, run_dir, fmt, fail_under, distribution, start_model=parent / runs.BEST, tracking=tracking
+    )
 
 
 def _run(
@@ -187,21 +195,27 @@ def _run(
     *,
     resume: bool = False,
     start_model: Path | None = None,
+    tracking=None,
 ) -> None:
     from scenecls.training.loop import TrainingInterrupted
     from scenecls.training.loop import train as run_training
 
     if distribution.chief:
         out.log(f"Run folder: {run_dir}")
+    tracker = tracking.tracker(out.reporter()) if tracking is not None and distribution.chief else None
     try:
         result = run_training(
             config, run_dir, reporter=out.reporter(), resume=resume, start_model=start_model,
-            distribution=distribution,
+            distribution=distribution, tracker=tracker,
         )  # fmt: skip
     except TrainingInterrupted as exc:
         where = exc.run_dir if distribution.chief else run_dir  # a worker's own copy is gone
+        say_untracked(out, tracker, run_dir)
         click.echo(f"Interrupted. Resume with: scenecls train --resume {where}", err=True)  # even with -q
         raise click.exceptions.Exit(130) from None
+    except Exception:
+        say_untracked(out, tracker, run_dir)
+        raise
     if not distribution.chief:  # the results are the chief's to report
         best = accuracy_cell(result.best_val_accuracy)
         out.log(f"{distribution.task}: training finished (best val accuracy {best})")
@@ -210,12 +224,25 @@ def _run(
         from scenecls.fast_predict import export_after_training
 
         export_after_training(run_dir, out.reporter())
+        if tracker is not None and tracker.run_id:  # the export, and metrics.json that records it
+            exported = [run_dir / name for name in ("metrics.json", "best.tflite", "labels.txt")]
+            tracker.log_files(tracker.run_id, exported)
+    say_untracked(out, tracker, run_dir)
     _render(out, result, fmt)
     # The gate judges the test split when there is one, else the best validation accuracy.
     if result.test_accuracy is not None:
         check_fail_under(out, result.test_accuracy, fail_under, "test accuracy")
     else:
         check_fail_under(out, result.best_val_accuracy, fail_under, "best validation accuracy")
+
+
+def say_untracked(out: Output, tracker, run_dir: Path) -> None:
+    """What MLflow did not get of this run, and how to send it: the run folder has all of it."""
+    missed = tracker.missed() if tracker is not None else []
+    if missed:
+        out.warn(
+            f"MLflow did not get {', '.join(missed)} of this run; send it with: scenecls log-mlflow {run_dir}"
+        )
 
 
 def _render(out: Output, result, fmt: str) -> None:

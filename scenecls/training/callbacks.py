@@ -228,6 +228,17 @@ class RunCheckpoint(keras.callbacks.Callback):
             ledger.write_state()
 
 
+class TrackEpoch(keras.callbacks.Callback):
+    """Each finished epoch's row, as ``history.csv`` has it, to the run's tracker (MLflow)."""
+
+    def __init__(self, ledger: Ledger, tracker) -> None:
+        super().__init__()
+        self.ledger, self.tracker = ledger, tracker
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.tracker.epoch(self.ledger.history[-1])
+
+
 class BatchProgress(keras.callbacks.Callback):
     """The epoch's progress bar (moved after every batch, with the running loss and accuracy) and, at its
     end, the epoch's line in the log."""

@@ -26,6 +26,7 @@ from scenecls.precision import dtype_policy_name, resolve_precision
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training.recipe import Phase, plan_phases
 from scenecls.training.strategy import OFF, Distribution
+from scenecls.training.tracking import NO_TRACKING, Tracker
 from scenecls.unfreeze import UnfreezePolicy, UnfreezeReport, apply_unfreeze, check_policy
 
 
@@ -42,6 +43,7 @@ class RunContext:
     reporter: Reporter
     distribution: Distribution = field(default_factory=lambda: OFF)
     run_dir: Path | None = None  # None: nothing is written (lr-find, a preview)
+    tracker: Tracker = NO_TRACKING  # where each epoch is also logged (MLflow), besides the run folder
 
     @cached_property
     def phases(self) -> list[Phase]:
@@ -54,6 +56,7 @@ def start_run(
     reporter: Reporter | None = None,
     distribution: Distribution = OFF,
     run_dir: Path | None = None,
+    tracker: Tracker = NO_TRACKING,
 ) -> RunContext:
     """Seed Keras, resolve the precision and read the data set: the context of one run.
 
@@ -72,7 +75,7 @@ def start_run(
         exclude=config.exclude,
     )  # fmt: skip
     size = config.image_size or spec.default_size
-    return RunContext(config, data, tuple(data.classes), size, spec, reporter, distribution, run_dir)
+    return RunContext(config, data, tuple(data.classes), size, spec, reporter, distribution, run_dir, tracker)
 
 
 def preview_context(config: TrainConfig, num_classes: int) -> RunContext:

@@ -36,7 +36,7 @@ from pathlib import Path
 from scenecls import runs
 from scenecls.config import TrainConfig
 from scenecls.data.pipeline import class_weights, finite_dataset_warnings_silenced
-from scenecls.errors import SceneclsError, UsageError
+from scenecls.errors import SceneclsError, UsageError, first_line
 from scenecls.files import remove_stale_temporaries
 from scenecls.precision import dtype_policy
 from scenecls.reporting import NullReporter, Reporter
@@ -50,6 +50,7 @@ from scenecls.training.callbacks import (
     ReduceLROnPlateau,
     RunCheckpoint,
     StopOnNonFiniteLoss,
+    TrackEpoch,
     interrupts_deferred,
 )
 from scenecls.training.context import Learner, RunContext, prepare_model, start_run
@@ -65,6 +66,7 @@ from scenecls.training.state import (
     train_result,
 )
 from scenecls.training.strategy import OFF, Distribution, cluster_stopped, private_run_dir
+from scenecls.training.tracking import NO_TRACKING, Tracker
 from scenecls.unfreeze import UnfreezeReport
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train"]
@@ -78,6 +80,7 @@ def train(
     resume: bool = False,
     start_model: Path | None = None,
     distribution: Distribution | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model.
 
@@ -85,6 +88,9 @@ def train(
     run); one that fails later is marked ``failed`` in ``state.json`` with the reason, and keeps every
     finished epoch for ``--resume``. Under a ``distribution`` only the chief writes ``run_dir``; the
     other workers train alongside in a scratch copy (see :mod:`scenecls.training.strategy`).
+
+    ``tracker`` logs the run elsewhere too (MLflow, see :mod:`scenecls.training.tracking`): it is
+    closed here as FINISHED, FAILED with the reason, or KILLED; the chief alone tracks.
     """
     reporter = reporter or NullReporter()
     distribution = distribution or OFF
@@ -102,13 +108,17 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume and remove_stale_temporaries(run_dir, runs.RUN_FILES):
         reporter.log("Removed the half-written files of a save that was killed")
+    tracker = tracker or NO_TRACKING
     try:
-        return _train(config, run_dir, reporter, resume=resume, start_model=start_model,
-                      distribution=distribution)  # fmt: skip
+        result = _train(config, run_dir, reporter, resume=resume, start_model=start_model,
+                        distribution=distribution, tracker=tracker)  # fmt: skip
     except TrainingInterrupted:
+        tracker.end(run_dir, "interrupted")
         raise
     except BaseException as exc:
         lost = cluster_stopped(exc, distribution)
+        tracker.end(run_dir, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                    None if isinstance(exc, KeyboardInterrupt) else first_line(lost or exc, 300))  # fmt: skip
         if lost is None:
             record_failure(run_dir, fresh, exc)
             raise
@@ -118,11 +128,13 @@ def train(
         )
         record_failure(run_dir, fresh, lost)
         raise lost from exc
+    tracker.end(run_dir, result.status)
+    return result
 
 
 def _train(
     config: TrainConfig, run_dir: Path, reporter: Reporter, *, resume: bool, start_model: Path | None,
-    distribution: Distribution,
+    distribution: Distribution, tracker: Tracker = NO_TRACKING,
 ) -> TrainResult:  # fmt: skip
     plan_phases(config)  # a recipe that cannot be planned stops before the data set is read
     if config.warmup_epochs and config.lr_schedule == "plateau":
@@ -131,7 +143,9 @@ def _train(
         from scenecls.training.tensorboard import require_tensorboard
 
         require_tensorboard()
-    context = start_run(config, reporter=reporter, distribution=distribution, run_dir=run_dir)
+    context = start_run(
+        config, reporter=reporter, distribution=distribution, run_dir=run_dir, tracker=tracker
+    )
     _check_validation(context)
     ledger = open_run(context, resume)
     phases = context.phases
@@ -143,6 +157,10 @@ def _train(
     if ledger.state.status == "finished":
         reporter.log(f"{run_dir} has already finished training")
         return train_result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
+    tracked = tracker.start(run_dir, runs.read_json(run_dir / runs.CONFIG), ledger.state.mlflow_run_id)
+    if tracked and tracked != ledger.state.mlflow_run_id:
+        ledger.state.mlflow_run_id = tracked
+        ledger.write_state()
     if distribution.strategy is not None:
         reporter.log(distribution.describe(config.batch_size))
         global_batch = distribution.global_batch(context.config.batch_size)
@@ -274,5 +292,7 @@ def phase_callbacks(
         from scenecls.training.tensorboard import LOGDIR, TensorBoardLog
 
         callbacks.append(TensorBoardLog(ledger, info, ledger.run_dir / LOGDIR))
+    if context.tracker is not NO_TRACKING:
+        callbacks.append(TrackEpoch(ledger, context.tracker))
     callbacks.append(BatchProgress(reporter, ledger, info, source.steps, total_epochs))
     return callbacks

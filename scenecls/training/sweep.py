@@ -23,6 +23,7 @@ from scenecls.config import TrainConfig
 from scenecls.errors import SceneclsError, UsageError
 from scenecls.models.registry import get_spec
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.training.tracking import NO_TRACKING, TrackingSettings, new_sweep_id
 
 SWEEP_FILE = "sweep.json"
 ENSEMBLE_SUFFIX = "-ensemble"  # <backbone>-d<dense>-u<unfreeze>-ensemble: the ensemble of a recipe's seeds
@@ -129,14 +130,25 @@ def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None
         existing = runs.read_json(marker)
         # Read through TrainConfig: options added since the sweep began take their defaults.
         existing["base"] = _recipe(TrainConfig.from_dict(existing.get("base", {})).to_dict())
-        if existing != description:
+        if {k: v for k, v in existing.items() if k != "id"} != description:
             raise SceneclsError(
                 f"{folder} holds a different sweep (other grid or options); "
                 f"use another --name to start a new one"
             )
         return
     folder.mkdir(parents=True, exist_ok=True)
-    runs.write_json(marker, description)
+    runs.write_json(marker, {**description, "id": new_sweep_id()})
+
+
+def sweep_id(folder: Path) -> str:
+    """The sweep's id (in ``sweep.json``), by which shards on other machines find one MLflow parent run;
+    a sweep made before ids is given one."""
+    marker = folder / SWEEP_FILE
+    description = runs.read_json(marker)
+    if not isinstance(description.get("id"), str):
+        description["id"] = new_sweep_id()
+        runs.write_json(marker, description)
+    return description["id"]
 
 
 def check_grid(folder: Path, points: list[GridPoint]) -> None:
@@ -176,8 +188,10 @@ def run_sweep(
     shard: tuple[int, int] | None = None,
     reporter: Reporter | None = None,
     distribution=None,
+    tracking: TrackingSettings | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every point (of ``shard``, if given) not finished yet.
+    """Train every point (of ``shard``, if given) not finished yet; with ``tracking``, each run is a child
+    of the sweep's MLflow parent run (one for every shard, found by the sweep's id).
 
     Without a shard, returns the results table of the whole grid and writes it (see
     :func:`collect_results`); a shard returns its own runs' rows and writes no table, since other
@@ -193,6 +207,7 @@ def run_sweep(
     if distribution.chief:
         open_sweep(folder, points, base)
     distribution.barrier()  # the workers look at the sweep folder once the chief has opened it
+    trackers = _child_trackers(folder, tracking, reporter) if tracking and distribution.chief else None
     mine = shard_points(points, *shard) if shard else points
     for number, point in enumerate(mine, start=1):
         run_dir = folder / point.name
@@ -210,7 +225,9 @@ def run_sweep(
         reporter.log(f"[{number}/{len(mine)}] {point.name}: {'resuming' if resume else 'training'}")
         if distribution.chief:
             run_dir.mkdir(parents=True, exist_ok=True)
-        train(point_config(base, point), run_dir, reporter=reporter, resume=resume, distribution=distribution)
+        tracker = next(trackers) if trackers else None
+        train(point_config(base, point), run_dir, reporter=reporter, resume=resume, distribution=distribution,
+              tracker=tracker)  # fmt: skip
         distribution.barrier()  # the run's state is written before anyone looks at the next
     if shard:
         return collect_results(folder, mine, reporter)
@@ -218,6 +235,28 @@ def run_sweep(
     if distribution.chief:
         write_results(folder, results)
     return results
+
+
+def _child_trackers(folder: Path, tracking: TrackingSettings, reporter: Reporter):
+    """A tracker for each run of the sweep, each a child of its parent run; none when the server is down
+    (said once, not once per run)."""
+    parent = tracking.tracker(reporter).sweep_parent(folder, sweep_id(folder))
+    while True:
+        yield tracking.tracker(reporter, parent=parent) if parent else NO_TRACKING
+
+
+def log_sweep(
+    folder: Path, tracking: TrackingSettings, files: list[Path], *, finished: bool, reporter=None
+) -> list[str]:
+    """The sweep's tables and heat maps on its MLflow parent run, FINISHED once every run is; what
+    could not be logged, in words."""
+    tracker = tracking.tracker(reporter)
+    parent = tracker.sweep_parent(folder, sweep_id(folder))
+    if parent:
+        tracker.log_files(parent, files)
+        if finished:
+            tracker.terminate(parent, "FINISHED")
+    return tracker.missed()
 
 
 def unfinished(folder: Path, points: list[GridPoint]) -> list[str]:
