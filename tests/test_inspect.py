@@ -270,6 +270,22 @@ def test_inspect_refuses_what_is_not_its_own_and_bad_input_in_one_line(tmp_path)
     assert nothing.exit_code == 1 and "no readable images" in one_error_line(nothing)
 
 
+def test_a_split_of_unreadable_files_only_is_reported_not_fatal(tmp_path):
+    data = tmp_path / "data"
+    _smooth_images(data / "train", 4, seed=3)
+    for name in ("alpha", "beta"):
+        (data / "test" / name).mkdir(parents=True)
+        (data / "test" / name / "cut.jpg").write_bytes(b"\xff\xd8\xff")
+    result = CliRunner().invoke(
+        cli, ["inspect", str(data), "--no-features", "--output", str(tmp_path / "o"), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["counts"]["unreadable"] == 2 and list(report["balance"]) == ["train"]
+    table = CliRunner().invoke(cli, ["inspect", str(data), "--no-features", "--output", str(tmp_path / "o")])
+    assert table.exit_code == 0 and "Unreadable files (2)" in table.stdout
+
+
 def test_one_class_or_one_image_per_class_skips_the_label_check_with_a_word(tmp_path):
     one_class = tmp_path / "one"
     (one_class / "only").mkdir(parents=True)

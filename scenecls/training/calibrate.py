@@ -33,7 +33,8 @@ from scenecls.training.context import RunContext
 
 
 def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) -> dict[str, Any]:
-    """Fit the temperature of the run's ``best.keras`` on the validation split and put it in the model.
+    """Fit the temperature of the run's ``best.keras`` on the validation split and put it in the model
+    (the calibrated model, as saved, is in the record's ``"model"``, not written to JSON).
 
     ``inside``: the temperature the model holds already (a run calibrated before): the fit is made on
     the probabilities without it, and the model's logits are scaled by what is missing. With no
@@ -72,6 +73,7 @@ def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) ->
         "images": len(labels),
         "bins": ECE_BINS,
         "val": {"before": before, "after": after},
+        "model": model,
     }
 
 
@@ -112,8 +114,9 @@ def calibrate_run(run_dir: Path, *, reporter: Reporter | None = None) -> dict[st
         )
     inside = _number(metrics.get("temperature"), 1.0)
     record = calibrate_best(context, int(metrics.get("best_epoch") or 0), inside)
+    calibrated = record.pop("model", None)  # as saved: no need to read it back
     if context.data.test:
-        best = load_model(run_dir / runs.BEST)
+        best = calibrated or load_model(run_dir / runs.BEST)
         probs = predict_split(best, context.data.test, context.config.batch_size)
         record["test"] = scores_on(probs, context.data.test, record["temperature"])
     metrics["temperature"], metrics["calibration"] = record["temperature"], record

@@ -81,10 +81,11 @@ def _final_metrics(context: RunContext, state: TrainState, calibration: dict[str
     }
     if data.test:
         reporter.log(f"Testing the best model on {len(data.test)} test images")
-        best = load_model(context.run_dir / runs.BEST)
+        best = calibration.pop("model", None) or load_model(context.run_dir / runs.BEST)  # as saved
         probs = predict_split(best, data.test, context.config.batch_size)
         test = evaluate_predictions(probs, np.asarray(data.test.labels), data.classes, split="test")
         metrics["test_accuracy"], metrics["test_loss"] = test.accuracy, test.loss
         calibration = {**calibration, "test": scores_on(probs, data.test, calibration["temperature"])}
+    calibration.pop("model", None)
     metrics["calibration"] = calibration
     return metrics
