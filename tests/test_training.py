@@ -62,7 +62,7 @@ def test_train_writes_a_complete_run_folder(trained, data):
     assert config["backbone"] == "convnext_tiny" and config["dense"] == 3 and config["seed"] == 0
     assert config["classes"] == ["alpha", "beta", "gamma"]
     assert config["data_fingerprint"] and config["versions"]["keras"]
-    assert config["images"] == {"train": 39, "val": 9, "test": 18, "skipped": 0}
+    assert config["images"] == {"train": 39, "val": 9, "test": 18, "skipped": 0, "excluded": 0}
     assert [r["blocks"] for r in config["unfreeze_reports"]] == [[], ["stage_3_block_2"]]
     assert json.loads((trained / "labels.json").read_text())["classes"] == ["alpha", "beta", "gamma"]
 
