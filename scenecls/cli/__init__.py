@@ -166,6 +166,7 @@ def cli(ctx: click.Context, quiet: bool, debug: bool) -> None:
     \b
     Typical session:
       scenecls fetch-data
+      scenecls inspect
       scenecls train --backbone xception --dense 3 --unfreeze 5
       scenecls evaluate
       scenecls predict photo.jpg
