@@ -148,12 +148,12 @@ def scan_images(
     A re-scan reads only the files that changed, so checking 20k images costs a ``stat`` each.
     """
     reporter = reporter or NullReporter()
-    cache = _load_cache(cache_file)
+    cache = load_remembered(cache_file, SCAN_CACHE_VERSION)
     result = ScanResult()
     todo: list[tuple[int, str, str]] = []
     verdicts: list[str | None] = [None] * len(paths)
     for i, path in enumerate(paths):
-        key = _stat_key(path)
+        key = stat_key(path)
         if key is None:
             verdicts[i] = "file not found"
             continue
@@ -171,7 +171,7 @@ def scan_images(
                 cache[path] = [key, reason]
                 task.advance()
         task.close()
-        _save_cache(cache_file, cache)
+        save_remembered(cache_file, cache, SCAN_CACHE_VERSION)
     for path, reason in zip(paths, verdicts, strict=True):
         if reason is None:
             result.good.append(path)
@@ -180,7 +180,8 @@ def scan_images(
     return result
 
 
-def _stat_key(path: str) -> str | None:
+def stat_key(path: str) -> str | None:
+    """What a remembered fact about a file is keyed by besides its path: its size and modification time."""
     try:
         st = os.stat(path)
     except OSError:
@@ -188,28 +189,32 @@ def _stat_key(path: str) -> str | None:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def scan_cache_path(root: Path, cache_root: Path) -> Path:
+def scan_cache_path(root: Path, cache_root: Path, kind: str = "scans") -> Path:
+    """The file that remembers what was learnt of the images below ``root`` (``kind``: the scan's
+    verdicts, or the survey of ``scenecls inspect``)."""
     digest = hashlib.sha1(os.fsencode(root.absolute())).hexdigest()[:16]
-    return cache_root / "scans" / f"{digest}.json"
+    return cache_root / kind / f"{digest}.json"
 
 
-def _load_cache(cache_file: Path | None) -> dict[str, list]:
+def load_remembered(cache_file: Path | None, version: int) -> dict[str, list]:
+    """``{path: [stat key, fact]}`` as ``cache_file`` remembers it; empty when missing, damaged or of
+    another version."""
     if cache_file is None:
         return {}
     try:
         data = json.loads(cache_file.read_text())
-        if data.get("version") == SCAN_CACHE_VERSION and isinstance(data.get("files"), dict):
+        if data.get("version") == version and isinstance(data.get("files"), dict):
             return data["files"]
     except (OSError, ValueError, AttributeError):
         pass  # missing or corrupt: rebuild
     return {}
 
 
-def _save_cache(cache_file: Path | None, files: dict[str, list]) -> None:
+def save_remembered(cache_file: Path | None, files: dict[str, list], version: int) -> None:
     if cache_file is None:
         return
     try:
         with atomic_path(cache_file) as tmp:
-            tmp.write_text(json.dumps({"version": SCAN_CACHE_VERSION, "files": files}))
+            tmp.write_text(json.dumps({"version": version, "files": files}))
     except OSError:
         pass  # a cache we cannot write only costs time

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -21,8 +20,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from scenecls.data.images import MAX_PIXELS, ImageReadError, to_rgb
-from scenecls.files import atomic_path
+from scenecls.data.images import (
+    MAX_PIXELS,
+    ImageReadError,
+    load_remembered,
+    save_remembered,
+    stat_key,
+    to_rgb,
+)
 from scenecls.reporting import NullReporter, Reporter
 
 SURVEY_VERSION = 1
@@ -102,11 +107,11 @@ def survey_images(
     Reuses what ``cache_file`` remembers for files whose size and modification time are unchanged.
     """
     reporter = reporter or NullReporter()
-    cache = _load(cache_file)
+    cache = load_remembered(cache_file, SURVEY_VERSION)
     results: list[ImageFacts | str] = ["not surveyed"] * len(paths)
     todo: list[tuple[int, str, str]] = []
     for i, path in enumerate(paths):
-        key = _stat_key(path)
+        key = stat_key(path)
         if key is None:
             results[i] = "file not found"
             continue
@@ -125,7 +130,7 @@ def survey_images(
                 cache[path] = [key, outcome.to_row() if isinstance(outcome, ImageFacts) else outcome]
                 task.advance()
         task.close()
-        _save(cache_file, cache)
+        save_remembered(cache_file, cache, SURVEY_VERSION)
     return results
 
 
@@ -134,42 +139,6 @@ def _facts_or_reason(path: str) -> ImageFacts | str:
         return image_facts(path)
     except ImageReadError as exc:
         return str(exc)
-
-
-def survey_cache_path(root: Path, cache_root: Path) -> Path:
-    digest = hashlib.sha1(os.fsencode(Path(root).absolute())).hexdigest()[:16]
-    return cache_root / "surveys" / f"{digest}.json"
-
-
-def _stat_key(path: str) -> str | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _load(cache_file: Path | None) -> dict[str, list]:
-    if cache_file is None:
-        return {}
-    try:
-        data = json.loads(cache_file.read_text())
-        if data.get("version") == SURVEY_VERSION and isinstance(data.get("files"), dict):
-            return data["files"]
-    except (OSError, ValueError, AttributeError):
-        pass  # missing or damaged: looked at again
-    return {}
-
-
-def _save(cache_file: Path | None, files: dict[str, list]) -> None:
-    if cache_file is None:
-        return
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_file) as tmp:
-            tmp.write_text(json.dumps({"version": SURVEY_VERSION, "files": files}))
-    except OSError:
-        pass  # a cache that cannot be written only costs time
 
 
 def image_statistics(facts: Sequence[ImageFacts]) -> dict:

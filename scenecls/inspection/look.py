@@ -26,7 +26,7 @@ import numpy as np
 
 from scenecls.data import duplicates
 from scenecls.data.images import scan_cache_path, scan_images
-from scenecls.data.inspect import ImageFacts, survey_cache_path, survey_images
+from scenecls.data.inspect import ImageFacts, survey_images
 from scenecls.data.layout import Split, index_dataset
 from scenecls.errors import DataError
 from scenecls.inspection.findings import Group, Inspection, Item, split_rank
@@ -77,7 +77,7 @@ def inspect_dataset(
     bad = {p for p, _ in unreadable}
     surveyed = survey_images(
         [p for _, p, _ in listed if p not in bad],
-        survey_cache_path(index.root, cache_root),
+        scan_cache_path(index.root, cache_root, "surveys"),
         reporter=reporter,
     )
     readable = [entry for entry in listed if entry[1] not in bad]
