@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -147,37 +148,56 @@ def scan_images(
 
     A re-scan reads only the files that changed, so checking 20k images costs a ``stat`` each.
     """
-    reporter = reporter or NullReporter()
-    cache = load_remembered(cache_file, SCAN_CACHE_VERSION)
     result = ScanResult()
-    todo: list[tuple[int, str, str]] = []
-    verdicts: list[str | None] = [None] * len(paths)
-    for i, path in enumerate(paths):
-        key = stat_key(path)
-        if key is None:
-            verdicts[i] = "file not found"
-            continue
-        entry = cache.get(path)
-        if entry is not None and entry[0] == key:
-            verdicts[i] = entry[1]
-            result.cached += 1
-        else:
-            todo.append((i, path, key))
-    if todo:
-        task = reporter.task("Checking images", total=len(todo), unit="images")
-        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-            for (i, path, key), reason in zip(todo, pool.map(lambda t: check_image(t[1]), todo), strict=True):
-                verdicts[i] = reason
-                cache[path] = [key, reason]
-                task.advance()
-        task.close()
-        save_remembered(cache_file, cache, SCAN_CACHE_VERSION)
+    verdicts, result.cached = remembered_map(
+        paths, check_image, cache_file, SCAN_CACHE_VERSION, missing="file not found", what="Checking images",
+        workers=workers, reporter=reporter,
+    )  # fmt: skip
     for path, reason in zip(paths, verdicts, strict=True):
         if reason is None:
             result.good.append(path)
         else:
             result.bad.append((path, reason))
     return result
+
+
+def remembered_map(
+    paths: Sequence[str],
+    compute: Callable[[str], Any],
+    cache_file: Path | None,
+    version: int,
+    *,
+    missing: Any,
+    what: str,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> tuple[list[Any], int]:
+    """``compute(path)`` for every path, in order, in threads (Pillow decodes without the GIL), each
+    result remembered in ``cache_file`` under the path, size and modification time, so that only new or
+    changed files are computed again; ``missing`` for a file that is gone. Results must be JSON. Also
+    returns how many came from the cache."""
+    reporter = reporter or NullReporter()
+    cache = load_remembered(cache_file, version)
+    results: list[Any] = [missing] * len(paths)
+    todo: list[tuple[int, str, str]] = []
+    cached = 0
+    for i, path in enumerate(paths):
+        key = stat_key(path)
+        entry = cache.get(path) if key is not None else None
+        if entry is not None and entry[0] == key:
+            results[i], cached = entry[1], cached + 1
+        elif key is not None:
+            todo.append((i, path, key))
+    if todo:
+        task = reporter.task(what, total=len(todo), unit="images")
+        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+            for (i, path, key), value in zip(todo, pool.map(lambda t: compute(t[1]), todo), strict=True):
+                results[i] = value
+                cache[path] = [key, value]
+                task.advance()
+        task.close()
+        save_remembered(cache_file, cache, version)
+    return results, cached
 
 
 def stat_key(path: str) -> str | None:

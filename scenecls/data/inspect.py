@@ -13,22 +13,14 @@ import io
 import os
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from scenecls.data.images import (
-    MAX_PIXELS,
-    ImageReadError,
-    load_remembered,
-    save_remembered,
-    stat_key,
-    to_rgb,
-)
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.data.images import MAX_PIXELS, ImageReadError, remembered_map, to_rgb
+from scenecls.reporting import Reporter
 
 SURVEY_VERSION = 1
 THUMB_SIDE = 64  # the size an image is looked at for its hash and its colour
@@ -106,37 +98,17 @@ def survey_images(
 
     Reuses what ``cache_file`` remembers for files whose size and modification time are unchanged.
     """
-    reporter = reporter or NullReporter()
-    cache = load_remembered(cache_file, SURVEY_VERSION)
-    results: list[ImageFacts | str] = ["not surveyed"] * len(paths)
-    todo: list[tuple[int, str, str]] = []
-    for i, path in enumerate(paths):
-        key = stat_key(path)
-        if key is None:
-            results[i] = "file not found"
-            continue
-        entry = cache.get(path)
-        if entry is not None and entry[0] == key:
-            results[i] = ImageFacts.from_row(entry[1]) if isinstance(entry[1], list) else str(entry[1])
-        else:
-            todo.append((i, path, key))
-    if todo:
-        task = reporter.task("Hashing images", total=len(todo), unit="images")
-        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-            for (i, path, key), outcome in zip(
-                todo, pool.map(_facts_or_reason, [t[1] for t in todo]), strict=True
-            ):
-                results[i] = outcome
-                cache[path] = [key, outcome.to_row() if isinstance(outcome, ImageFacts) else outcome]
-                task.advance()
-        task.close()
-        save_remembered(cache_file, cache, SURVEY_VERSION)
-    return results
+    rows, _ = remembered_map(
+        paths, _facts_or_reason, cache_file, SURVEY_VERSION, missing="file not found", what="Hashing images",
+        workers=workers, reporter=reporter,
+    )  # fmt: skip
+    return [ImageFacts.from_row(row) if isinstance(row, list) else str(row) for row in rows]
 
 
-def _facts_or_reason(path: str) -> ImageFacts | str:
+def _facts_or_reason(path: str) -> list | str:
+    """The facts of ``path`` as a row (JSON, for the cache), or why it cannot be read."""
     try:
-        return image_facts(path)
+        return image_facts(path).to_row()
     except ImageReadError as exc:
         return str(exc)
 
