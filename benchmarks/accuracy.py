@@ -88,6 +88,12 @@ RECIPES: dict[str, list[str]] = {
     "head-lr-4e-3": ["--lr", "4e-3"],
     # Twice the fine-tuning epochs.
     "finetune-20": ["--finetune-epochs", "20"],
+    # Shorter schedules (the cosine decays to 0 over each phase, whatever its length): time to accuracy.
+    "finetune-6": ["--finetune-epochs", "6"],
+    "finetune-4": ["--finetune-epochs", "4"],
+    "head-5": ["--epochs", "5"],
+    "head-3": ["--epochs", "3"],
+    "head-5-finetune-6": ["--epochs", "5", "--finetune-epochs", "6"],
     # The whole backbone fine-tuned at a low rate.
     "unfreeze-all-3e-5": ["--unfreeze", "all", "--finetune-lr", "3e-5"],
     # MixUp and CutMix (batch-level blending of images and labels; MixUp of the features in phase 1).
