@@ -157,7 +157,6 @@ def find_groups(
 ) -> list[Group]:
     """Exact and near duplicate groups among ``items`` (see the module's doc)."""
     n = len(items)
-    exact = duplicates.group(n, duplicates.exact_pairs([f.sha256 for f in facts]))
     pairs = list(duplicates.exact_pairs([f.sha256 for f in facts]))
     hashed = duplicates.hash_pairs([f.dhash for f in facts], options.hash_distance)
     if features is None:
@@ -169,10 +168,9 @@ def find_groups(
             if duplicates.cosine(features[i], features[j]) >= duplicates.HASH_CONFIRMATION
         ]
         pairs += [(i, j) for i, j, _ in duplicates.feature_pairs(features, options.similarity)]
-    exact_sets = {tuple(g) for g in exact}
     groups = []
     for members in duplicates.group(n, pairs):
-        kind = "exact" if tuple(members) in exact_sets else "near"
+        kind = "exact" if len({facts[i].sha256 for i in members}) == 1 else "near"  # one file, copied
         splits = sorted({items[i].split for i in members}, key=split_rank)
         groups.append(Group(kind, members, splits, sorted({items[i].label for i in members})))
     return groups
