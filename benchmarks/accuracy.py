@@ -2,6 +2,7 @@
 
 Run: python benchmarks/accuracy.py [--recipes seed,default] [--seeds 0,1] [--data intel-dev]
                                    [--weights PATH] [--markdown] [--tta] [--ensemble]
+                                   [--fresh-caches] [--json FILE]
 
 A recipe is a set of `scenecls train` options; each runs as a user runs it (`scenecls train ... --seed S`
 in a fresh process) on the data's own test split, then the table gives, per recipe and seed, the best
@@ -10,6 +11,9 @@ accuracy and its spread (max - min) over the seeds. `--data` is intel-dev (the d
 ../shared with `fetch-data --from`), intel-mini, or a folder; `--weights` defaults to the shared real
 MobileNetV2 weights. `--tta` also evaluates each run's best model with `scenecls evaluate --tta`;
 `--ensemble` averages each recipe's seeds with `scenecls ensemble` and gives that model's test accuracy.
+`--fresh-caches` gives every run an empty SCENECLS_HOME, so that each builds its feature and activation
+caches as a user's first run does (the seconds are then end to end; without it, later runs reuse what
+earlier ones cached). `--json FILE` also writes the rows, for `time_to_accuracy.py` to plot.
 Tune recipes on intel-dev only: its test part is the test set.
 """
 
@@ -89,11 +93,17 @@ RECIPES: dict[str, list[str]] = {
     # Twice the fine-tuning epochs.
     "finetune-20": ["--finetune-epochs", "20"],
     # Shorter schedules (the cosine decays to 0 over each phase, whatever its length): time to accuracy.
+    "finetune-10": ["--finetune-epochs", "10"],
     "finetune-6": ["--finetune-epochs", "6"],
     "finetune-4": ["--finetune-epochs", "4"],
     "head-5": ["--epochs", "5"],
     "head-3": ["--epochs", "3"],
     "head-5-finetune-6": ["--epochs", "5", "--finetune-epochs", "6"],
+    "head-5-finetune-4": ["--epochs", "5", "--finetune-epochs", "4"],
+    "head-3-finetune-4": ["--epochs", "3", "--finetune-epochs", "4"],
+    # Early stopping on validation accuracy: each phase stops after 2 epochs without a better one (the
+    # cosine still planned over 10 epochs) and goes on from its best.
+    "patience-2": ["--patience", "2"],
     # The whole backbone fine-tuned at a low rate.
     "unfreeze-all-3e-5": ["--unfreeze", "all", "--finetune-lr", "3e-5"],
     # MixUp and CutMix (batch-level blending of images and labels; MixUp of the features in phase 1).
@@ -130,6 +140,10 @@ def main() -> None:
     parser.add_argument(
         "--ensemble", action="store_true", help="also average each recipe's seeds with scenecls ensemble"
     )
+    parser.add_argument(
+        "--fresh-caches", action="store_true", help="an empty cache for every run: seconds end to end"
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in RECIPES]
@@ -146,7 +160,8 @@ def main() -> None:
             command = ["train", "--data", str(data), *BASE, "--weights", args.weights, *RECIPES[recipe],
                        "--seed", str(seed), "--project", str(work / "runs"), "--name", f"{recipe}-s{seed}",
                        "--format", "json"]  # fmt: skip
-            result = json.loads(run_scenecls(command, work / "home"))
+            home = work / "home" / f"{recipe}-s{seed}" if args.fresh_caches else work / "home"
+            result = json.loads(run_scenecls(command, home))
             metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
             step = phase_step(Path(result["run_dir"]) / "history.csv")
             row = {
@@ -161,11 +176,11 @@ def main() -> None:
                 "command": "scenecls " + " ".join(command[:1] + command[3:-4]),
             }
             if args.tta:
-                evaluated = run_scenecls(
-                    ["evaluate", result["run_dir"], "--tta", "--format", "json"], work / "home"
-                )
+                evaluated = run_scenecls(["evaluate", result["run_dir"], "--tta", "--format", "json"], home)
                 row["test_tta"] = json.loads(evaluated)["accuracy"]
             rows.append(row)
+            if args.json:  # after every run, so that an interrupted benchmark keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=1))
             print(
                 f"{recipe:18s} seed {seed}: val {fmt(row['val'])} test {row['test']:.4f} "
                 + (f"with --tta {row['test_tta']:.4f} " if args.tta else "")
