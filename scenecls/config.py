@@ -53,7 +53,7 @@ class TrainConfig:
     lr: float = option_field(1e-3, kind="rate")
     batch_size: int = option_field(32, kind="int", low=1, short="-b")
     # Chosen by measurement (benchmarks/README.md, "Epochs by measurement"): 6 epochs scored as 10 did on
-    # five seeds (0.928 against 0.926) in two thirds of the time; 4 scored 0.924, below the spread.
+    # five seeds (0.928 against 0.926) in a fifth to a quarter less time; 4 scored 0.924, below the spread.
     finetune_epochs: int = option_field(6, "Epochs of each fine-tuning stage.", kind="int", low=0)
     # Chosen by measurement (benchmarks/README.md, "The fine-tuning rate and its schedule"): the seed's
     # constant 1e-4 scored 0.5 points lower on each of five seeds; cosine from 2e-4 averages 1e-4.
