@@ -7,6 +7,9 @@ else is a bug and keeps its traceback behind ``--debug``.
 
 from __future__ import annotations
 
+import os
+import re
+
 
 class SceneclsError(Exception):
     """An anticipated failure with a message fit to show a user as it is."""
@@ -30,6 +33,31 @@ class DownloadError(SceneclsError):
 
 class ModelError(SceneclsError):
     """A model, checkpoint or weights file that cannot be built or loaded."""
+
+
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@?#]+@")
+# Secrets the tool or its libraries read from the environment: never printed, whatever message quotes them.
+SECRET_VARIABLES = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    "KAGGLE_KEY",
+    "AWS_SECRET_ACCESS_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "DATABRICKS_TOKEN",
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential a message may carry hidden: the user and password of an address
+    (``https://alice:pw@host`` -> ``https://***@host``) and the value of any secret variable set in the
+    environment. Every line the tool prints goes through it."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value and len(value) >= 4 and value in text:
+            text = text.replace(value, "***")
+    return text
 
 
 def first_line(exc: BaseException, limit: int | None = None) -> str:

@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,52 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_path(path: Path) -> Path:
+    """Where the SHA-256 of a model file this tool wrote is kept: ``NAME.sha256`` beside it, in the
+    format ``sha256sum -c`` reads."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def record_checksum(path: Path) -> str:
+    """Write the SHA-256 of ``path`` beside it (after the file itself is in place); returns it."""
+    digest = file_sha256(path)
+    with atomic_path(checksum_path(path)) as tmp:
+        tmp.write_text(f"{digest}  {Path(path).name}\n", encoding="utf-8")
+    return digest
+
+
+def recorded_checksum(path: Path) -> str | None:
+    """The SHA-256 recorded for ``path`` when it was written; None when none was (a file from elsewhere,
+    or from before checksums were kept) or the record is unreadable."""
+    record = checksum_path(path)
+    try:
+        if record.is_symlink() or not record.is_file() or record.stat().st_size > 4096:
+            return None
+        digest = record.read_text(encoding="utf-8").split(maxsplit=1)[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        return None
+    return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
+
+
+def checksum_matches(path: Path) -> bool:
+    """False only when a checksum was recorded for ``path`` and the file no longer has it (changed or
+    damaged since it was written)."""
+    recorded = recorded_checksum(path)
+    return recorded is None or file_sha256(path) == recorded
+
+
+def changed_since_written(path: Path) -> str:
+    """Why a model file whose checksum no longer matches is refused, in one sentence."""
+    return (
+        f"{path} is not the file scenecls wrote: its SHA-256 differs from the one recorded in "
+        f"{checksum_path(path).name} (changed or damaged since); refused"
+    )
 
 
 def check_free_space(what: str, size: int, dest: Path) -> None:
@@ -201,6 +248,93 @@ def remove_abandoned(parent: Path, kind: str, name: str | None = None, *, marked
     return removed
 
 
+# ------------------------------------------------------------------------------- paths a command takes
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _under_a_file(path: Path) -> Path | None:
+    """The first of ``path``'s parents that exists and is not a folder (so nothing can be made under it)."""
+    for parent in reversed(Path(path).absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def check_output_file(path: Path, option: str, error: type | None = None) -> None:
+    """Refuse, in one line and before any work, a file a command would write or replace that is not a
+    plain file of its own: a link (never written through), a folder, a device, a FIFO or a socket (a
+    write would block for ever or fill the disk), or a path under a file. ``error``: the exception class
+    (a usage error unless told)."""
+    from scenecls.errors import UsageError
+
+    refuse = error or UsageError
+    path = Path(path)
+    blocker = _under_a_file(path)
+    if blocker is not None:
+        raise refuse(f"{option} {path}: {blocker} is a file, not a folder")
+    if path.is_symlink():
+        raise refuse(f"{option} {path} is a link; give a file name (a new file or a regular one)")
+    if path.exists():
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(f"{option} {path} is {_kind(mode)}; give a file name (a new file or a regular one)")
+
+
+def check_input_file(path: Path, option: str) -> None:
+    """Refuse, in one line, a file a command reads that is missing or is not a regular file (a device
+    or FIFO would be read for ever); a link to a regular file is read as that file. A data error (exit
+    1), as a missing input has always been."""
+    from scenecls.errors import DataError
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{option} {path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{option} {path}: cannot read it ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{option} {path} is {_kind(mode)}, not a file")
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Refuse a folder a command writes into that is a link, a file of another kind or lies under a file."""
+    from scenecls.errors import UsageError
+
+    path = Path(path)
+    blocker = _under_a_file(path)
+    if blocker is not None:
+        raise UsageError(f"{option} {path}: {blocker} is a file, not a folder")
+    if path.is_symlink():
+        raise UsageError(f"{option} {path} is a link; give a real folder")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is {_kind(path.stat().st_mode)}, not a folder")
+
+
+def read_head(path: Path, limit: int = 4096) -> bytes:
+    """At most ``limit`` bytes from the start of a regular file (a header, a marker's first line):
+    never a whole file of unknown size, never a device or FIFO."""
+    with open(path, "rb", opener=_nonblocking) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return b""
+        return handle.read(limit)
+
+
+def _nonblocking(path, flags):
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 # --------------------------------------------------------------------------------------------- locks
 
 
@@ -252,19 +386,73 @@ def _same_file(handle, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+OUTPUT_MARKERS = (".scenecls-inspect", ".scenecls-explain")  # folders of our outputs: never read as data
+
+
+def holds_our_output(folder: Path) -> bool:
+    """Whether ``folder`` (or a folder just inside it) is an output folder of ours, which a scan of images
+    must pass over (contact sheets and heat maps are not photographs of a class)."""
+    folder = Path(folder)
+    return any((folder / m).is_file() or any(folder.glob(f"*/{m}")) for m in OUTPUT_MARKERS)
+
+
+def _marker_names(folder: Path, marker: str, writer: str) -> set[str] | None:
+    """The names the marker of ``writer`` in ``folder`` records as written there; None when the marker is
+    not one this tool wrote for ``writer`` (a link, not a plain file, or other content)."""
+    path = folder / marker
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        lines = read_head(path, 1024**2).decode("utf-8", "surrogateescape").split("\n")
+    except OSError:
+        return None
+    if lines[0] != f"written by {writer}":
+        return None
+    return {line for line in lines[1:] if line}
+
+
 def claim_folder(folder: Path, marker: str, writer: str) -> None:
     """Make ``folder`` an output folder of ``writer`` (a command), marked by the file ``marker``: a new
-    or empty folder, or one it marked before. A folder holding anyone else's files, a link or a file
-    is refused (a usage error) before any work, so no file of the user's is ever replaced."""
+    or empty folder, or one it marked before and that holds nothing but what the marker records it
+    wrote. A folder holding anyone else's files, a marker that is not ours, a link or a file is refused
+    (a usage error) before any work, so no file of the user's is ever replaced."""
     from scenecls.errors import UsageError
 
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise UsageError(f"--output {folder} is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_file():
-        raise UsageError(
-            f"--output {folder} holds files that {writer} did not write: give a new or empty folder"
-        )
+    check_output_folder(folder, "--output")
+    if folder.is_dir() and any(folder.iterdir()):
+        names = _marker_names(folder, marker, writer)
+        if names is None:
+            raise UsageError(
+                f"--output {folder} holds files that {writer} did not write: give a new or empty folder"
+            )
+        foreign = [
+            entry.name
+            for entry in folder.iterdir()
+            if entry.name != marker and entry.name not in names and not _our_temporary(entry.name, names)
+        ]
+        if foreign:
+            raise UsageError(
+                f"--output {folder} holds files that {writer} did not write ({', '.join(sorted(foreign)[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): give a new or empty folder"
+            )
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / marker).is_file():
+    if _marker_names(folder, marker, writer) is None:
         with atomic_path(folder / marker) as tmp:
             tmp.write_text(f"written by {writer}\n")
+
+
+def _our_temporary(name: str, names: set[str]) -> bool:
+    """An atomic write's temporary (``.<name>.<random>``) of a file the marker records, left by a kill."""
+    return name.startswith(".") and any(name.startswith(f".{known}.") for known in names)
+
+
+def note_written(folder: Path, marker: str, writer: str, names) -> None:
+    """Record in ``folder``'s marker, before they are written, the files ``writer`` writes there, so that a
+    later run knows them from a user's files."""
+    known = _marker_names(folder, marker, writer) or set()
+    new = [name for name in dict.fromkeys(names) if name not in known]
+    if not new:
+        return
+    lines = [f"written by {writer}", *sorted(known), *new]
+    with atomic_path(folder / marker) as tmp:
+        tmp.write_bytes(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))

@@ -1,8 +1,11 @@
 """Models from elsewhere are untrusted code until checked: what is checked before one is loaded.
 
 * A ``.keras`` file is a zip: its entries' sizes are checked before anything is read (a 1 MB file can
-  hold a ``config.json`` of gigabytes), and a model that holds code (a ``Lambda`` layer) is refused in
-  words a user can act on. Keras's safe mode stays on underneath.
+  hold a ``config.json`` of gigabytes), and then every entry is inflated once, in bounded steps, to prove
+  it holds no more than it declares (a zip's declared sizes are the attacker's word: Python's reader
+  inflates a whole compressed entry in one step before cutting it to the declared size). A model that
+  holds code (a ``Lambda`` layer) is refused in words a user can act on. Keras's safe mode stays on
+  underneath.
 * A SavedModel is a TensorFlow graph, and a graph runs whatever ops it holds: ``tf.io.write_file``,
   ``tf.io.read_file``, ``tf.py_function``, a summary writer, a debug op that talks to the network. Its
   ops are held against an allow-list of what a classifier needs (what the six backbones' exports hold,
@@ -14,7 +17,9 @@
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +43,9 @@ def check_keras_archive(path: Path) -> None:
                 raise ModelError(f"refused {path}: {len(infos)} entries, not a Keras model file")
             for info in infos:
                 _check_entry(path, info)
+            with open(path, "rb") as raw:
+                for info in infos:
+                    _check_inflated(path, raw, info)
             names = {info.filename for info in infos}
             if "config.json" in names:
                 config = json.loads(archive.read("config.json"))
@@ -47,7 +55,7 @@ def check_keras_archive(path: Path) -> None:
                         f"refused {path}: the model holds code (a {layer} layer), which scenecls never "
                         f"runs; rebuild it without that layer"
                     )
-    except (zipfile.BadZipFile, OSError, ValueError, RecursionError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, RecursionError, zlib.error) as exc:
         raise ModelError(f"{path} is not a Keras model file (damaged, truncated or another format)") from exc
 
 
@@ -61,6 +69,42 @@ def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
         raise ModelError(
             f"refused {path}: {info.filename} would unpack from {byte_size(info.compress_size)} to "
             f"{byte_size(info.file_size)} (a zip bomb, not a model)"
+        )
+
+
+STEP = 1 << 20  # bytes inflated at a time while proving an entry's size
+
+
+def _check_inflated(path: Path, raw, info: zipfile.ZipInfo) -> None:
+    """Inflate ``info``'s compressed bytes, ``STEP`` at a time, and refuse the file unless they unpack to
+    exactly the size it declares (which :func:`_check_entry` has bounded)."""
+    raw.seek(info.header_offset)
+    header = raw.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ModelError(f"{path} is not a Keras model file (damaged, truncated or another format)")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    raw.seek(info.header_offset + 30 + name_length + extra_length)
+    left = info.compress_size
+    if info.compress_type == zipfile.ZIP_STORED:
+        inflated = info.compress_size
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        inflater, inflated = zlib.decompressobj(-15), 0
+        while left > 0 or inflater.unconsumed_tail:
+            data = inflater.unconsumed_tail
+            if not data:
+                data = raw.read(min(STEP, left))
+                if not data:
+                    break
+                left -= len(data)
+            inflated += len(inflater.decompress(data, STEP))
+            if inflated > info.file_size:
+                break
+    else:
+        raise ModelError(f"refused {path}: {info.filename} is compressed in a way Keras never writes")
+    if inflated != info.file_size:
+        raise ModelError(
+            f"refused {path}: {info.filename} unpacks to {'more' if inflated > info.file_size else 'less'} "
+            f"than the {byte_size(info.file_size)} it declares (a zip bomb or a damaged file, not a model)"
         )
 
 

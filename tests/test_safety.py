@@ -122,3 +122,58 @@ def test_a_zip_of_many_entries_or_damaged_is_not_a_model(tmp_path):
     crowded.write_bytes(buffer.getvalue())
     with pytest.raises(ModelError, match="1001 entries"):
         check_keras_archive(crowded)
+
+
+def _lying_zip(path: Path, member: str, size: int, declared: int) -> None:
+    """A zip whose ``member`` holds ``size`` zero bytes but whose headers (both the local one and the
+    central directory's) declare ``declared`` bytes, with the CRC of what it declares: Python's own reader
+    then accepts it, after inflating the whole member in one step."""
+    import struct
+    import zlib
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.0"}))
+        archive.writestr(member, bytes(size))
+    data = bytearray(path.read_bytes())
+    crc = zlib.crc32(bytes(declared))
+    name = member.encode()
+    for signature, crc_at, size_at in ((b"PK\x03\x04", 14, 22), (b"PK\x01\x02", 16, 24)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            name_at = start + (30 if signature == b"PK\x03\x04" else 46)
+            if data[name_at : name_at + len(name)] == name:
+                struct.pack_into("<I", data, start + crc_at, crc)
+                struct.pack_into("<I", data, start + size_at, declared)
+            start += 4
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("member", ["config.json", "model.weights.h5"])
+def test_a_member_that_inflates_past_its_declared_size_is_refused_in_bounded_memory(tmp_path, member):
+    """The sizes a zip declares are the maker's word: a 1 MB file whose 100-byte member inflates to
+    256 MiB is refused after inflating at most a step past the declared size, never the whole member."""
+    import tracemalloc
+
+    bomb = tmp_path / "liar.keras"
+    _lying_zip(bomb, member, 256 * 1024**2, 100)
+    assert bomb.stat().st_size < 1024**2
+    with zipfile.ZipFile(bomb) as archive:  # Python's reader believes it (and would inflate it whole)
+        assert archive.getinfo(member).file_size == 100
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError, match=rf"{member} unpacks to more than the 100 B it declares"):
+            check_keras_archive(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024**2
+
+
+def test_a_truthful_zip_of_a_real_model_passes_the_inflation_check(tmp_path):
+    import keras
+
+    from scenecls.classifier import build_classifier, save_model
+
+    keras.backend.clear_session()
+    model = build_classifier("mobilenet_v2", 3, size=32, weights=None)
+    check_keras_archive(save_model(model, tmp_path / "ok.keras"))

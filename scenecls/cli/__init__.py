@@ -16,7 +16,7 @@ import click
 
 from scenecls import __version__
 from scenecls.cli.output import Output
-from scenecls.errors import SceneclsError, first_line
+from scenecls.errors import SceneclsError, first_line, redact
 
 # name -> "module:function", in the order --help lists them
 COMMANDS = {
@@ -51,7 +51,7 @@ class CliError(click.ClickException):
     """A :class:`SceneclsError` shown the click way: ``Error: ...`` on stderr, its exit code."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.exit_code = exit_code
 
 

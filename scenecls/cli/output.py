@@ -205,8 +205,10 @@ class Output:
 
 def printable(text: str) -> str:
     """``text`` with the undecodable bytes of a non-UTF-8 file name shown as U+FFFD, so that printing
-    it cannot fail."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    it cannot fail, and with any credential in it hidden (:func:`scenecls.errors.redact`)."""
+    from scenecls.errors import redact
+
+    return redact(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
 def dumps(data: Any, indent: int | None = None) -> str:
