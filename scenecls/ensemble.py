@@ -166,9 +166,8 @@ def _write_run(
     reporter: Reporter, started: float,
 ) -> EnsembleResult:  # fmt: skip
     """The new run's files, ``metrics.json`` last (with the seconds since ``started``)."""
-    from scenecls.data.pipeline import prepare_data
+    from scenecls.data.pipeline import prepare_run_data
     from scenecls.metrics import evaluate_predictions, predict_split
-    from scenecls.paths import data_source
 
     first = configs[0]
     size = input_size(model)[0]
@@ -192,8 +191,8 @@ def _write_run(
         metrics = runs.read_json(member / runs.METRICS) if (member / runs.METRICS).is_file() else {}
         member_tests.append(metrics.get("test_accuracy"))
     split = TrainConfig.from_dict(first)
-    data = prepare_data(data_source(split.data), val_split=split.val_split, seed=split.validation_seed,
-                        reporter=reporter, exclude=split.exclude)  # fmt: skip
+    data, _ = prepare_run_data(first, owner=members[0], val_split=split.val_split,
+                               seed=split.validation_seed, reporter=reporter)  # fmt: skip
     test_accuracy = None
     tested = 0
     if data.test:

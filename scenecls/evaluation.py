@@ -63,6 +63,13 @@ def _temperature(model_path: Path, run_dir: Path | None, tta: bool) -> float | N
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
+def _safe_name(path: Path) -> str:
+    """A data set's folder name as it may stand in a file name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).absolute().name)[:40] or "data"
+
+
 @dataclass
 class RunEvaluation:
     evaluation: Evaluation
@@ -95,7 +102,7 @@ def evaluate_run(
     from scenecls import runs
     from scenecls.classifier import check_compatible, load_model
     from scenecls.config import TrainConfig
-    from scenecls.data.pipeline import prepare_data
+    from scenecls.data.pipeline import prepare_data, prepare_run_data
     from scenecls.paths import data_source
     from scenecls.precision import with_precision
     from scenecls.predict import predict_array
@@ -103,12 +110,18 @@ def evaluate_run(
 
     reporter = reporter or NullReporter()
     model_path, run_dir = runs.resolve_model(model_ref, project)
-    config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG)) if run_dir else TrainConfig()
     if data is None and run_dir is None:
         raise UsageError(f"{model_path} is not in a run folder: pass --data")
-    source = data_source(data or config.data)
-    prepared = prepare_data(source, val_split=config.val_split, seed=config.validation_seed,
-                            reporter=reporter, exclude=None if data else config.exclude)  # fmt: skip
+    if run_dir is not None:
+        recorded = runs.read_object(run_dir / runs.CONFIG)
+        config = TrainConfig.from_dict(recorded)
+        prepared, own = prepare_run_data(recorded, owner=run_dir, data=data, val_split=config.val_split,
+                                         seed=config.validation_seed, reporter=reporter)  # fmt: skip
+    else:
+        config, own = TrainConfig(), False
+        prepared = prepare_data(data_source(data), val_split=config.val_split, seed=config.validation_seed,
+                                reporter=reporter)  # fmt: skip
+    source = prepared.index.root
     splits = {"train": prepared.train, "val": prepared.val, "test": prepared.test}
     name = split or ("test" if prepared.test else "val")
     if data is None and run_dir is not None:
@@ -143,8 +156,11 @@ def evaluate_run(
     rows = prediction_rows(chosen, probs, prepared.classes)
     outcome = RunEvaluation(evaluation, model_path, run_dir, rows)
     if run_dir is not None:
-        # best.keras writes evaluation.json; an exported model, evaluation.<its name>.json beside it.
+        # best.keras writes evaluation.json; an exported model, evaluation.<its name>.json beside it;
+        # on other images than the run's own, evaluation.on-<folder>-<identity>.json (the run's are kept).
         tag = ("" if model_path.name == runs.BEST else f".{model_path.name}") + (".tta" if tta else "")
+        if not own:
+            tag += f".on-{_safe_name(prepared.index.root)}-{prepared.index.identity()[:8]}"
         saved = [run_dir / f"evaluation{tag}.json", run_dir / f"predictions{tag}.csv"]
         runs.write_json(saved[0], {"data": str(source), "model": str(model_path), **evaluation.to_dict()})
         runs.write_rows_csv(saved[1], rows)

@@ -10,6 +10,7 @@ import numpy as np
 
 from scenecls.errors import first_line
 from scenecls.export import Parity, check_parity, export_model
+from scenecls.files import checksum_path
 from scenecls.runtimes import metadata_path
 from scenecls.samples import split_images
 
@@ -23,6 +24,7 @@ def export_for_predict(run_dir: Path, model, classes: list[str], images: np.ndar
     if not parity.ok:
         target.unlink(missing_ok=True)
         metadata_path(target).unlink(missing_ok=True)
+        checksum_path(target).unlink(missing_ok=True)
     return parity
 
 
@@ -59,19 +61,17 @@ def export_after_training(run_dir: Path, reporter) -> dict[str, Any] | None:
     ``best.keras`` (a finished run resumed again) is left as it is."""
     from scenecls import runs
     from scenecls.config import TrainConfig
-    from scenecls.data.pipeline import prepare_data
+    from scenecls.data.pipeline import prepare_run_data
     from scenecls.models.registry import get_spec
-    from scenecls.paths import data_source
     from scenecls.reporting import NullReporter
 
-    config = TrainConfig.from_dict(runs.read_object(run_dir / runs.CONFIG))
+    recorded = runs.read_object(run_dir / runs.CONFIG)
+    config = TrainConfig.from_dict(recorded)
     metrics = runs.read_object(run_dir / runs.METRICS)
     if not config.export_tflite or "export" in metrics:
         return metrics.get("export")
-    prepared = prepare_data(
-        data_source(config.data), val_split=config.val_split, seed=config.validation_seed,
-        reporter=NullReporter(), exclude=config.exclude,
-    )  # fmt: skip
+    prepared, _ = prepare_run_data(recorded, owner=run_dir, val_split=config.val_split,
+                                   seed=config.validation_seed, reporter=NullReporter())  # fmt: skip
     size = config.image_size or get_spec(config.backbone).default_size
     metrics["export"] = write_fast_predict(run_dir, prepared.classes, prepared.held_out()[0], size, reporter)
     runs.write_json(run_dir / runs.METRICS, metrics)

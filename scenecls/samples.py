@@ -22,13 +22,18 @@ def sample_images(
     so, when there is no data at all."""
     from scenecls import runs
     from scenecls.config import TrainConfig
-    from scenecls.data.pipeline import prepare_data
+    from scenecls.data.pipeline import prepare_data, prepare_run_data
 
     if count == 0:
         return np.zeros((0, *size, 3), np.float32), None, "images"
-    config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG)) if run_dir else None
-    source = data or (Path(config.data) if config and config.data else None)
-    if source is None and config is not None:
+    if data is not None:  # named on purpose: it must be there (random pixels only when there is no data)
+        from scenecls.paths import data_source
+
+        data = data_source(data)
+    recorded = runs.read_object(run_dir / runs.CONFIG) if run_dir else None
+    config = TrainConfig.from_dict(recorded) if recorded is not None else TrainConfig()
+    source = data or (recorded.get("data") if recorded else None)
+    if source is None and recorded is not None:
         from scenecls.paths import default_dataset_dir
 
         source = default_dataset_dir() if default_dataset_dir().exists() else None
@@ -36,11 +41,12 @@ def sample_images(
         reporter.warn("no data to check the export on: using random pixels (agreement only, no accuracy)")
         rng = np.random.default_rng(0)
         return rng.uniform(0, 255, (count, *size, 3)).astype(np.float32), None, "random images"
-    config = config or TrainConfig()
-    prepared = prepare_data(
-        Path(source), val_split=config.val_split, seed=config.validation_seed, reporter=reporter,
-        exclude=None if data else config.exclude,
-    )  # fmt: skip
+    if recorded is not None:  # the run's own images, or refused when they are not what it trained on
+        prepared, _ = prepare_run_data(recorded, owner=run_dir, data=data, val_split=config.val_split,
+                                       seed=config.validation_seed, reporter=reporter)  # fmt: skip
+    else:
+        prepared = prepare_data(Path(source), val_split=config.val_split, seed=config.validation_seed,
+                                reporter=reporter)  # fmt: skip
     # An ensemble's members trained on one another's validation images: its test images say more.
     ensemble = run_dir is not None and data is None and runs.is_ensemble_run(run_dir)
     split, what = prepared.held_out(test_first=ensemble)

@@ -210,3 +210,21 @@ def test_without_validation_images_there_is_nothing_to_fit(tmp_path):
     refused = CliRunner().invoke(cli, ["calibrate", str(project / "train")])
     assert refused.exit_code == 2
     assert "--val-split 0" in one_error_line(refused)
+
+
+def test_a_class_named_unknown_is_warned_at_training_and_kept_apart_from_abstentions(tmp_path):
+    data = write_class_folders(tmp_path / "data", 6, seed=3, size=40, classes=("alpha", "unknown"))
+    project = tmp_path / "runs"
+    trained = invoke("train", "--data", str(data), *TINY, "--val-split", "0.3", "--project", str(project),
+                     "--name", "run")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert "a class is named 'unknown'" in trained.stderr
+    images, model = str(data / "unknown"), str(project / "run")
+    never = invoke("predict", images, "--model", model, "--min-confidence", "0", "--format", "csv")
+    assert "a class named 'unknown'" in never.stderr
+    rows = list(csv.DictReader(io.StringIO(never.stdout)))
+    # The model's own class "unknown" is an answer (unknown=false); an abstention says true.
+    assert {row["unknown"] for row in rows} == {"false"}
+    assert all(row["label"] == row["best_guess"] for row in rows)
+    always = invoke("predict", images, "--model", model, "--min-confidence", "1", "--format", "csv")
+    assert {row["unknown"] for row in csv.DictReader(io.StringIO(always.stdout))} == {"true"}

@@ -89,12 +89,15 @@ def train(
             for key in ("epochs", "finetune_epochs")
             if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE
         }
+        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
+        extension = None
         if more and distribution.chief:
             from scenecls.training.state import extend_run
 
-            extend_run(run_dir, **more)
-        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
-        _run(out, config, run_dir, fmt, fail_under, distribution, resume=True, tracking=tracking)
+            extension = extend_run(run_dir, **more)
+            config = extension.config
+        _run(out, config, run_dir, fmt, fail_under, distribution, resume=True, tracking=tracking,
+             extension=extension)  # fmt: skip
         return
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
@@ -162,6 +165,12 @@ def finetune(
     parent_config = TrainConfig.from_dict(runs.read_json(parent / runs.CONFIG))
     if backbone and backbone != parent_config.backbone:
         raise ModelError(f"{parent} holds a {parent_config.backbone} model, not {backbone}")
+    if data is None:  # it validates on what the parent held out: the parent's very images, or refused
+        from scenecls.data.pipeline import prepare_run_data
+
+        recorded = runs.read_object(parent / runs.CONFIG)
+        prepare_run_data(recorded, owner=parent, val_split=parent_config.val_split,
+                         seed=parent_config.validation_seed, reporter=out.reporter())  # fmt: skip
     augment = augment_from_options(parent_config.augment, no_augment, options)
     exclude = absolute_exclude(options.pop("exclude")) or parent_config.exclude
     config = TrainConfig.from_dict(
@@ -196,6 +205,7 @@ def _run(
     resume: bool = False,
     start_model: Path | None = None,
     tracking=None,
+    extension=None,
 ) -> None:
     from scenecls.training.loop import TrainingInterrupted
     from scenecls.training.loop import train as run_training
@@ -206,7 +216,7 @@ def _run(
     try:
         result = run_training(
             config, run_dir, reporter=out.reporter(), resume=resume, start_model=start_model,
-            distribution=distribution, tracker=tracker,
+            distribution=distribution, tracker=tracker, extension=extension,
         )  # fmt: skip
     except TrainingInterrupted as exc:
         where = exc.run_dir if distribution.chief else run_dir  # a worker's own copy is gone

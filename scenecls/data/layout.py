@@ -19,6 +19,7 @@ from pathlib import Path
 
 from scenecls.data.images import is_image_path
 from scenecls.errors import DataError
+from scenecls.files import OUTPUT_MARKERS, holds_our_output
 
 INTEL_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 SPLIT_ALIASES = {
@@ -42,8 +43,9 @@ class Split:
     def subset(self, indices) -> Split:
         return Split([self.paths[i] for i in indices], [self.labels[i] for i in indices])
 
-    def digest(self) -> str:
-        """A hash of the paths, labels, sizes and modification times, in order."""
+    def digest(self, relative_to: str | os.PathLike | None = None) -> str:
+        """A hash of the paths (relative to ``relative_to`` when given, so that the same images hash
+        alike wherever the folder lies), labels, sizes and modification times, in order."""
         digest = hashlib.sha256()
         for path, label in zip(self.paths, self.labels, strict=True):
             try:
@@ -51,7 +53,8 @@ class Split:
                 stamp = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 stamp = "missing"
-            digest.update(f"{path}\0{label}\0{stamp}\n".encode("utf-8", "surrogateescape"))
+            name = path if relative_to is None else os.path.relpath(os.path.abspath(path), relative_to)
+            digest.update(f"{name}\0{label}\0{stamp}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:20]
 
 
@@ -67,12 +70,23 @@ class DatasetIndex:
     left_out: int = 0  # how many images an exclude list left out
 
     def fingerprint(self) -> str:
-        """Changes whenever a file is added, removed, relabelled, rewritten or left out."""
+        """Changes whenever a file is added, removed, relabelled, rewritten or left out (paths as indexed,
+        so it changes with the folder the data set was reached from too)."""
+        return self._hash(None)
+
+    def identity(self) -> str:
+        """:meth:`fingerprint` with each path relative to the data set's own folder: the same images,
+        labels and exclude list give the same identity wherever the folder lies or is reached from. A run
+        records it, and every command that reads a run's data checks it (another set is refused)."""
+        base = self.root.parent if self.root.is_file() else self.root
+        return self._hash(os.path.abspath(base))
+
+    def _hash(self, relative_to: str | None) -> str:
         digest = hashlib.sha256("\n".join(self.classes).encode("utf-8", "surrogateescape"))
-        if self.excluded:
+        if self.excluded and relative_to is None:  # (the splits themselves say what was left out)
             digest.update(f"excluded\0{self.excluded}\n".encode())
         for name in sorted(self.splits):
-            digest.update(f"{name}\0{self.splits[name].digest()}\n".encode())
+            digest.update(f"{name}\0{self.splits[name].digest(relative_to)}\n".encode())
         return digest.hexdigest()[:16]
 
 
@@ -81,6 +95,8 @@ def index_dataset(path: Path) -> DatasetIndex:
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist")
+    if not path.is_dir() and not path.is_file():
+        raise DataError(f"{path} is neither a folder nor a regular file (a device, FIFO or socket)")
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{path} is a file; --data takes a folder or a CSV of image_name,label")
@@ -129,6 +145,8 @@ def _class_dirs(folder: Path) -> list[Path]:
             continue
         if child.name in {a for aliases in SPLIT_ALIASES.values() for a in aliases}:
             continue
+        if holds_our_output(child):  # inspect's sheets or explain's maps, written inside the data set
+            continue
         if any(is_image_path(p) for p in _walk_files(child)):
             dirs.append(child)
     return dirs
@@ -160,10 +178,17 @@ def _is_label_csv(path: Path) -> bool:
 
 def _walk_files(folder: Path):
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and not _is_output(Path(dirpath) / d)
+        )
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
+
+
+def _is_output(folder: Path) -> bool:
+    """An output folder of ours (its marker inside): never read as images of a class."""
+    return any((folder / marker).is_file() for marker in OUTPUT_MARKERS)
 
 
 def _index_classes(class_dirs: list[Path], classes: list[str] | None = None) -> Split:

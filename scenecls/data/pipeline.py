@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from scenecls.data.exclude import exclude_digest, normal, read_exclude
 from scenecls.data.images import ImageReadError, load_rgb, scan_cache_path, scan_images
 from scenecls.data.layout import DatasetIndex, Split, index_dataset
 from scenecls.errors import DataError
-from scenecls.paths import cache_dir
+from scenecls.paths import cache_dir, data_source
 from scenecls.reporting import NullReporter, Reporter
 
 
@@ -118,14 +119,77 @@ def prepare_data(
     return PreparedData(index, train, val, test if test else None, scan.bad, source)
 
 
+def same_data(prepared: PreparedData, recorded: dict[str, Any]) -> bool:
+    """Whether ``prepared`` holds the very images a run recorded in its ``config.json`` (its data's
+    identity: paths within the folder, labels, sizes, times; runs from before identities were recorded
+    are held to their fingerprint)."""
+    if recorded.get("data_identity"):
+        return prepared.index.identity() == recorded["data_identity"]
+    if recorded.get("data_fingerprint"):
+        return prepared.index.fingerprint() == recorded["data_fingerprint"]
+    return True
+
+
+def prepare_run_data(
+    recorded: dict[str, Any],
+    *,
+    owner: str | os.PathLike,
+    val_split: float,
+    seed: int,
+    data: str | os.PathLike | None = None,
+    reporter: Reporter | None = None,
+) -> tuple[PreparedData, bool]:
+    """The data a run (``owner``, whose ``config.json`` is ``recorded``) trained on, split as it split it:
+    ``(prepared, own)``.
+
+    Without ``data``, the run's own data set at the location it recorded, with its exclude list; when
+    those images are not the ones it trained on (another set under the same name, images added or
+    rewritten since) it is refused in one line, so that nothing of the run is judged, refitted or
+    rewritten on other images. With ``data`` (named on purpose), that data set, whole; ``own`` says
+    whether it is the run's very images, so that results on other data are saved under another name.
+    """
+    if data is not None:
+        prepared = prepare_data(data_source(data), val_split=val_split, seed=seed, reporter=reporter)
+        return prepared, same_data(prepared, recorded)
+    source = data_source(recorded.get("data"))
+    prepared = prepare_data(
+        source, val_split=val_split, seed=seed, reporter=reporter, exclude=recorded.get("exclude")
+    )
+    if not same_data(prepared, recorded):
+        raise DataError(
+            f"the images at {Path(source).absolute()} are not the ones {owner} trained on (another data set, "
+            f"or images added, removed or rewritten since): pass --data {source} to use them anyway"
+        )
+    return prepared, True
+
+
 def leave_out(index: DatasetIndex, exclude: Path, reporter: Reporter) -> None:
     """Drop the images ``exclude`` lists from ``index`` (the files stay where they are)."""
     listed = read_exclude(exclude, index.root)
     dropped: list[str] = []
+    before = {name: len(split) for name, split in index.splits.items()}
+    classes_before = set(index.splits["train"].labels) if "train" in index.splits else set()
     for name, split in list(index.splits.items()):
         paths = [normal(p) for p in split.paths]
         dropped += [p for p in paths if p in listed]
         index.splits[name] = split.subset([i for i, p in enumerate(paths) if p not in listed])
+    if sum(before.values()) and not any(len(split) for split in index.splits.values()):
+        raise DataError(f"the exclude list {exclude} removed every image of {index.root}")
+    if "train" in index.splits:
+        if before.get("train") and not len(index.splits["train"]):
+            raise DataError(f"the exclude list {exclude} removed every training image of {index.root}")
+        emptied = sorted(classes_before - set(index.splits["train"].labels))
+        if emptied:  # a model with a class it never saw a picture of would be worse than useless
+            names = ", ".join(index.classes[c] for c in emptied)
+            raise DataError(
+                f"the exclude list {exclude} removed every training image of class {names}: remove those "
+                f"lines from it, or move the class's folder out of the data set to train without it"
+            )
+    if before.get("val") and "val" in index.splits and not len(index.splits["val"]):
+        reporter.warn(
+            f"the exclude list {exclude} removed every image of the val/ folder: validation images are "
+            f"split off the training images instead (--val-split)"
+        )
     unknown = len(listed) - len(set(dropped))
     reporter.log(f"Left out {len(dropped)} image(s) listed in {exclude}")
     if unknown:

@@ -25,7 +25,8 @@ from scenecls.calibration import (
 )
 from scenecls.classifier import load_model, save_model, scale_logits
 from scenecls.data.layout import Split
-from scenecls.errors import SceneclsError, UsageError
+from scenecls.data.pipeline import same_data
+from scenecls.errors import DataError, SceneclsError, UsageError
 from scenecls.metrics import predict_split
 from scenecls.precision import dtype_policy
 from scenecls.reporting import NullReporter, Reporter
@@ -99,9 +100,20 @@ def calibrate_run(run_dir: Path, *, reporter: Reporter | None = None) -> dict[st
         raise UsageError("an ensemble averages calibrated members: calibrate each member's run instead")
     metrics_file = run_dir / runs.METRICS
     if not metrics_file.is_file():
+        if runs.recorded_status(run_dir) == "finished":
+            raise SceneclsError(
+                f"{metrics_file} is missing although {run_dir} finished training: its record is damaged "
+                f"(the temperature and test scores live there); train the run again"
+            )
         raise UsageError(f"{run_dir} has not finished training: calibrate it once it has")
     metrics = runs.read_object(metrics_file)
     context = start_run(TrainConfig.from_dict(config_data), reporter=reporter, run_dir=run_dir)
+    if not same_data(context.data, config_data):  # fit on the run's own validation images, or not at all
+        raise DataError(
+            f"the images at {context.data.index.root.absolute()} are not the ones {run_dir} trained on "
+            f"(another data set, or images added, removed or rewritten since): its temperature is fitted "
+            f"only on its own validation images, so it is left as it is"
+        )
     recorded = config_data.get("classes")
     if recorded is not None and list(recorded) != list(context.classes):
         raise SceneclsError(

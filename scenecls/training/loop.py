@@ -34,10 +34,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from scenecls import runs
+from scenecls.calibration import UNKNOWN
 from scenecls.config import TrainConfig
 from scenecls.data.pipeline import class_weights, finite_dataset_warnings_silenced
 from scenecls.errors import SceneclsError, UsageError, first_line
-from scenecls.files import remove_stale_temporaries
+from scenecls.files import atomic_path, remove_stale_temporaries
 from scenecls.precision import dtype_policy
 from scenecls.reporting import NullReporter, Reporter
 from scenecls.training import ema
@@ -58,8 +59,10 @@ from scenecls.training.finish import finish_run
 from scenecls.training.recipe import compile_phase, learning_rate, plan_phases
 from scenecls.training.sources import EpochSource, ImageSource, epoch_source, image_source
 from scenecls.training.state import (
+    Extension,
     TrainingInterrupted,
     TrainResult,
+    check_resume_data,
     open_run,
     record_failure,
     record_interrupt,
@@ -81,8 +84,13 @@ def train(
     start_model: Path | None = None,
     distribution: Distribution | None = None,
     tracker: Tracker | None = None,
+    extension: Extension | None = None,
 ) -> TrainResult:
-    """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model.
+    """Train (or resume) the run in ``run_dir``; ``start_model`` fine-tunes an existing model;
+    ``extension`` gives a finished run more epochs (written once its data is checked).
+
+    A resumed run that fails before its epochs start (its data gone or changed, a damaged checkpoint)
+    is left exactly as it was: its ``config.json`` and ``state.json`` are put back.
 
     A run that fails before its first epoch leaves nothing behind when ``run_dir`` was empty (a new
     run); one that fails later is marked ``failed`` in ``state.json`` with the reason, and keeps every
@@ -109,13 +117,19 @@ def train(
     if resume and remove_stale_temporaries(run_dir, runs.RUN_FILES):
         reporter.log("Removed the half-written files of a save that was killed")
     tracker = tracker or NO_TRACKING
+    before = _record_files(run_dir) if resume else {}
+    started: list[bool] = []  # set when the epochs begin: a failure before leaves the run as it was
     try:
         result = _train(config, run_dir, reporter, resume=resume, start_model=start_model,
-                        distribution=distribution, tracker=tracker)  # fmt: skip
+                        distribution=distribution, tracker=tracker, extension=extension,
+                        started=started)  # fmt: skip
     except TrainingInterrupted:
         tracker.end(run_dir, "interrupted")
         raise
     except BaseException as exc:
+        if resume and not started:
+            _put_back(run_dir, before)
+            raise
         lost = cluster_stopped(exc, distribution)
         tracker.end(run_dir, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                     None if isinstance(exc, KeyboardInterrupt) else first_line(lost or exc, 300))  # fmt: skip
@@ -132,9 +146,27 @@ def train(
     return result
 
 
+def _record_files(run_dir: Path) -> dict[str, bytes]:
+    """A resumed run's record as it stands, to put back should the run fail before its epochs start."""
+    return {
+        name: (run_dir / name).read_bytes()
+        for name in (runs.CONFIG, runs.STATE)
+        if (run_dir / name).is_file()
+    }
+
+
+def _put_back(run_dir: Path, before: dict[str, bytes]) -> None:
+    for name, content in before.items():
+        path = run_dir / name
+        if not path.is_file() or path.read_bytes() != content:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(content)
+
+
 def _train(
     config: TrainConfig, run_dir: Path, reporter: Reporter, *, resume: bool, start_model: Path | None,
-    distribution: Distribution, tracker: Tracker = NO_TRACKING,
+    distribution: Distribution, tracker: Tracker = NO_TRACKING, extension: Extension | None = None,
+    started: list[bool] | None = None,
 ) -> TrainResult:  # fmt: skip
     plan_phases(config)  # a recipe that cannot be planned stops before the data set is read
     if config.warmup_epochs and config.lr_schedule == "plateau":
@@ -147,6 +179,10 @@ def _train(
         config, reporter=reporter, distribution=distribution, run_dir=run_dir, tracker=tracker
     )
     _check_validation(context)
+    _warn_reserved_names(context)
+    if extension is not None:
+        check_resume_data(run_dir, context.data)
+        extension.write()
     ledger = open_run(context, resume)
     phases = context.phases
     if ledger.state.phase > len(phases):
@@ -170,6 +206,8 @@ def _train(
     with distribution.scope(), dtype_policy(context.config.mixed_precision):
         learner = prepare_model(context, start_model, resume=resume)
         images = image_source(learner)
+        if started is not None:
+            started.append(True)
         ledger.state.status, ledger.state.error = "running", None
         try:
             for index in range(ledger.state.phase, len(phases)):
@@ -183,6 +221,18 @@ def _train(
         ledger.state.status = "finished"
         return train_result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
     return finish_run(learner.context, ledger, reports)
+
+
+def _warn_reserved_names(context: RunContext) -> None:
+    """A class named like predict's abstention reads as "not sure" to anyone who skips the
+    ``unknown`` column: said once, at training, when the name can still be changed."""
+    clashing = [name for name in context.data.classes if name.lower() == UNKNOWN]
+    if clashing:
+        context.reporter.warn(
+            f"a class is named {clashing[0]!r}, which is also what `predict --min-confidence` answers "
+            f"when it is not sure; its `unknown` column (true or false) tells the two apart, or rename "
+            f"the folder"
+        )
 
 
 def _check_validation(context: RunContext) -> None:

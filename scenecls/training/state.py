@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import platform
 import shutil
 import time
@@ -15,11 +16,9 @@ from typing import Any
 
 from scenecls import __version__, runs
 from scenecls.config import TrainConfig
-from scenecls.data.pipeline import (
-    PreparedData,
-)
-from scenecls.errors import SceneclsError, UsageError, first_line
-from scenecls.reporting import Reporter
+from scenecls.data.pipeline import PreparedData, same_data
+from scenecls.errors import DataError, SceneclsError, UsageError, first_line
+from scenecls.paths import data_source
 from scenecls.training.callbacks import Ledger, TrainingDiverged
 from scenecls.training.context import RunContext
 from scenecls.training.recipe import plan_phases
@@ -101,7 +100,7 @@ def open_run(context: RunContext, resume: bool) -> Ledger:
         ledger = Ledger(state, history, run_dir, time.monotonic() - state.seconds)
         ledger.saved = copy.deepcopy(state)
         if state.status != "finished":
-            _check_resume_data(run_dir, data, context.reporter)
+            check_resume_data(run_dir, data)
         return ledger
     _write_run_files(run_dir, context.config, data, context.size, distribution)
     ledger = Ledger(TrainState(), [], run_dir, time.monotonic())
@@ -141,10 +140,24 @@ def record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
         runs.write_json(state_file, asdict(state))
 
 
-def extend_run(
-    run_dir: Path, *, epochs: int | None = None, finetune_epochs: int | None = None
-) -> TrainConfig:
-    """Give a finished run's last phase more epochs (its new total), for ``train --resume RUN``.
+@dataclass
+class Extension:
+    """A finished run's last phase given more epochs: what :func:`extend_run` planned, written only when
+    the run can go on (its data checked), so that a check that fails leaves the run as it was."""
+
+    run_dir: Path
+    config: TrainConfig
+    state: TrainState
+
+    def write(self) -> None:
+        data = runs.read_json(self.run_dir / runs.CONFIG)
+        runs.write_json(self.run_dir / runs.CONFIG, {**data, **self.config.to_dict()})
+        runs.write_json(self.run_dir / runs.STATE, asdict(self.state))
+
+
+def extend_run(run_dir: Path, *, epochs: int | None = None, finetune_epochs: int | None = None) -> Extension:
+    """Give a finished run's last phase more epochs (its new total), for ``train --resume RUN``; nothing
+    is written here (see :class:`Extension`).
 
     History and checkpoints continue; the optimizer goes on with its state, and a scheduled rate
     (cosine, warm-up) along the curve of the longer phase: a cosine phase of 10 epochs extended to 20
@@ -168,12 +181,9 @@ def extend_run(
         config.epochs = wanted
     else:
         config.last_phase_epochs = wanted
-    data = runs.read_json(run_dir / runs.CONFIG)
-    runs.write_json(run_dir / runs.CONFIG, {**data, **config.to_dict()})
     state.phase, state.phase_epoch = len(phases) - 1, last.epochs
     state.status, state.stopped_early, state.wait = "interrupted", False, 0
-    runs.write_json(run_dir / runs.STATE, asdict(state))
-    return config
+    return Extension(run_dir, config, state)
 
 
 def _write_run_files(
@@ -186,10 +196,14 @@ def _write_run_files(
         run_dir / runs.CONFIG,
         {
             **config.to_dict(),
+            # Where the data is from anywhere (a run is bound to it), and as it was given, for display.
+            "data": os.path.abspath(data_source(config.data)),
+            "data_given": config.data,
             "image_size": size,
-            "data_resolved": str(data.index.root),
+            "data_resolved": os.path.abspath(data.index.root),
             "data_layout": data.index.layout,
             "data_fingerprint": data.index.fingerprint(),
+            "data_identity": data.index.identity(),
             "classes": data.classes,
             "images": {
                 "train": len(data.train),
@@ -219,15 +233,21 @@ def _write_run_files(
         )
 
 
-def _check_resume_data(run_dir: Path, data: PreparedData, reporter: Reporter) -> None:
+def check_resume_data(run_dir: Path, data: PreparedData) -> None:
+    """Refuse to go on with other images than the run started with: other classes, images added,
+    removed or rewritten, or another exclude list (the epochs so far learnt the images as they were)."""
     saved = runs.read_json(run_dir / runs.CONFIG)
     if saved.get("classes") != data.classes:
         raise SceneclsError(
             f"the data's classes ({', '.join(data.classes)}) differ from the run's "
             f"({', '.join(saved.get('classes', []))}); cannot resume"
         )
-    if saved.get("data_fingerprint") != data.index.fingerprint():
-        reporter.warn("the data set changed since this run started; resuming on the data as it is now")
+    if not same_data(data, saved):
+        raise DataError(
+            f"the images of {run_dir}'s data set changed since it started (added, removed, rewritten, or "
+            f"another exclude list: {saved.get('exclude') or 'none'} then); resuming would train on other "
+            f"images: start a new run instead"
+        )
 
 
 def train_result(run_dir: Path, state: TrainState, metrics: dict, reports: list[dict]) -> TrainResult:
