@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from scenecls.errors import ModelError, first_line
-from scenecls.files import atomic_path
+from scenecls.files import atomic_path, changed_since_written, checksum_matches, record_checksum
 from scenecls.heads import HeadConfig, apply_head
 from scenecls.models.registry import SCALE_MINUS_ONE_TO_ONE, BackboneSpec, build_backbone, get_spec
 from scenecls.safety import check_keras_archive
@@ -145,10 +145,12 @@ def scale_logits(model, temperature: float) -> None:
 
 
 def save_model(model, path: Path) -> Path:
-    """Write ``path`` atomically: a crash mid-write never leaves a damaged model file behind."""
+    """Write ``path`` atomically (a crash mid-write never leaves a damaged model file behind), and its
+    SHA-256 beside it, checked whenever the file is loaded."""
     path = Path(path)
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+    record_checksum(path)
     return path
 
 
@@ -161,6 +163,8 @@ def load_model(path: Path, *, compile: bool = False):
         raise ModelError(f"model file {path} does not exist")
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a Keras model file (damaged, truncated or another format)")
+    if not checksum_matches(path):
+        raise ModelError(changed_since_written(path))
     check_keras_archive(path)  # sizes inside the zip, and layers that hold code, before Keras reads it
     _register_application_layers()
     import scenecls.losses  # noqa: F401  (registers the losses a saved optimizer state refers to)

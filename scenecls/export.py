@@ -21,7 +21,7 @@ import numpy as np
 
 from scenecls import __version__
 from scenecls.errors import ModelError, UsageError, first_line
-from scenecls.files import atomic_path, make_staging, remove_abandoned
+from scenecls.files import atomic_path, make_staging, read_head, record_checksum, remove_abandoned
 from scenecls.runtimes import METADATA_SUFFIX, load_runtime, metadata_path
 from scenecls.samples import sample_images
 
@@ -105,6 +105,8 @@ def export_model(
         staged.replace(output)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if output.is_file():  # a single-file model: its checksum, checked whenever it is loaded
+        record_checksum(output)
     height, width = int(model.input_shape[1]), int(model.input_shape[2])
     _write_text(labels, labels_text)
     _write_text(
@@ -171,7 +173,9 @@ def _read_metadata(path: Path) -> dict | None:
     if meta.is_symlink() or not meta.is_file():
         return None
     try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
+        if meta.stat().st_size > 1024**2:  # metadata is a few hundred bytes: this is not ours
+            return None
+        data = json.loads(read_head(meta, 1024**2).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -191,7 +195,9 @@ def _labels_replaceable(labels: Path, text: str) -> bool:
     """``labels.txt`` may be written when it already says the same, or when an export of ours in that
     folder recorded it as the file it wrote."""
     try:
-        current = labels.read_bytes()
+        if not labels.is_file() or labels.stat().st_size > 16 * 1024**2:  # a FIFO, a device, a huge file
+            return False
+        current = read_head(labels, 16 * 1024**2)
     except OSError:
         return False
     if current == text.encode():

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from scenecls.errors import SceneclsError, UsageError
-from scenecls.files import atomic_path
+from scenecls.files import (
+    atomic_path,
+    changed_since_written,
+    checksum_matches,
+    record_checksum,
+    recorded_checksum,
+)
 
 CONFIG = "config.json"
 LABELS = "labels.json"
@@ -102,9 +108,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def copy_atomic(source: Path, target: Path) -> None:
-    """Copy ``source`` over ``target`` so that ``target`` is always either the old or the new file."""
+    """Copy ``source`` over ``target`` so that ``target`` is always either the old or the new file; a
+    model file's recorded checksum goes with it."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+    if recorded_checksum(source) is not None:
+        record_checksum(target)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -234,9 +243,11 @@ def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
     return run / BEST, run
 
 
-def fast_model(model_path: Path) -> Path:
+def fast_model(model_path: Path, warn=None) -> Path:
     """For a run's ``best.keras``, the ``best.tflite`` exported from it when it is at least as new and
-    LiteRT can run it (a fraction of a second instead of seconds); else ``model_path`` itself."""
+    LiteRT can run it (a fraction of a second instead of seconds); else ``model_path`` itself. A
+    ``best.tflite`` that is no longer the file written (its checksum differs) is passed over, with one
+    ``warn``."""
     tflite = model_path.with_suffix(".tflite")
     if model_path.name != BEST or not tflite.is_file():
         return model_path
@@ -244,7 +255,15 @@ def fast_model(model_path: Path) -> Path:
         return model_path  # best.keras changed since (a resumed or extended run)
     import importlib.util
 
-    return tflite if importlib.util.find_spec("ai_edge_litert") is not None else model_path
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return model_path
+    if not checksum_matches(tflite):
+        if warn is not None:
+            warn(
+                f"{changed_since_written(tflite).removesuffix('; refused')}: using {model_path.name} instead"
+            )
+        return model_path
+    return tflite
 
 
 def recorded_status(run_dir: Path) -> str | None:

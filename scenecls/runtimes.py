@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from scenecls.errors import ModelError, first_line
+from scenecls.files import changed_since_written, checksum_matches
 from scenecls.reporting import native_stderr_silenced
 
 INSTALL = {"tflite": "pip install ai-edge-litert", "onnx": "pip install 'scenecls[onnx]'"}
@@ -68,6 +69,8 @@ def load_runtime(
         return KerasRuntime(Path(path), batch_size=batch_size, precision=precision, jit=jit)
     if kind == "savedmodel":
         return SavedModelRuntime(Path(path), batch_size=batch_size, trust_model=trust_model)
+    if not checksum_matches(path):  # an export of ours changed since it was written
+        raise ModelError(changed_since_written(path))
     loader = {"tflite": LiteRTRuntime, "onnx": OnnxRuntime}
     return loader[kind](Path(path), batch_size=batch_size)
 

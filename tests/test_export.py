@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -317,3 +319,57 @@ def test_staging_of_a_killed_export_is_removed_by_the_next(run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert not abandoned.exists() and users.is_dir()
+
+
+def _flip_bytes(path: Path, count: int = 20) -> None:
+    """Change ``count`` bytes in the middle of ``path``: still a file of the same size and kind."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0x5A
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as fresh as it was
+
+
+def test_every_model_file_records_its_checksum_when_written(run, exported):
+    from scenecls.files import checksum_path, file_sha256, recorded_checksum
+
+    for path in (
+        run / "best.keras",
+        run / "last.keras",
+        run / "best.tflite",
+        exported["tflite"],
+        exported["onnx"],
+    ):
+        assert recorded_checksum(path) == file_sha256(path), path
+        assert (
+            checksum_path(path).read_text() == f"{file_sha256(path)}  {path.name}\n"
+        )  # sha256sum -c reads it
+
+
+def test_a_changed_best_tflite_is_passed_over_for_best_keras_with_one_warning(run, tmp_path):
+    copy = tmp_path / "runs" / run.name
+    shutil.copytree(run, copy)
+    _flip_bytes(copy / "best.tflite")
+    image = next((run.parent.parent / "data").rglob("*.jpg"))
+    result = invoke("predict", str(image), "--project", str(copy.parent), "--format", "json")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "SHA-256" in line]
+    assert len(warnings) == 1 and "best.tflite" in warnings[0] and "using best.keras" in warnings[0]
+    keras = invoke("predict", str(image), "--project", str(run.parent), "--keras", "--format", "json")
+    assert json.loads(result.stdout)[0]["confidence"] == pytest.approx(
+        json.loads(keras.stdout)[0]["confidence"]
+    )
+    named = invoke("predict", str(image), "--model", str(copy / "best.tflite"))
+    assert named.exit_code == 1 and "SHA-256 differs" in one_error_line(named)
+
+
+def test_a_changed_best_keras_is_refused(run, tmp_path):
+    copy = tmp_path / "runs" / run.name
+    shutil.copytree(run, copy)
+    _flip_bytes(copy / "best.keras")
+    image = next((run.parent.parent / "data").rglob("*.jpg"))
+    result = invoke("predict", str(image), "--project", str(copy.parent), "--keras")
+    assert result.exit_code == 1
+    assert "not the file scenecls wrote" in one_error_line(result)

@@ -163,7 +163,8 @@ def test_save_and_load_round_trip_in_safe_mode(tmp_path, name):
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     expected = model.predict(images, verbose=0)
     path = save_model(model, tmp_path / "best.keras")
-    assert [p.name for p in tmp_path.iterdir()] == ["best.keras"]  # no temporary left over
+    # No temporary left over; the model's checksum beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.keras", "best.keras.sha256"]
     loaded = load_model(path)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
     assert backbone_of(loaded).name == name

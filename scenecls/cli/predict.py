@@ -70,6 +70,7 @@ def predict(
     An unreadable file gets an error row and the rest go on; the exit code is 0 when all succeeded,
     3 when some inputs failed and 4 when every one did.
     """
+    from scenecls.calibration import UNKNOWN
     from scenecls.errors import ModelError
     from scenecls.predict import abstain, expand_inputs, predict_files
     from scenecls.runs import fast_model, model_classes, resolve_model
@@ -77,7 +78,7 @@ def predict(
 
     model_path, run_dir = resolve_model(model_ref, project)
     if not keras and not (model_ref and Path(model_ref).is_file()):  # a run: its best.tflite if fresh
-        model_path = fast_model(model_path)
+        model_path = fast_model(model_path, warn=out.warn)
     if needs_tensorflow(model_path):  # .tflite and .onnx run without it: a fraction of a second
         out.load_tensorflow()
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
@@ -94,6 +95,11 @@ def predict(
             f"the two files do not belong together"
         )
     classes = classes or [f"class_{i}" for i in range(runtime.num_classes)]
+    if min_confidence is not None and any(name.lower() == UNKNOWN for name in classes):
+        out.warn(
+            f"the model has a class named {UNKNOWN!r}: the `unknown` column (true or false) says which "
+            f"answers are abstentions below --min-confidence"
+        )
     predictions = predict_files(
         runtime, inputs, classes, batch_size=batch_size, top_k=top_k, reporter=out.reporter()
     )
