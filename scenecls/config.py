@@ -39,7 +39,9 @@ class TrainConfig:
     # The seed's best: 94.28 % with 3 dense layers and 5 blocks.
     backbone: str = option_field("xception", kind="backbone")
     weights: str = option_field("imagenet", "imagenet, none, or a weights file.")
-    image_size: int | None = option_field(None, "Input size  [default: the backbone's]", kind="int", low=16)
+    image_size: int | None = option_field(
+        None, "Input size in pixels, 16 to 1024  [default: the backbone's]", kind="int", low=16, high=1024
+    )
     dense: int = option_field(3, "Hidden dense layers in the head.", kind="int", low=0)
     units: int = option_field(64, kind="int", low=1)
     dropout: float = option_field(0.3, kind="float", low=0, high=1, high_open=True)

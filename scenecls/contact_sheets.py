@@ -46,8 +46,25 @@ def _thumbnail(path: str) -> Image.Image:
     return canvas
 
 
+def _printable(text: str) -> str:
+    """``text`` on one line: a file name may hold a newline, a tab or a byte that is not UTF-8,
+    which Pillow cannot measure or draw; each is shown escaped, as ``\\n`` or ``\\xe9``."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= ord(char) <= 0xDCFF:  # a raw byte kept by surrogateescape
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    """``text`` cut (with an ellipsis) to ``width`` pixels."""
+    """``text`` on one line, cut (with an ellipsis) to ``width`` pixels."""
+    text = _printable(text)
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "…", font=font) > width:

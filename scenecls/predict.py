@@ -71,17 +71,32 @@ def expand_inputs(items: Iterable[str], stdin: Iterable[str] | None = None) -> l
             images = sorted(
                 str(p)
                 for p in path.rglob("*")
-                if p.is_file() and is_image_path(p) and not p.name.startswith(".")
+                if p.is_file() and is_image_path(p) and not p.name.startswith(".") and not _in_output(p, path)
             )
             found.extend((p, None) for p in images) if images else found.append((item, "no images in folder"))
         elif path.is_file():
             found.append((item, None))
+        elif path.exists():  # a FIFO, a device, a socket: reading it could block or never end
+            found.append((item, "not a regular file"))
         elif glob.has_magic(item):
             matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             found.extend((p, None) for p in matches) if matches else found.append((item, "no file matches"))
         else:
             found.append((item, "no such file"))
     return found
+
+
+def _in_output(path: Path, top: Path) -> bool:
+    """Whether ``path`` lies in an output folder of ours below ``top`` (explain's heat maps, inspect's
+    sheets): those are our pictures, not inputs."""
+    from scenecls.files import OUTPUT_MARKERS
+
+    for folder in [path.parent, *path.parent.parents]:
+        if any((folder / marker).is_file() for marker in OUTPUT_MARKERS):
+            return True
+        if folder == top:
+            return False
+    return False
 
 
 def predict_files(

@@ -23,6 +23,7 @@ from typing import Any
 
 from scenecls import __version__, plots, runs
 from scenecls.errors import UsageError
+from scenecls.files import check_output_file, read_head
 
 GENERATOR = f"scenecls report {__version__}"
 MARK = '<meta name="generator" content="scenecls report'  # how a page of ours starts its head
@@ -65,12 +66,10 @@ def write_report(folder: Path, output: Path, *, heatmaps: dict[str, Any] | None 
 
 
 def check_output(output: Path) -> None:
-    """Refuse an ``output`` that is a folder, a link, or a file this did not write."""
-    if output.is_symlink() or output.is_dir():
-        raise UsageError(f"--output {output} is a folder or a link: give a file name")
+    """Refuse an ``output`` that is a folder, a link, a device or FIFO, or a file this did not write."""
+    check_output_file(output, "--output")
     if output.exists():
-        with open(output, encoding="utf-8", errors="replace") as handle:
-            start = handle.read(4096)
+        start = read_head(output).decode("utf-8", errors="replace")
         if MARK not in start:
             raise UsageError(f"--output {output} exists and is not a report of scenecls: give a new file")
 

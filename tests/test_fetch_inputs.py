@@ -229,6 +229,7 @@ def test_resume_without_a_validator_starts_again(http_server, tmp_path):
     [
         (["--url", "not a url"], "--url takes"),
         (["--url", "ftp://host/x.zip"], "--url takes"),
+        (["--url", "http://[::1"], "is not a valid address"),
         (["--url", "http://127.0.0.1:9/x.zip", "--sha256", "abc"], "--sha256 takes 64"),
     ],
 )

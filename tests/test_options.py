@@ -46,7 +46,8 @@ def test_a_declared_range_is_the_option_range(tmp_path):
     from click.testing import CliRunner
 
     runner = CliRunner()
-    for args in (["--dropout", "1"], ["--lr", "0"], ["--image-size", "8"], ["--rotation", "181"],
+    for args in (["--dropout", "1"], ["--lr", "0"], ["--image-size", "8"], ["--image-size", "100000"],
+                 ["--image-size", "99999999999999999999"], ["--rotation", "181"],
                  ["--zoom", "1"], ["--lr-schedule", "sometimes"]):  # fmt: skip
         result = runner.invoke(cli, ["train", *args, "--data", str(tmp_path)])
         assert result.exit_code == 2, args

@@ -201,11 +201,11 @@ def absolute_exclude(path: str | None) -> str | None:
     """``--exclude``'s file as an absolute path (a resumed run finds it from anywhere); it must exist."""
     if path is None:
         return None
-    from scenecls.errors import DataError
+
+    from scenecls.files import check_input_file
 
     resolved = Path(path).expanduser().absolute()
-    if not resolved.is_file():
-        raise DataError(f"--exclude {path}: no such file")
+    check_input_file(resolved, "--exclude")
     return str(resolved)
 
 

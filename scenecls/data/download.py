@@ -58,7 +58,11 @@ def is_kaggle_url(url: str) -> bool:
 
 def check_url(url: str) -> str:
     """``url`` if it is an http(s) URL with a host; a one-line error otherwise."""
-    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.hostname  # noqa: B018  (raises on an unclosed IPv6 bracket)
+    except ValueError as error:
+        raise UsageError(f"--url {url!r} is not a valid address: {error}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--url takes an http:// or https:// address, got {url!r}")
     if any(char in parts.netloc for char in "\\ \t\r\n"):  # hosts differ between parsers: refuse

@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from scenecls.errors import DataError
-from scenecls.files import atomic_path
+from scenecls.files import atomic_path, check_input_file, check_output_file, read_head
 
 HEADER = "# scenecls exclude list"  # the first line of a list this tool wrote: it may replace it
+MAX_LIST_BYTES = 256 * 1024**2  # a list of every image of a data set of millions is a fraction of this
 
 
 def data_folder(root: Path) -> Path:
@@ -28,19 +29,43 @@ def data_folder(root: Path) -> Path:
 def read_exclude(path: Path, root: Path) -> set[str]:
     """The absolute, normalised paths ``path`` lists; a clear error when it cannot be read."""
     path = Path(path).expanduser()
+    check_input_file(path, "--exclude")
+    if path.stat().st_size > MAX_LIST_BYTES:
+        raise DataError(
+            f"--exclude {path} is larger than an exclude list can be ({MAX_LIST_BYTES // 1024**2} MiB)"
+        )
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"--exclude {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as exc:
         raise DataError(f"--exclude {path}: cannot read it ({exc})") from None
     base = data_folder(root)
     listed = set()
-    for line in text.splitlines():
+    for line in text.split("\n"):
         entry = line.strip()
         if entry and not entry.startswith("#"):
-            listed.add(normal(base / entry))  # an absolute entry stays itself
+            listed.add(normal(base / unescape(entry)))  # an absolute entry stays itself
     return listed
+
+
+# One escaping, written and read alike: a name's bytes as they are on disk (a name that is not UTF-8 keeps
+# its raw bytes), with a backslash, a newline or a carriage return inside it written as \\, \n, \r.
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+_UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}
+
+
+def escape(name: str) -> str:
+    return "".join(_ESCAPES.get(ch, ch) for ch in name)
+
+
+def unescape(entry: str) -> str:
+    out, chars = [], iter(entry)
+    for ch in chars:
+        if ch == "\\":
+            following = next(chars, "")
+            out.append(_UNESCAPES.get(following, ch + following))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def normal(path: str | os.PathLike) -> str:
@@ -55,12 +80,11 @@ def exclude_digest(paths: Iterable[str]) -> str:
 def check_replaceable(path: Path) -> None:
     """Refuse ``path`` unless it is new or a list this tool wrote (its first line), never a link."""
     path = Path(path).expanduser()
-    if path.is_symlink() or path.is_dir():
-        raise DataError(f"{path} is a link or a folder; give a new file for the exclude list")
+    check_output_file(path, "--write-exclude", DataError)
     if path.exists():
         try:
-            first = path.read_text(encoding="utf-8").splitlines()[:1]
-        except (OSError, UnicodeDecodeError):
+            first = read_head(path).decode("utf-8", errors="replace").splitlines()[:1]
+        except OSError:
             first = []
         if not first or not first[0].startswith(HEADER):
             raise DataError(f"{path} exists and is not an exclude list scenecls wrote; it is left as it is")
@@ -75,9 +99,9 @@ def write_exclude(path: Path, paths: Iterable[str], root: Path, *, why: str) -> 
     lines = []
     for entry in sorted(set(paths)):
         absolute = Path(normal(entry))
-        lines.append(str(absolute.relative_to(base)) if base in absolute.parents else str(absolute))
+        lines.append(escape(str(absolute.relative_to(base)) if base in absolute.parents else str(absolute)))
     body = [f"{HEADER} ({time.strftime('%Y-%m-%d %H:%M')})", f"# {why}", *lines]
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(body) + "\n", encoding="utf-8")
+        tmp.write_bytes(("\n".join(body) + "\n").encode("utf-8", "surrogateescape"))
     return len(lines)
