@@ -21,6 +21,7 @@ import numpy as np
 
 from scenecls.classifier import PREDICTIONS, find_backbone, input_size
 from scenecls.data.images import ImageReadError, load_rgb
+from scenecls.files import OUTPUT_MARKERS
 from scenecls.heads import POOL_LAYER
 from scenecls.reporting import NullReporter, Reporter
 
@@ -152,7 +153,7 @@ def write_explanation(item: Explanation, target: Path) -> Path:
     return target
 
 
-MARKER = ".scenecls-explain"  # marks an output folder as ours: its heat maps may be replaced
+MARKER = OUTPUT_MARKERS[1]  # marks an output folder as ours: its heat maps may be replaced
 
 
 def explain_into(
@@ -162,7 +163,7 @@ def explain_into(
     """Explain ``inputs`` (``(path, error)`` pairs, as :func:`scenecls.predict.expand_inputs` gives)
     and write each heat map into ``folder``: a new or empty folder, or one this wrote before (its
     marker); any other is refused before any work, so no file of the user's is replaced."""
-    from scenecls.files import claim_folder
+    from scenecls.files import claim_folder, note_written
 
     claim_folder(folder, MARKER, "scenecls explain")
     failed = [Explanation(path, error=error) for path, error in inputs if error is not None]
@@ -176,6 +177,7 @@ def explain_into(
             stem = Path(item.path).stem
             names[stem] = names.get(stem, 0) + 1  # two images of one name in different folders
             name = stem if names[stem] == 1 else f"{stem}-{names[stem]}"
+            note_written(folder, MARKER, "scenecls explain", [f"{name}.cam.png"])
             item.written = write_explanation(item, folder / f"{name}.cam.png")
             item.heatmap = item.image = None  # bounded memory: both are in its file
         results[item.path] = item

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,17 @@ def test_plot_draws_the_highest_losses_beside_their_heat_maps(run):
         beside = np.asarray(picture.convert("RGB"))
     # The same grid, each image now beside its map (pairs are wide, so lines are lower).
     assert beside.shape[1] == plain.shape[1] and beside.shape[0] < plain.shape[0]
+
+
+def test_explain_with_its_output_inside_its_input_folder_never_explains_its_own_maps(run, tmp_path):
+    run_dir, data = run
+    photos = tmp_path / "photos"
+    shutil.copytree(data / "alpha", photos)
+    count = len(list(photos.iterdir()))
+    for _ in range(2):
+        result = CliRunner().invoke(
+            cli, ["explain", str(run_dir), str(photos), "--output", str(photos / "maps")]
+        )
+        assert result.exit_code == 0, result.output
+    maps = sorted(p.name for p in (photos / "maps").glob("*.png"))
+    assert len(maps) == count and not any(name.endswith(".cam.cam.png") for name in maps)

@@ -380,3 +380,76 @@ def test_real_photographs_a_planted_crop_and_planted_wrong_labels_are_found(tmp_
     ranked = [c["path"] for c in report["label_errors"]["candidates"]]
     assert len(set(ranked[:40]) & set(moved)) >= 9, ranked[:40]
     assert (tmp_path / "findings" / "label-errors.png").is_file()
+
+
+def test_a_marker_that_is_not_ours_or_a_marked_folder_with_a_users_files_is_refused(tmp_path):
+    from scenecls.inspection import MARKER
+
+    data = write_class_folders(tmp_path / "data", 3)
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / MARKER).write_text("{}")
+    (forged / "label-errors.png").write_bytes(b"the user's own picture")
+    refused = CliRunner().invoke(cli, ["inspect", str(data), "--no-features", "--output", str(forged)])
+    assert refused.exit_code == 2 and "did not write" in one_error_line(refused)
+    assert (forged / "label-errors.png").read_bytes() == b"the user's own picture"
+
+    ours = tmp_path / "ours"
+    first = CliRunner().invoke(cli, ["inspect", str(data), "--no-features", "--output", str(ours)])
+    assert first.exit_code == 0, first.output
+    (ours / "inspection-notes.txt").write_text("the user's notes")  # a user's file in our folder
+    (ours / "inspection.json").write_text("kept")
+    again = CliRunner().invoke(cli, ["inspect", str(data), "--no-features", "--output", str(ours)])
+    assert again.exit_code == 2 and "inspection-notes.txt" in one_error_line(again)
+    assert (ours / "inspection.json").read_text() == "kept"
+    (ours / "inspection-notes.txt").unlink()
+    replaced = CliRunner().invoke(cli, ["inspect", str(data), "--no-features", "--output", str(ours)])
+    assert replaced.exit_code == 0, replaced.output  # what it wrote itself, it may write again
+    assert json.loads((ours / "inspection.json").read_text())["images"]
+
+
+def test_inspect_in_the_data_set_writes_outside_it_and_our_outputs_are_never_read_as_data(
+    tmp_path, monkeypatch
+):
+    from scenecls.paths import data_home
+
+    data = write_class_folders(tmp_path / "data", 3)
+    before = prepare_data(data).index.fingerprint()
+    monkeypatch.chdir(data)
+    result = CliRunner().invoke(cli, ["inspect", ".", "--no-features"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in data.iterdir()) == ["alpha", "beta", "gamma"]
+    assert (data_home() / "inspect" / "data" / "inspection.json").is_file()
+    # Asked to write inside it, it does; the next look at the data passes over its own sheets.
+    inside = CliRunner().invoke(cli, ["inspect", ".", "--no-features", "--output", "inspect"])
+    assert inside.exit_code == 0, inside.output
+    assert (data / "inspect" / "inspection.json").is_file()
+    shutil.copy(next((data / "alpha").iterdir()), data / "inspect" / "a-picture.jpg")
+    index = prepare_data(data).index
+    assert index.classes == ["alpha", "beta", "gamma"] and index.fingerprint() == before
+
+
+def test_near_copies_group_only_when_each_is_near_every_other_never_by_chains():
+    """A chain of pictures, each a little unlike the one before: every neighbour is near, the ends are
+    not. Single-link grouping made one group of it (185 different photos on intel-mini at 96 px)."""
+    steps = 40
+    angles = np.linspace(0, 1.2, steps)  # neighbours 0.03 rad apart: cosine 0.9995; the ends: 0.36
+    features = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    near = list(duplicates.feature_pairs(features, 0.999))
+    assert duplicates.group(steps, [(i, j) for i, j, _ in near]) == [list(range(steps))]  # the chain
+    groups = duplicates.near_groups(steps, [], near)
+    assert groups and max(len(g) for g in groups) < steps // 4
+    for members in groups:
+        for a in members:
+            for b in members:
+                assert duplicates.cosine(features[a], features[b]) >= 0.999
+
+
+def test_an_exclude_list_that_takes_much_of_a_class_needs_force(tmp_path):
+    from scenecls.inspection.findings import Inspection, Item
+
+    items = [Item("train", f"/d/a{i}.jpg", 0) for i in range(100)] + [Item("test", "/d/t.jpg", 0)]
+    inspection = Inspection(Path("/d"), "class-folders", ["a"], items, [], [], [], [], "", None, {})
+    assert inspection.excessive_share([f"/d/a{i}.jpg" for i in range(10)]) is None
+    said = inspection.excessive_share([f"/d/a{i}.jpg" for i in range(45)])
+    assert said.startswith("45 of 100 training images of class a (45%)")

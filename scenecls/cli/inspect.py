@@ -88,6 +88,11 @@ GROUPS_SHOWN = 20  # duplicate groups printed per kind in the table (all are in 
     metavar="N",
     help="List the N likeliest label errors of the training split.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write the --write-exclude list even when it removes more than a tenth of a class or a split.",
+)
 @format_option("table", "json", "csv")
 @click.pass_obj
 def inspect(
@@ -101,6 +106,7 @@ def inspect(
     top: int,
     fmt: str,
     no_features: bool,
+    force: bool,
     **options,
 ) -> None:
     """Find what is wrong with a data set: exact and near duplicate images (within a split, across
@@ -112,11 +118,11 @@ def inspect(
     from scenecls.data.exclude import check_replaceable
     from scenecls.data.exclude import write_exclude as write_list
     from scenecls.files import claim_folder
-    from scenecls.inspection import MARKER, InspectOptions, inspect_dataset, write_findings
+    from scenecls.inspection import MARKER, InspectOptions, default_output, inspect_dataset, write_findings
     from scenecls.paths import data_source
 
     source = data_source(data)
-    folder = output or Path("inspect") / (source.stem if source.is_file() else source.resolve().name)
+    folder = output or default_output(source)
     settings = InspectOptions(features=not no_features, **options)
     claim_folder(folder, MARKER, "scenecls inspect")  # refused before any work, not after
     if write_exclude is not None:
@@ -128,6 +134,14 @@ def inspect(
     excluded = None
     if write_exclude is not None:
         paths = result.exclusions(leaks=drop_leaks, conflicts=drop_conflicts, label_errors=drop_label_errors)
+        too_many = result.excessive_share(paths)
+        if too_many and not force:
+            from scenecls.errors import UsageError
+
+            raise UsageError(
+                f"the exclude list would remove {too_many}: look at the contact sheets in {folder} first, "
+                f"or pass --force to write it anyway (nothing was written to {write_exclude})"
+            )
         why = (
             f"from scenecls inspect: leaks {'dropped' if drop_leaks else 'kept'}, conflicting labels "
             f"{'dropped' if drop_conflicts else 'kept'}, {drop_label_errors} label error(s) at most"

@@ -124,8 +124,55 @@ def _unit(block: np.ndarray) -> np.ndarray:
 
 
 def group(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
-    """The connected groups that ``pairs`` make among ``n`` items (two or more members each)."""
+    """The connected groups that ``pairs`` make among ``n`` items (two or more members each): for
+    relations that are transitive (byte-for-byte copies)."""
     sets = DisjointSets(n)
     for i, j in pairs:
         sets.union(i, j)
     return sets.groups()
+
+
+def near_groups(
+    n: int, exact: Iterable[tuple[int, int]], near: Iterable[tuple[int, int, float]]
+) -> list[list[int]]:
+    """Groups in which every member is near every other (complete linkage), never chains.
+
+    Nearness is not transitive: A near B and B near C says nothing of A and C, and single-link groups of
+    ten thousand photos chain a whole class together. Copies of one file (``exact``) count as one item;
+    ``near`` pairs ``(i, j, similarity)`` join two groups, the most similar first, only when every
+    member of one is near every member of the other.
+    """
+    copies = DisjointSets(n)
+    for i, j in exact:
+        copies.union(i, j)
+    edges: dict[tuple[int, int], float] = {}
+    for i, j, similarity in near:
+        a, b = copies.find(i), copies.find(j)
+        if a != b:
+            key = (min(a, b), max(a, b))
+            edges[key] = max(edges.get(key, similarity), similarity)
+    members: dict[int, list[int]] = {}  # a group's id -> the copy sets (their roots) in it
+    group_of: dict[int, int] = {}
+    for (a, b), _ in sorted(edges.items(), key=lambda e: -e[1]):
+        ga, gb = group_of.get(a, a), group_of.get(b, b)
+        if ga == gb:
+            continue
+        left, right = members.get(ga, [ga]), members.get(gb, [gb])
+        if all((min(x, y), max(x, y)) in edges for x in left for y in right):
+            members[ga] = left + right
+            members.pop(gb, None)
+            for root in right:
+                group_of[root] = ga
+            group_of[ga] = ga
+    roots = {root: [] for root in range(n)}
+    for i in range(n):
+        roots[copies.find(i)].append(i)
+    grouped: list[list[int]] = []
+    placed: set[int] = set()
+    for gid, sets in members.items():
+        if group_of.get(gid, gid) != gid:
+            continue
+        grouped.append(sorted(i for root in sets for i in roots[root]))
+        placed.update(sets)
+    grouped += [items for root, items in roots.items() if len(items) > 1 and root not in placed]
+    return sorted(grouped, key=lambda m: m[0])

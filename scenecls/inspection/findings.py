@@ -14,6 +14,10 @@ from scenecls.label_errors import Suspect
 SPLIT_ORDER = ("train", "val", "test")  # a leak's copies outside the last split it reaches are dropped
 
 
+MAX_SHARE = 0.10  # of a class or a split, past which an exclude list is written only with --force...
+MIN_COUNT = 5  # ...and past this many images (on a tiny set, 3 of 12 is a few real copies)
+
+
 @dataclass(frozen=True)
 class Item:
     """One readable labelled image."""
@@ -105,6 +109,26 @@ class Inspection:
         doubtful = [s for s in self.suspects if self.items[s.index].split == "train"]
         chosen += [self.items[s.index].path for s in doubtful[:label_errors]]
         return list(dict.fromkeys(chosen))
+
+    def excessive_share(self, paths: list[str], share: float = MAX_SHARE) -> str | None:
+        """What an exclude list of ``paths`` would take past ``share`` of a class's training images or
+        of a split, in words (the first such); None when it stays within. A list that takes that much
+        more likely follows a wrong grouping than real duplicates."""
+        chosen = set(paths)
+        splits = Counter(i.split for i in self.items)
+        classes = Counter(i.label for i in self.items if i.split == "train")
+        gone_split = Counter(i.split for i in self.items if i.path in chosen)
+        gone_class = Counter(i.label for i in self.items if i.split == "train" and i.path in chosen)
+        for label, gone in sorted(gone_class.items()):
+            if gone > max(share * classes[label], MIN_COUNT):
+                return (
+                    f"{gone} of {classes[label]} training images of class {self.classes[label]} "
+                    f"({gone / classes[label]:.0%}), more than {share:.0%}"
+                )
+        for split, gone in sorted(gone_split.items()):
+            if gone > max(share * splits[split], MIN_COUNT):
+                return f"{gone} of {splits[split]} images of the {split} split ({gone / splits[split]:.0%})"
+        return None
 
     def group_dict(self, g: Group) -> dict[str, Any]:
         return {

@@ -157,23 +157,28 @@ def find_groups(
 ) -> list[Group]:
     """Exact and near duplicate groups among ``items`` (see the module's doc)."""
     n = len(items)
-    pairs = list(duplicates.exact_pairs([f.sha256 for f in facts]))
+    exact = list(duplicates.exact_pairs([f.sha256 for f in facts]))
     hashed = duplicates.hash_pairs([f.dhash for f in facts], options.hash_distance)
-    if features is None:
-        pairs += hashed
+    near: list[tuple[int, int, float]] = []
+    if features is None:  # the closer the hashes, the more alike
+        near += [(i, j, 1 - bits / 64) for i, j, bits in _with_distance(hashed, facts)]
     else:
-        pairs += [
-            (i, j)
-            for i, j in hashed
-            if duplicates.cosine(features[i], features[j]) >= duplicates.HASH_CONFIRMATION
-        ]
-        pairs += [(i, j) for i, j, _ in duplicates.feature_pairs(features, options.similarity)]
+        for i, j in hashed:
+            similarity = duplicates.cosine(features[i], features[j])
+            if similarity >= duplicates.HASH_CONFIRMATION:
+                near.append((i, j, similarity))
+        near += list(duplicates.feature_pairs(features, options.similarity))
     groups = []
-    for members in duplicates.group(n, pairs):
+    for members in duplicates.near_groups(n, exact, near):
         kind = "exact" if len({facts[i].sha256 for i in members}) == 1 else "near"  # one file, copied
         splits = sorted({items[i].split for i in members}, key=split_rank)
         groups.append(Group(kind, members, splits, sorted({items[i].label for i in members})))
     return groups
+
+
+def _with_distance(pairs, facts: list[ImageFacts]):
+    for i, j in pairs:
+        yield i, j, bin(int(facts[i].dhash) ^ int(facts[j].dhash)).count("1")
 
 
 def check_labels(

@@ -8,22 +8,37 @@ from collections import Counter
 from pathlib import Path
 
 from scenecls.contact_sheets import Tile, draw_sheet, grid
-from scenecls.files import atomic_path, claim_folder
+from scenecls.files import OUTPUT_MARKERS, atomic_path, claim_folder, note_written
 from scenecls.inspection.findings import Group, Inspection
 
-MARKER = ".scenecls-inspect"
+MARKER = OUTPUT_MARKERS[0]
 SHEET_ROWS = 40  # duplicate groups drawn per sheet
 SHEET_COLUMNS = 8  # members drawn per group
 
 SHEETS = ("duplicates-within.png", "duplicates-across.png", "duplicates-conflicting.png", "label-errors.png")
 
 
+def default_output(source: Path) -> Path:
+    """``inspect/<data set's name>`` in the current folder, unless that lies inside the data set itself
+    (``cd data && scenecls inspect .``): then under the tool's own folder, so that nothing is ever
+    written into a data set unasked."""
+    from scenecls.paths import data_home
+
+    name = source.stem if source.is_file() else source.resolve().name
+    folder = Path("inspect") / name
+    data_folder = (source.parent if source.is_file() else source).resolve()
+    if folder.resolve() == data_folder or data_folder in folder.resolve().parents:
+        return data_home() / "inspect" / name
+    return folder
+
+
 def write_findings(inspection: Inspection, folder: Path, *, top: int = 50) -> list[Path]:
     """The contact sheets (one per kind of finding that has any) and ``inspection.json`` in ``folder``:
     a new or empty folder, or one this wrote before (its marker), whose old sheets are replaced."""
     claim_folder(folder, MARKER, "scenecls inspect")
+    note_written(folder, MARKER, "scenecls inspect", [*SHEETS, "inspection.json"])
     for name in SHEETS:
-        (folder / name).unlink(missing_ok=True)  # only our own names, in our own folder
+        (folder / name).unlink(missing_ok=True)  # only our own names, in our own folder (checked above)
     written = []
     kinds = [
         ("duplicates-within.png", inspection.within(), "within a split"),
