@@ -148,6 +148,14 @@ def test_two_shards_in_two_processes_make_the_unsharded_table(tmp_path):
     incomplete = invoke(*args, "--project", str(tmp_path / "sharded"), "--collect")
     assert incomplete.exit_code == 3 and "mobilenet_v2-d1-u1" in incomplete.stderr
 
+    state.with_suffix(".lost").rename(state)
+    metrics = state.with_name("metrics.json")
+    metrics.write_text("garbage, not JSON")  # finished, but its results cannot be read
+    damaged = invoke(*args, "--project", str(tmp_path / "sharded"), "--collect")
+    assert damaged.exit_code == 3
+    assert "1 of 4 runs are damaged" in damaged.stderr and "mobilenet_v2-d1-u1" in damaged.stderr
+    assert "mobilenet_v2-d1-u1" not in {row["run"] for row in json.loads(damaged.stdout)}
+
 
 def test_shard_arguments_are_checked():
     from scenecls.training.sweep import GridPoint, parse_shard, shard_points

@@ -308,7 +308,8 @@ def test_a_server_that_is_down_costs_nothing_and_log_mlflow_sends_the_run_later(
     tracked, server, tmp_path, monkeypatch
 ):
     data = write_class_folders(tmp_path / "data", 6)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")  # nobody listens
+    # Nobody listens; the address carries a password, which no line printed may show.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:{SECRET}@127.0.0.1:{_free_port()}")
     args = [
         "train",
         "--data",
@@ -332,6 +333,7 @@ def test_a_server_that_is_down_costs_nothing_and_log_mlflow_sends_the_run_later(
     warnings = [line for line in result.stderr.splitlines() if "MLflow" in line]
     assert len(warnings) == 2 and "training goes on" in warnings[0]
     assert "scenecls log-mlflow" in warnings[1] and "Traceback" not in result.output
+    assert SECRET not in result.output and "http://***@127.0.0.1" in warnings[0]
     run_dir = tmp_path / "runs" / "offline"
     assert (run_dir / "metrics.json").is_file() and (run_dir / "best.keras").is_file()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
@@ -344,6 +346,44 @@ def test_a_server_that_is_down_costs_nothing_and_log_mlflow_sends_the_run_later(
     assert _steps(tracked, run.info.run_id) == [1, 2] and "history.csv" in {
         a.path for a in tracked.list_artifacts(run.info.run_id)
     }
+
+    # Two log-mlflow of one run folder at once: the second waits for the first, then sends nothing new.
+    state = json.loads((run_dir / "state.json").read_text())
+    (run_dir / "state.json").write_text(json.dumps({**state, "mlflow_run_id": None}))
+    command = [
+        sys.executable,
+        "-m",
+        "scenecls",
+        "log-mlflow",
+        str(run_dir),
+        "--mlflow-experiment",
+        "exp-twice",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server}
+    both = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in both] == [0, 0], [p.stderr.read() for p in both]
+    (twice,) = _runs(tracked, "exp-twice")
+    assert twice.info.run_id == json.loads((run_dir / "state.json").read_text())["mlflow_run_id"]
+
+    # No URI at all: MLflow's default store, in the current folder, named where the user can find it.
+    here = tmp_path / "cwd"
+    here.mkdir()
+    env.pop("MLFLOW_TRACKING_URI")
+    local = subprocess.run(command, env=env, cwd=here, capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr
+    assert f"default store sqlite:///{here / 'mlflow.db'}" in local.stderr and (here / "mlflow.db").is_file()
+    assert "INFO mlflow" not in local.stderr
+
+    # That store opened read-only: refused at once in one line each, without MLflow's SQL or traceback.
+    state = json.loads((run_dir / "state.json").read_text())
+    (run_dir / "state.json").write_text(json.dumps({**state, "mlflow_run_id": None}))
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///file:{here / 'mlflow.db'}?mode=ro&uri=true"
+    started = time.monotonic()
+    refused = subprocess.run(command, env=env, cwd=here, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and time.monotonic() - started < 60, refused.stderr
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert lines[0] == "Warning: MLflow: attempt to write a readonly database; nothing more is sent", lines
+    assert len(lines) == 2 and "did not get the run" in lines[1], lines
 
 
 @needs_server[0]

@@ -224,10 +224,15 @@ def _collect(out: Output, folder: Path, points, fmt: str, ensembles: bool = Fals
     _write_tables(out, folder, points, rows)
     _track_sweep(out, folder, points, tracking)
     _render(out, rows, fmt, f"Sweep results ({folder})")
-    missing = sweeps.unfinished(folder, points)
+    broken = sweeps.damaged(folder, points)
+    if broken:
+        shown = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
+        out.warn(f"{len(broken)} of {len(points)} runs are damaged (left out of the tables): {shown}")
+    missing = [name for name in sweeps.unfinished(folder, points) if name not in broken]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         out.warn(f"{len(missing)} of {len(points)} runs have not finished: {shown}")
+    if broken or missing:
         raise click.exceptions.Exit(3)
 
 

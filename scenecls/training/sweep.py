@@ -169,15 +169,30 @@ def _recipe(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_status(run_dir: Path) -> str:
-    """``new``, ``interrupted`` (has a state to resume), ``finished``, or ``damaged`` (its state cannot be
-    read: reported and left alone, never trained over)."""
-    try:
-        status = runs.recorded_status(run_dir)
-    except SceneclsError:
+    """``new``, ``interrupted`` (has a state to resume), ``finished``, or ``damaged`` (its state, or a
+    finished run's results, cannot be read: reported and left alone, never trained over)."""
+    if damage(run_dir):
         return "damaged"
+    status = runs.recorded_status(run_dir)
     if status is None:
         return "new"
     return "finished" if status == "finished" else "interrupted"
+
+
+def damage(run_dir: Path) -> str | None:
+    """The name of the run file that cannot be read, or None: ``state.json``, or for a finished run
+    its ``metrics.json`` or ``config.json`` too (else its row would silently go missing)."""
+    try:
+        status = runs.recorded_status(run_dir)
+    except SceneclsError:
+        return runs.STATE
+    if status == "finished":
+        for name in (runs.METRICS, runs.CONFIG):
+            try:
+                runs.read_object(run_dir / name)
+            except SceneclsError:
+                return name
+    return None
 
 
 def run_sweep(
@@ -217,8 +232,8 @@ def run_sweep(
             continue
         if status == "damaged":
             reporter.warn(
-                f"[{number}/{len(mine)}] {point.name}: its {runs.STATE} is damaged; skipped (move the folder "
-                f"away to train it afresh)"
+                f"[{number}/{len(mine)}] {point.name}: its {damage(run_dir)} is damaged; skipped (move the "
+                f"folder away to train it afresh)"
             )
             continue
         resume = status == "interrupted"
@@ -259,6 +274,11 @@ def log_sweep(
     return tracker.missed()
 
 
+def damaged(folder: Path, points: list[GridPoint]) -> list[str]:
+    """The runs of the grid whose state or results cannot be read."""
+    return [p.name for p in points if run_status(folder / p.name) == "damaged"]
+
+
 def unfinished(folder: Path, points: list[GridPoint]) -> list[str]:
     """The runs of the grid that have not finished (not started, interrupted, failed or running)."""
     return [p.name for p in points if run_status(folder / p.name) != "finished"]
@@ -276,7 +296,7 @@ def collect_results(
         run_dir = folder / point.name
         status = run_status(run_dir)
         if status == "damaged":
-            reporter.warn(f"{point.name}: its {runs.STATE} is damaged; left out of the tables")
+            reporter.warn(f"{point.name}: its {damage(run_dir)} is damaged; left out of the tables")
         if status != "finished":
             continue
         try:

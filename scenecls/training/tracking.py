@@ -14,6 +14,7 @@ when tracking is on.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from scenecls import runs
-from scenecls.errors import UsageError, first_line
+from scenecls.errors import UsageError, first_line, redact
+from scenecls.files import locked
 from scenecls.reporting import NullReporter, Reporter
 
 # MLflow's client retries a failed request 7 times with a growing back-off (minutes in all): a server
@@ -77,6 +79,62 @@ def safe_uri(uri: str) -> str:
         host = parts.hostname or ""
         return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
     return uri
+
+
+class _Redacting(logging.Filter):
+    """Hides credentials in the log lines MLflow and its HTTP stack print (a tracking URI with a
+    password in it is quoted in their retry warnings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if record.name.startswith(("mlflow", "alembic", "urllib3")):
+            # MLflow logs a failed database call with its SQL, parameters and a traceback; the
+            # failure reaches us too and is said in one line, so theirs is cut to its first line.
+            cleaned = cleaned.strip().splitlines()[0] if cleaned.strip() else cleaned
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
+def redact_library_logs() -> None:
+    """Put :class:`_Redacting` on every handler that prints MLflow's (and the root logger's) lines."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating tables...) are not ours
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # A failed database call is logged there with its SQL, and reaches us as an error we say ourselves.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    for name in ("mlflow", ""):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _Redacting) for f in handler.filters):
+                handler.addFilter(_Redacting())
+
+
+_SAID: set[str] = set()  # default stores already named in this process (a sweep opens many runs)
+
+
+def _where(uri: str) -> str:
+    """A tracking URI for a message: credentials out, a relative SQLite or file store made absolute."""
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+            return f"{prefix}{Path(uri[len(prefix) :]).absolute()}"
+    if "://" not in uri:
+        return str(Path(uri).absolute())
+    return safe_uri(uri)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error that says what went wrong: a database driver's own (``attempt to write a readonly
+    database``) rather than SQLAlchemy's wrapper around it, whose first line is about autoflush."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # MLflow raises its own error from SQLAlchemy's, which wraps the driver's
+        if seen is None:
+            break
+        original = getattr(seen, "orig", None)
+        if isinstance(original, BaseException):
+            return original
+        seen = seen.__cause__
+    return exc
 
 
 def flatten(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -134,6 +192,7 @@ class MlflowTracker(Tracker):
         self.run_id = None
         self._missed_epochs: list[int] = []
         self._missed: list[str] = []
+        self.going_on = "training goes on without logging to MLflow"  # said when the store fails
 
     # ------------------------------------------------------------------ guarded calls
     def _call(self, what: str, call, *args, **kwargs) -> Any:
@@ -144,9 +203,9 @@ class MlflowTracker(Tracker):
         try:
             return call(*args, **kwargs)
         except Exception as exc:  # any failure of the server or the network: never the run's
-            self.down = first_line(exc, 200)
+            self.down = redact(first_line(_cause(exc), 200))
             self._missed.append(what)
-            self.reporter.warn(f"MLflow: {self.down}; training goes on without logging to MLflow")
+            self.reporter.warn(f"MLflow: {self.down}; {self.going_on}")
             return None
 
     def _connect(self) -> Any:
@@ -157,7 +216,13 @@ class MlflowTracker(Tracker):
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         from mlflow.tracking import MlflowClient
 
-        return MlflowClient()
+        redact_library_logs()
+        client = MlflowClient()
+        store = _where(client.tracking_uri)
+        if not os.environ.get("MLFLOW_TRACKING_URI") and store not in _SAID:  # MLflow's default store
+            _SAID.add(store)
+            self.reporter.warn(f"MLFLOW_TRACKING_URI is not set: logging to MLflow's default store {store}")
+        return client
 
     def experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.settings.experiment)
@@ -202,7 +267,7 @@ class MlflowTracker(Tracker):
         uri = self.client.tracking_uri
         run = self.client.get_run(run_id)
         where = f"{safe_uri(uri)}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-        self.reporter.log(f"MLflow run: {where if uri.startswith('http') else run_id}")
+        self.reporter.log(f"MLflow run: {where if uri.startswith('http') else f'{run_id} in {_where(uri)}'}")
 
     def _exists(self, run_id: str) -> bool:
         try:
@@ -328,13 +393,29 @@ def log_run_folder(
     sweep's parent run when the folder is a sweep's); its status as the folder says. ``evaluation``
     (``evaluate``'s figures) is logged as ``eval_*`` metrics."""
     run_dir = Path(run_dir)
+    # Two of these at once for one run folder would each make an MLflow run: the second waits instead,
+    # then finds the first's id in state.json and sends only what is missing.
+    reporter = reporter or NullReporter()
+    waiting = f"Waiting for another log-mlflow of {run_dir} to finish"
+    with locked(run_dir / LOCK, on_wait=lambda: reporter.log(waiting)):
+        return _log_run_folder(run_dir, settings, reporter, evaluation)
+
+
+LOCK = ".mlflow.lock"
+
+
+def _log_run_folder(
+    run_dir: Path, settings: TrackingSettings, reporter: Reporter | None, evaluation: dict[str, Any] | None
+) -> MlflowTracker:
     state = runs.read_state(run_dir)
     parent = None
     sweep = recorded_sweep_id(run_dir.parent)
     tracker = settings.tracker(reporter)
+    tracker.going_on = "nothing more is sent"
     if sweep:
         parent = tracker.sweep_parent(run_dir.parent, sweep)
         tracker = settings.tracker(reporter, parent=parent)
+        tracker.going_on = "nothing more is sent"
     recorded = state.get("mlflow_run_id")
     run_id = tracker.start(run_dir, runs.read_json(run_dir / runs.CONFIG), recorded)
     if run_id is None:
