@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,11 @@ def test_mixup_and_cutmix_train_with_and_without_the_feature_cache(tmp_path):
         config = json.loads((run / "config.json").read_text())
         assert (config["mixup"], config["cutmix"]) == (0.2, 1.0)
         assert json.loads(result.stdout)["test_accuracy"] is not None
+    # A range test from that run computes the recipe's own loss, on its soft (mixed) labels.
+    found = CliRunner().invoke(cli, ["lr-find", "--run", str(run), "--phase", "head", "--steps", "10", "-b", "4",
+                                     "--project", str(project), "--format", "json"])  # fmt: skip
+    assert found.exit_code == 0, found.output
+    assert all(math.isfinite(loss) for loss in json.loads(found.stdout)["losses"])
 
 
 def test_warm_up_and_smoothing_train_save_and_resume(tmp_path, monkeypatch):

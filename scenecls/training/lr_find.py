@@ -86,6 +86,7 @@ def lr_find(
     of the recipe in ``config``, from ``start_model`` (a run's best model) or a new classifier."""
     from scenecls.data.pipeline import finite_dataset_warnings_silenced
     from scenecls.training.context import prepare_model, start_run
+    from scenecls.training.recipe import compile_recipe
     from scenecls.training.sources import epoch_source, image_source
     from scenecls.unfreeze import UnfreezePolicy
 
@@ -102,9 +103,8 @@ def lr_find(
             raise UsageError("--phase finetune needs something to unfreeze: --unfreeze N or all")
         policy = stages[0].policy
     learner.unfreeze(policy)
-    learner.model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=start_lr), loss="sparse_categorical_crossentropy"
-    )
+    # The recipe's own loss (soft labels under --mixup), at a plain rate the test sets batch by batch.
+    compile_recipe(learner.model, config, start_lr, averaging=False)
     source, _ = epoch_source(learner, policy, image_source(learner))
     task = reporter.task(f"Range test ({phase})", total=steps, unit="batches")
     test = RangeTest(start_lr, end_lr, steps, source.trainer.optimizer, task)

@@ -64,14 +64,20 @@ def learning_rate(phase: Phase, config: TrainConfig, steps: int) -> Any:
 
 def compile_phase(model, phase: Phase, config: TrainConfig, steps: int) -> None:
     """Adam at the phase's :func:`learning_rate`, with the run's loss, metrics and moving average."""
+    compile_recipe(model, config, learning_rate(phase, config, steps))
+
+
+def compile_recipe(model, config: TrainConfig, lr: Any, *, averaging: bool = True) -> None:
+    """Adam at ``lr`` with the recipe's loss (soft labels under ``--mixup``/``--cutmix``, label
+    smoothing), metrics, XLA setting and, with ``averaging``, its moving average of the weights: the
+    one place a model is compiled for training, so a range test measures the loss training will see."""
     import keras
 
     from scenecls.losses import classification_loss
 
-    lr = learning_rate(phase, config, steps)
-    averaging = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
+    moving = {"use_ema": True, "ema_momentum": config.ema} if config.ema and averaging else {}
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr, **averaging),
+        optimizer=keras.optimizers.Adam(learning_rate=lr, **moving),
         loss=classification_loss(config.label_smoothing, soft_labels=config.mixing.on),
         jit_compile=jit_compile(config.jit),
         metrics=["accuracy"],
