@@ -146,6 +146,29 @@ def intel_zip(tmp_path) -> Path:
     return archive
 
 
+def invoke(*args: str, **kwargs):
+    """The CLI run in-process on ``args``; a bug's exception is raised in the test, not turned into an
+    exit code (click's own exits, and ours, still give their codes)."""
+    from click.testing import CliRunner
+
+    from scenecls.cli import cli
+
+    kwargs.setdefault("catch_exceptions", False)
+    return CliRunner().invoke(cli, list(args), **kwargs)
+
+
+def tiny(
+    *extra: str, backbone: str | None = "mobilenet_v2", batch: int | None = 8, export: bool = False
+) -> list[str]:
+    """The recipe tests train: no ImageNet weights, 32-pixel inputs, batches of ``batch`` and (unless
+    ``export``) no end-of-run export, then ``extra``."""
+    args = ["--backbone", backbone] if backbone else []
+    args += ["--weights", "none", "--image-size", "32"]
+    args += ["-b", str(batch)] if batch else []
+    args += [] if export else ["--no-export"]
+    return [*args, *extra]
+
+
 def one_error_line(result) -> str:
     """The single ``Error:`` line of a CLI result; fails on a traceback or several lines."""
     assert "Traceback" not in result.output

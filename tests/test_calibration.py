@@ -22,14 +22,9 @@ from scenecls.calibration import (
     with_temperature,
 )
 from scenecls.cli import cli
-from tests.conftest import one_error_line, write_class_folders
+from tests.conftest import invoke, one_error_line, tiny, write_class_folders
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--dense", "1",
-        "--no-export", "--epochs", "3", "--finetune-epochs", "1", "--unfreeze", "1"]  # fmt: skip
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+TINY = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "1", "--unfreeze", "1")
 
 
 def _overconfident(n: int = 4000, k: int = 5, factor: float = 3.0, seed: int = 0):

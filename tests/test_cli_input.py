@@ -15,11 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import _os_error_message, cli
-from tests.conftest import RecordingReporter, one_error_line, write_class_folders
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
+from tests.conftest import RecordingReporter, invoke, one_error_line, write_class_folders
 
 
 @pytest.mark.parametrize(

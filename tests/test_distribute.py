@@ -15,12 +15,13 @@ import pytest
 
 from scenecls.errors import UsageError
 from scenecls.training import strategy
-from tests.conftest import write_class_folders
+from tests.conftest import tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--dense", "1", "--dropout",
-        "0", "--lr", "0.01", "--finetune-lr", "0.001", "--no-export", "--format", "json"]  # fmt: skip
+TINY = tiny(
+    "--dense", "1", "--dropout", "0", "--lr", "0.01", "--finetune-lr", "0.001", "--format", "json", batch=None
+)
 
 # The CLI in a process whose one CPU is split into two logical devices, as a machine with two GPUs
 # would show them to MirroredStrategy.

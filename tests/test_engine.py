@@ -8,19 +8,13 @@ import math
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from scenecls import runs
-from scenecls.cli import cli
-from tests.conftest import ctrl_c_at_batch, write_class_folders
+from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
-TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
+TINY = tiny(backbone="convnext_tiny")
 
 
 @pytest.fixture(scope="module")

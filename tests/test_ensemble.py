@@ -21,17 +21,12 @@ from scenecls.classifier import load_model
 from scenecls.cli import cli
 from scenecls.data.layout import index_dataset
 from scenecls.metrics import evaluate_predictions, predict_split
-from tests.conftest import write_class_folders
+from tests.conftest import invoke, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
 # Head-only runs: what an ensemble does with its members does not depend on how they were trained.
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export",
-        "--dense", "1", "--epochs", "2", "--finetune-epochs", "0"]  # fmt: skip
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+TINY = tiny("--dense", "1", "--epochs", "2", "--finetune-epochs", "0")
 
 
 @pytest.fixture(scope="module")

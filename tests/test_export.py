@@ -14,26 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from scenecls.cli import cli
-from tests.conftest import write_class_folders
+from tests.conftest import invoke, one_error_line, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def one_error_line(result) -> str:
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
+TINY = tiny(export=True)
 
 
 def predict_in_a_fresh_process(*args: str) -> tuple[int, str, dict[str, bool]]:

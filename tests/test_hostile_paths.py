@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import cli
-from tests.conftest import one_error_line, write_class_folders
+from tests.conftest import one_error_line, tiny, write_class_folders
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+TINY = tiny()
 SECONDS = 60  # far more than any refusal takes; a read of a FIFO would take for ever
 
 

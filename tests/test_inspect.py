@@ -17,9 +17,9 @@ from scenecls.data import duplicates
 from scenecls.data.inspect import image_facts
 from scenecls.data.pipeline import prepare_data
 from scenecls.label_errors import find_suspects, fold_of, out_of_fold_probabilities
-from tests.conftest import draw_scene, one_error_line, write_class_folders
+from tests.conftest import draw_scene, one_error_line, tiny, write_class_folders
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32"]
+TINY = tiny(batch=None, export=True)
 
 
 def _bits(a: int, b: int) -> int:

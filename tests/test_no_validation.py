@@ -7,16 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from scenecls import runs
-from scenecls.cli import cli
 from scenecls.data.pipeline import prepare_data
-from tests.conftest import ctrl_c_at_batch, write_class_folders
+from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+TINY = tiny()
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +24,6 @@ def train_and_test(tmp_path_factory) -> Path:
     write_class_folders(root / "train", 8, seed=1, size=40)
     write_class_folders(root / "test", 3, seed=2, size=40)
     return root
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
 
 
 def test_val_split_0_keeps_every_training_image(train_and_test):

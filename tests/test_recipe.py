@@ -12,11 +12,11 @@ from click.testing import CliRunner
 
 from scenecls import runs
 from scenecls.cli import cli
-from tests.conftest import ctrl_c_at_batch, write_class_folders
+from tests.conftest import ctrl_c_at_batch, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+TINY = tiny()
 # A random ResNet's pooled features separate the generated classes gradually: a loss that moves.
 LEARNING = ["--backbone", "resnet50_v2", "--weights", "none", "--image-size", "40", "-b", "8", "--no-export"]
 
@@ -100,8 +100,8 @@ def test_mixup_and_cutmix_train_with_and_without_the_feature_cache(tmp_path):
         assert (config["mixup"], config["cutmix"]) == (0.2, 1.0)
         assert json.loads(result.stdout)["test_accuracy"] is not None
     # A range test from that run computes the recipe's own loss, on its soft (mixed) labels.
-    found = CliRunner().invoke(cli, ["lr-find", "--run", str(run), "--phase", "head", "--steps", "10", "-b", "4",
-                                     "--project", str(project), "--format", "json"])  # fmt: skip
+    found = CliRunner().invoke(cli, ["lr-find", "--run", str(run), "--phase", "head", "--steps", "10",
+                                     "-b", "4", "--project", str(project), "--format", "json"])  # fmt: skip
     assert found.exit_code == 0, found.output
     assert all(math.isfinite(loss) for loss in json.loads(found.stdout)["losses"])
 

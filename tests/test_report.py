@@ -13,10 +13,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecls.cli import cli
-from tests.conftest import one_error_line, write_class_folders
+from tests.conftest import one_error_line, tiny, write_class_folders
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--dense", "1",
-        "--no-export", "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1"]  # fmt: skip
+TINY = tiny("--dense", "1", "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1")
 
 
 def _chromium() -> str:

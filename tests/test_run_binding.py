@@ -9,16 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from scenecls.cli import cli
-from tests.conftest import one_error_line, write_class_folders
+from tests.conftest import invoke, one_error_line, tiny, write_class_folders
 
-TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
+TINY = tiny(backbone="convnext_tiny")
 
 
 def snapshot(run: Path) -> dict[str, bytes]:

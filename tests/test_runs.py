@@ -11,18 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from scenecls import runs
-from scenecls.cli import cli
 from scenecls.training import sweep as sweeps
-from tests.conftest import RecordingReporter, one_error_line, write_class_folders
+from tests.conftest import RecordingReporter, invoke, one_error_line, tiny, write_class_folders
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args))
+TINY = tiny(export=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,7 @@ from scenecls.cli import cli
 from scenecls.errors import ModelError
 from scenecls.models.registry import backbone_names
 from scenecls.safety import check_keras_archive, check_savedmodel
-from tests.conftest import write_class_folders
-
-
-def one_error_line(result) -> str:
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
+from tests.conftest import one_error_line, write_class_folders
 
 
 @pytest.fixture

@@ -13,18 +13,14 @@ from PIL import Image
 from scenecls import runs
 from scenecls.cli import cli
 from scenecls.training import callbacks
-from tests.conftest import write_class_folders
+from tests.conftest import invoke, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
 GRID = ["--backbones", "convnext_tiny,mobilenet_v2", "--unfreeze", "0,1", "--dense", "0,1"]
 # What the training tests run: both backbones and both kinds of run, half the grid (every run costs seconds).
 TRAIN_GRID = ["--backbones", "convnext_tiny,mobilenet_v2", "--unfreeze", "0,1", "--dense", "0"]
-TINY = ["--weights", "none", "--image-size", "32", "-b", "8", "--epochs", "1", "--finetune-epochs", "1"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+TINY = tiny("--epochs", "1", "--finetune-epochs", "1", backbone=None, export=True)
 
 
 def test_dry_run_lists_the_grid(tmp_path):

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecls.cli import cli
-from tests.conftest import RecordingReporter, ctrl_c_at_batch, one_error_line, write_class_folders
+from tests.conftest import RecordingReporter, ctrl_c_at_batch, one_error_line, tiny, write_class_folders
 
 # ------------------------------------------------------------------------------------- training
 
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+TINY = tiny()
 
 
 def strict_json(path: Path):
