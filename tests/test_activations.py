@@ -13,6 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls import files, runs
+from scenecls.caches import activations
+from scenecls.caches.listing import list_entries
+from scenecls.caches.store import CacheInputs
 from scenecls.classifier import build_classifier, find_backbone, load_model
 from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
@@ -21,24 +24,17 @@ from scenecls.models import folding
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir
 from scenecls.reporting import NullReporter
-from scenecls.training import activations
-from scenecls.training.cache_store import CacheInputs
-from scenecls.training.caches import list_entries
 from scenecls.training.sources import crop_resize, flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
-from tests.conftest import ctrl_c_at_batch, write_class_folders
+from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
 # ConvNeXt where training on the cache must match training on images: a random MobileNetV2's activations
 # are near 1e-10 and its head learns next to nothing. MobileNetV2 (far quicker) where only the choice of
 # source is at stake.
-TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+TINY = tiny(backbone="convnext_tiny")
 QUICK = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls import files
+from scenecls.caches import activations, features
+from scenecls.caches.listing import list_entries
+from scenecls.caches.store import mark_used
 from scenecls.cli import cli
 from scenecls.data.images import SCAN_CACHE_VERSION
-from scenecls.training import activations, features
-from scenecls.training.cache_store import mark_used
-from scenecls.training.caches import list_entries
 
 
 def _entry(root: Path, kind: str, name: str, meta: dict | None, size: int = 1000) -> Path:

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from scenecls import runs
+from scenecls.caches.features import head_model
 from scenecls.classifier import build_classifier, load_model
 from scenecls.errors import SceneclsError
 from scenecls.heads import HeadConfig
 from scenecls.training.checkpoints import BEST_HEAD, LAST_HEAD, HeadCheckpoints, load_head, save_head
-from scenecls.training.features import head_model
 
 FEATURES = np.random.default_rng(0).normal(size=(24, 768)).astype("float32")
 LABELS = np.arange(24) % 3

@@ -34,10 +34,10 @@ def test_the_heat_map_lights_the_region_the_class_depends_on():
     difference of the two classes' mean pooled features): the map of each image peaks in its cell."""
     import keras
 
+    from scenecls.caches.features import feature_model
     from scenecls.classifier import build_classifier
     from scenecls.explain import GradCam
     from scenecls.heads import HeadConfig
-    from scenecls.training.features import feature_model
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)

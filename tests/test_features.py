@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scenecls.caches.features import compute_features, head_model, load_or_compute
+from scenecls.caches.store import CacheInputs
 from scenecls.classifier import build_classifier, find_backbone
 from scenecls.data.augment import AugmentConfig, augmented_copies
 from scenecls.data.layout import Split
 from scenecls.data.pipeline import make_dataset, prepare_data
 from scenecls.heads import HeadConfig
-from scenecls.training.cache_store import CacheInputs
-from scenecls.training.features import compute_features, head_model, load_or_compute
 from tests.conftest import write_class_folders
 
 SIZE = (32, 32)
@@ -110,8 +110,8 @@ def test_a_full_disk_while_writing_the_feature_cache_is_a_warning_and_training_g
 
     from click.testing import CliRunner
 
+    from scenecls.caches import features
     from scenecls.cli import cli
-    from scenecls.training import features
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

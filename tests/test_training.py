@@ -21,16 +21,12 @@ from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.pipeline import prepare_data
 from scenecls.training import callbacks
-from tests.conftest import write_class_folders
+from tests.conftest import invoke, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
-TINY = ["--backbone", "convnext_tiny", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
+TINY = tiny(backbone="convnext_tiny")
 CHANCE = 1 / 3
-
-
-def invoke(*args: str, **kwargs):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +222,7 @@ def test_crash_in_the_cached_phase_resumes_from_the_head_checkpoint(data, tmp_pa
 
 
 def test_ctrl_c_while_caching_features_is_an_interrupted_run(data, tmp_path, monkeypatch):
-    from scenecls.training import features
+    from scenecls.caches import features
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

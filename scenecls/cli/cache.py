@@ -42,8 +42,8 @@ def cache(
     Every entry can be rebuilt: removing one costs the next run that needs it one pass of the backbone.
     The cache lives in $SCENECLS_HOME/cache.
     """
+    from scenecls.caches.listing import FOREIGN, KINDS, UNUSABLE, list_entries, remove_entries
     from scenecls.paths import cache_dir
-    from scenecls.training.caches import FOREIGN, KINDS, UNUSABLE, list_entries, remove_entries
 
     root = cache_dir()
     unused_for = None if older_than is None else older_than * 86400

@@ -131,12 +131,12 @@ def image_features(
     all the images, unaugmented): computed once, then read back in seconds."""
     import keras
 
+    from scenecls.caches.features import load_or_compute
+    from scenecls.caches.store import CacheInputs
     from scenecls.classifier import build_classifier, find_backbone
     from scenecls.data.augment import NO_AUGMENTATION
     from scenecls.heads import HeadConfig
     from scenecls.models.registry import get_spec
-    from scenecls.training.cache_store import CacheInputs
-    from scenecls.training.features import load_or_compute
 
     keras.backend.clear_session()
     size = options.image_size or get_spec(options.backbone).default_size

@@ -58,7 +58,7 @@ class HeadCheckpoints(ModelCheckpoints):
     """The head and its optimizer state every epoch; the model files when the phase ends.
 
     ``trainer`` is the head model that shares the classifier's head layers and optimizer (see
-    :func:`scenecls.training.features.head_model`).
+    :func:`scenecls.caches.features.head_model`).
     """
 
     def __init__(self, model, trainer, run_dir: Path) -> None:

@@ -5,9 +5,9 @@ An *epoch source* knows what ``fit`` trains (``trainer``), on which data (``trai
 
 * :class:`ImageSource` — decoded, augmented images through the whole classifier;
 * :class:`FeatureSource` — while the backbone is frozen, the cached pooled features through the head
-  alone (see :mod:`scenecls.training.features`); epoch ``e`` uses copy ``e mod copies`` of each image;
+  alone (see :mod:`scenecls.caches.features`); epoch ``e`` uses copy ``e mod copies`` of each image;
 * :class:`CutPointSource` — while fine-tuning the last blocks, the cached activations at the first
-  unfrozen block through the upper part alone (see :mod:`scenecls.training.activations`).
+  unfrozen block through the upper part alone (see :mod:`scenecls.caches.activations`).
 
 The phase loop does not know which one it runs.
 """
@@ -21,15 +21,15 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
+from scenecls.caches.activations import CachedActivations, CutModels
+from scenecls.caches.features import CachedFeatures, head_model
+from scenecls.caches.store import CacheInputs
 from scenecls.data.augment import NO_AUGMENTATION, augmented_copies, build_augmentation
 from scenecls.data.mixing import Mixing, mix_batches, one_hot_labels
 from scenecls.data.pipeline import make_dataset
 from scenecls.paths import cache_dir
-from scenecls.training.activations import CachedActivations, CutModels
-from scenecls.training.cache_store import CacheInputs
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
 from scenecls.training.context import Learner, RunContext
-from scenecls.training.features import CachedFeatures, head_model
 from scenecls.unfreeze import UnfreezePolicy
 
 
@@ -279,7 +279,7 @@ def epoch_source(
         return images, None
     if policy.frozen:
         return _feature_source(learner)
-    from scenecls.training import activations
+    from scenecls.caches import activations
 
     index = activations.cut_index(learner.block_map, policy)
     if index is None or config.mixing.on or not config.finetune_copies:
@@ -311,7 +311,7 @@ def epoch_source(
 
 
 def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
-    from scenecls.training.features import load_or_compute
+    from scenecls.caches.features import load_or_compute
 
     context, model, backbone = learner.context, learner.model, learner.backbone
     config, reporter = context.config, context.reporter

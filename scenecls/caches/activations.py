@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scenecls.caches import store
+from scenecls.caches.features import weights_sha256
+from scenecls.caches.store import CacheInputs
 from scenecls.data.augment import augmented_copies
 from scenecls.errors import DataError
 from scenecls.files import (
@@ -41,9 +44,6 @@ from scenecls.files import (
     check_free_space,
 )
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training import cache_store
-from scenecls.training.cache_store import CacheInputs
-from scenecls.training.features import weights_sha256
 from scenecls.unfreeze import UnfreezePolicy
 
 CACHE_VERSION = 3  # 2: stored times a power-of-two scale; 3: batch normalisation folded
@@ -179,7 +179,7 @@ def load_or_build(
     stored = _open(folder, fields, len(train), len(val), cut.shape)
     if stored is not None:
         reporter.log(f"Activation cache: reusing {folder} (cut before {cut.layer})")
-        cache_store.mark_used(folder)
+        store.mark_used(folder)
         return CachedActivations(
             stored[0], np.asarray(train.labels), stored[1], np.asarray(val.labels), key, folder, True,
             stored[2],
@@ -231,10 +231,10 @@ def _build(
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
     try:
-        with cache_store.building(folder):
+        with store.building(folder):
             scale = None
             for dtype in (STORED_DTYPE, np.float32):
-                staging = cache_store.start(folder)
+                staging = store.start(folder)
                 task.update(completed=0)
                 try:
                     scale = _write_arrays(staging, dtype, cut.shape, forward, inputs, augmentations, task)
@@ -243,7 +243,7 @@ def _build(
                     reporter.log(
                         f"Activation cache: values beyond float16's range; storing {folder.name} as float32"
                     )
-            cache_store.publish(staging, folder, fields, shape=list(cut.shape), scale=scale)
+            store.publish(staging, folder, fields, shape=list(cut.shape), scale=scale)
     finally:
         task.close()
 
@@ -278,8 +278,8 @@ def _write_arrays(
             scale = _fill(
                 val_store, make_dataset(val, size, batch_size, drop_unreadable=False), forward, task, scale
             )
-    for store in (train_store, val_store):
-        store.flush()
+    for memmap in (train_store, val_store):
+        memmap.flush()
     return scale
 
 
@@ -295,19 +295,19 @@ def _allocate(path: Path) -> None:
                     raise
 
 
-def _fill(store: np.ndarray, dataset, forward, task, scale: float | None) -> float:
-    """Write the lower part's outputs for ``dataset`` into ``store`` times ``scale`` (chosen from the
-    first batch when None); the scale. Raises :class:`_Overflow` when a value does not fit ``store``."""
+def _fill(memmap: np.ndarray, dataset, forward, task, scale: float | None) -> float:
+    """Write the lower part's outputs for ``dataset`` into ``memmap`` times ``scale`` (chosen from the
+    first batch when None); the scale. Raises :class:`_Overflow` when a value does not fit ``memmap``."""
     at = 0
     for images, _ in dataset:
         batch = forward(images)
         if scale is None:
             scale = storage_scale(batch)
         with np.errstate(over="ignore"):  # an overflow is found just below, and handled
-            scaled = (batch * np.float32(scale)).astype(store.dtype)
+            scaled = (batch * np.float32(scale)).astype(memmap.dtype)
         if not np.isfinite(scaled).all() and np.isfinite(batch).all():
             raise _Overflow
-        store[at : at + len(batch)] = scaled
+        memmap[at : at + len(batch)] = scaled
         at += len(batch)
         task.advance()
     return 1.0 if scale is None else scale
@@ -316,7 +316,7 @@ def _fill(store: np.ndarray, dataset, forward, task, scale: float | None) -> flo
 def _open(
     folder: Path, fields: dict, n_train: int, n_val: int, shape: tuple[int, ...], *, checksums: bool = True
 ) -> tuple[np.ndarray, np.ndarray, float] | None:
-    meta = cache_store.read_meta(folder, fields, checksums=checksums)
+    meta = store.read_meta(folder, fields, checksums=checksums)
     if meta is None:
         return None
     try:

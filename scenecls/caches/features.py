@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scenecls.caches import store
+from scenecls.caches.store import CacheInputs
 from scenecls.data.augment import augmented_copies
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
@@ -31,8 +33,6 @@ from scenecls.files import (
 )
 from scenecls.heads import POOL_LAYER
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training import cache_store
-from scenecls.training.cache_store import CacheInputs
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 
@@ -175,7 +175,7 @@ def load_or_compute(
     cached = _read(folder, fields, len(train), len(val), mmap=mmap)
     if cached is not None:
         reporter.log(f"Feature cache: reusing {folder}")
-        cache_store.mark_used(folder)
+        store.mark_used(folder)
         return CachedFeatures(
             cached[0], np.asarray(train.labels), cached[1], np.asarray(val.labels), key, True
         )
@@ -214,19 +214,17 @@ def load_or_compute(
 
 
 def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:
-    with cache_store.building(folder):
-        staging = cache_store.start(folder)
+    with store.building(folder):
+        staging = store.start(folder)
         np.save(staging / "train.npy", train)
         np.save(staging / "val.npy", val)
-        cache_store.publish(
-            staging, folder, fields, shapes={"train": list(train.shape), "val": list(val.shape)}
-        )
+        store.publish(staging, folder, fields, shapes={"train": list(train.shape), "val": list(val.shape)})
 
 
 def _read(
     folder: Path, fields: dict, n_train: int, n_val: int, *, mmap: bool = False
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    if cache_store.read_meta(folder, fields) is None:
+    if store.read_meta(folder, fields) is None:
         return None
     mode = "r" if mmap else None
     try:

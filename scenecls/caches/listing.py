@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scenecls.caches import activations, features, store
 from scenecls.data.images import SCAN_CACHE_VERSION
 from scenecls.files import ABANDONED_AFTER, STAGING_MARKER, is_abandoned, is_staging
-from scenecls.training import activations, cache_store, features
 
 KINDS = ("features", "activations", "scans")
 # An entry in one of these states is not used by this version of scenecls and can go.
@@ -27,7 +27,7 @@ UNUSABLE = ("stale", "damaged", "abandoned")
 FOREIGN = "foreign"
 VERSIONS = {"features": features.CACHE_VERSION, "activations": activations.CACHE_VERSION}
 ENTRY_NAME = re.compile(r"^[0-9a-f]{24}$")  # a feature or activation entry: its key
-ENTRY_FILES = cache_store.ENTRY_FILES | {STAGING_MARKER}
+ENTRY_FILES = store.ENTRY_FILES | {STAGING_MARKER}
 SCAN_NAME = re.compile(r"^[0-9a-f]{1,64}\.json$")  # named for the scanned folder's hash
 # Feature staging before it was named for its process: ``.<key>.<mkdtemp's 8 characters>``.
 LEGACY_STAGING = re.compile(r"^\.[0-9a-f]{24}\.[a-z0-9_]{8}$")
@@ -110,8 +110,8 @@ def _folder_entry(kind: str, path: Path) -> CacheEntry | None:
     if not path.is_dir():
         return _foreign(kind, path)
     if path.name.startswith("."):  # a staging folder: a build in progress or one that was killed
-        if is_staging(path, cache_store.BUILDING, marked=False):
-            state = "abandoned" if is_abandoned(path, cache_store.BUILDING) else "building"
+        if is_staging(path, store.BUILDING, marked=False):
+            state = "abandoned" if is_abandoned(path, store.BUILDING) else "building"
         elif LEGACY_STAGING.match(path.name):
             state = "abandoned" if time.time() - path.stat().st_mtime > ABANDONED_AFTER else "building"
         else:
