@@ -71,7 +71,7 @@ def _measure(work: Path, epochs: int) -> None:
     import json
 
     from scenecls.config import TrainConfig
-    from scenecls.training.tracking import TrackingSettings
+    from scenecls.tracking import TrackingSettings
 
     run_dir = work / "run"
     run_dir.mkdir()

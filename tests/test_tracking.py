@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import cli
-from scenecls.training.tracking import epoch_metrics, final_metrics, flatten, safe_uri
-from tests.conftest import ctrl_c_at_batch, write_class_folders
+from scenecls.tracking.messages import safe_uri
+from scenecls.tracking.mlflow_run import epoch_metrics, final_metrics, flatten
+from tests.conftest import ctrl_c_at_batch, tiny, write_class_folders
 
 HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
 if not HAVE_MLFLOW and os.environ.get("CI"):
@@ -30,7 +31,7 @@ needs_server = [
     pytest.mark.skipif(not HAVE_MLFLOW, reason="needs the mlflow package (pip install -e '.[test]')"),
     pytest.mark.slow,
 ]
-TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--dense", "0"]
+TINY = tiny("--dense", "0", batch=None, export=True)
 SECRET = "s3cr3t-never-written"
 
 

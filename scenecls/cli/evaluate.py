@@ -83,7 +83,7 @@ def evaluate(
     )
     ev = outcome.evaluation
     if tracking is not None and run_dir is not None:
-        from scenecls.training.tracking import log_run_folder
+        from scenecls.tracking.mlflow_run import log_run_folder
 
         missed = log_run_folder(run_dir, tracking, out.reporter(), evaluation=ev.to_dict()).missed()
         if missed:

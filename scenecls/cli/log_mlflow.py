@@ -24,7 +24,8 @@ def log_mlflow(out: Output, run_refs: tuple[str, ...], mlflow_experiment: str | 
     what is missing is sent), else a new one. Exits 1 when the server could not take them all."""
     from scenecls import runs
     from scenecls.cli.options import default_experiment
-    from scenecls.training.tracking import TrackingSettings, log_run_folder, require_client
+    from scenecls.tracking import TrackingSettings, require_client
+    from scenecls.tracking.mlflow_run import log_run_folder
 
     require_client(explicit=True)
     settings = TrackingSettings(mlflow_experiment or default_experiment(project), mlflow_log_model)

@@ -210,7 +210,7 @@ def absolute_exclude(path: str | None) -> str | None:
 
 
 def tracking_options(func):
-    """MLflow tracking, for every command that trains or evaluates (see ``training/tracking.py``)."""
+    """MLflow tracking, for every command that trains or evaluates (see ``scenecls/tracking``)."""
     return _add_options(
         func,
         [
@@ -234,7 +234,7 @@ def tracking_options(func):
 
 def tracking_from(out, options: dict, project: Path):
     """The MLflow settings the tracking options ask for (taken out of ``options``), or None when off."""
-    from scenecls.training.tracking import TrackingSettings, require_client, tracking_requested
+    from scenecls.tracking import TrackingSettings, require_client, tracking_requested
 
     flag = options.pop("mlflow", None)
     experiment = options.pop("mlflow_experiment", None)

@@ -41,6 +41,7 @@ from scenecls.errors import SceneclsError, UsageError, first_line
 from scenecls.files import atomic_path, remove_stale_temporaries
 from scenecls.precision import dtype_policy
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.tracking import NO_TRACKING, Tracker
 from scenecls.training import ema
 from scenecls.training.callbacks import (
     BatchProgress,
@@ -69,7 +70,6 @@ from scenecls.training.state import (
     train_result,
 )
 from scenecls.training.strategy import OFF, Distribution, cluster_stopped, private_run_dir
-from scenecls.training.tracking import NO_TRACKING, Tracker
 from scenecls.unfreeze import UnfreezeReport
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train"]
@@ -97,7 +97,7 @@ def train(
     finished epoch for ``--resume``. Under a ``distribution`` only the chief writes ``run_dir``; the
     other workers train alongside in a scratch copy (see :mod:`scenecls.training.strategy`).
 
-    ``tracker`` logs the run elsewhere too (MLflow, see :mod:`scenecls.training.tracking`): it is
+    ``tracker`` logs the run elsewhere too (MLflow, see :mod:`scenecls.tracking`): it is
     closed here as FINISHED, FAILED with the reason, or KILLED; the chief alone tracks.
     """
     reporter = reporter or NullReporter()

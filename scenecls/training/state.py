@@ -54,7 +54,9 @@ class TrainState:
     feature_cache: str = "off"  # what phase 1 did with the feature cache: off, built or reused
     activation_cache: dict[str, str] = field(default_factory=dict)  # per fine-tuning phase: built, reused
     error: str | None = None  # why the run failed (status "failed")
-    mlflow_run_id: str | None = None  # the run's MLflow run, when tracked (see tracking.py): resumed into
+    mlflow_run_id: str | None = (
+        None  # the run's MLflow run, when tracked (see scenecls.tracking): resumed into
+    )
 
     @property
     def validated_best(self) -> float | None:

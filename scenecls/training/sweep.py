@@ -23,7 +23,7 @@ from scenecls.config import TrainConfig
 from scenecls.errors import SceneclsError, UsageError
 from scenecls.models.registry import get_spec
 from scenecls.reporting import NullReporter, Reporter
-from scenecls.training.tracking import NO_TRACKING, TrackingSettings, new_sweep_id
+from scenecls.tracking import NO_TRACKING, TrackingSettings, new_sweep_id
 
 SWEEP_FILE = "sweep.json"
 ENSEMBLE_SUFFIX = "-ensemble"  # <backbone>-d<dense>-u<unfreeze>-ensemble: the ensemble of a recipe's seeds

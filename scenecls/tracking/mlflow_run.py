@@ -1,32 +1,20 @@
-"""Experiment tracking in MLflow: a run's options, every epoch, its final metrics and its small files,
-in a tracking server a team already runs; sweeps as a parent run with a child per grid cell.
-
-Tracking never costs a run. Every call to the server is guarded: the first failure (a server that is
-down at the start or goes away) gives one warning line, training goes on, and what was not logged is
-said at the end; ``scenecls log-mlflow RUN`` sends it later from the run folder, which always holds
-everything. The server's address and credentials come from MLflow's own environment variables
-(``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` / ``_TOKEN``); only the MLflow run's
-id is written into the run folder (``state.json``), never an address or a secret.
-
-The MLflow client is the ``mlflow-skinny`` package (``pip install 'scenecls[mlflow]'``), imported only
-when tracking is on.
-"""
+"""One scenecls run as one MLflow run: its options, every epoch, its final metrics and small files; a
+sweep as a parent run with a child per grid cell; a run folder sent afterwards (``log-mlflow``)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scenecls import runs
-from scenecls.errors import UsageError, first_line, redact
+from scenecls.errors import first_line, redact
 from scenecls.files import locked
 from scenecls.reporting import NullReporter, Reporter
+from scenecls.tracking import Tracker, TrackingSettings
+from scenecls.tracking.messages import NAMED_STORES, cause, redact_library_logs, safe_uri, where
 
 # MLflow's client retries a failed request 7 times with a growing back-off (minutes in all): a server
 # that is down would stall every epoch. Ours are short; a user's own settings win.
@@ -53,90 +41,6 @@ PARENT_TAG = "mlflow.parentRunId"
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "running": "RUNNING"}
 
 
-def tracking_requested(flag: bool | None) -> bool:
-    """``--mlflow`` / ``--no-mlflow`` when given, else whether ``MLFLOW_TRACKING_URI`` is set."""
-    return bool(os.environ.get("MLFLOW_TRACKING_URI")) if flag is None else flag
-
-
-def require_client(explicit: bool) -> bool:
-    """Whether the MLflow client is installed; without it, ``--mlflow`` is a usage error (said before
-    anything runs) while a mere ``MLFLOW_TRACKING_URI`` in the environment is ignored with a word."""
-    import importlib.util
-
-    if importlib.util.find_spec("mlflow") is not None:
-        return True
-    if explicit:
-        raise UsageError("--mlflow needs the MLflow client: pip install 'scenecls[mlflow]'")
-    return False
-
-
-def safe_uri(uri: str) -> str:
-    """``uri`` without a user name or password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
-    return uri
-
-
-class _Redacting(logging.Filter):
-    """Hides credentials in the log lines MLflow and its HTTP stack print (a tracking URI with a
-    password in it is quoted in their retry warnings)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if record.name.startswith(("mlflow", "alembic", "urllib3")):
-            # MLflow logs a failed database call with its SQL, parameters and a traceback; the
-            # failure reaches us too and is said in one line, so theirs is cut to its first line.
-            cleaned = cleaned.strip().splitlines()[0] if cleaned.strip() else cleaned
-            record.exc_info, record.exc_text, record.stack_info = None, None, None
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
-
-
-def redact_library_logs() -> None:
-    """Put :class:`_Redacting` on every handler that prints MLflow's (and the root logger's) lines."""
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating tables...) are not ours
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    # A failed database call is logged there with its SQL, and reaches us as an error we say ourselves.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    for name in ("mlflow", ""):
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, _Redacting) for f in handler.filters):
-                handler.addFilter(_Redacting())
-
-
-_SAID: set[str] = set()  # default stores already named in this process (a sweep opens many runs)
-
-
-def _where(uri: str) -> str:
-    """A tracking URI for a message: credentials out, a relative SQLite or file store made absolute."""
-    for prefix in ("sqlite:///", "file://"):
-        if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-            return f"{prefix}{Path(uri[len(prefix) :]).absolute()}"
-    if "://" not in uri:
-        return str(Path(uri).absolute())
-    return safe_uri(uri)
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The error that says what went wrong: a database driver's own (``attempt to write a readonly
-    database``) rather than SQLAlchemy's wrapper around it, whose first line is about autoflush."""
-    seen: BaseException | None = exc
-    for _ in range(5):  # MLflow raises its own error from SQLAlchemy's, which wraps the driver's
-        if seen is None:
-            break
-        original = getattr(seen, "orig", None)
-        if isinstance(original, BaseException):
-            return original
-        seen = seen.__cause__
-    return exc
-
-
 def flatten(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"augment": {"zoom": 0.1}}`` -> ``{"augment.zoom": "0.1"}``, within MLflow's limits."""
     flat: dict[str, str] = {}
@@ -147,38 +51,6 @@ def flatten(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name[:MAX_KEY]] = str(value)[:MAX_PARAM_VALUE]
     return flat
-
-
-@dataclass(frozen=True)
-class TrackingSettings:
-    """Where and how to track: the experiment's name, and whether to upload ``best.keras`` (large)."""
-
-    experiment: str
-    log_model: bool = False
-
-    def tracker(self, reporter: Reporter | None = None, *, parent: str | None = None) -> MlflowTracker:
-        return MlflowTracker(self, reporter or NullReporter(), parent=parent)
-
-
-class Tracker:
-    """No tracking: what a run uses unless told otherwise. Every method is a no-op."""
-
-    run_id: str | None = None
-
-    def start(self, run_dir: Path, config: dict[str, Any], recorded_id: str | None) -> str | None:
-        return None
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        pass
-
-    def end(self, run_dir: Path, status: str, reason: str | None = None) -> None:
-        pass
-
-    def missed(self) -> list[str]:
-        return []
-
-
-NO_TRACKING = Tracker()
 
 
 class MlflowTracker(Tracker):
@@ -203,7 +75,7 @@ class MlflowTracker(Tracker):
         try:
             return call(*args, **kwargs)
         except Exception as exc:  # any failure of the server or the network: never the run's
-            self.down = redact(first_line(_cause(exc), 200))
+            self.down = redact(first_line(cause(exc), 200))
             self._missed.append(what)
             self.reporter.warn(f"MLflow: {self.down}; {self.going_on}")
             return None
@@ -218,9 +90,9 @@ class MlflowTracker(Tracker):
 
         redact_library_logs()
         client = MlflowClient()
-        store = _where(client.tracking_uri)
-        if not os.environ.get("MLFLOW_TRACKING_URI") and store not in _SAID:  # MLflow's default store
-            _SAID.add(store)
+        store = where(client.tracking_uri)
+        if not os.environ.get("MLFLOW_TRACKING_URI") and store not in NAMED_STORES:  # MLflow's default store
+            NAMED_STORES.add(store)
             self.reporter.warn(f"MLFLOW_TRACKING_URI is not set: logging to MLflow's default store {store}")
         return client
 
@@ -267,7 +139,7 @@ class MlflowTracker(Tracker):
         uri = self.client.tracking_uri
         run = self.client.get_run(run_id)
         where = f"{safe_uri(uri)}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-        self.reporter.log(f"MLflow run: {where if uri.startswith('http') else f'{run_id} in {_where(uri)}'}")
+        self.reporter.log(f"MLflow run: {where if uri.startswith('http') else f'{run_id} in {where(uri)}'}")
 
     def _exists(self, run_id: str) -> bool:
         try:
@@ -476,10 +348,6 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     for name in ("ece", "nll", "brier"):
         found[f"test_{name}"] = after.get(name)
     return {k: float(v) for k, v in found.items() if isinstance(v, int | float) and math.isfinite(v)}
-
-
-def new_sweep_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _version() -> str:
