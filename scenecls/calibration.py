@@ -147,12 +147,3 @@ def risk_coverage(
             }
         )
     return rows
-
-
-def risk_coverage_curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every coverage (answering the most confident first) and the accuracy at it: the whole curve."""
-    probs = np.asarray(probs, dtype=np.float64)
-    order = np.argsort(-probs.max(axis=1), kind="stable")
-    correct = (probs.argmax(axis=1) == np.asarray(labels, dtype=np.int64))[order]
-    answered = np.arange(1, len(correct) + 1)
-    return answered / max(len(correct), 1), np.cumsum(correct) / answered

@@ -26,7 +26,6 @@ from scenecls.runtimes import METADATA_SUFFIX, load_runtime, metadata_path
 from scenecls.samples import sample_images
 
 FORMATS = ("savedmodel", "tflite", "onnx")
-QUANTIZATIONS = ("float16", "int8")
 # Top-1 agreement with the Keras model below which an export is refused. Float exports compute the same
 # function (differences of rounding only); float16 weights and int8 arithmetic change it a little.
 THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "onnx": 0.99, "float16": 0.98, "int8": 0.90}
@@ -183,9 +182,9 @@ def _read_metadata(path: Path) -> dict | None:
 
 def _is_our_export(path: Path, fmt: str) -> bool:
     """Whether ``path`` is an export this tool wrote: its metadata (inside a SavedModel, beside a file)
-    says so, for this format (exports before the ``written_by`` field have the ``scenecls`` version)."""
+    says so, for this format."""
     data = _read_metadata(path)
-    ours = data is not None and (data.get("written_by") == WRITTEN_BY or "scenecls" in data)
+    ours = data is not None and data.get("written_by") == WRITTEN_BY
     if ours and fmt == "savedmodel":
         ours = (path / "saved_model.pb").is_file()
     return bool(ours and data.get("format") == fmt)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scenecls.caches import activations, features, store
 from scenecls.data.images import SCAN_CACHE_VERSION
-from scenecls.files import ABANDONED_AFTER, STAGING_MARKER, is_abandoned, is_staging
+from scenecls.files import STAGING_MARKER, is_abandoned, is_staging
 
 KINDS = ("features", "activations", "scans")
 # An entry in one of these states is not used by this version of scenecls and can go.
@@ -30,7 +30,6 @@ ENTRY_NAME = re.compile(r"^[0-9a-f]{24}$")  # a feature or activation entry: its
 ENTRY_FILES = store.ENTRY_FILES | {STAGING_MARKER}
 SCAN_NAME = re.compile(r"^[0-9a-f]{1,64}\.json$")  # named for the scanned folder's hash
 # Feature staging before it was named for its process: ``.<key>.<mkdtemp's 8 characters>``.
-LEGACY_STAGING = re.compile(r"^\.[0-9a-f]{24}\.[a-z0-9_]{8}$")
 
 
 @dataclass
@@ -112,8 +111,6 @@ def _folder_entry(kind: str, path: Path) -> CacheEntry | None:
     if path.name.startswith("."):  # a staging folder: a build in progress or one that was killed
         if is_staging(path, store.BUILDING, marked=False):
             state = "abandoned" if is_abandoned(path, store.BUILDING) else "building"
-        elif LEGACY_STAGING.match(path.name):
-            state = "abandoned" if time.time() - path.stat().st_mtime > ABANDONED_AFTER else "building"
         else:
             return _foreign(kind, path)
         size, created = _size(path), path.stat().st_mtime

@@ -72,7 +72,7 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, heat
                 maps = run_heatmaps(run_dir, paths, reporter=out.reporter())
             written.append(plots.plot_top_losses(rows, run_dir / "top_losses.png", heatmaps=maps))
             label = f"{runs.run_label(run_dir)}: {evaluation['split']}"
-            calibration = evaluation.get("calibration")  # none in evaluations from before it was measured
+            calibration = evaluation.get("calibration")
             if calibration:
                 reliability = run_dir / "reliability.png"
                 written.append(

@@ -2,6 +2,8 @@
 
 Blocks: the stem, each ``stage_S_block_B`` and the three ``downsampling_block_N`` layers between stages;
 the final layer norm belongs to the last block. The model normalises its own 0-255 input.
+
+Paper: https://arxiv.org/abs/2201.03545
 """
 
 from __future__ import annotations
@@ -48,6 +50,5 @@ SPEC = register(
         params=27_820_128,
         layers=133,
         blocks=22,
-        paper="https://arxiv.org/abs/2201.03545",
     )
 )

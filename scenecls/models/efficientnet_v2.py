@@ -2,6 +2,8 @@
 
 Blocks: the stem, the MBConv / Fused-MBConv blocks ``block1a`` ... ``block6h`` and the ``top`` 1x1
 convolution. The model normalises its own 0-255 input (``include_preprocessing``).
+
+Paper: https://arxiv.org/abs/2104.00298
 """
 
 from __future__ import annotations
@@ -47,6 +49,5 @@ SPEC = register(
         params=5_919_312,
         layers=270,
         blocks=23,
-        paper="https://arxiv.org/abs/2104.00298",
     )
 )

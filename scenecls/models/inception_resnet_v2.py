@@ -3,6 +3,8 @@ Connections on Learning", AAAI 2017.
 
 Blocks: the stem, ``mixed_5b``, ten ``block35``, ``mixed_6a``, twenty ``block17``, ``mixed_7a``, ten
 ``block8`` and the final ``conv_7b``. Branch convolutions carry generated names; the graph places them.
+
+Paper: https://arxiv.org/abs/1602.07261
 """
 
 from __future__ import annotations
@@ -45,6 +47,5 @@ SPEC = register(
         params=54_336_736,
         layers=780,
         blocks=45,
-        paper="https://arxiv.org/abs/1602.07261",
     )
 )

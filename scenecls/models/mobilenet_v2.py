@@ -2,6 +2,8 @@
 
 Blocks: the stem (``Conv1`` and the first, unnumbered bottleneck ``expanded_conv``), the inverted-residual
 blocks ``block_1`` ... ``block_16``, and the final 1x1 convolution ``Conv_1``.
+
+Paper: https://arxiv.org/abs/1801.04381
 """
 
 from __future__ import annotations
@@ -48,6 +50,5 @@ SPEC = register(
         params=2_257_984,
         layers=154,
         blocks=18,
-        paper="https://arxiv.org/abs/1801.04381",
     )
 )

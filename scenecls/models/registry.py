@@ -33,7 +33,6 @@ class BackboneSpec:
     params: int  # without top; the same at any input size
     layers: int
     blocks: int
-    paper: str
 
     def block_map(self, backbone) -> BlockMap:
         return build_block_map(backbone, self.block_of)

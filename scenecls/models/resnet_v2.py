@@ -2,6 +2,8 @@
 
 Blocks: the stem (``conv1``, ``pool1``), the bottleneck blocks ``conv2_block1`` ... ``conv5_block3`` and
 the final ``post`` batch norm and activation.
+
+Paper: https://arxiv.org/abs/1603.05027
 """
 
 from __future__ import annotations
@@ -45,6 +47,5 @@ SPEC = register(
         params=23_564_800,
         layers=190,
         blocks=18,
-        paper="https://arxiv.org/abs/1603.05027",
     )
 )

@@ -2,6 +2,8 @@
 
 Blocks ``block1`` ... ``block14`` as Keras names them: entry flow 1-4, middle flow 5-12, exit flow 13-14.
 The residual convolutions and ``Add`` layers carry generated names; the graph places them.
+
+Paper: https://arxiv.org/abs/1610.02357
 """
 
 from __future__ import annotations
@@ -41,6 +43,5 @@ SPEC = register(
         params=20_861_480,
         layers=132,
         blocks=14,
-        paper="https://arxiv.org/abs/1610.02357",
     )
 )

@@ -56,11 +56,8 @@ class GridPoint:
         return name if self.seed is None else f"{name}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        """As ``sweep.json`` records it (no ``seed`` without one, as before sweeps had seeds)."""
-        data = dataclasses.asdict(self)
-        if self.seed is None:
-            del data["seed"]
-        return data
+        """As ``sweep.json`` records it."""
+        return dataclasses.asdict(self)
 
 
 def grid(
@@ -141,14 +138,11 @@ def open_sweep(folder: Path, points: list[GridPoint], base: TrainConfig) -> None
 
 
 def sweep_id(folder: Path) -> str:
-    """The sweep's id (in ``sweep.json``), by which shards on other machines find one MLflow parent run;
-    a sweep made before ids is given one."""
-    marker = folder / SWEEP_FILE
-    description = runs.read_json(marker)
-    if not isinstance(description.get("id"), str):
-        description["id"] = new_sweep_id()
-        runs.write_json(marker, description)
-    return description["id"]
+    """The sweep's id (in ``sweep.json``), by which shards on other machines find one MLflow parent run."""
+    found = runs.read_json(folder / SWEEP_FILE).get("id")
+    if not isinstance(found, str):
+        raise SceneclsError(f"{folder / SWEEP_FILE} is damaged: it has no sweep id")
+    return found
 
 
 def check_grid(folder: Path, points: list[GridPoint]) -> None:
