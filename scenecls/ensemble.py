@@ -25,7 +25,7 @@ from scenecls import runs
 from scenecls.classifier import ENSEMBLE_NAME, input_size, load_model, save_model
 from scenecls.config import TrainConfig
 from scenecls.errors import UsageError
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 MEMBER_PREFIX = "member_"
 

@@ -14,7 +14,7 @@ import numpy as np
 from scenecls.calibration import calibration_scores, reliability_bins, with_temperature
 from scenecls.errors import UsageError
 from scenecls.metrics import Evaluation, evaluate_predictions, predict_split, prediction_rows
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 
 def _check_ensemble_split(config: dict[str, Any], name: str) -> None:

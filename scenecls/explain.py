@@ -23,7 +23,7 @@ from scenecls.classifier import PREDICTIONS, find_backbone, input_size
 from scenecls.data.images import ImageReadError, load_rgb
 from scenecls.files import OUTPUT_MARKERS
 from scenecls.heads import POOL_LAYER
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 OVERLAY = 0.45  # how much of the heat map shows over the image
 CAPTION = 18  # pixels of the caption bar under each picture per line

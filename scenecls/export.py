@@ -331,7 +331,7 @@ def export_run(
 ) -> ExportResult:
     """Export a run's best model (or a ``.keras`` file) and check it on images of its own data."""
     from scenecls.classifier import load_model
-    from scenecls.reporting import NullReporter
+    from scenecls.progress import NullReporter
     from scenecls.runs import model_classes, resolve_model
 
     reporter = reporter or NullReporter()

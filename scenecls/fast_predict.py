@@ -63,7 +63,7 @@ def export_after_training(run_dir: Path, reporter) -> dict[str, Any] | None:
     from scenecls.config import TrainConfig
     from scenecls.data.pipeline import prepare_run_data
     from scenecls.models.registry import get_spec
-    from scenecls.reporting import NullReporter
+    from scenecls.progress import NullReporter
 
     recorded = runs.read_object(run_dir / runs.CONFIG)
     config = TrainConfig.from_dict(recorded)

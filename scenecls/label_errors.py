@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 FOLDS = 5
 STEPS = 100  # Adam steps per fold, whatever the data set's size (a linear head converges in fewer)

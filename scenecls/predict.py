@@ -17,7 +17,7 @@ import numpy as np
 
 from scenecls.calibration import UNKNOWN
 from scenecls.data.images import ImageReadError, is_image_path, load_rgb
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 
 @dataclass

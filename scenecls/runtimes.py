@@ -21,7 +21,7 @@ import numpy as np
 
 from scenecls.errors import ModelError, first_line
 from scenecls.files import changed_since_written, checksum_matches
-from scenecls.reporting import native_stderr_silenced
+from scenecls.progress import native_stderr_silenced
 
 INSTALL = {"tflite": "pip install ai-edge-litert", "onnx": "pip install 'scenecls[onnx]'"}
 METADATA_SUFFIX = ".json"  # model.tflite -> model.tflite.json beside it; SavedModel: metadata.json inside

@@ -193,7 +193,7 @@ class RecordingReporter:
         self.warnings.append(message)
 
     def task(self, *args, **kwargs):
-        from scenecls.reporting import NullReporter
+        from scenecls.progress import NullReporter
 
         return NullReporter().task(*args, **kwargs)
 

@@ -23,7 +23,7 @@ from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_datase
 from scenecls.models import folding
 from scenecls.models.registry import get_spec
 from scenecls.paths import cache_dir
-from scenecls.reporting import NullReporter
+from scenecls.progress import NullReporter
 from scenecls.training.sources import crop_resize, flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
 from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders

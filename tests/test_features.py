@@ -31,7 +31,7 @@ class Recorder:
         self.warnings.append(message)
 
     def task(self, *args, **kwargs):
-        from scenecls.reporting import NullReporter
+        from scenecls.progress import NullReporter
 
         return NullReporter().task("")
 

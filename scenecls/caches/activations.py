@@ -43,7 +43,7 @@ from scenecls.files import (
     cannot_write,
     check_free_space,
 )
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 from scenecls.unfreeze import UnfreezePolicy
 
 CACHE_VERSION = 3  # 2: stored times a power-of-two scale; 3: batch normalisation folded

@@ -32,7 +32,7 @@ from scenecls.files import (
     check_free_space,
 )
 from scenecls.heads import POOL_LAYER
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 

@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from scenecls.cli.types import FiniteFloatRange
-from scenecls.reporting import native_stderr_silenced
+from scenecls.progress import native_stderr_silenced
 from scenecls.units import byte_size
 
 FORMATS = ("table", "json", "csv")
@@ -287,7 +287,7 @@ class _RichTask:
 
 
 class RichReporter:
-    """A :class:`scenecls.reporting.Reporter` drawing one shared rich progress display."""
+    """A :class:`scenecls.progress.Reporter` drawing one shared rich progress display."""
 
     def __init__(self, output: Output) -> None:
         self.output = output

@@ -21,7 +21,7 @@ from scenecls.files import (
     CHUNK,
     check_free_space,
 )
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 from scenecls.units import byte_size
 
 GIB = 1024**3

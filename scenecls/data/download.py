@@ -26,7 +26,7 @@ from scenecls.files import (
     CHUNK,
     file_sha256,
 )
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 SHA256_HEX = frozenset("0123456789abcdef")

@@ -44,7 +44,7 @@ from scenecls.files import (
     make_staging,
     remove_abandoned,
 )
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 INTEL_URL = "https://www.kaggle.com/api/v1/datasets/download/puneet6060/intel-image-classification"
 # The Kaggle archive nests every split twice (seg_train/seg_train/<class>); we flatten and rename.

@@ -22,7 +22,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from scenecls.errors import first_line
 from scenecls.files import atomic_path
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
 SCAN_CACHE_VERSION = 1

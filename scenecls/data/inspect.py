@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from scenecls.data.images import MAX_PIXELS, ImageReadError, remembered_map, to_rgb
-from scenecls.reporting import Reporter
+from scenecls.progress import Reporter
 
 SURVEY_VERSION = 1
 THUMB_SIDE = 64  # the size an image is looked at for its hash and its colour

@@ -23,7 +23,7 @@ from scenecls.data.images import ImageReadError, load_rgb, scan_cache_path, scan
 from scenecls.data.layout import DatasetIndex, Split, index_dataset
 from scenecls.errors import DataError
 from scenecls.paths import cache_dir, data_source
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 
 @dataclass

@@ -32,7 +32,7 @@ from scenecls.errors import DataError
 from scenecls.inspection.findings import Group, Inspection, Item, split_rank
 from scenecls.label_errors import FOLDS, Suspect, find_suspects, out_of_fold_probabilities
 from scenecls.paths import cache_dir
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scenecls.errors import UsageError
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 if TYPE_CHECKING:
     from scenecls.tracking.mlflow_run import MlflowTracker

@@ -12,7 +12,7 @@ from typing import Any
 from scenecls import runs
 from scenecls.errors import first_line, redact
 from scenecls.files import locked
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 from scenecls.tracking import Tracker, TrackingSettings
 from scenecls.tracking.messages import NAMED_STORES, cause, redact_library_logs, safe_uri, where
 

@@ -29,7 +29,7 @@ from scenecls.data.pipeline import same_data
 from scenecls.errors import DataError, SceneclsError, UsageError
 from scenecls.metrics import predict_split
 from scenecls.precision import dtype_policy
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 from scenecls.training.context import RunContext
 
 

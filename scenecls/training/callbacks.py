@@ -32,7 +32,7 @@ import keras
 
 from scenecls import runs
 from scenecls.errors import SceneclsError
-from scenecls.reporting import Reporter, Task
+from scenecls.progress import Reporter, Task
 
 PLATEAU_PATIENCE = 2
 PLATEAU_FACTOR = 0.2

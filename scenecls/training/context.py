@@ -23,7 +23,7 @@ from scenecls.data.pipeline import PreparedData, prepare_data
 from scenecls.models.registry import BackboneSpec, get_spec
 from scenecls.paths import data_source
 from scenecls.precision import dtype_policy_name, resolve_precision
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 from scenecls.tracking import NO_TRACKING, Tracker
 from scenecls.training.recipe import Phase, plan_phases
 from scenecls.training.strategy import OFF, Distribution

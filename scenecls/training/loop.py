@@ -40,7 +40,7 @@ from scenecls.data.pipeline import class_weights, finite_dataset_warnings_silenc
 from scenecls.errors import SceneclsError, UsageError, first_line
 from scenecls.files import atomic_path, remove_stale_temporaries
 from scenecls.precision import dtype_policy
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 from scenecls.tracking import NO_TRACKING, Tracker
 from scenecls.training import ema
 from scenecls.training.callbacks import (

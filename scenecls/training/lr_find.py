@@ -18,7 +18,7 @@ import numpy as np
 
 from scenecls.config import TrainConfig
 from scenecls.errors import UsageError
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 
 SMOOTHING = 0.98  # exponential moving average of the loss, as fastai smooths it
 STOP_FACTOR = 4.0  # stop once the smoothed loss is this many times its best: the rate is too high

@@ -22,7 +22,7 @@ from scenecls import runs
 from scenecls.config import TrainConfig
 from scenecls.errors import SceneclsError, UsageError
 from scenecls.models.registry import get_spec
-from scenecls.reporting import NullReporter, Reporter
+from scenecls.progress import NullReporter, Reporter
 from scenecls.tracking import NO_TRACKING, TrackingSettings, new_sweep_id
 
 SWEEP_FILE = "sweep.json"
