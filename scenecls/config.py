@@ -1,7 +1,7 @@
 """Every option of a training run in one place, with the seed's recipe as defaults.
 
 Each field that the command line sets declares there its help and the range of values it takes
-(:func:`~scenecls.option.option_field`); ``scenecls.cli.options`` makes the click options from them,
+(:func:`~scenecls.config_fields.option_field`); ``scenecls.cli.options`` makes the click options from them,
 so a default, a range or a help text is written once, here. A run's ``config.json`` is this
 dataclass (plus what was found at run time: versions, data fingerprint), so a run can be resumed or
 repeated exactly from its folder.
@@ -13,17 +13,17 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from scenecls.config_fields import Option, declared_option, option_field
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.mixing import Mixing
 from scenecls.heads import HeadConfig
-from scenecls.option import Option, declared_option, option_field
 
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 MAP_AUGMENTATIONS = ("flip", "crop")  # what --finetune-map-aug may name, in the order they apply
 
 
 def option_of(name: str) -> tuple[Option, Any]:
-    """The command-line :class:`~scenecls.option.Option` of config field ``name``, and its default."""
+    """The command-line :class:`~scenecls.config_fields.Option` of config field ``name``, and its default."""
     return declared_option(TrainConfig, name)
 
 

@@ -13,8 +13,8 @@ import click
 from scenecls.cli.output import format_option, precision_options, project_option
 from scenecls.cli.types import FiniteFloatRange, rate_type
 from scenecls.config import MAP_AUGMENTATIONS, TrainConfig, option_of
+from scenecls.config_fields import Option, declared_option
 from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig
-from scenecls.option import Option, declared_option
 from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
 
 

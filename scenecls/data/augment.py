@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from scenecls.option import option_field
+from scenecls.config_fields import option_field
 
 
 @dataclass(frozen=True)
