@@ -211,7 +211,7 @@ def _write_run(
         "member_test_accuracy": member_tests,
     }
     if export:
-        from scenecls.fast_predict import write_fast_predict
+        from scenecls.run_export import write_fast_predict
 
         metrics["export"] = write_fast_predict(
             run_dir, data.classes, data.held_out(test_first=True)[0], size, reporter, model=model

@@ -24,7 +24,7 @@ def calibrate(out: Output, runs_: tuple[str, ...], project: Path, fmt: str) -> N
     """
     out.load_tensorflow()
     from scenecls import runs
-    from scenecls.fast_predict import export_after_training
+    from scenecls.run_export import export_after_training
     from scenecls.training.calibrate import calibrate_run
 
     results = []

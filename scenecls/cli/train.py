@@ -231,7 +231,7 @@ def _run(
         out.log(f"{distribution.task}: training finished (best val accuracy {best})")
         return
     if result.status == "finished":
-        from scenecls.fast_predict import export_after_training
+        from scenecls.run_export import export_after_training
 
         export_after_training(run_dir, out.reporter())
         if tracker is not None and tracker.run_id:  # the export, and metrics.json that records it
