@@ -14,7 +14,7 @@ from PIL import Image
 
 from scenecls.cli import cli
 from scenecls.data import duplicates
-from scenecls.data.inspect import image_facts
+from scenecls.data.facts import image_facts
 from scenecls.data.pipeline import prepare_data
 from scenecls.label_errors import find_suspects, fold_of, out_of_fold_probabilities
 from tests.conftest import draw_scene, one_error_line, tiny, write_class_folders

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scenecls.data.inspect import ImageFacts, image_statistics
+from scenecls.data.facts import ImageFacts, image_statistics
 from scenecls.label_errors import Suspect
 
 SPLIT_ORDER = ("train", "val", "test")  # a leak's copies outside the last split it reaches are dropped

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from scenecls.data import duplicates
+from scenecls.data.facts import ImageFacts, survey_images
 from scenecls.data.images import scan_cache_path, scan_images
-from scenecls.data.inspect import ImageFacts, survey_images
 from scenecls.data.layout import Split, index_dataset
 from scenecls.errors import DataError
 from scenecls.inspection.findings import Group, Inspection, Item, split_rank
