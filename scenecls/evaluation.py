@@ -13,7 +13,7 @@ import numpy as np
 
 from scenecls.calibration import calibration_scores, reliability_bins, with_temperature
 from scenecls.errors import UsageError
-from scenecls.metrics import Evaluation, evaluate_predictions, predict_split, prediction_rows
+from scenecls.metrics import Scores, evaluate_predictions, predict_split, prediction_rows
 from scenecls.progress import NullReporter, Reporter
 
 
@@ -42,7 +42,7 @@ def check_classes(count: int, classes: list[str], model_classes: list[str] | Non
 
 
 def _add_before_calibration(
-    evaluation: Evaluation, probs: np.ndarray, labels: np.ndarray, temperature: float | None
+    evaluation: Scores, probs: np.ndarray, labels: np.ndarray, temperature: float | None
 ) -> None:
     """With the model's temperature known, the calibration scores of the model without it as well."""
     if temperature is None or not evaluation.calibration:
@@ -72,7 +72,7 @@ def _safe_name(path: Path) -> str:
 
 @dataclass
 class RunEvaluation:
-    evaluation: Evaluation
+    evaluation: Scores
     model_path: Path
     run_dir: Path | None
     rows: list[dict[str, Any]]

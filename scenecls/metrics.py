@@ -18,7 +18,10 @@ from scenecls.data.layout import Split
 
 
 @dataclass
-class Evaluation:
+class Scores:
+    """A model's scores on one split: accuracy, top-k, loss, per class, calibration (a run's evaluation,
+    :class:`scenecls.evaluation.RunEvaluation`, holds one with where it came from)."""
+
     split: str
     images: int
     accuracy: float
@@ -41,7 +44,7 @@ class Evaluation:
 
 def evaluate_predictions(
     probs: np.ndarray, labels: np.ndarray, classes: list[str], *, top_k: int = 3, split: str = ""
-) -> Evaluation:
+) -> Scores:
     """Every metric from predicted probabilities ``(n, k)`` and true labels ``(n,)``."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -81,7 +84,7 @@ def evaluate_predictions(
         return float((values * weights).sum() / weights.sum()) if weights.sum() else 0.0
 
     n = len(labels)
-    return Evaluation(
+    return Scores(
         split=split,
         images=n,
         accuracy=float((predicted == labels).mean()) if n else 0.0,
