@@ -76,16 +76,17 @@ def export_model(
     output: Path,
     *,
     quantize: str | None = None,
-    calibration: np.ndarray | None = None,
+    representative: np.ndarray | None = None,
     source: Path | None = None,
 ) -> Path:
     """Write ``model`` as ``fmt`` to ``output`` (atomically: a failed export leaves nothing), with its
-    labels and metadata. ``calibration`` images (raw 0-255) are needed for ``int8``."""
+    labels and metadata. ``representative`` images (raw 0-255: what int8 quantization measures its
+    value ranges on, TFLite's representative data set) are needed for ``int8``."""
     if fmt not in FORMATS:
         raise UsageError(f"--format takes one of {', '.join(FORMATS)}, got {fmt!r}")
     if quantize and fmt != "tflite":
         raise UsageError("--quantize applies to --format tflite only")
-    if quantize == "int8" and (calibration is None or not len(calibration)):
+    if quantize == "int8" and (representative is None or not len(representative)):
         raise UsageError("--quantize int8 needs calibration images (the run's data, or --data)")
     output = Path(output)
     labels = (output if fmt == "savedmodel" else output.parent) / "labels.txt"
@@ -97,7 +98,7 @@ def export_model(
     try:
         staged = scratch / output.name
         {"savedmodel": _savedmodel, "tflite": _tflite, "onnx": _onnx}[fmt](
-            model, staged, classes=list(classes), quantize=quantize, calibration=calibration
+            model, staged, classes=list(classes), quantize=quantize, representative=representative
         )
         if output.is_dir():  # an earlier export of ours (checked above): out of the way, then gone
             output.rename(scratch / "replaced")
@@ -249,7 +250,7 @@ def _savedmodel(model, path: Path, *, classes: list[str], **_) -> None:
     archive.write_out(str(path), verbose=False)
 
 
-def _tflite(model, path: Path, *, quantize: str | None, calibration: np.ndarray | None, **_) -> None:
+def _tflite(model, path: Path, *, quantize: str | None, representative: np.ndarray | None, **_) -> None:
     import tensorflow as tf
 
     options: dict[str, Any] = {}
@@ -260,12 +261,15 @@ def _tflite(model, path: Path, *, quantize: str | None, calibration: np.ndarray 
         }
     elif quantize == "int8":
 
-        def representative():
-            for image in calibration:
+        def representative_dataset():
+            for image in representative:
                 yield [np.asarray(image, dtype=np.float32)[None]]
 
         # int8 weights and activations inside, float32 raw pixels in and probabilities out.
-        options = {"optimizations": [tf.lite.Optimize.DEFAULT], "representative_dataset": representative}
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "representative_dataset": representative_dataset,
+        }
     _quietly(lambda: model.export(str(path), format="litert", verbose=False, **options))
 
 
@@ -324,7 +328,7 @@ def export_run(
     *,
     output: Path | None = None,
     quantize: str | None = None,
-    calibration: int = 100,
+    representative_images: int = 100,
     parity_images: int = 200,
     data: Path | None = None,
     reporter=None,
@@ -342,12 +346,13 @@ def export_run(
     classes = model_classes(model_path, run_dir) or [f"class_{i}" for i in range(model.output_shape[-1])]
     size = (int(model.input_shape[1]), int(model.input_shape[2]))
     target = output or default_output(model_path, fmt, quantize)
-    need = max(parity_images, calibration if quantize == "int8" else 0)
+    need = max(parity_images, representative_images if quantize == "int8" else 0)
     images, labels, origin = sample_images(run_dir, data, size, need, classes, reporter=reporter)
     reporter.log(f"Exporting {model_path} as {fmt}{f' ({quantize})' if quantize else ''} to {target}")
     export_model(
         model, classes, fmt, target, quantize=quantize,
-        calibration=images[:calibration] if quantize == "int8" else None, source=model_path,
+        representative=images[:representative_images] if quantize == "int8" else None,
+        source=model_path,
     )  # fmt: skip
     parity = None
     if parity_images:

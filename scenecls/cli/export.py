@@ -29,6 +29,7 @@ from scenecls.units import byte_size
 )
 @click.option(
     "--calibration",
+    "representative_images",
     type=click.IntRange(1),
     default=100,
     show_default=True,
@@ -52,7 +53,7 @@ def export(
     fmt: str,
     output: Path | None,
     quantize: str | None,
-    calibration: int,
+    representative_images: int,
     parity_images: int,
     data: Path | None,
     as_json: bool,
@@ -69,7 +70,8 @@ def export(
     from scenecls.export import export_run
 
     result = export_run(
-        model, project, fmt, output=output, quantize=quantize, calibration=calibration,
+        model, project, fmt, output=output, quantize=quantize,
+        representative_images=representative_images,
         parity_images=parity_images, data=data, reporter=out.reporter(),
     )  # fmt: skip
     parity = result.parity
