@@ -148,7 +148,7 @@ def test_warm_up_with_plateau_is_refused(tmp_path):
 
 
 def test_range_test_analysis_finds_the_valley():
-    from scenecls.training.lr_find import analyse
+    from scenecls.training.range_test import analyse
 
     lrs = list(np.logspace(-6, 0, 61))
 
@@ -165,7 +165,7 @@ def test_range_test_analysis_finds_the_valley():
 
 def test_range_test_from_a_trained_model_suggests_below_the_edge():
     """Flat (noisy) and then rising, as from a trained head: the lowest point is noise, the edge is not."""
-    from scenecls.training.lr_find import analyse
+    from scenecls.training.range_test import analyse
 
     lrs = list(np.logspace(-7, -2, 51))
     noise = np.random.default_rng(0).normal(0, 0.01, len(lrs))

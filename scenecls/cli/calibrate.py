@@ -25,7 +25,7 @@ def calibrate(out: Output, runs_: tuple[str, ...], project: Path, fmt: str) -> N
     out.load_tensorflow()
     from scenecls import runs
     from scenecls.run_export import export_after_training
-    from scenecls.training.calibrate import calibrate_run
+    from scenecls.training import calibrate_run
 
     results = []
     for ref in runs_ or (None,):

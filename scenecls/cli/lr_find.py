@@ -64,7 +64,7 @@ def lr_find(
     out.load_tensorflow()
     from scenecls import plots, runs
     from scenecls.config import TrainConfig
-    from scenecls.training.lr_find import lr_find as range_test
+    from scenecls.training import lr_find as range_test
 
     exclude = absolute_exclude(options.pop("exclude"))
     start_model = None

@@ -15,7 +15,7 @@ from scenecls.cli.types import FiniteFloatRange, rate_type
 from scenecls.config import MAP_AUGMENTATIONS, TrainConfig, option_of
 from scenecls.config_fields import Option, declared_option
 from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig
-from scenecls.training.strategy import MODES as DISTRIBUTE_MODES
+from scenecls.training import DISTRIBUTE_MODES
 
 
 def backbone_choice() -> click.Choice:

@@ -108,7 +108,7 @@ def sweep(
         _collect(out, folder, points, fmt, ensembles, tracking)
         return
     distribution = choose_distribution(out, distribute)
-    from scenecls.training.loop import TrainingInterrupted
+    from scenecls.training import TrainingInterrupted
 
     mine = len(sweeps.shard_points(points, *share)) if share else len(points)
     out.log(f"Sweep folder: {folder} ({mine} runs{f' of {len(points)}, shard {shard}' if share else ''})")

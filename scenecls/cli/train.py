@@ -27,7 +27,7 @@ from scenecls.config import TrainConfig
 def choose_distribution(out: Output, mode: str):
     """The strategy, made before anything else touches TensorFlow (a multi-worker one must be)."""
     out.load_tensorflow()
-    from scenecls.training.strategy import choose
+    from scenecls.training import choose_distribution as choose
 
     distribution = choose(mode)
     if not distribution.chief:
@@ -92,7 +92,7 @@ def train(
         config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
         extension = None
         if more and distribution.chief:
-            from scenecls.training.state import extend_run
+            from scenecls.training import extend_run
 
             extension = extend_run(run_dir, **more)
             config = extension.config
@@ -157,37 +157,18 @@ def finetune(
     RUN is a run folder or name (default: the latest run).
     """
     from scenecls import runs
-    from scenecls.errors import ModelError
+    from scenecls.training import finetune_config
 
     distribution = choose_distribution(out, distribute)
     tracking = tracking_from(out, options, project)
     parent = runs.trained_run(run, project)
-    parent_config = TrainConfig.from_dict(runs.read_json(parent / runs.CONFIG))
-    if backbone and backbone != parent_config.backbone:
-        raise ModelError(f"{parent} holds a {parent_config.backbone} model, not {backbone}")
-    if data is None:  # it validates on what the parent held out: the parent's very images, or refused
-        from scenecls.data.pipeline import prepare_run_data
-
-        recorded = runs.read_object(parent / runs.CONFIG)
-        prepare_run_data(recorded, owner=parent, val_split=parent_config.val_split,
-                         seed=parent_config.validation_seed, reporter=out.reporter())  # fmt: skip
-    augment = augment_from_options(parent_config.augment, no_augment, options)
-    exclude = absolute_exclude(options.pop("exclude")) or parent_config.exclude
-    config = TrainConfig.from_dict(
-        {
-            **parent_config.to_dict(),
-            **options,
-            "augment": augment.to_dict(),
-            "data": str(data) if data else parent_config.data,
-            "exclude": exclude,
-            "epochs": 0,
-            "weights": "none",
-            "parent": str(parent),
-            "split_seed": parent_config.validation_seed,  # validate on what the parent held out
-            "export_tflite": not no_export,
-            "feature_cache": not no_cache,
-        }
-    )
+    parent_augment = TrainConfig.from_dict(runs.read_object(parent / runs.CONFIG)).augment
+    augment = augment_from_options(parent_augment, no_augment, options)
+    exclude = absolute_exclude(options.pop("exclude"))
+    config = finetune_config(
+        parent, options, augment=augment, data=data, exclude=exclude, backbone=backbone,
+        export=not no_export, feature_cache=not no_cache, reporter=out.reporter(),
+    )  # fmt: skip
     run_dir = _new_run_dir(distribution, project, name or f"{parent.name}-ft", False)
     _run(
         out, config, run_dir, fmt, fail_under, distribution, start_model=parent / runs.BEST, tracking=tracking
@@ -207,8 +188,8 @@ def _run(
     tracking=None,
     extension=None,
 ) -> None:
-    from scenecls.training.loop import TrainingInterrupted
-    from scenecls.training.loop import train as run_training
+    from scenecls.training import TrainingInterrupted
+    from scenecls.training import train as run_training
 
     if distribution.chief:
         out.log(f"Run folder: {run_dir}")
