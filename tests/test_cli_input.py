@@ -84,7 +84,8 @@ def test_a_read_only_scenecls_home_names_the_way_out(tmp_path, monkeypatch):
 
 
 def test_a_task_closed_by_an_error_says_stopped_not_done():
-    from scenecls.cli.output import Output, PlainReporter
+    from scenecls.cli.output import Output
+    from scenecls.cli.progress import PlainReporter
 
     lines = []
     reporter = PlainReporter(Output(), interval=3600)

@@ -8,7 +8,8 @@ import re
 from click.testing import CliRunner
 
 from scenecls.cli import cli
-from scenecls.cli.output import Output, PlainReporter, RichReporter
+from scenecls.cli.output import Output
+from scenecls.cli.progress import PlainReporter, RichReporter
 from tests.conftest import intel_like_zip
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from scenecls.cli.output import Output, format_option
+from scenecls.cli.options import format_option
+from scenecls.cli.output import Output
 
 
 @click.command("backbones")

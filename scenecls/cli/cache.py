@@ -6,7 +6,8 @@ import time
 
 import click
 
-from scenecls.cli.output import Output, format_option
+from scenecls.cli.options import format_option
+from scenecls.cli.output import Output
 from scenecls.cli.types import FiniteFloatRange
 from scenecls.units import byte_size
 

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import (
-    Output,
-    accuracy_cell,
-    check_fail_under,
-    fail_under_option,
-    format_option,
-    project_option,
-)
+from scenecls.cli.options import fail_under_option, format_option, project_option
+from scenecls.cli.output import Output, accuracy_cell, check_fail_under
 
 
 @click.command("ensemble")

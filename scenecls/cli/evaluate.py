@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import tracking_from, tracking_options
-from scenecls.cli.output import (
-    Output,
-    check_fail_under,
+from scenecls.cli.options import (
     fail_under_option,
     format_option,
     precision_options,
     project_option,
+    tracking_from,
+    tracking_options,
     trust_model_option,
 )
+from scenecls.cli.output import Output, check_fail_under
 
 
 @click.command("evaluate")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, exit_for_failed_inputs, format_option, project_option
+from scenecls.cli.options import format_option, project_option
+from scenecls.cli.output import Output, exit_for_failed_inputs
 
 
 @click.command("explain")

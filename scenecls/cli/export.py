@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, project_option
+from scenecls.cli.options import project_option
+from scenecls.cli.output import Output
 from scenecls.units import byte_size
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import option
-from scenecls.cli.output import Output, format_option
+from scenecls.cli.options import format_option, option
+from scenecls.cli.output import Output
 from scenecls.cli.types import FiniteFloatRange
 
 GROUPS_SHOWN = 20  # duplicate groups printed per kind in the table (all are in the JSON, CSV and sheets)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, project_option
+from scenecls.cli.options import project_option
+from scenecls.cli.output import Output
 
 
 @click.command("log-mlflow")

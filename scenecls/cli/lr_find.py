@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import absolute_exclude, option
-from scenecls.cli.output import Output, format_option, project_option
+from scenecls.cli.options import absolute_exclude, format_option, option, project_option
+from scenecls.cli.output import Output
 from scenecls.cli.types import rate_type
 
 

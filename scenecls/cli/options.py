@@ -10,12 +10,78 @@ from typing import Any
 
 import click
 
-from scenecls.cli.output import format_option, precision_options, project_option
+from scenecls.cli.output import EXIT_BELOW_THRESHOLD
 from scenecls.cli.types import FiniteFloatRange, rate_type
 from scenecls.config import MAP_AUGMENTATIONS, TrainConfig, option_of
 from scenecls.config_fields import Option, declared_option
 from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig
 from scenecls.training import DISTRIBUTE_MODES
+
+FORMATS = ("table", "json", "csv")
+
+
+def format_option(*choices: str, default: str = "table"):
+    """The ``--format`` option for a command that prints results."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices or FORMATS),
+        default=default,
+        show_default=True,
+        help="How to print results on stdout.",
+    )
+
+
+trust_model_option = click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Load a SavedModel even when its graph holds ops a classifier does not need (file, process or "
+    "network ops): only for a model you trust.",
+)
+
+
+def precision_options(func):
+    """``--mixed-precision`` and ``--jit``, for the commands that train or run a Keras model."""
+    from scenecls.precision import JIT_MODES, PRECISIONS
+
+    func = click.option(
+        "--jit",
+        type=click.Choice(JIT_MODES),
+        default="auto",
+        show_default=True,
+        help="XLA compilation: auto = on GPUs only (slower on the CPUs measured).",
+    )(func)
+    return click.option(
+        "--mixed-precision",
+        type=click.Choice(PRECISIONS),
+        default="auto",
+        show_default=True,
+        help="Compute in 16 bits: auto = float16 on GPUs with tensor cores, else off "
+        "(slower on the CPUs measured).",
+    )(func)
+
+
+def fail_under_option():
+    """``--fail-under X``: an accuracy gate for scripts and CI jobs."""
+    return click.option(
+        "--fail-under",
+        type=FiniteFloatRange(0, 1),
+        default=None,
+        metavar="ACC",
+        help=f"Exit with code {EXIT_BELOW_THRESHOLD} (after writing every output) when the accuracy is "
+        "below ACC, a fraction such as 0.93.",
+    )
+
+
+def project_option():
+    """``--project``: the folder that holds the run folders."""
+    return click.option(
+        "--project",
+        type=click.Path(path_type=Path),
+        default=Path("runs"),
+        show_default=True,
+        help="Folder that holds the run folders.",
+    )
 
 
 def backbone_choice() -> click.Choice:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import Output, format_option, project_option
+from scenecls.cli.options import format_option, project_option
+from scenecls.cli.output import Output
 
 
 @click.command("plot")

@@ -7,15 +7,8 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.output import (
-    Output,
-    dumps,
-    exit_for_failed_inputs,
-    format_option,
-    precision_options,
-    project_option,
-    trust_model_option,
-)
+from scenecls.cli.options import format_option, precision_options, project_option, trust_model_option
+from scenecls.cli.output import Output, dumps, exit_for_failed_inputs
 from scenecls.cli.types import FiniteFloatRange
 
 

@@ -12,6 +12,7 @@ from scenecls.cli.options import (
     backbone_choice,
     cache_options,
     config_from_options,
+    fail_under_option,
     finetune_augment_options,
     finetune_cache_options,
     option,
@@ -20,7 +21,7 @@ from scenecls.cli.options import (
     tracking_from,
     tracking_options,
 )
-from scenecls.cli.output import Output, accuracy_cell, check_fail_under, fail_under_option
+from scenecls.cli.output import Output, accuracy_cell, check_fail_under
 from scenecls.config import TrainConfig
 
 
