@@ -23,7 +23,6 @@ import numpy as np
 
 from scenecls import runs
 from scenecls.classifier import ENSEMBLE_NAME, input_size, load_model, save_model
-from scenecls.config import TrainConfig
 from scenecls.errors import UsageError
 from scenecls.progress import NullReporter, Reporter
 
@@ -84,7 +83,7 @@ def make_ensemble(
     reporter = reporter or NullReporter()
     started = time.monotonic()
     members = _members(refs, project)
-    configs = [runs.read_json(member / runs.CONFIG) for member in members]
+    configs = [runs.Run(member).recorded for member in members]
     _check_members(members, configs)
     if len({c.get("data_fingerprint") for c in configs}) > 1:
         reporter.warn("the members were trained on different data; testing on the first one's")
@@ -166,7 +165,6 @@ def _write_run(
     reporter: Reporter, started: float,
 ) -> EnsembleResult:  # fmt: skip
     """The new run's files, ``metrics.json`` last (with the seconds since ``started``)."""
-    from scenecls.data.pipeline import prepare_run_data
     from scenecls.metrics import evaluate_predictions, predict_split
 
     first = configs[0]
@@ -182,17 +180,14 @@ def _write_run(
     config = {**first, "ensemble": ensemble, "backbone": "+".join(backbones), "unfreeze_reports": []}
     config["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     runs.write_json(run_dir / runs.CONFIG, config)
-    labels = runs.read_json(members[0] / runs.LABELS)
+    labels = runs.Run(members[0]).labels
     runs.write_json(run_dir / runs.LABELS, {**labels, "backbone": config["backbone"]})
     save_model(model, run_dir / runs.BEST)
 
     member_tests = []
     for member in members:
-        metrics = runs.read_json(member / runs.METRICS) if (member / runs.METRICS).is_file() else {}
-        member_tests.append(metrics.get("test_accuracy"))
-    split = TrainConfig.from_dict(first)
-    data, _ = prepare_run_data(first, owner=members[0], val_split=split.val_split,
-                               seed=split.validation_seed, reporter=reporter)  # fmt: skip
+        member_tests.append(runs.Run(member).optional(runs.METRICS).get("test_accuracy"))
+    data, _ = runs.Run(members[0]).prepared_data(reporter=reporter)
     test_accuracy = None
     tested = 0
     if data.test:
@@ -217,8 +212,9 @@ def _write_run(
             run_dir, data.classes, data.held_out(test_first=True)[0], size, reporter, model=model
         )
     metrics["seconds"] = round(time.monotonic() - started, 1)
-    runs.write_json(run_dir / runs.METRICS, metrics)
-    runs.write_json(run_dir / runs.STATE, {"status": "finished", "epoch": 0})
+    run = runs.Run(run_dir)
+    run.write_metrics(metrics)
+    run.write_state(runs.RunState(status="finished"))
     return EnsembleResult(
         run_dir, [str(m) for m in members], size, test_accuracy, member_tests, tested, metrics["seconds"]
     )

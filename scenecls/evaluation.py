@@ -57,9 +57,9 @@ def _temperature(model_path: Path, run_dir: Path | None, tta: bool) -> float | N
     a model file of unknown making, or with ``--tta`` (averaged mirrors are not the fitted model)."""
     from scenecls import runs
 
-    if run_dir is None or tta or not (run_dir / runs.METRICS).is_file():
+    if run_dir is None or tta:
         return None
-    value = runs.read_json(run_dir / runs.METRICS).get("temperature")
+    value = runs.Run(run_dir).optional(runs.METRICS).get("temperature")
     return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
@@ -102,7 +102,7 @@ def evaluate_run(
     from scenecls import runs
     from scenecls.classifier import check_compatible, load_model
     from scenecls.config import TrainConfig
-    from scenecls.data.pipeline import prepare_data, prepare_run_data
+    from scenecls.data.pipeline import prepare_data
     from scenecls.paths import data_source
     from scenecls.precision import with_precision
     from scenecls.predict import predict_array
@@ -113,10 +113,9 @@ def evaluate_run(
     if data is None and run_dir is None:
         raise UsageError(f"{model_path} is not in a run folder: pass --data")
     if run_dir is not None:
-        recorded = runs.read_object(run_dir / runs.CONFIG)
-        config = TrainConfig.from_dict(recorded)
-        prepared, own = prepare_run_data(recorded, owner=run_dir, data=data, val_split=config.val_split,
-                                         seed=config.validation_seed, reporter=reporter)  # fmt: skip
+        run = runs.Run(run_dir)
+        config = run.config
+        prepared, own = run.prepared_data(data=data, reporter=reporter)
     else:
         config, own = TrainConfig(), False
         prepared = prepare_data(data_source(data), val_split=config.val_split, seed=config.validation_seed,
@@ -125,7 +124,7 @@ def evaluate_run(
     splits = {"train": prepared.train, "val": prepared.val, "test": prepared.test}
     name = split or ("test" if prepared.test else "val")
     if data is None and run_dir is not None:
-        _check_ensemble_split(runs.read_json(run_dir / runs.CONFIG), name)
+        _check_ensemble_split(runs.Run(run_dir).recorded, name)
     chosen = splits.get(name)
     if not chosen and name == "val" and prepared.val_source == "none":
         raise UsageError(

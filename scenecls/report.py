@@ -78,12 +78,11 @@ def check_output(output: Path) -> None:
 
 
 def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None) -> str:
-    config = runs.read_json(run_dir / runs.CONFIG)
-    metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
-    state = runs.read_json(run_dir / runs.STATE) if (run_dir / runs.STATE).is_file() else {}
-    evaluation = runs.read_json(run_dir / runs.EVALUATION) if (run_dir / runs.EVALUATION).is_file() else {}
-    rows = runs.read_rows_csv(run_dir / runs.PREDICTIONS) if (run_dir / runs.PREDICTIONS).is_file() else []
-    history = runs.read_history(run_dir / runs.HISTORY) if (run_dir / runs.HISTORY).is_file() else []
+    run = runs.Run(run_dir)
+    config, metrics, evaluation = run.recorded, run.optional(runs.METRICS), run.optional(runs.EVALUATION)
+    state = run.state.to_dict() if run.has(runs.STATE) else {}
+    rows = runs.read_rows_csv(run_dir / runs.PREDICTIONS) if run.has(runs.PREDICTIONS) else []
+    history = run.history
     parts = [
         f"<h1>{html.escape(runs.run_label(run_dir))}</h1>",
         f'<p class="muted">{html.escape(str(run_dir))}</p>',

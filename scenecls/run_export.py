@@ -59,20 +59,15 @@ def export_after_training(run_dir: Path, reporter) -> dict[str, Any] | None:
     ``metrics.json`` under ``export``. Training itself knows nothing of exports; the commands that train
     (``train``, ``finetune``, ``sweep``) ask for this step. A run whose record is already as fresh as its
     ``best.keras`` (a finished run resumed again) is left as it is."""
-    from scenecls import runs
-    from scenecls.config import TrainConfig
-    from scenecls.data.pipeline import prepare_run_data
-    from scenecls.models.registry import get_spec
     from scenecls.progress import NullReporter
+    from scenecls.runs import Run
 
-    recorded = runs.read_object(run_dir / runs.CONFIG)
-    config = TrainConfig.from_dict(recorded)
-    metrics = runs.read_object(run_dir / runs.METRICS)
-    if not config.export_tflite or "export" in metrics:
+    run = Run(run_dir)
+    metrics = run.metrics
+    if not run.config.export_tflite or "export" in metrics:
         return metrics.get("export")
-    prepared, _ = prepare_run_data(recorded, owner=run_dir, val_split=config.val_split,
-                                   seed=config.validation_seed, reporter=NullReporter())  # fmt: skip
-    size = config.image_size or get_spec(config.backbone).default_size
+    prepared, _ = run.prepared_data(reporter=NullReporter())
+    size = run.image_size
     metrics["export"] = write_fast_predict(run_dir, prepared.classes, prepared.held_out()[0], size, reporter)
-    runs.write_json(run_dir / runs.METRICS, metrics)
+    run.write_metrics(metrics)
     return metrics["export"]

@@ -1,8 +1,6 @@
-"""Run folders, Ultralytics-style: ``runs/train``, ``runs/train2``, ... each holding everything a run made.
-
-Every file is written atomically (temporary file, then rename), so a crash or Ctrl-C never leaves a
-half-written ``config.json`` or ``best.keras`` behind.
-"""
+"""Run folders, Ultralytics-style: ``runs/train``, ``runs/train2``, ... each holding everything a run made,
+read through one record (:class:`Run`, with :class:`RunState`) and written atomically (temporary file,
+then rename), so a crash or Ctrl-C never leaves a half-written ``config.json`` or ``best.keras``."""
 
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ import io
 import json
 import math
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -141,24 +140,54 @@ def read_json(path: Path) -> Any:
         raise SceneclsError(f"{path} is unreadable: {exc}") from exc
 
 
-# The fields of state.json a reader relies on, each with its kind: one schema, so that a damaged file is
-# one error that names the file and the field, wherever it is read (resume, collect, predict's advice).
 STATUSES = ("running", "interrupted", "failed", "finished")
-_COUNT, _NUMBER, _TEXT, _FLAG, _TABLE = (
-    "a whole number >= 0",
-    "a number",
-    "text",
-    "true or false",
-    "an object",
-)
-STATE_SCHEMA: dict[str, tuple[str, bool]] = {  # field: (kind, may be null)
-    "status": (_TEXT, False), "phase": (_COUNT, False), "phase_epoch": (_COUNT, False),
-    "epoch": (_COUNT, False), "best_val_accuracy": (_NUMBER, True), "best_epoch": (_COUNT, False),
-    "best_phase": (_TEXT, False), "wait": (_COUNT, False), "plateau_best": (_NUMBER, True),
-    "plateau_wait": (_COUNT, False), "stopped_early": (_FLAG, False), "head_checkpoint": (_FLAG, False),
-    "seconds": (_NUMBER, False), "phase_seconds": (_TABLE, False), "feature_cache": (_TEXT, False),
-    "activation_cache": (_TABLE, False), "error": (_TEXT, True),
-}  # fmt: skip
+
+
+@dataclass
+class RunState:
+    """Where a run stands (``state.json``): one declaration, read and written through it, whose field
+    types are also the schema a damaged file is checked against (naming the file and the field)."""
+
+    status: str = "running"  # one of STATUSES
+    phase: int = 0  # index of the phase in progress
+    phase_epoch: int = 0  # epochs finished in that phase
+    epoch: int = 0  # epochs finished in all
+    best_val_accuracy: float = -1.0  # -1: no epoch validated yet (or --val-split 0)
+    best_epoch: int = 0
+    best_phase: str = ""
+    wait: int = 0  # epochs without improvement (early stopping)
+    plateau_best: float | None = None  # lowest val loss so far (plateau schedule); None: none yet
+    plateau_wait: int = 0
+    stopped_early: bool = False
+    head_checkpoint: bool = False  # the phase's head checkpoints are newer than last.keras
+    seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
+    feature_cache: str = "off"  # what phase 1 did with the feature cache: off, built or reused
+    activation_cache: dict[str, str] = field(default_factory=dict)  # per fine-tuning phase: built, reused
+    error: str | None = None  # why the run failed (status "failed")
+    mlflow_run_id: str | None = None  # the run's MLflow run when tracked: a resume goes on in it
+
+    @property
+    def validated_best(self) -> float | None:
+        """The best validation accuracy; None when no epoch was validated (``--val-split 0``)."""
+        return self.best_val_accuracy if self.best_val_accuracy >= 0 else None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_COUNT, _NUMBER, _TEXT, _FLAG = "a whole number >= 0", "a number", "text", "true or false"
+_TABLE = "an object"
+_KINDS = {"int": _COUNT, "float": _NUMBER, "str": _TEXT, "bool": _FLAG}
+STATE_SCHEMA: dict[str, tuple[str, bool]] = {  # field: (kind, may be null), from RunState's types
+    f.name: (_KINDS.get(str(f.type).removesuffix(" | None"), _TABLE), str(f.type).endswith("| None"))
+    for f in fields(RunState)
+}
 
 
 def read_object(path: Path) -> dict[str, Any]:
@@ -324,3 +353,97 @@ def read_rows_csv(path: Path) -> list[dict[str, Any]]:
             if key in row:
                 row[key] = float(row[key])
     return rows
+
+
+class Run:
+    """One run folder's record, read through one schema: its recipe (``config.json``), where it stands
+    (``state.json``), its results (``metrics.json``, ``evaluation.json``), classes and history. Every
+    command that reads a run reads it through this, so a damaged file is the same one-line error
+    everywhere and nothing else parses a run's files. Files are read when asked for, afresh each time
+    (a run being trained changes under its reader)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def has(self, name: str) -> bool:
+        """Whether the run holds the file ``name`` (``runs.METRICS``, ...)."""
+        return (self.folder / name).is_file()
+
+    # ------------------------------------------------------------------ the recipe
+    @property
+    def recorded(self) -> dict[str, Any]:
+        """``config.json`` as written: the recipe and what the run found (data identity, classes, sizes)."""
+        return read_object(self.folder / CONFIG)
+
+    @property
+    def config(self):  # -> TrainConfig (imported here: the config module is the recipe's, not the folder's)
+        from scenecls.config import TrainConfig
+
+        return TrainConfig.from_dict(self.recorded)
+
+    @property
+    def image_size(self) -> int:
+        """The input size the run trained at: as recorded, else its backbone's default."""
+        recorded = self.recorded.get("image_size")
+        if isinstance(recorded, int) and recorded > 0:
+            return recorded
+        from scenecls.models.registry import get_spec
+
+        config = self.config
+        return config.image_size or get_spec(config.backbone).default_size
+
+    def prepared_data(self, *, data: str | Path | None = None, reporter=None):
+        """``(prepared, own)``: the run's own images, split as it split them, checked to be the ones it
+        trained on (or ``data``, named on purpose; see :func:`scenecls.data.pipeline.prepare_run_data`)."""
+        from scenecls.data.pipeline import prepare_run_data
+
+        config = self.config
+        return prepare_run_data(self.recorded, owner=self.folder, val_split=config.val_split,
+                                seed=config.validation_seed, data=data, reporter=reporter)  # fmt: skip
+
+    # ------------------------------------------------------------------ where it stands, what it found
+    @property
+    def state(self) -> RunState:
+        return RunState.from_dict(read_state(self.folder))
+
+    @property
+    def status(self) -> str | None:
+        """As :func:`recorded_status`: None for a folder whose run never started."""
+        return recorded_status(self.folder)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return read_object(self.folder / METRICS)
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        return read_object(self.folder / EVALUATION)
+
+    def optional(self, name: str) -> dict[str, Any]:
+        """A result file that a run may not have yet (``metrics.json``, ``evaluation.json``): ``{}``
+        when it is missing, the usual error when it is damaged."""
+        return read_object(self.folder / name) if self.has(name) else {}
+
+    @property
+    def classes(self) -> list[str]:
+        return read_classes(self.folder / LABELS)
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """``labels.json`` whole (its classes checked): the classes, and the backbone and size they fit."""
+        return {**read_object(self.folder / LABELS), "classes": self.classes}
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return read_history(self.folder / HISTORY)
+
+    # ------------------------------------------------------------------ writing
+    def write_state(self, state: RunState | dict[str, Any]) -> None:
+        write_json(self.folder / STATE, state.to_dict() if isinstance(state, RunState) else state)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.folder / METRICS, metrics)
+
+    def update_config(self, changes: dict[str, Any]) -> None:
+        """``config.json`` with ``changes`` over what it records (an extension's longer phase)."""
+        write_json(self.folder / CONFIG, {**self.recorded, **changes})

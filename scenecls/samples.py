@@ -30,7 +30,7 @@ def sample_images(
         from scenecls.paths import data_source
 
         data = data_source(data)
-    recorded = runs.read_object(run_dir / runs.CONFIG) if run_dir else None
+    recorded = runs.Run(run_dir).recorded if run_dir else None
     config = TrainConfig.from_dict(recorded) if recorded is not None else TrainConfig()
     source = data or (recorded.get("data") if recorded else None)
     if source is None and recorded is not None:

@@ -70,7 +70,7 @@ def lr_find(
     start_model = None
     if run_ref:
         run_dir = runs.trained_run(run_ref, project)
-        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
+        config = runs.Run(run_dir).config
         config.unfreeze, config.unfreeze_layers = options["unfreeze"], None
         config.finetune_epochs = max(config.finetune_epochs, 1)
         start_model, phase = run_dir / runs.BEST, phase or "finetune"

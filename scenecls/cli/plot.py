@@ -37,7 +37,7 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, heat
     written: list[Path] = []
     histories = {}
     for run_dir in run_dirs:
-        history = runs.read_history(run_dir / runs.HISTORY)
+        history = runs.Run(run_dir).history
         histories[runs.run_label(run_dir)] = history
         if history:
             written.append(plots.plot_curves(history, run_dir / "curves.png", title=runs.run_label(run_dir)))
@@ -52,7 +52,7 @@ def plot(out: Output, runs_: tuple[str, ...], project: Path, no_eval: bool, heat
 
             evaluate_run(str(run_dir), project, reporter=out.reporter())
         if predictions.is_file():
-            evaluation = runs.read_json(run_dir / runs.EVALUATION)
+            evaluation = runs.Run(run_dir).evaluation
             rows = runs.read_rows_csv(predictions)
             written.append(
                 plots.plot_confusion(

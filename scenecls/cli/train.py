@@ -90,7 +90,7 @@ def train(
             for key in ("epochs", "finetune_epochs")
             if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE
         }
-        config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
+        config = runs.Run(run_dir).config
         extension = None
         if more and distribution.chief:
             from scenecls.training import extend_run
@@ -163,7 +163,7 @@ def finetune(
     distribution = choose_distribution(out, distribute)
     tracking = tracking_from(out, options, project)
     parent = runs.trained_run(run, project)
-    parent_augment = TrainConfig.from_dict(runs.read_object(parent / runs.CONFIG)).augment
+    parent_augment = runs.Run(parent).config.augment
     augment = augment_from_options(parent_augment, no_augment, options)
     exclude = absolute_exclude(options.pop("exclude"))
     config = finetune_config(

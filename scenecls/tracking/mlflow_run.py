@@ -187,10 +187,11 @@ class MlflowTracker(Tracker):
         metrics, the small files and plots, ``best.keras`` when asked; ``extra`` files too."""
         if self.run_id is None:
             return
-        if history and (run_dir / runs.HISTORY).is_file():
+        run = runs.Run(run_dir)
+        if history and run.has(runs.HISTORY):
             self._call("the epochs", self._send_history, run_dir)
-        if (run_dir / runs.METRICS).is_file():
-            final = final_metrics(runs.read_json(run_dir / runs.METRICS))
+        if run.has(runs.METRICS):
+            final = final_metrics(run.metrics)
             self._call("the final metrics", self.log_values, final)
         self._call("the run's files", self._send_files, run_dir, list(extra))
 
@@ -201,7 +202,7 @@ class MlflowTracker(Tracker):
 
     def _send_history(self, run_dir: Path) -> None:
         logged = {int(m.step) for m in self.client.get_metric_history(self.run_id, "loss")}
-        for row in runs.read_history(run_dir / runs.HISTORY):
+        for row in runs.Run(run_dir).history:
             if int(row["epoch"]) not in logged:
                 self._log_metrics(epoch_metrics(row), int(row["epoch"]))
         self._missed_epochs = []
@@ -279,7 +280,8 @@ LOCK = ".mlflow.lock"
 def _log_run_folder(
     run_dir: Path, settings: TrackingSettings, reporter: Reporter | None, evaluation: dict[str, Any] | None
 ) -> MlflowTracker:
-    state = runs.read_state(run_dir)
+    run = runs.Run(run_dir)
+    state = run.state
     parent = None
     sweep = recorded_sweep_id(run_dir.parent)
     tracker = settings.tracker(reporter)
@@ -288,12 +290,13 @@ def _log_run_folder(
         parent = tracker.sweep_parent(run_dir.parent, sweep)
         tracker = settings.tracker(reporter, parent=parent)
         tracker.going_on = "nothing more is sent"
-    recorded = state.get("mlflow_run_id")
-    run_id = tracker.start(run_dir, runs.read_json(run_dir / runs.CONFIG), recorded)
+    recorded = state.mlflow_run_id
+    run_id = tracker.start(run_dir, run.recorded, recorded)
     if run_id is None:
         return tracker
     if run_id != recorded:
-        runs.write_json(run_dir / runs.STATE, {**state, "mlflow_run_id": run_id})
+        state.mlflow_run_id = run_id
+        run.write_state(state)
     extra = [run_dir / runs.EVALUATION] if evaluation is not None else []
     tracker.sync(run_dir, history=True, extra=extra)
     if evaluation is not None:
@@ -303,7 +306,7 @@ def _log_run_folder(
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         tracker._call("the evaluation", tracker.log_values, values)
-    tracker.terminate(run_id, STATUS.get(str(state.get("status")), "FAILED"))
+    tracker.terminate(run_id, STATUS.get(state.status, "FAILED"))
     return tracker
 
 

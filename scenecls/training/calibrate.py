@@ -91,23 +91,23 @@ def calibrate_run(run_dir: Path, *, reporter: Reporter | None = None) -> dict[st
     """``scenecls calibrate``: fit (or fit again) a finished run's temperature and record it in
     ``metrics.json``; its ``best.tflite`` record is dropped, since the model it was made from changed
     (the command that calls this makes it again)."""
-    from scenecls.config import TrainConfig
     from scenecls.training.context import start_run
 
     reporter = reporter or NullReporter()
-    config_data = runs.read_object(run_dir / runs.CONFIG)
+    run = runs.Run(run_dir)
+    config_data = run.recorded
     if config_data.get("ensemble"):
         raise UsageError("an ensemble averages calibrated members: calibrate each member's run instead")
     metrics_file = run_dir / runs.METRICS
-    if not metrics_file.is_file():
-        if runs.recorded_status(run_dir) == "finished":
+    if not run.has(runs.METRICS):
+        if run.status == "finished":
             raise SceneclsError(
                 f"{metrics_file} is missing although {run_dir} finished training: its record is damaged "
                 f"(the temperature and test scores live there); train the run again"
             )
         raise UsageError(f"{run_dir} has not finished training: calibrate it once it has")
-    metrics = runs.read_object(metrics_file)
-    context = start_run(TrainConfig.from_dict(config_data), reporter=reporter, run_dir=run_dir)
+    metrics = run.metrics
+    context = start_run(run.config, reporter=reporter, run_dir=run_dir)
     if not same_data(context.data, config_data):  # fit on the run's own validation images, or not at all
         raise DataError(
             f"the images at {context.data.index.root.absolute()} are not the ones {run_dir} trained on "
@@ -133,7 +133,7 @@ def calibrate_run(run_dir: Path, *, reporter: Reporter | None = None) -> dict[st
         record["test"] = scores_on(probs, context.data.test, record["temperature"])
     metrics["temperature"], metrics["calibration"] = record["temperature"], record
     metrics.pop("export", None)
-    runs.write_json(metrics_file, metrics)
+    run.write_metrics(metrics)
     return record
 
 

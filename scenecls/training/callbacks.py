@@ -24,7 +24,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ MIN_LR = 1e-7
 
 @dataclass
 class Ledger:
-    """What the callbacks of one run share: its persistent state (a ``TrainState``), its history, the
+    """What the callbacks of one run share: its persistent state (a ``RunState``), its history, the
     epoch being closed, and the state as last written (what Ctrl-C may rely on)."""
 
     state: Any
@@ -56,7 +56,7 @@ class Ledger:
 
     def write_state(self) -> None:
         self.state.seconds = time.monotonic() - self.started
-        runs.write_json(self.run_dir / runs.STATE, asdict(self.state))
+        runs.Run(self.run_dir).write_state(self.state)
         self.saved = copy.deepcopy(self.state)
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scenecls import runs
 from scenecls.config import TrainConfig
 from scenecls.data.augment import AugmentConfig
 from scenecls.errors import ModelError
 from scenecls.progress import NullReporter, Reporter
+from scenecls.runs import Run
 
 
 def finetune_config(
@@ -29,15 +29,12 @@ def finetune_config(
     phase's: ``unfreeze``, ``finetune_epochs``, ``finetune_lr``, ...) over it, no head phase, and the
     parent's validation split. Without ``data``, the parent's images are checked to be the ones it
     trained on (another set is refused in one line); ``backbone``, when given, must be the parent's."""
-    parent_config = TrainConfig.from_dict(runs.read_object(parent / runs.CONFIG))
+    run = Run(parent)
+    parent_config = run.config
     if backbone and backbone != parent_config.backbone:
         raise ModelError(f"{parent} holds a {parent_config.backbone} model, not {backbone}")
     if data is None:  # it validates on what the parent held out: the parent's very images, or refused
-        from scenecls.data.pipeline import prepare_run_data
-
-        recorded = runs.read_object(parent / runs.CONFIG)
-        prepare_run_data(recorded, owner=parent, val_split=parent_config.val_split,
-                         seed=parent_config.validation_seed, reporter=reporter or NullReporter())  # fmt: skip
+        run.prepared_data(reporter=reporter or NullReporter())
     return TrainConfig.from_dict(
         {
             **parent_config.to_dict(),

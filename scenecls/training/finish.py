@@ -17,10 +17,11 @@ from scenecls.data.pipeline import (
     PreparedData,
 )
 from scenecls.metrics import evaluate_predictions, predict_split
+from scenecls.runs import Run, RunState
 from scenecls.training.calibrate import calibrate_best, scores_on
 from scenecls.training.callbacks import Ledger
 from scenecls.training.context import RunContext
-from scenecls.training.state import TrainResult, TrainState, train_result
+from scenecls.training.state import TrainResult, train_result
 from scenecls.unfreeze import UnfreezeReport
 
 
@@ -35,18 +36,17 @@ def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport
     metrics["phase_seconds"] = state.phase_seconds
     state.status = "finished"
     metrics["seconds"] = round(time.monotonic() - ledger.started, 1)
-    runs.write_json(run_dir / runs.METRICS, metrics)
+    run = Run(run_dir)
+    run.write_metrics(metrics)
     ledger.write_state()
     report_dicts = [r.to_dict() for r in reports]
-    config_data = runs.read_json(run_dir / runs.CONFIG)
-    config_data["unfreeze_reports"] = report_dicts
-    runs.write_json(run_dir / runs.CONFIG, config_data)
+    run.update_config({"unfreeze_reports": report_dicts})
     if config.tensorboard:
         _log_confusion(run_dir, data, config, state)
     return train_result(run_dir, state, metrics, report_dicts)
 
 
-def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: TrainState) -> None:
+def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: RunState) -> None:
     from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
 
     split, name = data.held_out(test_first=True)
@@ -57,17 +57,16 @@ def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state
     log_confusion_matrix(run_dir / LOGDIR, evaluation.confusion, data.classes, step=state.epoch, title=title)
 
 
-def _calibration(context: RunContext, state: TrainState) -> dict[str, Any]:
+def _calibration(context: RunContext, state: RunState) -> dict[str, Any]:
     """The best model's temperature: fitted now, unless the best model is the one an earlier end of
     this run calibrated (an extended run whose extra epochs did not beat it)."""
-    metrics_file = context.run_dir / runs.METRICS
-    earlier = runs.read_json(metrics_file).get("calibration") if metrics_file.is_file() else None
+    earlier = Run(context.run_dir).optional(runs.METRICS).get("calibration")
     if isinstance(earlier, dict) and earlier.get("epoch") == state.best_epoch and "temperature" in earlier:
         return earlier
     return calibrate_best(context, state.best_epoch)
 
 
-def _final_metrics(context: RunContext, state: TrainState, calibration: dict[str, Any]) -> dict[str, Any]:
+def _final_metrics(context: RunContext, state: RunState, calibration: dict[str, Any]) -> dict[str, Any]:
     data, reporter = context.data, context.reporter
     metrics: dict[str, Any] = {
         "best_val_accuracy": state.validated_best,

@@ -192,8 +192,8 @@ def _train(
         )
     if ledger.state.status == "finished":
         reporter.log(f"{run_dir} has already finished training")
-        return train_result(run_dir, ledger.state, runs.read_json(run_dir / runs.METRICS), [])
-    tracked = tracker.start(run_dir, runs.read_json(run_dir / runs.CONFIG), ledger.state.mlflow_run_id)
+        return train_result(run_dir, ledger.state, runs.Run(run_dir).metrics, [])
+    tracked = tracker.start(run_dir, runs.Run(run_dir).recorded, ledger.state.mlflow_run_id)
     if tracked and tracked != ledger.state.mlflow_run_id:
         ledger.state.mlflow_run_id = tracked
         ledger.write_state()

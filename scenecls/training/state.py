@@ -1,6 +1,6 @@
 """A run's life in its folder: opened (its files written) or resumed (read back and checked against
-the data), interrupted, failed, extended; and the types that say where it stands (:class:`TrainState`
-in ``state.json``) and how it ended (:class:`TrainResult`)."""
+the data), interrupted, failed, extended; and how it ended (:class:`TrainResult`; where it stands is
+:class:`scenecls.runs.RunState`, in ``state.json``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from scenecls.config import TrainConfig
 from scenecls.data.pipeline import PreparedData, same_data
 from scenecls.errors import DataError, SceneclsError, UsageError, first_line
 from scenecls.paths import data_source
+from scenecls.runs import Run, RunState
 from scenecls.training.callbacks import Ledger, TrainingDiverged
 from scenecls.training.context import RunContext
 from scenecls.training.recipe import plan_phases
@@ -33,40 +34,6 @@ class TrainingInterrupted(SceneclsError):
     def __init__(self, run_dir: Path) -> None:
         super().__init__(f"training interrupted; resume with: scenecls train --resume {run_dir}")
         self.run_dir = run_dir
-
-
-@dataclass
-class TrainState:
-    status: str = "running"  # running, interrupted, failed, finished
-    phase: int = 0  # index of the phase in progress
-    phase_epoch: int = 0  # epochs finished in that phase
-    epoch: int = 0  # epochs finished in all
-    best_val_accuracy: float = -1.0
-    best_epoch: int = 0
-    best_phase: str = ""
-    wait: int = 0  # epochs without improvement (early stopping)
-    plateau_best: float | None = None  # lowest val loss so far (plateau schedule); None: none yet
-    plateau_wait: int = 0
-    stopped_early: bool = False
-    head_checkpoint: bool = False  # the phase's head checkpoints are newer than last.keras
-    seconds: float = 0.0
-    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, all included
-    feature_cache: str = "off"  # what phase 1 did with the feature cache: off, built or reused
-    activation_cache: dict[str, str] = field(default_factory=dict)  # per fine-tuning phase: built, reused
-    error: str | None = None  # why the run failed (status "failed")
-    mlflow_run_id: str | None = (
-        None  # the run's MLflow run, when tracked (see scenecls.tracking): resumed into
-    )
-
-    @property
-    def validated_best(self) -> float | None:
-        """The best validation accuracy; None when no epoch was validated (``--val-split 0``)."""
-        return self.best_val_accuracy if self.best_val_accuracy >= 0 else None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -94,18 +61,19 @@ def open_run(context: RunContext, resume: bool) -> Ledger:
     """The run's state and history: read back to resume, or a new run folder's files written."""
     run_dir, data, distribution = context.run_dir, context.data, context.distribution
     if resume:
-        state = TrainState.from_dict(runs.read_state(run_dir))
+        run = Run(run_dir)
+        state = run.state
         if state.status != "finished":
-            distribution.check_resume(runs.read_json(run_dir / runs.CONFIG).get("distribution"), run_dir)
+            distribution.check_resume(run.recorded.get("distribution"), run_dir)
         # A row past the state's last epoch is one whose checkpoint never finished: it is trained again.
-        history = [row for row in runs.read_history(run_dir / runs.HISTORY) if row["epoch"] <= state.epoch]
+        history = [row for row in run.history if row["epoch"] <= state.epoch]
         ledger = Ledger(state, history, run_dir, time.monotonic() - state.seconds)
         ledger.saved = copy.deepcopy(state)
         if state.status != "finished":
             check_resume_data(run_dir, data)
         return ledger
     _write_run_files(run_dir, context.config, data, context.size, distribution)
-    ledger = Ledger(TrainState(), [], run_dir, time.monotonic())
+    ledger = Ledger(RunState(), [], run_dir, time.monotonic())
     ledger.write_state()  # so that --resume works from the start
     return ledger
 
@@ -128,7 +96,7 @@ def record_interrupt(ledger: Ledger) -> None:
 def record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
     state_file = run_dir / runs.STATE
     try:
-        state = TrainState.from_dict(runs.read_state(run_dir)) if state_file.is_file() else None
+        state = Run(run_dir).state if state_file.is_file() else None
     except SceneclsError:
         state = None
     if fresh and (state is None or state.epoch == 0) and not isinstance(exc, TrainingDiverged):
@@ -139,7 +107,7 @@ def record_failure(run_dir: Path, fresh: bool, exc: BaseException) -> None:
             state.status = "interrupted"
         else:
             state.status, state.error = "failed", first_line(exc, 300)
-        runs.write_json(state_file, asdict(state))
+        Run(run_dir).write_state(state)
 
 
 @dataclass
@@ -149,12 +117,12 @@ class Extension:
 
     run_dir: Path
     config: TrainConfig
-    state: TrainState
+    state: RunState
 
     def write(self) -> None:
-        data = runs.read_json(self.run_dir / runs.CONFIG)
-        runs.write_json(self.run_dir / runs.CONFIG, {**data, **self.config.to_dict()})
-        runs.write_json(self.run_dir / runs.STATE, asdict(self.state))
+        run = Run(self.run_dir)
+        run.update_config(self.config.to_dict())
+        run.write_state(self.state)
 
 
 def extend_run(run_dir: Path, *, epochs: int | None = None, finetune_epochs: int | None = None) -> Extension:
@@ -166,8 +134,8 @@ def extend_run(run_dir: Path, *, epochs: int | None = None, finetune_epochs: int
     goes on at half its rate and decays to 0 again. A different recipe (another unfreeze, other rates)
     is a ``finetune`` child run instead.
     """
-    config = TrainConfig.from_dict(runs.read_json(run_dir / runs.CONFIG))
-    state = TrainState.from_dict(runs.read_state(run_dir))
+    run = Run(run_dir)
+    config, state = run.config, run.state
     phases = plan_phases(config)
     last = phases[-1]
     option, wanted = ("--epochs", epochs) if last.name == "head" else ("--finetune-epochs", finetune_epochs)
@@ -238,7 +206,7 @@ def _write_run_files(
 def check_resume_data(run_dir: Path, data: PreparedData) -> None:
     """Refuse to go on with other images than the run started with: other classes, images added,
     removed or rewritten, or another exclude list (the epochs so far learnt the images as they were)."""
-    saved = runs.read_json(run_dir / runs.CONFIG)
+    saved = Run(run_dir).recorded
     if saved.get("classes") != data.classes:
         raise SceneclsError(
             f"the data's classes ({', '.join(data.classes)}) differ from the run's "
@@ -252,7 +220,7 @@ def check_resume_data(run_dir: Path, data: PreparedData) -> None:
         )
 
 
-def train_result(run_dir: Path, state: TrainState, metrics: dict, reports: list[dict]) -> TrainResult:
+def train_result(run_dir: Path, state: RunState, metrics: dict, reports: list[dict]) -> TrainResult:
     return TrainResult(
         run_dir=run_dir,
         status=state.status,

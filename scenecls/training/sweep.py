@@ -181,9 +181,10 @@ def damage(run_dir: Path) -> str | None:
     except SceneclsError:
         return runs.STATE
     if status == "finished":
-        for name in (runs.METRICS, runs.CONFIG):
+        run = runs.Run(run_dir)
+        for name, read in ((runs.METRICS, lambda: run.metrics), (runs.CONFIG, lambda: run.recorded)):
             try:
-                runs.read_object(run_dir / name)
+                read()
             except SceneclsError:
                 return name
     return None
@@ -294,8 +295,7 @@ def collect_results(
         if status != "finished":
             continue
         try:
-            metrics = runs.read_object(run_dir / runs.METRICS)
-            config = runs.read_object(run_dir / runs.CONFIG)
+            metrics, config = runs.Run(run_dir).metrics, runs.Run(run_dir).recorded
         except SceneclsError as exc:
             reporter.warn(f"{point.name}: {exc}; left out of the tables")
             continue
@@ -322,7 +322,7 @@ def collect_results(
         first = by_run.get(members[0].name)
         if first is None or run_status(ensemble) != "finished":
             continue
-        metrics = runs.read_json(ensemble / runs.METRICS)
+        metrics = runs.Run(ensemble).metrics
         rows.append(
             {
                 **first,
