@@ -53,12 +53,14 @@ def write_fast_predict(
     return {"tflite": "best.tflite", "top1_agreement": parity.top1_agreement, "images": parity.images}
 
 
-def export_after_training(run_dir: Path, reporter) -> dict[str, Any] | None:
+def export_after_training(run_dir: Path, reporter, *, model=None, data=None) -> dict[str, Any] | None:
     """The step a command takes after a run has finished training: ``best.tflite`` beside ``best.keras``
     (unless the run was made with ``--no-export``), checked on the run's held-out images, and recorded in
     ``metrics.json`` under ``export``. Training itself knows nothing of exports; the commands that train
     (``train``, ``finetune``, ``sweep``) ask for this step. A run whose record is already as fresh as its
-    ``best.keras`` (a finished run resumed again) is left as it is."""
+    ``best.keras`` (a finished run resumed again) is left as it is. ``model`` and ``data``: what the end
+    of the run holds in memory (its calibrated best model, its prepared data), so that neither is read
+    again."""
     from scenecls.progress import NullReporter
     from scenecls.runs import Run
 
@@ -66,8 +68,10 @@ def export_after_training(run_dir: Path, reporter) -> dict[str, Any] | None:
     metrics = run.metrics
     if not run.config.export_tflite or "export" in metrics:
         return metrics.get("export")
-    prepared, _ = run.prepared_data(reporter=NullReporter())
+    prepared = data if data is not None else run.prepared_data(reporter=NullReporter())[0]
     size = run.image_size
-    metrics["export"] = write_fast_predict(run_dir, prepared.classes, prepared.held_out()[0], size, reporter)
+    metrics["export"] = write_fast_predict(
+        run_dir, prepared.classes, prepared.held_out()[0], size, reporter, model=model
+    )
     run.write_metrics(metrics)
     return metrics["export"]

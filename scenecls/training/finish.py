@@ -30,7 +30,8 @@ def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport
     run_dir, data, config = context.run_dir, context.data, context.config
     state = ledger.state
     calibration = _calibration(context, state)
-    metrics = _final_metrics(context, state, calibration)
+    best = _BestModel(run_dir, calibration.pop("model", None))  # calibrated now: in memory, as saved
+    metrics = _final_metrics(context, state, calibration, best)
     metrics["feature_cache"] = state.feature_cache
     metrics["activation_cache"] = state.activation_cache
     metrics["phase_seconds"] = state.phase_seconds
@@ -42,15 +43,29 @@ def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport
     report_dicts = [r.to_dict() for r in reports]
     run.update_config({"unfreeze_reports": report_dicts})
     if config.tensorboard:
-        _log_confusion(run_dir, data, config, state)
-    return train_result(run_dir, state, metrics, report_dicts)
+        _log_confusion(run_dir, data, config, state, best.model())
+    result = train_result(run_dir, state, metrics, report_dicts)
+    result.best_model, result.data = best.loaded, data  # for the step after training (the export)
+    return result
 
 
-def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: RunState) -> None:
+class _BestModel:
+    """``best.keras`` as the end of the run has it: the calibrated model when it was just fitted, else
+    read once, when first needed (the test, the confusion matrix)."""
+
+    def __init__(self, run_dir: Path, model=None) -> None:
+        self.run_dir, self.loaded = run_dir, model
+
+    def model(self):
+        if self.loaded is None:
+            self.loaded = load_model(self.run_dir / runs.BEST)
+        return self.loaded
+
+
+def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state: RunState, best) -> None:
     from scenecls.training.tensorboard import LOGDIR, log_confusion_matrix
 
     split, name = data.held_out(test_first=True)
-    best = load_model(run_dir / runs.BEST)
     probs = predict_split(best, split, config.batch_size)
     evaluation = evaluate_predictions(probs, np.asarray(split.labels), data.classes, split=name)
     title = f"best model (epoch {state.best_epoch}) on {name}: accuracy {evaluation.accuracy:.4f}"
@@ -66,7 +81,9 @@ def _calibration(context: RunContext, state: RunState) -> dict[str, Any]:
     return calibrate_best(context, state.best_epoch)
 
 
-def _final_metrics(context: RunContext, state: RunState, calibration: dict[str, Any]) -> dict[str, Any]:
+def _final_metrics(
+    context: RunContext, state: RunState, calibration: dict[str, Any], best: _BestModel
+) -> dict[str, Any]:
     data, reporter = context.data, context.reporter
     metrics: dict[str, Any] = {
         "best_val_accuracy": state.validated_best,
@@ -80,11 +97,9 @@ def _final_metrics(context: RunContext, state: RunState, calibration: dict[str, 
     }
     if data.test:
         reporter.log(f"Testing the best model on {len(data.test)} test images")
-        best = calibration.pop("model", None) or load_model(context.run_dir / runs.BEST)  # as saved
-        probs = predict_split(best, data.test, context.config.batch_size)
+        probs = predict_split(best.model(), data.test, context.config.batch_size)
         test = evaluate_predictions(probs, np.asarray(data.test.labels), data.classes, split="test")
         metrics["test_accuracy"], metrics["test_loss"] = test.accuracy, test.loss
         calibration = {**calibration, "test": scores_on(probs, data.test, calibration["temperature"])}
-    calibration.pop("model", None)
     metrics["calibration"] = calibration
     return metrics

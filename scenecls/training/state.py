@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,20 @@ class TrainResult:
     stopped_early: bool
     unfreeze: list[dict[str, Any]] = field(default_factory=list)
     temperature: float | None = None  # the best model's calibration (None: not finished yet)
+    # What the end of the run holds in memory, handed to the step after it (the end-of-run export) so
+    # that it neither loads best.keras nor scans the data set again; not part of the record.
+    best_model: Any = field(default=None, repr=False, compare=False)
+    data: PreparedData | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {
+            f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in _IN_MEMORY
+        }
         data["run_dir"] = str(self.run_dir)
         return data
+
+
+_IN_MEMORY = ("best_model", "data")
 
 
 def open_run(context: RunContext, resume: bool) -> Ledger:
