@@ -28,7 +28,7 @@ class Lines:
 
 def test_plain_progress_lines_say_count_rate_and_time_left(monkeypatch):
     clock = {"now": 100.0}
-    monkeypatch.setattr("scenecls.cli.output.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("scenecls.cli.progress.time.monotonic", lambda: clock["now"])
     sink = Lines()
     task = PlainReporter(sink, interval=10).task("Epoch 1/5 head", total=200, unit="batches")
     for _ in range(200):
@@ -44,7 +44,7 @@ def test_plain_progress_lines_say_count_rate_and_time_left(monkeypatch):
 
 def test_plain_progress_of_a_download_in_bytes(monkeypatch):
     clock = {"now": 0.0}
-    monkeypatch.setattr("scenecls.cli.output.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("scenecls.cli.progress.time.monotonic", lambda: clock["now"])
     sink = Lines()
     task = PlainReporter(sink, interval=60).task("Downloading", unit="B")
     task.update(total=300_000_000)
