@@ -138,8 +138,8 @@ class MlflowTracker(Tracker):
     def _say_where(self, run_id: str) -> None:
         uri = self.client.tracking_uri
         run = self.client.get_run(run_id)
-        where = f"{safe_uri(uri)}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-        self.reporter.log(f"MLflow run: {where if uri.startswith('http') else f'{run_id} in {where(uri)}'}")
+        address = f"{safe_uri(uri)}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+        self.reporter.log(f"MLflow run: {address if uri.startswith('http') else f'{run_id} in {where(uri)}'}")
 
     def _exists(self, run_id: str) -> bool:
         try:
