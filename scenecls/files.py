@@ -271,6 +271,16 @@ def _under_a_file(path: Path) -> Path | None:
     return None
 
 
+def _refuse_link_or_under_a_file(path: Path, option: str, refuse: type, instead: str) -> None:
+    """What every output path is refused for, file or folder: lying under a file (nothing can be made
+    there) or being a link (never written through); ``instead`` says what to give."""
+    blocker = _under_a_file(path)
+    if blocker is not None:
+        raise refuse(f"{option} {path}: {blocker} is a file, not a folder")
+    if path.is_symlink():
+        raise refuse(f"{option} {path} is a link; {instead}")
+
+
 def check_output_file(path: Path, option: str, error: type | None = None) -> None:
     """Refuse, in one line and before any work, a file a command would write or replace that is not a
     plain file of its own: a link (never written through), a folder, a device, a FIFO or a socket (a
@@ -280,11 +290,7 @@ def check_output_file(path: Path, option: str, error: type | None = None) -> Non
 
     refuse = error or UsageError
     path = Path(path)
-    blocker = _under_a_file(path)
-    if blocker is not None:
-        raise refuse(f"{option} {path}: {blocker} is a file, not a folder")
-    if path.is_symlink():
-        raise refuse(f"{option} {path} is a link; give a file name (a new file or a regular one)")
+    _refuse_link_or_under_a_file(path, option, refuse, "give a file name (a new file or a regular one)")
     if path.exists():
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):
@@ -313,11 +319,7 @@ def check_output_folder(path: Path, option: str) -> None:
     from scenecls.errors import UsageError
 
     path = Path(path)
-    blocker = _under_a_file(path)
-    if blocker is not None:
-        raise UsageError(f"{option} {path}: {blocker} is a file, not a folder")
-    if path.is_symlink():
-        raise UsageError(f"{option} {path} is a link; give a real folder")
+    _refuse_link_or_under_a_file(path, option, UsageError, "give a real folder")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path} is {_kind(path.stat().st_mode)}, not a folder")
 
