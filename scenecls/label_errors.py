@@ -17,7 +17,6 @@ import numpy as np
 
 from scenecls.progress import NullReporter, Reporter
 
-FOLDS = 5
 STEPS = 100  # Adam steps per fold, whatever the data set's size (a linear head converges in fewer)
 BATCH = 2048
 WEIGHT_DECAY = 0.05  # chosen on intel-dev: the lowest out-of-fold log loss of 1e-3..0.1
@@ -90,7 +89,7 @@ def out_of_fold_probabilities(
     labels: np.ndarray,
     classes: int,
     *,
-    folds: int = FOLDS,
+    folds: int,
     seed: int = 0,
     reporter: Reporter | None = None,
 ) -> np.ndarray:

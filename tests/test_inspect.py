@@ -16,6 +16,7 @@ from scenecls.cli import cli
 from scenecls.data import duplicates
 from scenecls.data.facts import image_facts
 from scenecls.data.pipeline import prepare_data
+from scenecls.inspection.options import HASH_DISTANCE
 from scenecls.label_errors import find_suspects, fold_of, out_of_fold_probabilities
 from tests.conftest import draw_scene, one_error_line, tiny, write_class_folders
 
@@ -70,7 +71,7 @@ def test_a_reencoded_resized_copy_hashes_alike_and_gray_images_are_told(tmp_path
     other = tmp_path / "c.png"
     Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).resize((240, 240)).save(other)
     a, b, c = image_facts(original), image_facts(copy), image_facts(other)
-    assert _bits(a.dhash, b.dhash) <= duplicates.HASH_DISTANCE < _bits(a.dhash, c.dhash)
+    assert _bits(a.dhash, b.dhash) <= HASH_DISTANCE < _bits(a.dhash, c.dhash)
     assert (a.width, a.height, b.width) == (240, 240, 200) and a.sha256 != b.sha256
     gray = tmp_path / "g.jpg"
     Image.open(original).convert("L").convert("RGB").save(gray, quality=80)
@@ -251,7 +252,12 @@ def test_inspect_refuses_what_is_not_its_own_and_bad_input_in_one_line(tmp_path)
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 1 and "not an exclude list" in one_error_line(refused)
     assert precious.read_text() == "my own list\n"
-    for bad in (["--similarity", "nan"], ["--folds", "1"], ["--hash-distance", "99"]):
+    for bad in (
+        ["--similarity", "nan"],
+        ["--similarity", "0.5"],
+        ["--folds", "1"],
+        ["--hash-distance", "99"],
+    ):
         result = CliRunner().invoke(cli, ["inspect", str(data), *bad])
         assert result.exit_code == 2 and "Traceback" not in result.output
     for command in ("train", "lr-find", "sweep"):
@@ -357,7 +363,7 @@ def test_real_photographs_a_planted_crop_and_planted_wrong_labels_are_found(tmp_
         "--weights",
         str(WEIGHTS_FILE),
         "--image-size",
-        "160",
+        "160",  # near copies are still looked for at the backbone's own 150 px, where the thresholds hold
         "--output",
         str(tmp_path / "findings"),
         "--format",
@@ -376,6 +382,7 @@ def test_real_photographs_a_planted_crop_and_planted_wrong_labels_are_found(tmp_
         and group["across_splits"]
         and str(source) in {m["path"] for m in group["images"]}
     )
+    assert report["duplicates"]["feature_size"] == 150
     assert max(len(g["images"]) for g in report["duplicates"]["groups"]) <= 4  # no chains of look-alikes
     ranked = [c["path"] for c in report["label_errors"]["candidates"]]
     assert len(set(ranked[:40]) & set(moved)) >= 9, ranked[:40]

@@ -61,3 +61,17 @@ def test_the_augmentation_help_shows_the_config_ranges():
     ranges = AugmentConfig()
     for name in ("rotation", "shift", "zoom", "shear"):
         assert f"[default: {getattr(ranges, name):g}]" in help_text, name
+
+
+def test_inspect_takes_its_defaults_and_ranges_from_inspect_options(tmp_path):
+    from click.testing import CliRunner
+
+    from scenecls.inspection.options import SIMILARITY_FLOOR, InspectOptions
+
+    params, defaults = _defaults("inspect"), InspectOptions()
+    for item in dataclasses.fields(InspectOptions):
+        if "option" in item.metadata:
+            assert params[item.name] == getattr(defaults, item.name), item.name
+    below = f"{SIMILARITY_FLOOR - 0.01:.2f}"
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--similarity", below])
+    assert result.exit_code == 2 and "--similarity" in result.output

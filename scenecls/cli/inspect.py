@@ -8,38 +8,20 @@ import click
 
 from scenecls.cli.options import format_option, option
 from scenecls.cli.output import Output
-from scenecls.cli.types import FiniteFloatRange
+from scenecls.inspection.options import InspectOptions
 
 GROUPS_SHOWN = 20  # duplicate groups printed per kind in the table (all are in the JSON, CSV and sheets)
 
 
 @click.command("inspect")
 @click.argument("data", metavar="[DATA]", required=False, type=click.Path(path_type=Path))
-@option("backbone", help="Backbone whose features find near copies and doubt labels.")
+@option("backbone", InspectOptions)
 @option("weights")
 @option("image_size")
-@click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
-@click.option(
-    "--folds",
-    type=click.IntRange(2, 20),
-    default=5,
-    show_default=True,
-    help="Folds of the cross-validation that predicts each image's class without it.",
-)
-@click.option(
-    "--hash-distance",
-    type=click.IntRange(0, 16),
-    default=4,
-    show_default=True,
-    help="Near copies: perceptual hashes within this many of 64 bits (confirmed by the features).",
-)
-@click.option(
-    "--similarity",
-    type=FiniteFloatRange(0.5, 1.0),
-    default=0.93,
-    show_default=True,
-    help="Near copies: cosine similarity of the features from which two images are one picture.",
-)
+@option("batch_size", InspectOptions)
+@option("folds", InspectOptions)
+@option("hash_distance", InspectOptions)
+@option("similarity", InspectOptions)
 @click.option(
     "--no-features",
     is_flag=True,
@@ -118,7 +100,7 @@ def inspect(
     from scenecls.data.exclude import check_replaceable
     from scenecls.data.exclude import write_exclude as write_list
     from scenecls.files import claim_folder
-    from scenecls.inspection import MARKER, InspectOptions, default_output, inspect_dataset, write_findings
+    from scenecls.inspection import MARKER, default_output, inspect_dataset, write_findings
     from scenecls.paths import data_source
 
     source = data_source(data)

@@ -90,10 +90,11 @@ def backbone_choice() -> click.Choice:
     return click.Choice(backbone_names())
 
 
-def option(name: str, **changes: Any):
-    """The click option of config field ``name`` (``--name-with-dashes``), from its :class:`Option`
-    and default; ``changes`` adjust the option for one command (a lower bound, its own help)."""
-    spec, default = option_of(name)
+def option(name: str, config: type | None = None, **changes: Any):
+    """The click option of field ``name`` (``--name-with-dashes``) of ``config`` (a dataclass whose
+    fields declare their options; :class:`~scenecls.config.TrainConfig` when not given), from its
+    :class:`Option` and default; ``changes`` adjust the option for one command (its own help)."""
+    spec, default = option_of(name) if config is None else declared_option(config, name)
     return _click_option(name, dataclasses.replace(spec, **changes), default)
 
 

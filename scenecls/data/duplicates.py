@@ -16,11 +16,6 @@ from itertools import pairwise
 
 import numpy as np
 
-# Measured on intel-dev's 7,500 images with MobileNetV2's ImageNet features, every candidate pair looked at
-# (benchmarks/README.md, "Know your data"):
-HASH_DISTANCE = 4  # of 64 bits. Flat images (a calm sea, a sky) share hashes without being one picture...
-HASH_CONFIRMATION = 0.79  # ...so, with features, a hash pair is kept only from this cosine up (all such were)
-FEATURE_SIMILARITY = 0.93  # cosine alone: crops and shifts change the hash. Different forests reach 0.90
 BLOCK = 1024
 
 
@@ -69,7 +64,7 @@ def popcount(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=-1).sum(axis=-1)
 
 
-def hash_pairs(hashes: Sequence[int], max_distance: int = HASH_DISTANCE) -> Iterator[tuple[int, int]]:
+def hash_pairs(hashes: Sequence[int], max_distance: int) -> Iterator[tuple[int, int]]:
     """Pairs ``i < j`` whose 64-bit hashes differ in at most ``max_distance`` bits, each once."""
     values = np.asarray([int(h) for h in hashes], dtype=np.uint64)
     parts = max_distance + 1
@@ -97,7 +92,7 @@ def hash_pairs(hashes: Sequence[int], max_distance: int = HASH_DISTANCE) -> Iter
 
 
 def feature_pairs(
-    features: np.ndarray, threshold: float = FEATURE_SIMILARITY, *, block: int = BLOCK
+    features: np.ndarray, threshold: float, *, block: int = BLOCK
 ) -> Iterator[tuple[int, int, float]]:
     """Pairs ``i < j`` whose feature vectors' cosine similarity is at least ``threshold``, compared a
     ``block x block`` tile at a time (``features`` may be memory-mapped: it is read a block at a time)."""

@@ -1,17 +1,33 @@
 """``scenecls inspect``'s library: look at a data set (:func:`inspect_dataset`), what it found
-(:class:`Inspection`), and its contact sheets (:func:`write_findings`)."""
+(:class:`Inspection`), and its contact sheets (:func:`write_findings`); how to look
+(:class:`InspectOptions`, whose fields declare the command's options).
 
-from scenecls.inspection.findings import Group, Inspection, Item
-from scenecls.inspection.look import InspectOptions, inspect_dataset
-from scenecls.inspection.sheets import MARKER, default_output, write_findings
+The names load on first use, so that ``scenecls inspect --help`` (which reads
+:mod:`scenecls.inspection.options`) imports no NumPy.
+"""
 
-__all__ = [
-    "MARKER",
-    "Group",
-    "InspectOptions",
-    "Inspection",
-    "Item",
-    "default_output",
-    "inspect_dataset",
-    "write_findings",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_FRONT = {
+    "Group": "scenecls.inspection.findings",
+    "Inspection": "scenecls.inspection.findings",
+    "Item": "scenecls.inspection.findings",
+    "inspect_dataset": "scenecls.inspection.look",
+    "InspectOptions": "scenecls.inspection.options",
+    "MARKER": "scenecls.inspection.sheets",
+    "default_output": "scenecls.inspection.sheets",
+    "write_findings": "scenecls.inspection.sheets",
+}
+
+__all__ = sorted(_FRONT)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FRONT:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_FRONT[name]), name)
+    globals()[name] = value
+    return value

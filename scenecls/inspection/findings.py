@@ -10,6 +10,7 @@ from typing import Any
 
 from scenecls.data.facts import ImageFacts, image_statistics
 from scenecls.label_errors import Suspect
+from scenecls.models.registry import get_spec
 
 SPLIT_ORDER = ("train", "val", "test")  # a leak's copies outside the last split it reaches are dropped
 
@@ -151,6 +152,10 @@ class Inspection:
         item = self.items[i]
         return {"path": item.path, "split": item.split, "label": self.classes[item.label]}
 
+    def feature_size(self) -> int | None:
+        """The input size of the features near copies were looked for in (the backbone's own)."""
+        return get_spec(self.options.backbone).default_size if self.options.features else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "data": str(self.root),
@@ -163,6 +168,7 @@ class Inspection:
             "duplicates": {
                 "hash_distance": self.options.hash_distance,
                 "similarity": self.options.similarity if self.options.features else None,
+                "feature_size": self.feature_size(),
                 "groups": [self.group_dict(g) for g in self.groups],
             },
             "label_errors": {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,25 +30,10 @@ from scenecls.data.images import scan_cache_path, scan_images
 from scenecls.data.layout import Split, index_dataset
 from scenecls.errors import DataError
 from scenecls.inspection.findings import Group, Inspection, Item, split_rank
-from scenecls.label_errors import FOLDS, Suspect, find_suspects, out_of_fold_probabilities
+from scenecls.inspection.options import HASH_CONFIRMATION, InspectOptions
+from scenecls.label_errors import Suspect, find_suspects, out_of_fold_probabilities
 from scenecls.paths import cache_dir
 from scenecls.progress import NullReporter, Reporter
-
-
-@dataclass(frozen=True)
-class InspectOptions:
-    """How to look. ``backbone``/``weights``/``image_size`` as ``train`` takes them; ``features`` False
-    skips the model (no feature near-duplicates, no label errors: hashes and counts only)."""
-
-    backbone: str = "xception"
-    weights: str = "imagenet"
-    image_size: int | None = None
-    batch_size: int = 32
-    folds: int = FOLDS
-    hash_distance: int = duplicates.HASH_DISTANCE
-    similarity: float = duplicates.FEATURE_SIMILARITY
-    features: bool = True
-    seed: int = 0
 
 
 def inspect_dataset(
@@ -92,15 +77,25 @@ def inspect_dataset(
         raise DataError(f"no readable images in {index.root}")
     seconds["survey"] = time.perf_counter() - start
 
-    features = None
+    features = near_features = None
     if options.features:
         start = time.perf_counter()
         features = image_features(
             items, len(index.classes), options, reporter=reporter, cache_root=cache_root
         )
+        near_features = features
+        own = own_size(options.backbone)
+        if options.image_size not in (None, own):  # the thresholds hold at the backbone's own size only
+            near_features = image_features(
+                items,
+                len(index.classes),
+                replace(options, image_size=own),
+                reporter=reporter,
+                cache_root=cache_root,
+            )
         seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
-    groups = find_groups(items, facts, features, options)
+    groups = find_groups(items, facts, near_features, options)
     seconds["duplicates"] = time.perf_counter() - start
     start = time.perf_counter()
     suspects, check = check_labels(items, len(index.classes), features, options, reporter)
@@ -122,6 +117,15 @@ def inspect_dataset(
 
 def _ordered(splits: dict[str, Split]) -> list[str]:
     return sorted(splits, key=split_rank)
+
+
+def own_size(backbone: str) -> int:
+    """The input size at which a backbone's near-copy thresholds were measured: its default size.
+    Smaller inputs blur different photographs together (at 96 px, different forests pass 0.93), so
+    near copies are always looked for at this size, whatever size the label check uses."""
+    from scenecls.models.registry import get_spec
+
+    return get_spec(backbone).default_size
 
 
 def image_features(
@@ -165,7 +169,7 @@ def find_groups(
     else:
         for i, j in hashed:
             similarity = duplicates.cosine(features[i], features[j])
-            if similarity >= duplicates.HASH_CONFIRMATION:
+            if similarity >= HASH_CONFIRMATION:
                 near.append((i, j, similarity))
         near += list(duplicates.feature_pairs(features, options.similarity))
     groups = []
