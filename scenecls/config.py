@@ -37,14 +37,18 @@ class TrainConfig:
         metavar="FILE",
     )
     # The seed's best: 94.28 % with 3 dense layers and 5 blocks.
-    backbone: str = option_field("xception", kind="backbone")
+    backbone: str = option_field(
+        "xception", "ImageNet backbone (scenecls backbones lists them).", kind="backbone"
+    )
     weights: str = option_field("imagenet", "imagenet, none, or a weights file.")
     image_size: int | None = option_field(
         None, "Input size in pixels, 16 to 1024  [default: the backbone's]", kind="int", low=16, high=1024
     )
     dense: int = option_field(3, "Hidden dense layers in the head.", kind="int", low=0)
-    units: int = option_field(64, kind="int", low=1)
-    dropout: float = option_field(0.3, kind="float", low=0, high=1, high_open=True)
+    units: int = option_field(64, "Units of each hidden dense layer.", kind="int", low=1)
+    dropout: float = option_field(
+        0.3, "Dropout after each hidden dense layer.", kind="float", low=0, high=1, high_open=True
+    )
     unfreeze: str = option_field(  # blocks, "all", or a progressive schedule "1,3,5"
         "5", "Blocks to fine-tune: N, all, or stages like 1,3,5; 0 = frozen backbone only."
     )
@@ -52,14 +56,14 @@ class TrainConfig:
         None, "Fine-tune the last K layers instead of blocks.", kind="int", low=1
     )
     epochs: int = option_field(10, "Phase 1 epochs (frozen backbone).", kind="int", low=0)
-    lr: float = option_field(1e-3, kind="rate")
-    batch_size: int = option_field(32, kind="int", low=1, short="-b")
+    lr: float = option_field(1e-3, "Phase 1 learning rate (Adam).", kind="rate")
+    batch_size: int = option_field(32, "Images per batch.", kind="int", low=1, short="-b")
     # Chosen by measurement (benchmarks/README.md, "Epochs by measurement"): 6 epochs scored as 10 did on
     # five seeds (0.928 against 0.926) in a fifth to a quarter less time; 4 scored 0.924, below the spread.
     finetune_epochs: int = option_field(6, "Epochs of each fine-tuning stage.", kind="int", low=0)
     # Chosen by measurement (benchmarks/README.md, "The fine-tuning rate and its schedule"): the seed's
     # constant 1e-4 scored 0.5 points lower on each of five seeds; cosine from 2e-4 averages 1e-4.
-    finetune_lr: float = option_field(2e-4, kind="rate")
+    finetune_lr: float = option_field(2e-4, "Fine-tuning learning rate (Adam).", kind="rate")
     lr_schedule: str = option_field(
         "cosine",
         "cosine: decay to 0 over each phase; plateau: x0.2 after 2 epochs without a better val loss.",
@@ -103,7 +107,9 @@ class TrainConfig:
         "last epoch being the model.",
         kind="float", low=0, high=1, high_open=True,
     )  # fmt: skip
-    seed: int = option_field(0, kind="int")
+    seed: int = option_field(
+        0, "Seed of the validation split, the augmentation and the weights' start.", kind="int"
+    )
     split_seed: int | None = None  # the validation split's seed; None: seed. finetune keeps its parent's
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     class_weights: bool = option_field(False, "Weight the loss to balance unequal classes.", kind="flag")

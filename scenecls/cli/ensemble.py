@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import fail_under_option, format_option, project_option
+from scenecls.cli.options import fail_under_option, format_option, option, project_option
 from scenecls.cli.output import Output, accuracy_cell, check_fail_under
 
 
@@ -14,7 +14,7 @@ from scenecls.cli.output import Output, accuracy_cell, check_fail_under
 @click.argument("runs_", metavar="RUN RUN [RUN...]", nargs=-1, required=True)
 @click.option("--name", default="ensemble", show_default=True, help="Run folder (ensemble2... if taken).")
 @click.option("--no-export", is_flag=True, help="Do not write best.tflite for a fast predict.")
-@click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@option("batch_size")
 @fail_under_option()
 @project_option()
 @format_option("table", "json")

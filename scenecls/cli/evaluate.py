@@ -9,6 +9,7 @@ import click
 from scenecls.cli.options import (
     fail_under_option,
     format_option,
+    option,
     precision_options,
     project_option,
     tracking_from,
@@ -27,8 +28,10 @@ from scenecls.cli.output import Output, check_fail_under
     default=None,
     help="[default: test when the data has one, else val]",
 )
-@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--batch-size", "-b", type=click.IntRange(1), default=32, show_default=True)
+@click.option(
+    "--top-k", type=click.IntRange(1), default=3, show_default=True, help="Top-k accuracy for this k."
+)
+@option("batch_size")
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
 @trust_model_option
 @precision_options

@@ -18,7 +18,9 @@ from scenecls.cli.output import Output, exit_for_failed_inputs
 @click.option(
     "--top-k", type=click.IntRange(1), default=3, show_default=True, help="Classes named per image."
 )
-@click.option("--batch-size", "-b", type=click.IntRange(1), default=16, show_default=True)
+@click.option(
+    "--batch-size", "-b", type=click.IntRange(1), default=16, show_default=True, help="Images per batch."
+)
 @project_option()
 @format_option("table", "json", "csv")
 @click.pass_obj

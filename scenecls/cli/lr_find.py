@@ -28,13 +28,17 @@ from scenecls.cli.types import rate_type
 @option("exclude", help="Leave out the images this file lists  [default: the run's]")
 @option("backbone")
 @option("weights", help="imagenet, none, or a file.")
-@option("image_size", help=None)
-@option("dense", help=None)
+@option("image_size")
+@option("dense")
 @option("unfreeze", help="Blocks for --phase finetune.")
 @option("batch_size")
 @option("seed")
-@click.option("--start-lr", type=rate_type(), default=1e-7, show_default=True)
-@click.option("--end-lr", type=rate_type(), default=1.0, show_default=True)
+@click.option(
+    "--start-lr", type=rate_type(), default=1e-7, show_default=True, help="Learning rate of the first batch."
+)
+@click.option(
+    "--end-lr", type=rate_type(), default=1.0, show_default=True, help="Learning rate of the last batch."
+)
 @click.option("--steps", type=click.IntRange(10), default=100, show_default=True, help="Batches to try.")
 @click.option("--no-cache", is_flag=True, help="Head phase on images instead of cached features.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: PROJECT/lr_find_PHASE.png]")

@@ -23,7 +23,12 @@ def _csv_list(value: str) -> list[str]:
 
 
 @click.command("sweep")
-@click.option("--backbones", default="mobilenet_v2,xception,inception_resnet_v2", show_default=True)
+@click.option(
+    "--backbones",
+    default="mobilenet_v2,xception,inception_resnet_v2",
+    show_default=True,
+    help="Backbones, one run per value.",
+)
 @click.option("--unfreeze", default="0,1,3,5", show_default=True, help="Unfrozen blocks, one run per value.")
 @click.option(
     "--dense", default="0,1,2,3", show_default=True, help="Dense layers in the head, one run per value."

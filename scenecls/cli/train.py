@@ -128,8 +128,8 @@ def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path
     help="Refuse the run unless its model has this backbone.",
 )
 @option("unfreeze", help="Blocks to fine-tune: N, all, or 1,3,5.")
-@option("unfreeze_layers", help=None)
-@option("finetune_epochs", low=1, help=None)
+@option("unfreeze_layers", help="Fine-tune the last K layers instead of blocks.")
+@option("finetune_epochs", low=1, help="Epochs of each fine-tuning stage.")
 @option("finetune_lr")
 @finetune_augment_options
 @finetune_cache_options

@@ -31,7 +31,7 @@ class InspectOptions:
     )
     weights: str = "imagenet"
     image_size: int | None = None
-    batch_size: int = option_field(32, kind="int", low=1, short="-b")
+    batch_size: int = option_field(32, "Images per batch.", kind="int", low=1, short="-b")
     folds: int = option_field(
         5,
         "Folds of the cross-validation that predicts each image's class without it.",
