@@ -17,6 +17,7 @@ from scenecls.config_fields import Option, declared_option, option_field
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.mixing import Mixing
 from scenecls.heads import HeadConfig
+from scenecls.precision import JIT_MODES, PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 MAP_AUGMENTATIONS = ("flip", "crop")  # what --finetune-map-aug may name, in the order they apply
@@ -94,8 +95,17 @@ class TrainConfig:
         kind="float", low=0, high=1, high_open=True, metavar="[MOMENTUM]", flag_value=0.99,
         show_default=False,
     )  # fmt: skip
-    mixed_precision: str = "auto"  # auto, off, bfloat16, float16; a run records what auto resolved to
-    jit: str = "auto"  # XLA: auto (Keras's: on GPUs only), on, off
+    mixed_precision: str = option_field(  # a run records what auto resolved to
+        "auto",
+        "Compute in 16 bits: auto = float16 on GPUs with tensor cores, else off (slower on the CPUs "
+        "measured).",
+        kind="choice", choices=PRECISIONS,
+    )  # fmt: skip
+    jit: str = option_field(
+        "auto",
+        "XLA compilation: auto = on GPUs only (slower on the CPUs measured).",
+        kind="choice", choices=JIT_MODES,
+    )  # fmt: skip
     patience: int | None = option_field(
         None,
         "Stop a phase after this many epochs without a better val accuracy; the best weights are restored.",

@@ -32,6 +32,7 @@ class Option:
     metavar: str | None = None
     flag_value: Any = None  # the value of the option given without one (``--ema`` alone)
     short: str | None = None  # e.g. "-b"
+    aliases: tuple[str, ...] = ()  # other spellings, e.g. one from before a rename
     show_default: bool = True  # beside the help (a default that is None is never shown)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from scenecls import runs
 from scenecls.classifier import ENSEMBLE_NAME, input_size, load_model, save_model
+from scenecls.command_options import ENSEMBLE
 from scenecls.errors import UsageError
 from scenecls.progress import NullReporter, Reporter
 
@@ -68,9 +69,9 @@ def make_ensemble(
     refs: list[str],
     project: Path,
     *,
-    name: str = "ensemble",
+    name: str = ENSEMBLE.name,
     export: bool = True,
-    batch_size: int = 32,
+    batch_size: int = ENSEMBLE.batch_size,
     reporter: Reporter | None = None,
 ) -> EnsembleResult:
     """A new run folder ``project/name`` (``name2``... when taken) whose best model averages the best
@@ -99,7 +100,7 @@ def make_ensemble(
 
 
 def make_missing_ensembles(
-    groups: dict[Path, list[Path]], *, export: bool = False, batch_size: int = 32,
+    groups: dict[Path, list[Path]], *, export: bool = False, batch_size: int = ENSEMBLE.batch_size,
     reporter: Reporter | None = None,
 ) -> list[EnsembleResult]:  # fmt: skip
     """Each ensemble folder of ``groups`` (folder -> its members' run folders) that is not a finished

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from scenecls.calibration import calibration_scores, reliability_bins, with_temperature
+from scenecls.command_options import EVALUATE
 from scenecls.errors import UsageError
 from scenecls.metrics import Scores, evaluate_predictions, predict_split, prediction_rows
 from scenecls.progress import NullReporter, Reporter
@@ -85,8 +86,8 @@ def evaluate_run(
     *,
     data: Path | None = None,
     split: str | None = None,
-    top_k: int = 3,
-    batch_size: int = 32,
+    top_k: int = EVALUATE.top_k,
+    batch_size: int = EVALUATE.batch_size,
     tta: bool = False,
     precision: str = "off",
     jit: bool = False,

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scenecls.classifier import PREDICTIONS, find_backbone, input_size
+from scenecls.command_options import EXPLAIN
 from scenecls.data.images import ImageReadError, load_rgb
 from scenecls.files import OUTPUT_MARKERS
 from scenecls.heads import POOL_LAYER
@@ -87,8 +88,8 @@ class GradCam:
 
 
 def explain_files(
-    model, paths: Iterable[str], classes: list[str], *, top_k: int = 3, batch_size: int = 16,
-    reporter: Reporter | None = None,
+    model, paths: Iterable[str], classes: list[str], *, top_k: int = EXPLAIN.top_k,
+    batch_size: int = EXPLAIN.batch_size, reporter: Reporter | None = None,
 ) -> Iterator[Explanation]:  # fmt: skip
     """An :class:`Explanation` per path, in order, ``batch_size`` images at a time; an image that
     cannot be read gets one with an ``error``."""
@@ -157,8 +158,8 @@ MARKER = OUTPUT_MARKERS[1]  # marks an output folder as ours: its heat maps may 
 
 
 def explain_into(
-    model, inputs: list[tuple[str, str | None]], classes: list[str], folder: Path, *, top_k: int = 3,
-    batch_size: int = 16, reporter: Reporter | None = None,
+    model, inputs: list[tuple[str, str | None]], classes: list[str], folder: Path, *,
+    top_k: int = EXPLAIN.top_k, batch_size: int = EXPLAIN.batch_size, reporter: Reporter | None = None,
 ) -> list[Explanation]:  # fmt: skip
     """Explain ``inputs`` (``(path, error)`` pairs, as :func:`scenecls.predict.expand_inputs` gives)
     and write each heat map into ``folder``: a new or empty folder, or one this wrote before (its

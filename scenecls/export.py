@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from scenecls import __version__
+from scenecls.command_options import EXPORT, EXPORT_FORMATS
 from scenecls.errors import ModelError, UsageError, first_line
 from scenecls.files import atomic_path, make_staging, read_head, record_checksum, remove_abandoned
 from scenecls.runtimes import METADATA_SUFFIX, load_runtime, metadata_path
 from scenecls.samples import sample_images
 
-FORMATS = ("savedmodel", "tflite", "onnx")
 # Top-1 agreement with the Keras model below which an export is refused. Float exports compute the same
 # function (differences of rounding only); float16 weights and int8 arithmetic change it a little.
 THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "onnx": 0.99, "float16": 0.98, "int8": 0.90}
@@ -82,10 +82,10 @@ def export_model(
     """Write ``model`` as ``fmt`` to ``output`` (atomically: a failed export leaves nothing), with its
     labels and metadata. ``representative`` images (raw 0-255: what int8 quantization measures its
     value ranges on, TFLite's representative data set) are needed for ``int8``."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format takes one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--to takes one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if quantize and fmt != "tflite":
-        raise UsageError("--quantize applies to --format tflite only")
+        raise UsageError("--quantize applies to --to tflite only")
     if quantize == "int8" and (representative is None or not len(representative)):
         raise UsageError("--quantize int8 needs calibration images (the run's data, or --data)")
     output = Path(output)
@@ -277,7 +277,7 @@ def _onnx(model, path: Path, **_) -> None:
     try:
         import tf2onnx  # noqa: F401  (Keras's ONNX export needs it)
     except ImportError:
-        raise ModelError("--format onnx needs tf2onnx: pip install 'scenecls[onnx]'") from None
+        raise ModelError("--to onnx needs tf2onnx: pip install 'scenecls[onnx]'") from None
     height, width = int(model.input_shape[1]), int(model.input_shape[2])
     model(np.zeros((1, height, width, 3), np.float32), training=False)  # Keras exports only a called model
     _quietly(lambda: model.export(str(path), format="onnx", verbose=False))
@@ -328,8 +328,8 @@ def export_run(
     *,
     output: Path | None = None,
     quantize: str | None = None,
-    representative_images: int = 100,
-    parity_images: int = 200,
+    representative_images: int = EXPORT.representative_images,
+    parity_images: int = EXPORT.parity,
     data: Path | None = None,
     reporter=None,
 ) -> ExportResult:

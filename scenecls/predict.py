@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from scenecls.calibration import UNKNOWN
+from scenecls.command_options import PREDICT
 from scenecls.data.images import ImageReadError, is_image_path, load_rgb
 from scenecls.progress import NullReporter, Reporter
 
@@ -104,8 +105,8 @@ def predict_files(
     inputs: list[tuple[str, str | None]],
     classes: list[str],
     *,
-    batch_size: int = 32,
-    top_k: int = 1,
+    batch_size: int = PREDICT.batch_size,
+    top_k: int = PREDICT.top_k,
     workers: int | None = None,
     reporter: Reporter | None = None,
 ) -> Iterator[Prediction]:

@@ -73,7 +73,10 @@ def test_training_writes_a_checked_best_tflite_that_predict_uses(run):
 def exported(run) -> dict[str, Path]:
     paths = {}
     for fmt in ("tflite", "onnx", "savedmodel"):
-        result = invoke("-q", "export", str(run), "--format", fmt, "--json")
+        # --to names the model format and --format the output; the old spellings (--format tflite,
+        # --json) stay as aliases: savedmodel is exported with them.
+        new = ["--to", fmt, "--format", "json"] if fmt != "savedmodel" else ["--format", fmt, "--json"]
+        result = invoke("-q", "export", str(run), *new)
         assert result.exit_code == 0, result.output
         report = json.loads(result.stdout)
         assert report["parity"]["top1_agreement"] == 1.0 and report["parity"]["max_abs_diff"] < 1e-4

@@ -75,3 +75,55 @@ def test_inspect_takes_its_defaults_and_ranges_from_inspect_options(tmp_path):
     below = f"{SIMILARITY_FLOOR - 0.01:.2f}"
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path), "--similarity", below])
     assert result.exit_code == 2 and "--similarity" in result.output
+
+
+def _declared(config: type) -> dict[str, object]:
+    instance = config()
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(config) if "option" in f.metadata}
+
+
+COMMAND_DECLARATIONS = {
+    "predict": "PredictOptions",
+    "evaluate": "EvaluateOptions",
+    "explain": "ExplainOptions",
+    "export": "ExportOptions",
+    "ensemble": "EnsembleOptions",
+    "sweep": "SweepGrid",
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_DECLARATIONS))
+def test_each_command_takes_its_defaults_from_its_declarations(command):
+    from scenecls import command_options
+
+    config = getattr(command_options, COMMAND_DECLARATIONS[command])
+    params = _defaults(command)
+    for name, default in _declared(config).items():
+        assert params[name] == default, f"{command} --{name}"
+    for name in ("jit", "mixed_precision"):
+        if name in params:
+            assert params[name] == getattr(TrainConfig(), name), f"{command} --{name}"
+
+
+def test_the_library_takes_the_same_defaults_as_the_commands():
+    import inspect
+
+    from scenecls import command_options
+    from scenecls.ensemble import make_ensemble
+    from scenecls.evaluation import evaluate_run
+    from scenecls.explain import explain_into
+    from scenecls.export import export_run
+    from scenecls.predict import predict_files
+
+    calls = {
+        predict_files: ("PredictOptions", {}),
+        evaluate_run: ("EvaluateOptions", {}),
+        explain_into: ("ExplainOptions", {}),
+        export_run: ("ExportOptions", {"parity": "parity_images"}),
+        make_ensemble: ("EnsembleOptions", {}),
+    }
+    for function, (config, renamed) in calls.items():
+        signature = inspect.signature(function).parameters
+        for name, default in _declared(getattr(command_options, config)).items():
+            parameter = signature[renamed.get(name, name)]
+            assert parameter.default == default, f"{function.__name__}({name})"

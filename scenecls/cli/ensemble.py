@@ -8,13 +8,14 @@ import click
 
 from scenecls.cli.options import fail_under_option, format_option, option, project_option
 from scenecls.cli.output import Output, accuracy_cell, check_fail_under
+from scenecls.command_options import EnsembleOptions
 
 
 @click.command("ensemble")
 @click.argument("runs_", metavar="RUN RUN [RUN...]", nargs=-1, required=True)
-@click.option("--name", default="ensemble", show_default=True, help="Run folder (ensemble2... if taken).")
+@option("name", EnsembleOptions)
 @click.option("--no-export", is_flag=True, help="Do not write best.tflite for a fast predict.")
-@option("batch_size")
+@option("batch_size", EnsembleOptions)
 @fail_under_option()
 @project_option()
 @format_option("table", "json")

@@ -17,6 +17,7 @@ from scenecls.cli.options import (
     trust_model_option,
 )
 from scenecls.cli.output import Output, check_fail_under
+from scenecls.command_options import EvaluateOptions
 
 
 @click.command("evaluate")
@@ -28,10 +29,8 @@ from scenecls.cli.output import Output, check_fail_under
     default=None,
     help="[default: test when the data has one, else val]",
 )
-@click.option(
-    "--top-k", type=click.IntRange(1), default=3, show_default=True, help="Top-k accuracy for this k."
-)
-@option("batch_size")
+@option("top_k", EvaluateOptions)
+@option("batch_size", EvaluateOptions)
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
 @trust_model_option
 @precision_options

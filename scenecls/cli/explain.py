@@ -7,20 +7,17 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import format_option, project_option
+from scenecls.cli.options import format_option, option, project_option
 from scenecls.cli.output import Output, exit_for_failed_inputs
+from scenecls.command_options import ExplainOptions
 
 
 @click.command("explain")
 @click.argument("model_ref", metavar="RUN")
 @click.argument("paths", metavar="IMAGE...", nargs=-1, required=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None, help="[default: RUN/explain]")
-@click.option(
-    "--top-k", type=click.IntRange(1), default=3, show_default=True, help="Classes named per image."
-)
-@click.option(
-    "--batch-size", "-b", type=click.IntRange(1), default=16, show_default=True, help="Images per batch."
-)
+@option("top_k", ExplainOptions)
+@option("batch_size", ExplainOptions)
 @project_option()
 @format_option("table", "json", "csv")
 @click.pass_obj

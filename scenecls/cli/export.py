@@ -6,57 +6,55 @@ from pathlib import Path
 
 import click
 
-from scenecls.cli.options import project_option
+from scenecls.cli.options import option, project_option
 from scenecls.cli.output import Output
+from scenecls.command_options import EXPORT_FORMATS, QUANTIZATIONS, ExportOptions
 from scenecls.units import byte_size
 
 
 @click.command("export")
 @click.argument("model", required=False)
 @click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["savedmodel", "tflite", "onnx"]),
+    "--to",
+    "target",
+    type=click.Choice(EXPORT_FORMATS),
     default="tflite",
     show_default=True,
-    help="savedmodel: TensorFlow Serving; tflite: LiteRT (fast predict without TensorFlow); onnx.",
+    help="Model format. savedmodel: TensorFlow Serving; tflite: LiteRT (fast predict without TensorFlow); "
+    "onnx.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: beside the model]")
 @click.option(
     "--quantize",
-    type=click.Choice(["float16", "int8"]),
+    type=click.Choice(QUANTIZATIONS),
     default=None,
     help="tflite only: float16 weights, or int8 calibrated on the run's own images.",
 )
-@click.option(
-    "--calibration",
-    "representative_images",
-    type=click.IntRange(1),
-    default=100,
-    show_default=True,
-    help="Images that calibrate int8.",
-)
-@click.option(
-    "--parity",
-    "parity_images",
-    type=click.IntRange(0),
-    default=200,
-    show_default=True,
-    help="Images run through both models to check the export (0: skip the check).",
-)
+@option("representative_images", ExportOptions)
+@option("parity", ExportOptions)
 @click.option("--data", type=click.Path(path_type=Path), help="Images for the check  [default: the run's]")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json", *EXPORT_FORMATS)),
+    default="table",
+    show_default=True,
+    metavar="[table|json]",
+    help="How to print results on stdout (a model format here is taken as --to, as before).",
+)
+@click.option("--json", "as_json", is_flag=True, hidden=True)  # the old spelling of --format json
 @project_option()
 @click.pass_obj
 def export(
     out: Output,
     model: str | None,
-    fmt: str,
+    target: str,
     output: Path | None,
     quantize: str | None,
     representative_images: int,
-    parity_images: int,
+    parity: int,
     data: Path | None,
+    fmt: str,
     as_json: bool,
     project: Path,
 ) -> None:
@@ -66,14 +64,17 @@ def export(
     and the Keras model and compares them; exits 1 when top-1 agreement is below the format's threshold
     (0.99 for float exports, 0.98 float16, 0.90 int8).
     """
+    if fmt in EXPORT_FORMATS:  # before --to, --format named the model format
+        target, fmt = fmt, "table"
+    as_json = as_json or fmt == "json"
     out.load_tensorflow()
     from scenecls.errors import SceneclsError
     from scenecls.export import export_run
 
     result = export_run(
-        model, project, fmt, output=output, quantize=quantize,
+        model, project, target, output=output, quantize=quantize,
         representative_images=representative_images,
-        parity_images=parity_images, data=data, reporter=out.reporter(),
+        parity_images=parity, data=data, reporter=out.reporter(),
     )  # fmt: skip
     parity = result.parity
     if as_json:

@@ -42,23 +42,7 @@ trust_model_option = click.option(
 
 def precision_options(func):
     """``--mixed-precision`` and ``--jit``, for the commands that train or run a Keras model."""
-    from scenecls.precision import JIT_MODES, PRECISIONS
-
-    func = click.option(
-        "--jit",
-        type=click.Choice(JIT_MODES),
-        default="auto",
-        show_default=True,
-        help="XLA compilation: auto = on GPUs only (slower on the CPUs measured).",
-    )(func)
-    return click.option(
-        "--mixed-precision",
-        type=click.Choice(PRECISIONS),
-        default="auto",
-        show_default=True,
-        help="Compute in 16 bits: auto = float16 on GPUs with tensor cores, else off "
-        "(slower on the CPUs measured).",
-    )(func)
+    return option("mixed_precision")(option("jit")(func))
 
 
 def fail_under_option():
@@ -102,7 +86,7 @@ def _click_option(name: str, spec: Option, default: Any):
     flag = f"--{name.replace('_', '-')}"
     if spec.kind == "switch":
         return click.option(f"{flag}/--no-{flag[2:]}", default=default, help=spec.help)
-    declarations = [flag, *([spec.short] if spec.short else [])]
+    declarations = [flag, *spec.aliases, *([spec.short] if spec.short else [])]
     if spec.kind == "flag":
         return click.option(*declarations, is_flag=True, help=spec.help)
     settings: dict[str, Any] = {"default": default, "help": spec.help, "metavar": spec.metavar}

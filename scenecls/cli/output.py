@@ -116,7 +116,9 @@ class Output:
         title: str | None = None,
         numeric: Sequence[str] = (),
     ) -> None:
-        table = Table(title=title, title_justify="left", header_style="bold")
+        # A key/value table (every heading empty) shows no header row: an empty bold line says nothing.
+        show_header = any(columns)
+        table = Table(title=title, title_justify="left", header_style="bold", show_header=show_header)
         for column in columns:
             table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:

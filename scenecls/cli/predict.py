@@ -10,6 +10,7 @@ import click
 from scenecls.cli.options import format_option, option, precision_options, project_option, trust_model_option
 from scenecls.cli.output import Output, dumps, exit_for_failed_inputs
 from scenecls.cli.types import FiniteFloatRange
+from scenecls.command_options import PredictOptions
 
 
 @click.command("predict")
@@ -28,9 +29,7 @@ from scenecls.cli.types import FiniteFloatRange
     help="Use a run's best.keras even when its best.tflite (the same model, faster) is there.",
 )
 @click.option("--tta", is_flag=True, help="Average each image's prediction with its mirror image's.")
-@click.option(
-    "--top-k", type=click.IntRange(1), default=1, show_default=True, help="Classes listed per image."
-)
+@option("top_k", PredictOptions)
 @click.option(
     "--min-confidence",
     type=FiniteFloatRange(0, 1),
@@ -39,7 +38,7 @@ from scenecls.cli.types import FiniteFloatRange
     help="Answer unknown when the top class's confidence (calibrated on the run's validation images) "
     "is below P; the top class stays in best_guess. Choose P from evaluate's accuracy against coverage.",
 )
-@option("batch_size")
+@option("batch_size", PredictOptions)
 @trust_model_option
 @precision_options
 @project_option()

@@ -9,6 +9,7 @@ import click
 from scenecls.cli.options import (
     cache_options,
     config_from_options,
+    option,
     recipe_options,
     run_options,
     tracking_from,
@@ -16,6 +17,7 @@ from scenecls.cli.options import (
 )
 from scenecls.cli.output import Output
 from scenecls.cli.train import choose_distribution
+from scenecls.command_options import SweepGrid
 
 
 def _csv_list(value: str) -> list[str]:
@@ -23,16 +25,9 @@ def _csv_list(value: str) -> list[str]:
 
 
 @click.command("sweep")
-@click.option(
-    "--backbones",
-    default="mobilenet_v2,xception,inception_resnet_v2",
-    show_default=True,
-    help="Backbones, one run per value.",
-)
-@click.option("--unfreeze", default="0,1,3,5", show_default=True, help="Unfrozen blocks, one run per value.")
-@click.option(
-    "--dense", default="0,1,2,3", show_default=True, help="Dense layers in the head, one run per value."
-)
+@option("backbones", SweepGrid)
+@option("unfreeze", SweepGrid)
+@option("dense", SweepGrid)
 @click.option(
     "--seeds",
     default=None,
