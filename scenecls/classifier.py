@@ -10,8 +10,9 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from scenecls.checksums import changed_since_written, checksum_matches, record_checksum
 from scenecls.errors import ModelError, first_line
-from scenecls.files import atomic_path, changed_since_written, checksum_matches, record_checksum
+from scenecls.files import atomic_path
 from scenecls.heads import HeadConfig, apply_head
 from scenecls.models.registry import SCALE_MINUS_ONE_TO_ONE, BackboneSpec, build_backbone, get_spec
 from scenecls.safety import check_keras_archive

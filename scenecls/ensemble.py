@@ -26,6 +26,7 @@ from scenecls.classifier import ENSEMBLE_NAME, input_size, load_model, save_mode
 from scenecls.command_options import ENSEMBLE
 from scenecls.errors import UsageError
 from scenecls.progress import NullReporter, Reporter
+from scenecls.units import count
 
 MEMBER_PREFIX = "member_"
 
@@ -192,7 +193,7 @@ def _write_run(
     test_accuracy = None
     tested = 0
     if data.test:
-        reporter.log(f"Testing the ensemble on {len(data.test)} test images")
+        reporter.log(f"Testing the ensemble on {count(len(data.test), 'test image')}")
         probs = predict_split(model, data.test, batch_size)
         evaluation = evaluate_predictions(probs, np.asarray(data.test.labels), data.classes, split="test")
         test_accuracy, tested = evaluation.accuracy, evaluation.images

@@ -16,6 +16,7 @@ from scenecls.command_options import EVALUATE
 from scenecls.errors import UsageError
 from scenecls.metrics import Scores, evaluate_predictions, predict_split, prediction_rows
 from scenecls.progress import NullReporter, Reporter
+from scenecls.units import count
 
 
 def _check_ensemble_split(config: dict[str, Any], name: str) -> None:
@@ -134,7 +135,7 @@ def evaluate_run(
         )
     if not chosen:
         raise UsageError(f"{source} has no {name} split")
-    reporter.log(f"Evaluating {model_path} on {len(chosen)} {name} images of {source}")
+    reporter.log(f"Evaluating {model_path} on {count(len(chosen), name + ' image')} of {source}")
     if model_kind(model_path) == "keras":
         model = with_precision(load_model(model_path), precision)
         check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from scenecls import __version__
+from scenecls.checksums import record_checksum
 from scenecls.command_options import EXPORT, EXPORT_FORMATS
 from scenecls.errors import ModelError, UsageError, first_line
-from scenecls.files import atomic_path, make_staging, read_head, record_checksum, remove_abandoned
+from scenecls.files import atomic_path, make_staging, read_head, remove_abandoned
 from scenecls.runtimes import METADATA_SUFFIX, load_runtime, metadata_path
 from scenecls.samples import sample_images
 
@@ -284,11 +285,17 @@ def _onnx(model, path: Path, **_) -> None:
 
 
 def _quietly(export) -> None:
-    """Run a converter; its failures become one-line errors (converters print much and raise anything)."""
+    """Run a converter; its failures become one-line errors (converters print much and raise anything).
+    What they print is held back: Python's prints would land in a script's JSON on stdout, and the
+    converter's C++ notes ("fully_quantize: 0, inference_type: 6, ...") in its log."""
+    import contextlib
+    import io
     import warnings
 
+    from scenecls.progress import native_stderr_silenced
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
             warnings.simplefilter("ignore")
             export()
     except (ModelError, UsageError):

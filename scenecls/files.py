@@ -1,4 +1,4 @@
-"""The rules for files this tool writes, in one place: checksums, free space, atomic replacement, locks,
+"""The rules for files this tool writes, in one place: free space, atomic replacement, locks,
 and staging folders that name the process that made them.
 
 A file is replaced in one step, so that a crash or Ctrl-C leaves either the old file or the new one.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import platform
 import re
@@ -34,60 +33,6 @@ STAGING_MARKER = ".scenecls-staging"
 # Another host's unfinished staging (a shared filesystem) counts as abandoned after this many seconds,
 # since that host's processes cannot be asked.
 ABANDONED_AFTER = 24 * 3600
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-CHECKSUM_SUFFIX = ".sha256"
-
-
-def checksum_path(path: Path) -> Path:
-    """Where the SHA-256 of a model file this tool wrote is kept: ``NAME.sha256`` beside it, in the
-    format ``sha256sum -c`` reads."""
-    path = Path(path)
-    return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def record_checksum(path: Path) -> str:
-    """Write the SHA-256 of ``path`` beside it (after the file itself is in place); returns it."""
-    digest = file_sha256(path)
-    with atomic_path(checksum_path(path)) as tmp:
-        tmp.write_text(f"{digest}  {Path(path).name}\n", encoding="utf-8")
-    return digest
-
-
-def recorded_checksum(path: Path) -> str | None:
-    """The SHA-256 recorded for ``path`` when it was written; None when none was (a file from elsewhere,
-    or from before checksums were kept) or the record is unreadable."""
-    record = checksum_path(path)
-    try:
-        if record.is_symlink() or not record.is_file() or record.stat().st_size > 4096:
-            return None
-        digest = record.read_text(encoding="utf-8").split(maxsplit=1)[0].lower()
-    except (OSError, UnicodeDecodeError, IndexError):
-        return None
-    return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
-
-
-def checksum_matches(path: Path) -> bool:
-    """False only when a checksum was recorded for ``path`` and the file no longer has it (changed or
-    damaged since it was written)."""
-    recorded = recorded_checksum(path)
-    return recorded is None or file_sha256(path) == recorded
-
-
-def changed_since_written(path: Path) -> str:
-    """Why a model file whose checksum no longer matches is refused, in one sentence."""
-    return (
-        f"{path} is not the file scenecls wrote: its SHA-256 differs from the one recorded in "
-        f"{checksum_path(path).name} (changed or damaged since); refused"
-    )
 
 
 def check_free_space(what: str, size: int, dest: Path) -> None:

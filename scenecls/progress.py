@@ -27,7 +27,9 @@ class Task(Protocol):
         info: str | None = None,
     ) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, *, summarised: bool = False) -> None:
+        """End the task; ``summarised``: the caller logs a line of its own about it next (an epoch's
+        results), so a log gets no second line saying it is done."""
 
 
 class Reporter(Protocol):
@@ -48,7 +50,7 @@ class _NullTask:
     def update(self, **_: object) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, *, summarised: bool = False) -> None:
         pass
 
 

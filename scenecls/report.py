@@ -106,7 +106,9 @@ def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None) -> str:
 
 
 def _summary(config: dict, metrics: dict, state: dict) -> str:
-    test = metrics.get("calibration", {}).get("test", {})
+    calibration = metrics.get("calibration") or {}
+    test = calibration.get("test", {})
+    not_applied = calibration.get("not_applied")
     cells = [
         ("status", state.get("status", "-")),
         ("backbone", config.get("backbone")),
@@ -119,7 +121,10 @@ def _summary(config: dict, metrics: dict, state: dict) -> str:
         ("best validation accuracy", _number(metrics.get("best_val_accuracy"))),
         ("best epoch", f"{metrics.get('best_epoch', '-')} ({metrics.get('best_phase', '-')})"),
         ("test accuracy", _number(metrics.get("test_accuracy"))),
-        ("temperature", _number(metrics.get("temperature"), 3)),
+        (
+            "temperature",
+            _number(metrics.get("temperature"), 3) + (f" (left at 1: {not_applied})" if not_applied else ""),
+        ),
         (
             "test ECE before / after calibration",
             f"{_number(test.get('before', {}).get('ece'))} / {_number(test.get('after', {}).get('ece'))}"

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from scenecls.checksums import checksum_path
 from scenecls.errors import first_line
 from scenecls.export import Parity, check_parity, export_model
-from scenecls.files import checksum_path
 from scenecls.runtimes import metadata_path
 from scenecls.samples import split_images
 

@@ -13,14 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from scenecls.checksums import changed_since_written, checksum_matches, record_checksum, recorded_checksum
 from scenecls.errors import SceneclsError, UsageError
-from scenecls.files import (
-    atomic_path,
-    changed_since_written,
-    checksum_matches,
-    record_checksum,
-    recorded_checksum,
-)
+from scenecls.files import atomic_path
 
 CONFIG = "config.json"
 LABELS = "labels.json"

@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from scenecls.checksums import changed_since_written, checksum_matches
 from scenecls.errors import ModelError, first_line
-from scenecls.files import changed_since_written, checksum_matches
 from scenecls.progress import native_stderr_silenced
 
 INSTALL = {"tflite": "pip install ai-edge-litert", "onnx": "pip install 'scenecls[onnx]'"}

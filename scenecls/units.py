@@ -1,4 +1,4 @@
-"""Byte counts as people read them, one way everywhere the tool prints a size."""
+"""Sizes and counts as people read them, one way everywhere the tool prints one."""
 
 from __future__ import annotations
 
@@ -11,3 +11,9 @@ def byte_size(count: float) -> str:
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count:.0f} B"
+
+
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``, ``0 images``: a number with its noun agreeing (``plural`` when adding
+    an s is not the English plural)."""
+    return f"{number:,} {noun if number == 1 else plural or noun + 's'}"

@@ -88,6 +88,18 @@ def test_the_temperature_lives_in_the_model_weights_and_keeps_every_class(tmp_pa
     assert after.max(axis=1).mean() > before.max(axis=1).mean()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def always_fit():
+    """These tests follow a fitted temperature through a run's files (the model, metrics.json, evaluate,
+    calibrate, predict); their runs have far fewer validation images than a temperature is fitted on,
+    so here every fit is applied. Whether to apply one is tested in test_calibration_judged.py."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            "scenecls.training.calibrate.judge_temperature", lambda probs, labels, fitted: (None, "")
+        )
+        yield
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("calibration")

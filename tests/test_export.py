@@ -323,7 +323,7 @@ def _flip_bytes(path: Path, count: int = 20) -> None:
 
 
 def test_every_model_file_records_its_checksum_when_written(run, exported):
-    from scenecls.files import checksum_path, file_sha256, recorded_checksum
+    from scenecls.checksums import checksum_path, file_sha256, recorded_checksum
 
     for path in (
         run / "best.keras",
@@ -363,3 +363,41 @@ def test_a_changed_best_keras_is_refused(run, tmp_path):
     result = invoke("predict", str(image), "--project", str(copy.parent), "--keras")
     assert result.exit_code == 1
     assert "not the file scenecls wrote" in one_error_line(result)
+
+
+# Lines that TensorFlow, LiteRT, absl or MLflow print on their own, which a user's terminal or a job's
+# log should never see from scenecls (--debug shows them).
+FOREIGN_LINES = (
+    "fully_quantize",
+    "inference_type",
+    "absl::InitializeLog",
+    "cudart_stub",
+    "cpu_feature_guard",
+    "oneDNN",
+    "I0000 00:00",
+    "W0000 00:00",
+    "INFO:tensorflow",
+    "Saved artifact at",
+    "mlflow",
+)
+
+
+def test_no_foreign_lines_leak_from_an_int8_export_evaluate_or_predict(run, tmp_path):
+    """Each command in a process of its own, as a user runs it: stdout holds only the result, and
+    stderr only scenecls's own lines."""
+    image = next(Path(json.loads((run / "config.json").read_text())["data"]).rglob("*.jpg"))
+    commands = [
+        ["export", str(run), "--to", "tflite", "--quantize", "int8", "--representative-images", "8",
+         "--parity", "0", "--output", str(tmp_path / "int8.tflite"), "--format", "json"],
+        ["evaluate", str(run), "--format", "json"],
+        ["predict", str(image), "--model", str(run / "best.keras"), "--format", "json"],
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    for args in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", "scenecls", *args], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert done.returncode == 0, (args[0], done.stderr[-2000:])
+        json.loads(done.stdout)  # nothing but the result on stdout
+        leaked = [line for line in done.stderr.splitlines() if any(f in line for f in FOREIGN_LINES)]
+        assert not leaked, (args[0], leaked)

@@ -42,6 +42,21 @@ def test_plain_progress_lines_say_count_rate_and_time_left(monkeypatch):
     assert not any("\r" in line for line in sink.lines)
 
 
+def test_a_task_its_caller_summarises_ends_without_a_line_of_its_own_unless_stopped():
+    sink = Lines()
+    reporter = PlainReporter(sink, interval=1000)
+    epoch = reporter.task("Epoch 1/5 head", total=10, unit="batches")
+    epoch.update(completed=10)
+    epoch.close(summarised=True)  # the epoch's own line (loss, accuracy) follows
+    assert sink.lines == []
+    stopped = reporter.task("Epoch 2/5 head", total=10, unit="batches")
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        stopped.close(summarised=True)
+    assert sink.lines == ["Epoch 2/5 head: stopped after 0 batches in 0s"]
+
+
 def test_plain_progress_of_a_download_in_bytes(monkeypatch):
     clock = {"now": 0.0}
     monkeypatch.setattr("scenecls.cli.progress.time.monotonic", lambda: clock["now"])

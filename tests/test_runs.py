@@ -112,7 +112,7 @@ def _loads_but_fails_to_run(model: bytes) -> bytes:
 
 
 def test_a_tflite_that_loads_and_fails_to_run_is_one_line(run, image):
-    from scenecls.files import checksum_path
+    from scenecls.checksums import checksum_path
 
     model = run / "best.tflite"
     model.write_bytes(_loads_but_fails_to_run(model.read_bytes()))

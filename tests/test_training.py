@@ -124,7 +124,7 @@ def test_predict_mixed_good_and_bad_files(trained, data, tmp_path):
     all_bad = invoke(
         "predict", str(tmp_path / "zero.jpg"), str(cut), "--model", str(trained), "--format", "csv"
     )
-    assert all_bad.exit_code == 4 and "none of the 2 input(s)" in all_bad.stderr
+    assert all_bad.exit_code == 4 and "none of the 2 inputs" in all_bad.stderr
     assert [r["error"] != "" for r in csv.DictReader(io.StringIO(all_bad.stdout))] == [True, True]
 
     listed = "\n".join(str(p) for p in good) + "\n"

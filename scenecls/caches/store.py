@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scenecls.files import STAGING_MARKER, file_sha256, make_staging, remove_abandoned, staging_path
+from scenecls.checksums import file_sha256
+from scenecls.files import STAGING_MARKER, make_staging, remove_abandoned, staging_path
 
 if TYPE_CHECKING:
     from scenecls.data.augment import AugmentConfig

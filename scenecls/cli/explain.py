@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from scenecls.cli.options import format_option, option, project_option
-from scenecls.cli.output import Output, exit_for_failed_inputs
+from scenecls.cli.output import Output, exit_for_failed_inputs, say_model
 from scenecls.command_options import ExplainOptions
 
 
@@ -48,6 +48,7 @@ def explain(
             f"{model_path} is an exported model; explaining follows gradients through the Keras model: "
             f"give the run, or its best.keras"
         )
+    say_model(out, model_path, run_dir, fmt)
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
     folder = output or (run_dir or model_path.parent) / "explain"
     out.load_tensorflow()

@@ -9,6 +9,7 @@ import click
 from scenecls.cli.options import format_option, option
 from scenecls.cli.output import Output
 from scenecls.inspection.options import InspectOptions
+from scenecls.units import count
 
 GROUPS_SHOWN = 20  # duplicate groups printed per kind in the table (all are in the JSON, CSV and sheets)
 
@@ -101,9 +102,12 @@ def inspect(
     from scenecls.data.exclude import write_exclude as write_list
     from scenecls.files import claim_folder
     from scenecls.inspection import MARKER, default_output, inspect_dataset, write_findings
+    from scenecls.models.registry import check_weights
     from scenecls.paths import data_source
 
     source = data_source(data)
+    if not no_features:
+        check_weights(options["weights"])  # before every image is hashed
     folder = output or default_output(source)
     settings = InspectOptions(features=not no_features, **options)
     claim_folder(folder, MARKER, "scenecls inspect")  # refused before any work, not after
@@ -126,14 +130,15 @@ def inspect(
             )
         why = (
             f"from scenecls inspect: leaks {'dropped' if drop_leaks else 'kept'}, conflicting labels "
-            f"{'dropped' if drop_conflicts else 'kept'}, {drop_label_errors} label error(s) at most"
+            f"{'dropped' if drop_conflicts else 'kept'}, {count(drop_label_errors, 'label error')} at most"
         )
         excluded = write_list(write_exclude, paths, source, why=why)
     _render(out, result, fmt, top)
-    out.log(f"Contact sheets and inspection.json in {folder} ({len(written) - 1} sheet(s))")
+    out.log(f"Contact sheets and inspection.json in {folder} ({count(len(written) - 1, 'sheet')})")
     if excluded is not None:
         out.log(
-            f"Exclude list: {excluded} image(s) in {write_exclude} (train with --exclude {write_exclude})"
+            f"Exclude list: {count(excluded, 'image')} in {write_exclude} "
+            f"(train with --exclude {write_exclude})"
         )
 
 
@@ -175,6 +180,29 @@ def _csv_rows(result, top: int):
 
 
 def _tables(out: Output, result, top: int) -> None:
+    _summary_tables(out, result)
+    _group_tables(out, result)
+    if result.suspects and top:
+        rows = [
+            [r, row["split"], row["label"], row["suggested"], f"{row['given_probability']:.3f}", row["path"]]
+            for r, row in ((r, result.suspect_dict(r, s)) for r, s in enumerate(result.suspects[:top], 1))
+        ]
+        out.table(
+            ["rank", "split", "given", "suggested", "p(given)", "path"],
+            rows,
+            title=f"Likely label errors (top {len(rows)} of {len(result.suspects)})",
+            numeric=["rank", "p(given)"],
+        )
+    if result.unreadable:
+        out.table(
+            ["path", "reason"],
+            result.unreadable[:GROUPS_SHOWN],
+            title=f"Unreadable files ({len(result.unreadable)})",
+        )
+
+
+def _summary_tables(out: Output, result) -> None:
+    """What was found in numbers, the class balance and the images' sizes."""
     counts = result.counts()
     balance = result.balance()
     splits = list(balance)
@@ -207,51 +235,35 @@ def _tables(out: Output, result, top: int) -> None:
                 s["grayscale"],
             ]
         )
+    columns = ["split", "most common size", "other sizes", "smallest side min / median", "aspect"]
     out.table(
-        [
-            "split",
-            "most common size",
-            "other sizes",
-            "smallest side min / median",
-            "aspect",
-            "elongated",
-            "grayscale",
-        ],
+        [*columns, "elongated", "grayscale"],
         rows,
         title="Images",
         numeric=["other sizes", "elongated", "grayscale"],
     )
+
+
+def _group_tables(out: Output, result) -> None:
+    """The duplicate groups of each kind, the first GROUPS_SHOWN of each (all are in the JSON)."""
     for title, groups in (
-        ("Across splits (leaks)", result.leaks()),
-        ("With conflicting labels", result.conflicts()),
+        ("across splits (leaks)", result.leaks()),
+        ("with conflicting labels", result.conflicts()),
+        ("within a split", [g for g in result.within() if not g.conflict]),
     ):
-        if groups:
-            rows = [
-                [
-                    n,
-                    g.kind,
-                    "; ".join(
-                        f"{m['split']}/{m['label']}: {m['path']}" for m in result.group_dict(g)["images"]
-                    ),
-                ]
-                for n, g in enumerate(groups[:GROUPS_SHOWN], 1)
-            ]
-            more = f" (first {GROUPS_SHOWN} of {len(groups)})" if len(groups) > GROUPS_SHOWN else ""
-            out.table(["#", "kind", "images"], rows, title=f"Duplicate groups {title.lower()}{more}")
-    if result.suspects and top:
+        if not groups:
+            continue
         rows = [
-            [r, row["split"], row["label"], row["suggested"], f"{row['given_probability']:.3f}", row["path"]]
-            for r, row in ((r, result.suspect_dict(r, s)) for r, s in enumerate(result.suspects[:top], 1))
+            [
+                n,
+                g.kind,
+                "; ".join(f"{m['split']}/{m['label']}: {m['path']}" for m in result.group_dict(g)["images"]),
+            ]
+            for n, g in enumerate(groups[:GROUPS_SHOWN], 1)
         ]
-        out.table(
-            ["rank", "split", "given", "suggested", "p(given)", "path"],
-            rows,
-            title=f"Likely label errors (top {len(rows)} of {len(result.suspects)})",
-            numeric=["rank", "p(given)"],
+        more = (
+            f" (first {GROUPS_SHOWN} of {len(groups)}; all in inspection.json)"
+            if len(groups) > GROUPS_SHOWN
+            else ""
         )
-    if result.unreadable:
-        out.table(
-            ["path", "reason"],
-            result.unreadable[:GROUPS_SHOWN],
-            title=f"Unreadable files ({len(result.unreadable)})",
-        )
+        out.table(["#", "kind", "images"], rows, title=f"Duplicate groups {title}{more}")

@@ -10,7 +10,9 @@ import csv
 import io
 import json
 import sys
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -21,16 +23,17 @@ from rich.text import Text
 
 from scenecls.cli.progress import PlainReporter, RichReporter
 from scenecls.progress import native_stderr_silenced
+from scenecls.units import count
 
 
 def exit_for_failed_inputs(out: Output, failed: int, total: int, done: str) -> None:
     """The exit code of a command over many inputs: 4 when every one failed (or there were none), 3
     when some did (said once on stderr), else none; ``done`` is what was not done to them."""
     if failed == total:
-        out.warn(f"none of the {total} input(s) could be {done}")
+        out.warn(f"none of the {count(total, 'input')} could be {done}")
         raise click.exceptions.Exit(4)
     if failed:
-        out.warn(f"{failed} of {total} input(s) could not be {done}")
+        out.warn(f"{failed} of {count(total, 'input')} could not be {done}")
         raise click.exceptions.Exit(3)
 
 
@@ -54,6 +57,7 @@ def accuracy_cell(value: float | None) -> str:
 
 class Output:
     def __init__(self, quiet: bool = False, debug: bool = False) -> None:
+        self.started = time.monotonic()  # the command's own time, for summaries
         self.quiet = quiet
         self.debug = debug
         self.err = Console(stderr=True, quiet=quiet, highlight=False, soft_wrap=True)
@@ -168,3 +172,21 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def say_model(out: Output, model_path, run_dir, fmt: str) -> None:
+    """Name on stderr the model a command uses (after ``ensemble``, "the latest run" is the ensemble):
+    not with JSON output, where the result names it."""
+    if fmt in ("json", "jsonl"):
+        return
+    what = ""
+    if run_dir is not None:
+        from scenecls.runs import Run
+
+        config = Run(run_dir).recorded if (Path(run_dir) / "config.json").is_file() else {}
+        members = (config.get("ensemble") or {}).get("members") or []
+        if members:
+            what = f", the ensemble of {len(members)} runs"
+        elif config.get("backbone"):
+            what = f", {config['backbone']}"
+    out.log(f"Model: {model_path}{what}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from scenecls.cli.options import format_option, option, precision_options, project_option, trust_model_option
-from scenecls.cli.output import Output, dumps, exit_for_failed_inputs
+from scenecls.cli.output import Output, dumps, exit_for_failed_inputs, say_model
 from scenecls.cli.types import FiniteFloatRange
 from scenecls.command_options import PredictOptions
 
@@ -75,6 +75,7 @@ def predict(
         model_path = fast_model(model_path, warn=out.warn)
     if needs_tensorflow(model_path):  # .tflite and .onnx run without it: a fraction of a second
         out.load_tensorflow()
+    say_model(out, model_path, run_dir, fmt)
     inputs = expand_inputs(paths, stdin=sys.stdin if "-" in paths else None)
     precision, compiled = inference_settings(out, model_path, mixed_precision, jit)
     runtime = load_runtime(

@@ -65,7 +65,7 @@ class _RichTask:
             self._id, completed=completed, total=total, description=description, **fields
         )
 
-    def close(self) -> None:
+    def close(self, *, summarised: bool = False) -> None:
         if not self._closed:
             self._closed = True
             self._reporter.release()
@@ -164,13 +164,16 @@ class _PlainTask:
             self.info = info
         self._maybe_print()
 
-    def close(self) -> None:
+    def close(self, *, summarised: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
         elapsed = time.monotonic() - self._start
         # Closed while an error or Ctrl-C is on its way up (a ``finally``): the task did not finish.
-        ended = "stopped after" if sys.exc_info()[0] is not None else "done,"
+        stopped = sys.exc_info()[0] is not None
+        if summarised and not stopped:  # the caller's own line says it: one line, not two
+            return
+        ended = "stopped after" if stopped else "done,"
         self._reporter.log(
             f"{self.description}: {ended} {self._amount(self.completed)} in {_duration(elapsed)}"
         )
@@ -198,7 +201,8 @@ class _PlainTask:
         if self.unit == "B":
             return byte_size(value) + (f"/{byte_size(total)}" if total else "")
         shown = f"{value:.1f}" if value and value < 10 and value != int(value) else f"{int(value)}"
-        return shown + (f"/{int(total)}" if total else "") + f" {self.unit}"
+        one = value == 1 and not total and self.unit.endswith("s")  # "1 image", not "1 images"
+        return shown + (f"/{int(total)}" if total else "") + f" {self.unit[:-1] if one else self.unit}"
 
 
 def _duration(seconds: float) -> str:

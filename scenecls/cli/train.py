@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -78,8 +79,12 @@ def train(
     them and prints how to resume.
     """
     from scenecls import runs
+    from scenecls.models.registry import check_weights
     from scenecls.paths import data_source
 
+    if not resume:  # no data set or weights: say so at once, before TensorFlow loads or a folder is made
+        check_weights(options["weights"])
+        data_source(data)
     distribution = choose_distribution(out, distribute)
     tracking = tracking_from(out, options, project)
     if resume:
@@ -248,10 +253,35 @@ def _render(out: Output, result, fmt: str) -> None:
             ["best val accuracy", accuracy_cell(result.best_val_accuracy)],
             ["best epoch", f"{result.best_epoch} ({result.best_phase}){last}"],
             ["test accuracy", accuracy_cell(result.test_accuracy)],
-            ["temperature", "-" if result.temperature is None else f"{result.temperature:.3f}"],
+            ["temperature", _temperature_cell(result)],
             ["epochs", str(result.epochs) + (" (stopped early)" if result.stopped_early else "")],
-            ["time", f"{result.seconds:.0f} s"],
+            ["time", f"{time.monotonic() - out.started:.0f} s"],  # the command's, start-up included
             ["run folder", str(result.run_dir)],
         ],
         title="Training finished",
     )
+    if result.status == "finished":
+        _next_steps(out, result.run_dir)
+
+
+def _temperature_cell(result) -> str:
+    if result.temperature is None:
+        return "-"
+    if result.calibration_not_applied:
+        return f"{result.temperature:.3f} (not fitted: {result.calibration_not_applied})"
+    return f"{result.temperature:.3f}"
+
+
+def _next_steps(out: Output, run_dir: Path) -> None:
+    """Where the results are and the commands that come next, with this run's folder in them."""
+    out.log(f"Results in {run_dir}/: best.keras (calibrated), metrics.json, predictions.csv, history.csv")
+    out.log("Next:")
+    steps = [
+        (f"scenecls evaluate {run_dir}", "scores on the test split"),
+        (f"scenecls predict --model {run_dir} PHOTO...", "classify your own images"),
+        (f"scenecls report {run_dir}", "one HTML page about the run"),
+        (f"scenecls export {run_dir} --to onnx", "other formats, checked"),
+    ]
+    width = max(len(command) for command, _ in steps) + 2
+    for command, what in steps:
+        out.log(f"  {command:<{width}}# {what}")

@@ -20,12 +20,10 @@ import urllib.request
 from pathlib import Path
 
 from scenecls import __version__
+from scenecls.checksums import file_sha256
 from scenecls.data.archives import archive_kind, is_tar
 from scenecls.errors import DownloadError, UsageError, first_line
-from scenecls.files import (
-    CHUNK,
-    file_sha256,
-)
+from scenecls.files import CHUNK
 from scenecls.progress import NullReporter, Reporter
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}

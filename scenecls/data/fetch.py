@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scenecls import __version__
+from scenecls.checksums import file_sha256
 from scenecls.data.archives import (
     DEFAULT_MAX_BYTES,
     IGNORED_NAMES,
@@ -37,13 +38,7 @@ from scenecls.data.download import (
 )
 from scenecls.data.images import IMAGE_SUFFIXES
 from scenecls.errors import DataError, UsageError, first_line
-from scenecls.files import (
-    file_sha256,
-    is_staging,
-    locked,
-    make_staging,
-    remove_abandoned,
-)
+from scenecls.files import is_staging, locked, make_staging, remove_abandoned
 from scenecls.progress import NullReporter, Reporter
 
 INTEL_URL = "https://www.kaggle.com/api/v1/datasets/download/puneet6060/intel-image-classification"

@@ -24,6 +24,7 @@ from scenecls.data.layout import DatasetIndex, Split, index_dataset
 from scenecls.errors import DataError
 from scenecls.paths import cache_dir, data_source
 from scenecls.progress import NullReporter, Reporter
+from scenecls.units import count
 
 
 @dataclass
@@ -93,7 +94,7 @@ def prepare_data(
     for name, split in list(index.splits.items()):
         index.splits[name] = split.subset([i for i, p in enumerate(split.paths) if p not in bad])
     if scan.bad:
-        reporter.warn(f"skipped {len(scan.bad)} unreadable file(s); first: {_first_bad(scan.bad)}")
+        reporter.warn(f"skipped {count(len(scan.bad), 'unreadable file')}; first: {_first_bad(scan.bad)}")
 
     train = index.splits["train"]
     if not len(train):
@@ -191,10 +192,10 @@ def leave_out(index: DatasetIndex, exclude: Path, reporter: Reporter) -> None:
             f"split off the training images instead (--val-split)"
         )
     unknown = len(listed) - len(set(dropped))
-    reporter.log(f"Left out {len(dropped)} image(s) listed in {exclude}")
+    reporter.log(f"Left out {count(len(dropped), 'image')} listed in {exclude}")
     if unknown:
         reporter.warn(
-            f"{unknown} path(s) listed in {exclude} are not in {index.root}; nothing to leave out there"
+            f"{count(unknown, 'path')} listed in {exclude} not in {index.root}: nothing to leave out there"
         )
     index.excluded = exclude_digest(dropped) if dropped else None
     index.left_out = len(dropped)

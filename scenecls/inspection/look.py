@@ -34,6 +34,7 @@ from scenecls.inspection.options import HASH_CONFIRMATION, InspectOptions
 from scenecls.label_errors import Suspect, find_suspects, out_of_fold_probabilities
 from scenecls.paths import cache_dir
 from scenecls.progress import NullReporter, Reporter
+from scenecls.units import count
 
 
 def inspect_dataset(
@@ -222,4 +223,6 @@ def check_labels(
     ]
     left_out = len(items) - len(rows)
     note = f"{folds}-fold out-of-fold predictions of a linear head on {len(rows)} images"
-    return found, note + (f"; {left_out} image(s) of single-image classes not checked" if left_out else "")
+    return found, note + (
+        f"; {count(left_out, 'image')} of single-image classes not checked" if left_out else ""
+    )

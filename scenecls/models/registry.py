@@ -86,6 +86,18 @@ def cached_weights(spec: BackboneSpec, size: int | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
+def check_weights(weights: str | Path | None) -> None:
+    """Refuse, before any long work, a ``--weights`` path that is no file (its fit is checked when the
+    model is built); ``imagenet`` and ``none`` pass."""
+    if weights in (None, "none", "imagenet"):
+        return
+    path = Path(weights)
+    if path.is_dir():
+        raise ModelError(f"--weights {path} is a folder; give a weights file (.h5 or .weights.h5)")
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+
+
 def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | Path | None = "imagenet"):
     """The backbone without its top, at ``size`` x ``size``, with ``weights``.
 

@@ -19,8 +19,10 @@ from scenecls.calibration import (
     ECE_BINS,
     HIGHEST_TEMPERATURE,
     LOWEST_TEMPERATURE,
+    MIN_CALIBRATION_IMAGES,
     calibration_scores,
     fit_temperature,
+    held_out_check,
     with_temperature,
 )
 from scenecls.classifier import load_model, save_model, scale_logits
@@ -52,23 +54,27 @@ def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) ->
         model = load_model(path, compile=True)  # saved back with its optimizer's state, as checkpoints are
     labels = np.asarray(data.val.labels)
     raw = with_temperature(predict_split(model, data.val, context.config.batch_size), 1.0 / inside)
-    temperature = fit_temperature(raw, labels)
-    if not LOWEST_TEMPERATURE * 1.01 < temperature < HIGHEST_TEMPERATURE * 0.99:
-        reporter.warn(
-            f"the fitted temperature {temperature:.3g} is at the edge of what is searched "
-            f"({LOWEST_TEMPERATURE:g}-{HIGHEST_TEMPERATURE:g}): too few or too odd validation images "
-            f"to trust it"
-        )
-    scale_logits(model, temperature / inside)
-    save_model(model, path)
+    fitted = fit_temperature(raw, labels)
+    check, not_applied = judge_temperature(raw, labels, fitted)
+    temperature = 1.0 if not_applied else fitted
+    if temperature != inside:
+        scale_logits(model, temperature / inside)
+        save_model(model, path)
     before = calibration_scores(raw, labels)
     after = calibration_scores(with_temperature(raw, temperature), labels)
-    reporter.log(
-        f"Calibrated on {len(labels)} validation images: temperature {temperature:.3f}, expected "
-        f"calibration error {before['ece']:.4f} -> {after['ece']:.4f}"
-    )
+    if not_applied:
+        reporter.log(f"Calibration: temperature left at 1, {not_applied}")
+    else:
+        reporter.log(
+            f"Calibrated on {len(labels)} validation images: temperature {temperature:.3f}, expected "
+            f"calibration error {before['ece']:.4f} -> {after['ece']:.4f}"
+        )
     return {
         "temperature": temperature,
+        "fitted": fitted,
+        "applied": not not_applied,
+        "not_applied": not_applied or None,
+        "held_out": check,
         "epoch": best_epoch,
         "fitted_on": "val",
         "images": len(labels),
@@ -76,6 +82,29 @@ def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) ->
         "val": {"before": before, "after": after},
         "model": model,
     }
+
+
+def judge_temperature(probs: np.ndarray, labels: np.ndarray, fitted: float) -> tuple[dict | None, str]:
+    """The held-back check of a fitted temperature, and why it is not applied ("" when it is): too few
+    validation images to fit one, a fit at the edge of the range searched, or a temperature that made
+    the log loss of validation images it was not fitted on worse."""
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return None, (
+            f"only {len(labels)} validation images: too few to fit one reliably "
+            f"(at least {MIN_CALIBRATION_IMAGES})"
+        )
+    if not LOWEST_TEMPERATURE * 1.01 < fitted < HIGHEST_TEMPERATURE * 0.99:
+        return None, (
+            f"the fitted {fitted:.3g} is at the edge of what is searched "
+            f"({LOWEST_TEMPERATURE:g}-{HIGHEST_TEMPERATURE:g}): the validation images are too odd to trust it"
+        )
+    check = held_out_check(probs, labels)
+    if not check["helps"]:
+        return check, (
+            f"as one fitted on half the validation images made the other half's log loss worse "
+            f"({check['nll_before']:.4f} -> {check['nll_after']:.4f})"
+        )
+    return check, ""
 
 
 def scores_on(probs: np.ndarray, split: Split, temperature: float) -> dict[str, dict[str, float]]:

@@ -270,14 +270,16 @@ class BatchProgress(keras.callbacks.Callback):
             self.task.update(info="validating…")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.close()
+        if self.task is not None:
+            self.task.close(summarised=True)
+            self.task = None
         row = self.ledger.row
         val = ""
         if validated(row):
             val = f"val_loss {_fmt(row['val_loss'])} val_acc {_fmt(row['val_accuracy'])} "
         self.reporter.log(
-            f"epoch {row['epoch']} {row['phase']}: loss {_fmt(row['loss'])} acc {_fmt(row['accuracy'])} "
-            f"{val}lr {row['lr']:.2g} ({row['seconds']:.1f}s)"
+            f"Epoch {row['epoch']}/{self.total_epochs} {row['phase']}: loss {_fmt(row['loss'])} "
+            f"acc {_fmt(row['accuracy'])} {val}lr {row['lr']:.2g} ({row['seconds']:.1f}s)"
         )
 
     def on_train_end(self, logs: dict | None = None) -> None:

@@ -23,6 +23,7 @@ from scenecls.training.callbacks import Ledger
 from scenecls.training.context import RunContext
 from scenecls.training.state import TrainResult, train_result
 from scenecls.unfreeze import UnfreezeReport
+from scenecls.units import count
 
 
 def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport]) -> TrainResult:
@@ -96,7 +97,7 @@ def _final_metrics(
         "temperature": calibration["temperature"],
     }
     if data.test:
-        reporter.log(f"Testing the best model on {len(data.test)} test images")
+        reporter.log(f"Testing the best model on {count(len(data.test), 'test image')}")
         probs = predict_split(best.model(), data.test, context.config.batch_size)
         test = evaluate_predictions(probs, np.asarray(data.test.labels), data.classes, split="test")
         metrics["test_accuracy"], metrics["test_loss"] = test.accuracy, test.loss

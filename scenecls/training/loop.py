@@ -71,6 +71,7 @@ from scenecls.training.state import (
 )
 from scenecls.training.strategy import OFF, Distribution, cluster_stopped, private_run_dir
 from scenecls.unfreeze import UnfreezeReport
+from scenecls.units import count
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train"]
 
@@ -272,7 +273,7 @@ def _run_phase(
         # extend_run) goes on along the longer phase's curve, from the step it has reached.
         model.optimizer.learning_rate = schedule
     reporter.log(
-        f"Phase {phase.name}: {phase.epochs} epochs at lr {phase.lr:g}, unfreezing {report.policy}"
+        f"Phase {phase.name}: {count(phase.epochs, 'epoch')} at lr {phase.lr:g}, unfreezing {report.policy}"
         f" ({len(report.blocks)} blocks, {report.layers} layers); "
         f"{report.trainable_params:,} trainable / {report.non_trainable_params:,} frozen parameters"
     )

@@ -50,6 +50,7 @@ class TrainResult:
     stopped_early: bool
     unfreeze: list[dict[str, Any]] = field(default_factory=list)
     temperature: float | None = None  # the best model's calibration (None: not finished yet)
+    calibration_not_applied: str | None = None  # why the temperature was left at 1, when it was
     # What the end of the run holds in memory, handed to the step after it (the end-of-run export) so
     # that it neither loads best.keras nor scans the data set again; not part of the record.
     best_model: Any = field(default=None, repr=False, compare=False)
@@ -243,4 +244,5 @@ def train_result(run_dir: Path, state: RunState, metrics: dict, reports: list[di
         stopped_early=state.stopped_early,
         unfreeze=reports,
         temperature=metrics.get("temperature"),
+        calibration_not_applied=(metrics.get("calibration") or {}).get("not_applied"),
     )
