@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -36,11 +37,17 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; }
 td, th { padding: 0.25em 0.7em; border: 1px solid #d0d7de; }
 th { background: #f6f8fa; text-align: left; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; border: 1px solid #d0d7de; margin: 0.3em 0; }
+img { max-width: 100%; height: auto; border: 1px solid #d0d7de; margin: 0.3em 0; }
 .muted { color: #656d76; }
 details { margin: 0.5em 0 1em; }
 .pair { display: flex; gap: 1em; flex-wrap: wrap; }
-.pair img { max-width: 48%; }
+.pair img { max-width: calc(50% - 0.5em); }
+.wide { overflow-x: auto; max-width: 100%; }
+p, h1, table.kv td { overflow-wrap: anywhere; }  /* long paths wrap; numbers and headings do not */
+@media (max-width: 700px) {
+  body { margin: 1em 0.6em; font-size: 14px; }
+  .pair img { max-width: 100%; }
+}
 """
 
 
@@ -52,7 +59,8 @@ def write_report(folder: Path, output: Path, *, heatmaps: dict[str, Any] | None 
     """The page for the run or sweep in ``folder``, written to ``output`` (atomically). ``output`` may
     replace only a page this wrote (its ``generator`` mark): any other file is refused."""
     check_output(output)
-    body = _sweep_page(folder) if is_sweep_folder(folder) else _run_page(folder, heatmaps)
+    here = output.absolute().parent  # links to other runs' pages are relative to this page
+    body = _sweep_page(folder, here) if is_sweep_folder(folder) else _run_page(folder, heatmaps, here)
     title = html.escape(f"{runs.run_label(folder)}: scenecls report")
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head>{MARK} {__version__}">\n<meta charset="utf-8">\n'
@@ -77,7 +85,7 @@ def check_output(output: Path) -> None:
 # ------------------------------------------------------------------------------------------ a run
 
 
-def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None) -> str:
+def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None, here: Path) -> str:
     run = runs.Run(run_dir)
     config, metrics, evaluation = run.recorded, run.optional(runs.METRICS), run.optional(runs.EVALUATION)
     state = run.state.to_dict() if run.has(runs.STATE) else {}
@@ -88,6 +96,9 @@ def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None) -> str:
         f'<p class="muted">{html.escape(str(run_dir))}</p>',
         _summary(config, metrics, state),
     ]
+    members = (config.get("ensemble") or {}).get("members") or []
+    if members:
+        parts.append(_members(members, metrics, here))
     with tempfile.TemporaryDirectory(prefix="scenecls-report-") as scratch:
         draw = _drawer(Path(scratch))
         if history:
@@ -119,7 +130,7 @@ def _summary(config: dict, metrics: dict, state: dict) -> str:
             " / ".join(str(config.get("images", {}).get(k, "-")) for k in ("train", "val", "test")),
         ),
         ("best validation accuracy", _number(metrics.get("best_val_accuracy"))),
-        ("best epoch", f"{metrics.get('best_epoch', '-')} ({metrics.get('best_phase', '-')})"),
+        ("best epoch", _best_epoch(metrics)),
         ("test accuracy", _number(metrics.get("test_accuracy"))),
         (
             "temperature",
@@ -134,21 +145,73 @@ def _summary(config: dict, metrics: dict, state: dict) -> str:
         ("epochs", metrics.get("epochs", state.get("epoch", "-"))),
         ("seconds", _number(metrics.get("seconds"), 0)),
     ]
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in cells)
-    return f"<h2>Summary</h2><table>{rows}</table>"
+    if config.get("ensemble"):  # it did not train: no epochs of its own
+        cells = [c for c in cells if c[0] not in ("best validation accuracy", "best epoch", "epochs")]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(human(v))}</td></tr>" for k, v in cells)
+    return f'<h2>Summary</h2><div class="wide"><table class="kv">{rows}</table></div>'
+
+
+def _best_epoch(metrics: dict) -> str:
+    epoch, phase = metrics.get("best_epoch"), metrics.get("best_phase")
+    if not epoch:
+        return "-"
+    return f"{epoch} ({phase})" if phase else str(epoch)
+
+
+def _members(members: list[str], metrics: dict, here: Path) -> str:
+    """An ensemble's members side by side: each one's recipe and test accuracy, linked to its page."""
+    rows = [["member", "backbone", "seed", "test accuracy", "page"]]
+    accuracies = metrics.get("member_test_accuracy") or []
+    for i, member in enumerate(members):
+        folder = Path(member)
+        recorded = runs.Run(folder).optional(runs.CONFIG) if folder.is_dir() else {}
+        accuracy = accuracies[i] if i < len(accuracies) else None
+        link = _page_link(folder, here)
+        rows.append([folder.name, recorded.get("backbone"), recorded.get("seed"), accuracy, link])
+    ensemble = ["ensemble", "", "", metrics.get("test_accuracy"), ""]
+    return f"<h2>Members ({len(members)})</h2>" + _table([*rows, ensemble], raw_columns={4})
+
+
+def _page_link(folder: Path, here: Path) -> str:
+    """A link to the report page in ``folder``, relative to this page; the folder when it has none yet."""
+    page = folder / "report.html"
+    target = page if page.is_file() else folder
+    try:
+        relative = os.path.relpath(target, here)
+    except ValueError:  # another drive
+        relative = str(target)
+    label = "report" if page.is_file() else "folder (no report yet)"
+    return f'<a href="{html.escape(Path(relative).as_posix())}">{label}</a>'
 
 
 def _options(config: dict) -> str:
-    shown = {k: v for k, v in config.items() if k not in ("classes", "unfreeze_reports", "versions")}
+    hidden = ("classes", "unfreeze_reports", "versions", "ensemble")
+    shown = {k: v for k, v in config.items() if k not in hidden}
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><th>{html.escape(str(k).replace('_', ' '))}</th><td>{html.escape(human(v))}</td></tr>"
         for k, v in sorted(shown.items())
     )
     versions = ", ".join(f"{k} {v}" for k, v in (config.get("versions") or {}).items())
     return (
         f"<h2>Options</h2><details><summary>Every option of the run ({len(shown)})</summary>"
-        f'<table>{rows}</table></details><p class="muted">{html.escape(versions)}</p>'
+        f'<div class="wide"><table class="kv">{rows}</table></div></details>'
+        f'<p class="muted">{html.escape(versions)}</p>'
     )
+
+
+def human(value: Any) -> str:
+    """A recorded value as a person reads it: no Python reprs (``None``, ``True``, ``{'a': 1}``)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {human(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(human(v) for v in value) or "-"
+    return str(value)
 
 
 def _evaluation(evaluation: dict, rows: list[dict], draw: Callable, heatmaps: dict | None) -> str:
@@ -207,21 +270,40 @@ def _evaluation(evaluation: dict, rows: list[dict], draw: Callable, heatmaps: di
 # ------------------------------------------------------------------------------------------ a sweep
 
 
-def _sweep_page(folder: Path) -> str:
+SWEEP_COLUMNS = {  # results.json's fields as the page heads them; the rest are in results.csv
+    "run": "run",
+    "backbone": "backbone",
+    "dense": "dense",
+    "unfreeze": "unfrozen blocks",
+    "seed": "seed",
+    "best_val_accuracy": "best val accuracy",
+    "test_accuracy": "test accuracy",
+    "epochs": "epochs",
+    "seconds": "seconds",
+}
+
+
+def _sweep_page(folder: Path, here: Path) -> str:
     rows = runs.read_json(folder / "results.json")
     if not isinstance(rows, list):
         raise UsageError(f"{folder / 'results.json'} is not a sweep's results table")
     parts = [
-        f"<h1>Sweep {html.escape(folder.name)}</h1>",
-        f'<p class="muted">{html.escape(str(folder))}</p>',
+        f"<h1>Sweep of {len(rows)} runs</h1>",
+        f'<p class="muted">{html.escape(str(folder))}; every column in results.csv beside it</p>',
         f"<h2>Results ({len(rows)} runs)</h2>",
     ]
     if rows:
-        columns = list(rows[0])
-        parts.append(_table([columns, *([row.get(c) for c in columns] for row in rows)]))
+        columns = [c for c in SWEEP_COLUMNS if c in rows[0]]
+        table = [[SWEEP_COLUMNS[c] for c in columns] + ["page"]]
+        for row in rows:
+            cells = [row.get(c) for c in columns]
+            if isinstance(cells[-1], float) and columns[-1] == "seconds":
+                cells[-1] = round(cells[-1])
+            table.append([*cells, _page_link(folder / str(row.get("run")), here)])
+        parts.append(_table(table, raw_columns={len(table[0]) - 1}))
     for picture in sorted(folder.glob("heatmap_*.png")):
         parts += [
-            f"<h2>{html.escape(picture.stem.replace('_', ' '))}</h2>",
+            f"<h2>Heat map: {html.escape(picture.stem.removeprefix('heatmap_'))}</h2>",
             _img(picture.read_bytes(), picture.stem),
         ]
     return "\n".join(parts)
@@ -246,15 +328,21 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def _table(rows: list[list[Any]]) -> str:
+def _table(rows: list[list[Any]], raw_columns: set[int] = frozenset()) -> str:
+    """A table, headings first; cells of ``raw_columns`` are HTML already (links)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows[1:])
-    return f"<table><tr>{head}</tr>{body}</table>"
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{v}</td>" if i in raw_columns else _cell(v) for i, v in enumerate(row))
+        + "</tr>"
+        for row in rows[1:]
+    )
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, bool) or value is None:
-        return f"<td>{'-' if value is None else value}</td>"
+        return f"<td>{human(value)}</td>"
     if isinstance(value, int | float):
         return f'<td class="n">{_number(value)}</td>'
     return f"<td>{html.escape(str(value))}</td>"

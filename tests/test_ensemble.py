@@ -182,3 +182,15 @@ def test_members_of_other_backbones_average_as_well(project, made):
     evaluated = invoke("-q", "evaluate", str(run), "--format", "json")
     tested = json.loads(result.stdout)["test_accuracy"]
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(tested)
+
+
+def test_the_report_of_an_ensemble_shows_its_members_side_by_side_with_links(project, made):
+    for seed in (0, 1):  # the members' own pages first, so that the ensemble's links to them
+        assert invoke("-q", "report", str(project / f"seed{seed}"), "--no-heatmaps").exit_code == 0
+    result = invoke("-q", "report", str(project / "ensemble"), "--no-heatmaps")
+    assert result.exit_code == 0, result.output
+    page = (project / "ensemble" / "report.html").read_text()
+    assert "Members (2)" in page and "best epoch" not in page and ">None<" not in page
+    for seed in (0, 1):
+        assert f'<a href="../seed{seed}/report.html">report</a>' in page
+        assert f"{made['member_test_accuracy'][seed]:.4f}" in page

@@ -28,8 +28,13 @@ def _chromium() -> str:
     return found
 
 
+WIDTHS = (1280, 390)  # a desktop and a phone
+
+
 def open_in_chromium(page_file: Path, screenshot: Path) -> dict:
-    """Open ``page_file`` in headless Chromium: what loaded, what the console said, a full screenshot."""
+    """Open ``page_file`` in headless Chromium at a desktop's width: what loaded, what the console said,
+    a full screenshot; and at each of WIDTHS, how far the page is wider than the window (0: no
+    horizontal scroll)."""
     from playwright.sync_api import sync_playwright
 
     seen: dict = {"console_errors": [], "page_errors": [], "requests": []}
@@ -47,6 +52,15 @@ def open_in_chromium(page_file: Path, screenshot: Path) -> dict:
             seen["scripts"] = page.evaluate("document.scripts.length")
             seen["title"] = page.title()
             page.screenshot(path=str(screenshot), full_page=True)
+            seen["overflow"] = {}
+            for width in WIDTHS:
+                page.set_viewport_size({"width": width, "height": 900})
+                seen["overflow"][width] = page.evaluate(
+                    "document.documentElement.scrollWidth - window.innerWidth"
+                )
+                page.screenshot(
+                    path=str(screenshot.with_name(f"{screenshot.stem}-{width}.png")), full_page=True
+                )
         finally:
             browser.close()
     return seen
@@ -92,6 +106,8 @@ def test_the_report_of_a_run_opens_in_chromium_with_every_picture_and_no_error(r
         assert expected in alts, alts
     assert all(complete and width > 100 and height > 100 for complete, width, height, _ in seen["images"])
     assert seen["title"] == "train: scenecls report"
+    assert seen["overflow"] == {width: 0 for width in WIDTHS}  # no horizontal scroll, phone included
+    assert ">None<" not in text and ">True<" not in text and "{'" not in text  # values, not reprs
     _not_blank(tmp_path / "shot.png")
     # Made again over itself: a page of ours is replaced.
     again = CliRunner().invoke(cli, ["report", str(run), "--output", str(page_file), "--no-heatmaps"])
@@ -122,6 +138,9 @@ def test_the_report_of_a_sweep_shows_its_table_and_heat_maps(tmp_path):
     seen = open_in_chromium(page_file, tmp_path / "shot.png")
     assert seen["console_errors"] == [] and seen["page_errors"] == []
     assert [alt for *_, alt in seen["images"]] == ["heatmap_mobilenet_v2"]
+    assert seen["overflow"] == {width: 0 for width in WIDTHS}
     assert all(complete and width > 100 for complete, width, *_ in seen["images"])
     text = page_file.read_text()
     assert "Results (2 runs)" in text and "mobilenet_v2-d0-u0" in text and "mobilenet_v2-d1-u0" in text
+    assert "best val accuracy" in text and "best_val_accuracy" not in text and "Sweep sweep" not in text
+    assert text.count(">folder (no report yet)</a>") == 2  # each run's page linked once it has one
