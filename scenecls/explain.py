@@ -1,11 +1,15 @@
 """Why the model chose a class: Grad-CAM heat maps (Selvaraju et al., ICCV 2017).
 
-The backbone's output is its last convolutional block's feature map ``A`` (``h x w x c``, before the
-head pools it). For a class ``k``, the gradient of its logit with respect to ``A``, averaged over the
-map, weighs each channel; the weighted sum of the channels, where positive, is where the evidence for
-``k`` lies. It is upsampled to the image and drawn over it. The logit is taken before the softmax (the
-classifier's last layer computes ``softmax(x W + b)``, so the logit is ``x W + b`` of that layer's
-input): a softmax's gradient vanishes on a confident answer.
+``A`` is a feature map of the backbone (``h x w x c``). For a class ``k``, the gradient of its logit
+with respect to ``A``, averaged over the map, weighs each channel; the weighted sum of the channels,
+where positive, is where the evidence for ``k`` lies. It is upsampled to the image and drawn over it.
+
+``A`` is the backbone's last map *before its last stride* (:func:`fine_layer`), not its output: at
+150 px MobileNetV2's output is 5 x 5, so a map of it is a blob in the middle; the map before the last
+stride is 10 x 10, and the gradient still flows to it through the last stage.
+
+The logit is taken before the softmax (the classifier's last layer computes ``softmax(x W + b)``, so
+the logit is ``x W + b`` of that layer's input): a softmax's gradient vanishes on a confident answer.
 
 It needs the Keras model, any of the backbones; images go through in batches, so memory stays bounded
 whatever the number of images.
@@ -26,8 +30,11 @@ from scenecls.files import OUTPUT_MARKERS
 from scenecls.heads import POOL_LAYER
 from scenecls.progress import NullReporter, Reporter
 
-OVERLAY = 0.45  # how much of the heat map shows over the image
-CAPTION = 18  # pixels of the caption bar under each picture per line
+OVERLAY = 0.6  # the heat map's opacity where it is hottest (it fades with the heat)
+COLOURS = "YlOrRd"  # light yellow to red: the photo stays readable under it
+CAPTION = 24  # pixels of the caption per line
+GAP = 8  # pixels between the photo and its overlay, and around the caption
+DISPLAY_SIZE, MAX_DISPLAY_SIZE = 448, 768  # the long side a heat map is drawn at
 
 
 @dataclass
@@ -48,18 +55,44 @@ class Explanation:
         }
 
 
-class GradCam:
-    """Heat maps for a classifier: one traced function from images to (feature map, logits)."""
+def fine_layer(backbone):
+    """The backbone's last layer whose map is twice as fine as its output (the map before its last
+    stride, padding left out), or its output layer when there is none."""
+    import keras
 
-    def __init__(self, model) -> None:
+    last = backbone.output.shape[1]
+    found = backbone.layers[-1]
+    for layer in backbone.layers:
+        shape = getattr(layer.output, "shape", None)
+        if isinstance(layer, keras.layers.ZeroPadding2D) or shape is None or len(shape) != 4:
+            continue
+        if last and shape[1] and 2 * last - 1 <= shape[1] <= 2 * last + 1:
+            found = layer
+    return found
+
+
+class GradCam:
+    """Heat maps for a classifier: its layers before the backbone, the backbone giving its fine map
+    (:func:`fine_layer`) and its output, then the head up to the last layer's input (the logits' input).
+    """
+
+    def __init__(self, model, *, fine: bool = True) -> None:
+        """``fine`` False: the map of the backbone's output alone (the classic Grad-CAM)."""
         import keras
 
-        find_backbone(model)  # a classifier of ours: not an ensemble, one backbone inside
-        feature_map = model.get_layer(POOL_LAYER).input  # the backbone's output, where the head pools it
-        predictions = model.get_layer(PREDICTIONS)
+        backbone = find_backbone(model)  # a classifier of ours: not an ensemble, one backbone inside
+        position = model.layers.index(backbone)
+        before = model.layers[:position]
+        self.before = [layer for layer in before if not isinstance(layer, keras.layers.InputLayer)]
+        self.head = model.layers[position + 1 :]
+        if not self.head or self.head[0].name != POOL_LAYER or self.head[-1].name != PREDICTIONS:
+            raise ValueError(
+                f"{model.name} is not a scenecls classifier (backbone, pooling, ..., predictions)"
+            )
+        self.layer = fine_layer(backbone) if fine else backbone.layers[-1]
+        self.backbone = keras.Model(backbone.input, [self.layer.output, backbone.output], name="grad_cam")
         self.size = input_size(model)
-        self.model = keras.Model(model.input, [feature_map, predictions.input], name="grad_cam")
-        self.kernel, self.bias = (np.asarray(w) for w in predictions.get_weights())
+        self.kernel, self.bias = (np.asarray(w) for w in self.head[-1].get_weights())
 
     def __call__(
         self, images: np.ndarray, classes: np.ndarray | None = None
@@ -72,19 +105,37 @@ class GradCam:
         kernel = tf.constant(self.kernel, tf.float32)
         bias = tf.constant(self.bias, tf.float32)
         with tf.GradientTape() as tape:
-            feature_map, pooled = self.model(batch, training=False)
-            tape.watch(feature_map)
-            feature_map = tf.cast(feature_map, tf.float32)
-            logits = tf.matmul(tf.cast(pooled, tf.float32), kernel) + bias
+            x = batch
+            for layer in self.before:
+                x = layer(x, training=False)
+            fine, x = self.backbone(x, training=False)
+            coarse = x
+            for layer in self.head[:-1]:
+                x = layer(x, training=False)
+            logits = tf.matmul(tf.cast(x, tf.float32), kernel) + bias
             chosen = tf.argmax(logits, axis=1) if classes is None else tf.constant(classes, tf.int64)
             score = tf.gather(logits, chosen, axis=1, batch_dims=1)
-        gradients = tape.gradient(score, feature_map)
+        gradients = tape.gradient(score, [fine, coarse])
+        # The fine map places the evidence; the coarse map (the backbone's output) says which region it
+        # belongs to, and keeps the fine map's stray spots (padding at the borders) out: their geometric
+        # mean. With no finer map (a backbone without one), both are the output's.
+        maps = [self._map(g, m) for g, m in zip(gradients, (fine, coarse), strict=True)]
+        cam = np.sqrt(maps[0] * maps[1])
+        return _normalised(cam), tf.nn.softmax(logits).numpy()
+
+    def _map(self, gradients, feature_map) -> np.ndarray:
+        """Grad-CAM of one feature map at the input size, each image's in [0, 1]."""
+        import tensorflow as tf
+
+        gradients, feature_map = tf.cast(gradients, tf.float32), tf.cast(feature_map, tf.float32)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1))[..., None]
-        cam = tf.image.resize(cam, self.size, method="bilinear")[..., 0].numpy()
-        peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
-        cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
-        return cam, tf.nn.softmax(logits).numpy()
+        return _normalised(tf.image.resize(cam, self.size, method="bilinear")[..., 0].numpy())
+
+
+def _normalised(cam: np.ndarray) -> np.ndarray:
+    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
 
 
 def explain_files(
@@ -121,36 +172,75 @@ def explain_files(
 
 
 def blend(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
-    """The image (uint8, the heat map's size) with the heat map over it in jet colours."""
+    """The image (uint8) with the heat map (any size: it is resized to the image) over it: a light
+    colour map (yellow to red) whose opacity follows the heat, so that the photo shows where the
+    model found no evidence."""
     from matplotlib import colormaps
+    from PIL import Image
 
-    colours = (colormaps["jet"](heatmap)[..., :3] * 255).astype(np.float32)
-    blended = (1 - OVERLAY) * image.astype(np.float32) + OVERLAY * colours
+    height, width = image.shape[:2]
+    if heatmap.shape != (height, width):
+        heatmap = np.asarray(
+            Image.fromarray(heatmap.astype(np.float32), mode="F").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+    heat = np.clip(heatmap, 0, 1)[..., None]
+    colours = colormaps[COLOURS](0.35 + 0.65 * heat[..., 0])[..., :3] * 255  # orange to deep red
+    alpha = OVERLAY * heat  # cold regions stay the photo
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, caption: list[str]):
-    """The image with the heat map blended over it and a caption bar below: a PIL image."""
-    from PIL import Image, ImageDraw
+def display_image(item: Explanation) -> np.ndarray:
+    """The image as it is shown: the photo itself at DISPLAY_SIZE..MAX_DISPLAY_SIZE on its long side
+    (not the model's small input), or the model's input when the file cannot be read again."""
+    from PIL import Image
 
-    picture = Image.fromarray(blend(image, heatmap))
-    scale = max(1, 256 // max(picture.size))  # small model inputs are drawn larger
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (picture.width, picture.height + CAPTION * len(caption) + 4), "white")
-    canvas.paste(picture, (0, 0))
+    try:
+        photo = Image.fromarray(load_rgb(item.path))
+    except ImageReadError:
+        photo = Image.fromarray(item.image)
+    long_side = max(photo.size)
+    target = min(max(long_side, DISPLAY_SIZE), MAX_DISPLAY_SIZE)
+    if target != long_side:
+        scale = target / long_side
+        size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+        photo = photo.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(photo)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, caption: list[str]):
+    """The photo and the photo with the heat map over it, side by side, the caption below: a PIL image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    photo = Image.fromarray(image)
+    canvas = Image.new(
+        "RGB", (2 * photo.width + GAP, photo.height + CAPTION * len(caption) + 2 * GAP), "white"
+    )
+    canvas.paste(photo, (0, 0))
+    canvas.paste(Image.fromarray(blend(image, heatmap)), (photo.width + GAP, 0))
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=CAPTION - 6)
     for line, text in enumerate(caption):
-        draw.text((4, picture.height + 2 + CAPTION * line), text, fill="black")
+        draw.text((GAP, photo.height + GAP + CAPTION * line), text, fill="black", font=font)
     return canvas
 
 
+def caption_lines(item: Explanation) -> list[str]:
+    """``street  99.3 %`` per class, the first marked as the one whose evidence is drawn."""
+    lines = [f"{label}  {conf:.1%}" for label, conf in item.top]
+    if lines:
+        lines[0] += "   (the heat map shows the evidence for this class)"
+    return lines
+
+
 def write_explanation(item: Explanation, target: Path) -> Path:
-    """``target`` (a PNG): the heat map over the image, its top classes below."""
+    """``target`` (a PNG): the photo beside its heat map, its top classes below."""
     from scenecls.files import atomic_path
 
-    caption = [f"{label} {conf:.3f}" for label, conf in item.top]
     with atomic_path(target, suffix=".png") as tmp:
-        overlay(item.image, item.heatmap, caption).save(tmp, format="PNG")
+        overlay(display_image(item), item.heatmap, caption_lines(item)).save(tmp, format="PNG")
     return target
 
 

@@ -53,7 +53,8 @@ def test_the_heat_map_lights_the_region_the_class_depends_on():
 
     test_labels = np.repeat([0, 1], 6)
     scenes = [_scene(y, rng) for y in test_labels]
-    maps, probs = GradCam(model)(np.stack([image for image, _ in scenes]))
+    # The classic map, of the backbone's output: random weights blur the finer map of an earlier stage.
+    maps, probs = GradCam(model, fine=False)(np.stack([image for image, _ in scenes]))
     assert maps.shape == (len(scenes), SIZE, SIZE) and maps.min() >= 0 and maps.max() <= 1
     assert np.array_equal(probs.argmax(axis=1), test_labels)
     for heatmap, (_, mask) in zip(maps, scenes, strict=True):
@@ -107,7 +108,8 @@ def test_explain_writes_a_heat_map_per_image_and_goes_on_past_a_bad_one(run, tmp
         written = Path(row["written"])
         assert written.parent == run_dir / "explain" and written.name.endswith(".cam.png")
         with Image.open(written) as picture:
-            assert picture.width >= 128 and picture.height > picture.width  # the caption bar below
+            # The photo and its overlay side by side, 448 px or more on the long side, a caption below.
+            assert picture.width >= 2 * 448 and picture.height > 448
     # Again into the same folder: ours, so its maps are replaced.
     again = CliRunner().invoke(cli, ["explain", str(run_dir), str(data / "alpha" / "alpha_000.jpg")])
     assert again.exit_code == 0, again.output
@@ -154,3 +156,70 @@ def test_explain_with_its_output_inside_its_input_folder_never_explains_its_own_
         assert result.exit_code == 0, result.output
     maps = sorted(p.name for p in (photos / "maps").glob("*.png"))
     assert len(maps) == count and not any(name.endswith(".cam.cam.png") for name in maps)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MINI = SHARED / "data" / "intel-mini.zip"
+WEIGHTS_FILE = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (MINI.is_file() and WEIGHTS_FILE.is_file()),
+    reason="needs ../shared/data/intel-mini.zip and ../shared/weights (real MobileNetV2 weights)",
+)
+def test_on_real_photographs_the_map_finds_each_half_of_a_forest_and_sea_picture(tmp_path):
+    """Real MobileNetV2 features and a head that tells forest from sea (the difference of their mean
+    features): in pictures whose left half is a forest and right half the sea, or the other way round,
+    the map of each class lies on its own half, more sharply than the classic map of the output."""
+    import zipfile
+
+    import keras
+
+    from scenecls.caches.features import feature_model
+    from scenecls.classifier import build_classifier
+    from scenecls.explain import GradCam
+    from scenecls.heads import HeadConfig
+
+    size = 150
+    with zipfile.ZipFile(MINI) as archive:
+        archive.extractall(tmp_path)
+    photos = {c: sorted(tmp_path.rglob(f"seg_train/seg_train/{c}/*.jpg"))[:60] for c in ("forest", "sea")}
+    load = [[np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32) for p in photos[c]]
+            for c in ("forest", "sea")]  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = build_classifier(
+        "mobilenet_v2", 2, size=size, weights=str(WEIGHTS_FILE), head=HeadConfig(dense=0)
+    )
+    train = np.stack(load[0][:40] + load[1][:40])
+    labels = np.repeat([0, 1], 40)
+    features = feature_model(model).predict(train, verbose=0)
+    direction = features[labels == 0].mean(axis=0) - features[labels == 1].mean(axis=0)
+    projected = features @ direction
+    scale = 10 / projected.std()
+    kernel = np.stack([direction, -direction], axis=1) * scale
+    bias = np.array([-1.0, 1.0]) * projected.mean() * scale
+    model.get_layer("predictions").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+
+    half = size // 2
+    pictures, forest_left = [], []
+    for i in range(10):  # unseen photos: forest | sea and sea | forest
+        forest, sea = load[0][40 + i], load[1][40 + i]
+        left, right = (forest, sea) if i % 2 == 0 else (sea, forest)
+        pictures.append(np.concatenate([left[:, :half], right[:, half:]], axis=1))
+        forest_left.append(i % 2 == 0)
+    pictures = np.stack(pictures)
+    for fine in (True, False):
+        cam = GradCam(model, fine=fine)
+        shares = []
+        for label in (0, 1):  # the map of forest, then of sea, for every picture
+            maps, _ = cam(pictures, np.full(len(pictures), label))
+            on_left = maps[:, :, :half].sum(axis=(1, 2)) / np.maximum(maps.sum(axis=(1, 2)), 1e-9)
+            own_half_left = np.array(forest_left) if label == 0 else ~np.array(forest_left)
+            shares.append(np.where(own_half_left, on_left, 1 - on_left))
+        share = float(np.mean(shares))
+        if fine:
+            fine_share = share
+            assert cam.layer.name == "block_13_expand_relu" and cam.layer.output.shape[1] == 10
+    assert fine_share > 0.75, fine_share  # most of each class's map lies on its own half
+    assert fine_share >= share - 0.02, (fine_share, share)  # and no less than the classic map's

@@ -31,8 +31,9 @@ def explain(
     project: Path,
     fmt: str,
 ) -> None:
-    """Draw where in each IMAGE the evidence for its predicted class lies (Grad-CAM over the
-    backbone's last convolutional block), with the top classes, as IMAGE.cam.png in the output folder.
+    """Draw where in each IMAGE the evidence for its predicted class lies (Grad-CAM, at the finest map
+    the backbone's last stage keeps): the photo beside its heat map, the top classes below, as
+    IMAGE.cam.png in the output folder.
 
     RUN is a run folder or name, or a .keras file: explaining needs the Keras model, not an export.
     IMAGE takes files, folders, globs or - (paths on stdin), as predict does. Exit codes as predict's.
