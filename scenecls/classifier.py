@@ -52,7 +52,10 @@ def find_backbone(model):
     import keras
 
     if is_ensemble(model):
-        raise ModelError("an ensemble has no one backbone to train; use one of its member runs")
+        raise ModelError(
+            "an ensemble averages several models: it has no one backbone to train or explain; "
+            "use one of its member runs"
+        )
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if len(nested) != 1:
         raise ModelError(f"{model.name} is not a scenecls classifier (no single backbone inside)")

@@ -78,7 +78,16 @@ def resolve_run(value: str | None, project: Path) -> Path:
     for candidate in (path, project / value):
         if candidate.is_dir() and (candidate / CONFIG).is_file():
             return candidate
-    raise SceneclsError(f"{value} is not a run folder (no {CONFIG}); runs live in {project}")
+    raise SceneclsError(f"{value} is not a run folder (no {CONFIG}); {runs_there(project)}")
+
+
+def runs_there(project: Path, shown: int = 8) -> str:
+    """What an error about a missing run says of the runs there are: their names, or that there are none."""
+    names = sorted(p.parent.name for p in project.glob(f"*/{CONFIG}")) if project.is_dir() else []
+    if not names:
+        return f"there are no runs in {project}"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"the runs in {project}: {', '.join(names[:shown])}{more}"
 
 
 def trained_run(value: str | None, project: Path) -> Path:

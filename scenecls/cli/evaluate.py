@@ -57,8 +57,9 @@ def evaluate(
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
 
-    MODEL is a run folder or name, or a .keras file (default: the latest run). Results are also
-    saved in the run folder (evaluation.json, predictions.csv).
+    MODEL is a run folder or name (default: the latest run), a .keras file, or an exported .tflite,
+    .onnx or SavedModel folder; a model outside a run folder needs --data. Results are also saved in
+    the run folder (evaluation.json, predictions.csv).
     """
     from scenecls.cli.predict import inference_settings
     from scenecls.evaluation import evaluate_run
