@@ -102,13 +102,9 @@ def evaluate_run(
     :func:`scenecls.runtimes.load_runtime`.
     """
     from scenecls import runs
-    from scenecls.classifier import check_compatible, load_model
     from scenecls.config import TrainConfig
     from scenecls.data.pipeline import prepare_data
     from scenecls.paths import data_source
-    from scenecls.precision import with_precision
-    from scenecls.predict import predict_array
-    from scenecls.runtimes import FlipAveraged, KerasRuntime, load_runtime, model_kind
 
     reporter = reporter or NullReporter()
     model_path, run_dir = runs.resolve_model(model_ref, project)
@@ -136,18 +132,11 @@ def evaluate_run(
     if not chosen:
         raise UsageError(f"{source} has no {name} split")
     reporter.log(f"Evaluating {model_path} on {count(len(chosen), name + ' image')} of {source}")
-    if model_kind(model_path) == "keras":
-        model = with_precision(load_model(model_path), precision)
-        check_compatible(model, prepared.classes, runs.model_classes(model_path, run_dir))
-        runtime = KerasRuntime.of(model, batch_size, jit=jit) if tta or jit else None
-    else:  # an exported model, through its own runtime
-        runtime = load_runtime(model_path, batch_size=batch_size, trust_model=trust_model)
-        check_classes(runtime.num_classes, prepared.classes, runs.model_classes(model_path, run_dir))
-    if runtime is None:
-        probs = predict_split(model, chosen, batch_size)
-    else:
-        runtime = FlipAveraged(runtime) if tta else runtime
-        probs = predict_array(runtime, chosen.paths, batch_size=batch_size)
+    classes = runs.model_classes(model_path, run_dir)
+    probs = _probabilities(
+        model_path, chosen, prepared.classes, classes, batch_size=batch_size, tta=tta, precision=precision,
+        jit=jit, trust_model=trust_model,
+    )  # fmt: skip
     evaluation = evaluate_predictions(
         probs, np.asarray(chosen.labels), prepared.classes, top_k=top_k, split=name
     )
@@ -157,13 +146,45 @@ def evaluate_run(
     rows = prediction_rows(chosen, probs, prepared.classes)
     outcome = RunEvaluation(evaluation, model_path, run_dir, rows)
     if run_dir is not None:
-        # best.keras writes evaluation.json; an exported model, evaluation.<its name>.json beside it;
-        # on other images than the run's own, evaluation.on-<folder>-<identity>.json (the run's are kept).
-        tag = ("" if model_path.name == runs.BEST else f".{model_path.name}") + (".tta" if tta else "")
-        if not own:
-            tag += f".on-{_safe_name(prepared.index.root)}-{prepared.index.identity()[:8]}"
-        saved = [run_dir / f"evaluation{tag}.json", run_dir / f"predictions{tag}.csv"]
-        runs.write_json(saved[0], {"data": str(source), "model": str(model_path), **evaluation.to_dict()})
-        runs.write_rows_csv(saved[1], rows)
-        outcome.saved = saved
+        outcome.saved = _save(outcome, prepared, own=own, tta=tta)
     return outcome
+
+
+def _probabilities(
+    model_path: Path, split, classes: list[str], recorded: list[str] | None, *, batch_size: int, tta: bool,
+    precision: str, jit: bool, trust_model: bool,
+) -> np.ndarray:  # fmt: skip
+    """The model's probabilities for ``split``: a Keras model as it predicts (or through a runtime for
+    ``tta`` and ``jit``), an exported model through its own runtime; classes checked first."""
+    from scenecls.classifier import check_compatible, load_model
+    from scenecls.precision import with_precision
+    from scenecls.predict import predict_array
+    from scenecls.runtimes import FlipAveraged, KerasRuntime, load_runtime, model_kind
+
+    if model_kind(model_path) == "keras":
+        model = with_precision(load_model(model_path), precision)
+        check_compatible(model, classes, recorded)
+        if not (tta or jit):
+            return predict_split(model, split, batch_size)
+        runtime = KerasRuntime.of(model, batch_size, jit=jit)
+    else:  # an exported model, through its own runtime
+        runtime = load_runtime(model_path, batch_size=batch_size, trust_model=trust_model)
+        check_classes(runtime.num_classes, classes, recorded)
+    runtime = FlipAveraged(runtime) if tta else runtime
+    return predict_array(runtime, split.paths, batch_size=batch_size)
+
+
+def _save(outcome: RunEvaluation, prepared, *, own: bool, tta: bool) -> list[Path]:
+    """best.keras writes evaluation.json; an exported model, evaluation.<its name>.json beside it; on
+    other images than the run's own, evaluation.on-<folder>-<identity>.json (the run's are kept)."""
+    from scenecls import runs
+
+    model_path, run_dir = outcome.model_path, outcome.run_dir
+    tag = ("" if model_path.name == runs.BEST else f".{model_path.name}") + (".tta" if tta else "")
+    if not own:
+        tag += f".on-{_safe_name(prepared.index.root)}-{prepared.index.identity()[:8]}"
+    saved = [run_dir / f"evaluation{tag}.json", run_dir / f"predictions{tag}.csv"]
+    data = {"data": str(prepared.index.root), "model": str(model_path), **outcome.evaluation.to_dict()}
+    runs.write_json(saved[0], data)
+    runs.write_rows_csv(saved[1], outcome.rows)
+    return saved

@@ -53,14 +53,16 @@ def write_fast_predict(
     return {"tflite": "best.tflite", "top1_agreement": parity.top1_agreement, "images": parity.images}
 
 
-def export_after_training(run_dir: Path, reporter, *, model=None, data=None) -> dict[str, Any] | None:
+def export_after_training(
+    run_dir: Path, reporter, *, model=None, data=None, tracker=None
+) -> dict[str, Any] | None:
     """The step a command takes after a run has finished training: ``best.tflite`` beside ``best.keras``
     (unless the run was made with ``--no-export``), checked on the run's held-out images, and recorded in
     ``metrics.json`` under ``export``. Training itself knows nothing of exports; the commands that train
     (``train``, ``finetune``, ``sweep``) ask for this step. A run whose record is already as fresh as its
     ``best.keras`` (a finished run resumed again) is left as it is. ``model`` and ``data``: what the end
     of the run holds in memory (its calibrated best model, its prepared data), so that neither is read
-    again."""
+    again. ``tracker``: the run's tracker (MLflow), which gets the export and the metrics that record it."""
     from scenecls.progress import NullReporter
     from scenecls.runs import Run
 
@@ -74,4 +76,8 @@ def export_after_training(run_dir: Path, reporter, *, model=None, data=None) -> 
         run_dir, prepared.classes, prepared.held_out()[0], size, reporter, model=model
     )
     run.write_metrics(metrics)
+    if tracker is not None and tracker.run_id:
+        tracker.log_files(
+            tracker.run_id, [run_dir / name for name in ("metrics.json", "best.tflite", "labels.txt")]
+        )
     return metrics["export"]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from scenecls.checksums import changed_since_written, checksum_matches, record_checksum, recorded_checksum
+from scenecls.checksums import record_checksum, recorded_checksum
 from scenecls.errors import SceneclsError, UsageError
 from scenecls.files import atomic_path
 
@@ -274,29 +274,6 @@ def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
     if not (run / BEST).is_file():
         raise SceneclsError(f"{run} holds no {BEST} yet: {_why_no_model(run)}")
     return run / BEST, run
-
-
-def fast_model(model_path: Path, warn=None) -> Path:
-    """For a run's ``best.keras``, the ``best.tflite`` exported from it when it is at least as new and
-    LiteRT can run it (a fraction of a second instead of seconds); else ``model_path`` itself. A
-    ``best.tflite`` that is no longer the file written (its checksum differs) is passed over, with one
-    ``warn``."""
-    tflite = model_path.with_suffix(".tflite")
-    if model_path.name != BEST or not tflite.is_file():
-        return model_path
-    if tflite.stat().st_mtime < model_path.stat().st_mtime:
-        return model_path  # best.keras changed since (a resumed or extended run)
-    import importlib.util
-
-    if importlib.util.find_spec("ai_edge_litert") is None:
-        return model_path
-    if not checksum_matches(tflite):
-        if warn is not None:
-            warn(
-                f"{changed_since_written(tflite).removesuffix('; refused')}: using {model_path.name} instead"
-            )
-        return model_path
-    return tflite
 
 
 def recorded_status(run_dir: Path) -> str | None:

@@ -247,3 +247,26 @@ class OnnxRuntime:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run(None, {self._name: np.asarray(images, dtype=np.float32)})[0])
+
+
+def fast_model(model_path: Path, warn=None) -> Path:
+    """For a run's ``best.keras``, the ``best.tflite`` exported from it when it is at least as new and
+    LiteRT can run it (a fraction of a second instead of seconds); else ``model_path`` itself. A
+    ``best.tflite`` that is no longer the file written (its checksum differs) is passed over, with one
+    ``warn``."""
+    tflite = model_path.with_suffix(".tflite")  # the caller gives a run's best.keras
+    if model_path.suffix != ".keras" or not tflite.is_file():
+        return model_path
+    if tflite.stat().st_mtime < model_path.stat().st_mtime:
+        return model_path  # best.keras changed since (a resumed or extended run)
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return model_path
+    if not checksum_matches(tflite):
+        if warn is not None:
+            warn(
+                f"{changed_since_written(tflite).removesuffix('; refused')}: using {model_path.name} instead"
+            )
+        return model_path
+    return tflite

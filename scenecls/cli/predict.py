@@ -67,8 +67,8 @@ def predict(
     from scenecls.calibration import UNKNOWN
     from scenecls.errors import ModelError
     from scenecls.predict import abstain, expand_inputs, predict_files
-    from scenecls.runs import fast_model, model_classes, resolve_model
-    from scenecls.runtimes import FlipAveraged, load_runtime, needs_tensorflow
+    from scenecls.runs import model_classes, resolve_model
+    from scenecls.runtimes import FlipAveraged, fast_model, load_runtime, needs_tensorflow
 
     model_path, run_dir = resolve_model(model_ref, project)
     if not keras and not (model_ref and Path(model_ref).is_file()):  # a run: its best.tflite if fresh

@@ -220,10 +220,9 @@ def _run(
     if result.status == "finished":
         from scenecls.run_export import export_after_training
 
-        export_after_training(run_dir, out.reporter(), model=result.best_model, data=result.data)
-        if tracker is not None and tracker.run_id:  # the export, and metrics.json that records it
-            exported = [run_dir / name for name in ("metrics.json", "best.tflite", "labels.txt")]
-            tracker.log_files(tracker.run_id, exported)
+        export_after_training(
+            run_dir, out.reporter(), model=result.best_model, data=result.data, tracker=tracker
+        )
     say_untracked(out, tracker, run_dir)
     _render(out, result, fmt)
     # The gate judges the test split when there is one, else the best validation accuracy.
