@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scenecls.config_fields import option_field
+from scenecls.config_fields import batch_size_field, option_field
 
-BATCH_HELP = "Images per batch."
 EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("float16", "int8")
 
@@ -24,7 +23,7 @@ class EvaluateOptions:
     """``scenecls evaluate``."""
 
     top_k: int = option_field(3, "Top-k accuracy for this k.", kind="int", low=1)
-    batch_size: int = option_field(32, BATCH_HELP, kind="int", low=1, short="-b")
+    batch_size: int = batch_size_field()
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class PredictOptions:
     """``scenecls predict``."""
 
     top_k: int = option_field(1, "Classes listed per image.", kind="int", low=1)
-    batch_size: int = option_field(32, BATCH_HELP, kind="int", low=1, short="-b")
+    batch_size: int = batch_size_field()
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class ExplainOptions:
     """``scenecls explain``: smaller batches, as each image keeps its gradients."""
 
     top_k: int = option_field(3, "Classes named per image.", kind="int", low=1)
-    batch_size: int = option_field(16, BATCH_HELP, kind="int", low=1, short="-b")
+    batch_size: int = batch_size_field(16)
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class EnsembleOptions:
     """``scenecls ensemble``."""
 
     name: str = option_field("ensemble", "Run folder (ensemble2... if taken).")
-    batch_size: int = option_field(32, BATCH_HELP, kind="int", low=1, short="-b")
+    batch_size: int = batch_size_field()
 
 
 @dataclass(frozen=True)

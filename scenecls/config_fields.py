@@ -36,6 +36,11 @@ class Option:
     show_default: bool = True  # beside the help (a default that is None is never shown)
 
 
+def batch_size_field(default: int = 32) -> Any:
+    """``--batch-size``/``-b``: images per batch, declared alike by every command that runs a model."""
+    return option_field(default, "Images per batch.", kind="int", low=1, short="-b")
+
+
 def option_field(default: Any, help: str | None = None, **how: Any) -> Any:
     """A dataclass field with its command-line :class:`Option` (a callable ``default`` is a factory)."""
     factory = {"default_factory": default} if callable(default) else {"default": default}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scenecls.config_fields import option_field
+from scenecls.config_fields import batch_size_field, option_field
 
 # Measured on intel-dev's 7,500 images with MobileNetV2's ImageNet features at its own 150 px, every
 # candidate pair looked at (benchmarks/README.md, "Know your data"):
@@ -31,7 +31,7 @@ class InspectOptions:
     )
     weights: str = "imagenet"
     image_size: int | None = None
-    batch_size: int = option_field(32, "Images per batch.", kind="int", low=1, short="-b")
+    batch_size: int = batch_size_field()
     folds: int = option_field(
         5,
         "Folds of the cross-validation that predicts each image's class without it.",
