@@ -107,7 +107,7 @@ def inspect(
 
     source = data_source(data)
     if not no_features:
-        check_weights(options["weights"])  # before every image is hashed
+        check_weights(options["weights"], options["backbone"])  # before every image is hashed
     folder = output or default_output(source)
     settings = InspectOptions(features=not no_features, **options)
     claim_folder(folder, MARKER, "scenecls inspect")  # refused before any work, not after

@@ -86,14 +86,16 @@ def cached_weights(spec: BackboneSpec, size: int | None = None) -> Path | None:
     return path if path.is_file() else None
 
 
-def check_weights(weights: str | Path | None) -> None:
-    """Refuse, before any long work, a ``--weights`` path that is no file (its fit is checked when the
-    model is built); ``imagenet`` and ``none`` pass."""
+def check_weights(weights: str | Path | None, backbone: str | None = None) -> None:
+    """Refuse a ``--weights`` path that is no file (its fit is checked when the model is built), at
+    once: commands call this before any long work, and building calls it too. ``imagenet`` and ``none``
+    pass."""
     if weights in (None, "none", "imagenet"):
         return
     path = Path(weights)
     if path.is_dir():
-        raise ModelError(f"--weights {path} is a folder; give a weights file (.h5 or .weights.h5)")
+        which = f" for {backbone}" if backbone else ""
+        raise ModelError(f"--weights {path} is a folder; give a weights file (.h5 or .weights.h5){which}")
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
 
@@ -113,12 +115,7 @@ def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | P
     if weights == "imagenet":
         return _build_imagenet(spec, shape)
     path = Path(weights)
-    if path.is_dir():
-        raise ModelError(
-            f"--weights {path} is a folder; give a weights file (.h5 or .weights.h5) for {spec.name}"
-        )
-    if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist")
+    check_weights(path, spec.name)
     model = spec.build(shape, None)
     try:
         with warnings.catch_warnings(record=True) as caught:
