@@ -83,7 +83,7 @@ def train(
     from scenecls.paths import data_source
 
     if not resume:  # no data set or weights: say so at once, before TensorFlow loads or a folder is made
-        check_weights(options["weights"])
+        check_weights(options["weights"], options["backbone"])
         data_source(data)
     distribution = choose_distribution(out, distribute)
     tracking = tracking_from(out, options, project)
@@ -273,10 +273,10 @@ def _temperature_cell(result) -> str:
 
 def _next_steps(out: Output, run_dir: Path) -> None:
     """Where the results are and the commands that come next, with this run's folder in them."""
-    out.log(f"Results in {run_dir}/: best.keras (calibrated), metrics.json, predictions.csv, history.csv")
+    out.log(f"Results in {run_dir}/: best.keras, metrics.json, predictions.csv, history.csv")
     out.log("Next:")
     steps = [
-        (f"scenecls evaluate {run_dir}", "scores on the test split"),
+        (f"scenecls evaluate {run_dir}", "scores on its held-out images"),
         (f"scenecls predict --model {run_dir} PHOTO...", "classify your own images"),
         (f"scenecls report {run_dir}", "one HTML page about the run"),
         (f"scenecls export {run_dir} --to onnx", "other formats, checked"),
