@@ -174,3 +174,26 @@ def held_out_check(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict
         **{k: round(v, 6) for k, v in scored.items()},
         "helps": scored["nll_after"] < scored["nll_before"],
     }
+
+
+def judge_temperature(probs: np.ndarray, labels: np.ndarray, fitted: float) -> tuple[dict | None, str]:
+    """The held-back check of a fitted temperature, and why it is not applied ("" when it is): too few
+    validation images to fit one, a fit at the edge of the range searched, or a temperature that made
+    the log loss of validation images it was not fitted on worse."""
+    if len(labels) < MIN_CALIBRATION_IMAGES:
+        return None, (
+            f"only {len(labels)} validation images: too few to fit one reliably "
+            f"(at least {MIN_CALIBRATION_IMAGES})"
+        )
+    if not LOWEST_TEMPERATURE * 1.01 < fitted < HIGHEST_TEMPERATURE * 0.99:
+        return None, (
+            f"the fitted {fitted:.3g} is at the edge of what is searched "
+            f"({LOWEST_TEMPERATURE:g}-{HIGHEST_TEMPERATURE:g}): the validation images are too odd to trust it"
+        )
+    check = held_out_check(probs, labels)
+    if not check["helps"]:
+        return check, (
+            f"as one fitted on half the validation images made the other half's log loss worse "
+            f"({check['nll_before']:.4f} -> {check['nll_after']:.4f})"
+        )
+    return check, ""

@@ -8,8 +8,13 @@ import json
 
 import numpy as np
 
-from scenecls.calibration import MIN_CALIBRATION_IMAGES, fit_temperature, held_out_check, with_temperature
-from scenecls.training.calibrate import judge_temperature
+from scenecls.calibration import (
+    MIN_CALIBRATION_IMAGES,
+    fit_temperature,
+    held_out_check,
+    judge_temperature,
+    with_temperature,
+)
 from tests.conftest import invoke, tiny, write_class_folders
 
 

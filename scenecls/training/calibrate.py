@@ -17,12 +17,9 @@ import numpy as np
 from scenecls import runs
 from scenecls.calibration import (
     ECE_BINS,
-    HIGHEST_TEMPERATURE,
-    LOWEST_TEMPERATURE,
-    MIN_CALIBRATION_IMAGES,
     calibration_scores,
     fit_temperature,
-    held_out_check,
+    judge_temperature,
     with_temperature,
 )
 from scenecls.classifier import load_model, save_model, scale_logits
@@ -82,29 +79,6 @@ def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) ->
         "val": {"before": before, "after": after},
         "model": model,
     }
-
-
-def judge_temperature(probs: np.ndarray, labels: np.ndarray, fitted: float) -> tuple[dict | None, str]:
-    """The held-back check of a fitted temperature, and why it is not applied ("" when it is): too few
-    validation images to fit one, a fit at the edge of the range searched, or a temperature that made
-    the log loss of validation images it was not fitted on worse."""
-    if len(labels) < MIN_CALIBRATION_IMAGES:
-        return None, (
-            f"only {len(labels)} validation images: too few to fit one reliably "
-            f"(at least {MIN_CALIBRATION_IMAGES})"
-        )
-    if not LOWEST_TEMPERATURE * 1.01 < fitted < HIGHEST_TEMPERATURE * 0.99:
-        return None, (
-            f"the fitted {fitted:.3g} is at the edge of what is searched "
-            f"({LOWEST_TEMPERATURE:g}-{HIGHEST_TEMPERATURE:g}): the validation images are too odd to trust it"
-        )
-    check = held_out_check(probs, labels)
-    if not check["helps"]:
-        return check, (
-            f"as one fitted on half the validation images made the other half's log loss worse "
-            f"({check['nll_before']:.4f} -> {check['nll_after']:.4f})"
-        )
-    return check, ""
 
 
 def scores_on(probs: np.ndarray, split: Split, temperature: float) -> dict[str, dict[str, float]]:
