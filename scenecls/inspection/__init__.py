@@ -8,8 +8,7 @@ The names load on first use, so that ``scenecls inspect --help`` (which reads
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scenecls.lazy import front_door
 
 _FRONT = {
     "Group": "scenecls.inspection.findings",
@@ -23,11 +22,4 @@ _FRONT = {
 }
 
 __all__ = sorted(_FRONT)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _FRONT:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_FRONT[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = front_door(__name__, _FRONT)

@@ -16,8 +16,7 @@ CLI) costs nothing and never imports TensorFlow.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scenecls.lazy import front_door
 
 _FRONT = {
     "train": "scenecls.training.loop",
@@ -32,11 +31,4 @@ _FRONT = {
 _SOURCE_NAMES = {"choose_distribution": "choose", "DISTRIBUTE_MODES": "MODES"}
 
 __all__ = sorted(_FRONT)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _FRONT:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_FRONT[name]), _SOURCE_NAMES.get(name, name))
-    globals()[name] = value
-    return value
+__getattr__ = front_door(__name__, _FRONT, _SOURCE_NAMES)
