@@ -48,26 +48,29 @@ def _nan(value: float | None) -> float:
 
 def best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
     """The epoch whose validation accuracy is highest (the first of equals), as training keeps it in
-    ``best.keras``; None without validation images."""
+    ``best.keras``; None without validation images. For a history without its run's record: a run's
+    own ``best_epoch`` (its state) is the one to mark."""
     scored = [(row["val_accuracy"], -row["epoch"]) for row in history if row.get("val_accuracy") is not None]
     return -max(scored)[1] if scored else None
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+def plot_curves(
+    history: Sequence[dict[str, Any]], path: Path, title: str = "", best: int | None = None
+) -> Path:
     """Accuracy and loss per epoch, train and validation, with the start of fine-tuning and the best
-    epoch (the model kept) marked."""
+    epoch marked: ``best``, the run's recorded one (the model kept), else :func:`best_epoch`."""
     from matplotlib.ticker import MaxNLocator
 
     figure = _figure(11, 4.2)
     epochs = [row["epoch"] for row in history]
-    best = best_epoch(history)
+    best = best or best_epoch(history)
+    kept = next((row for row in history if row["epoch"] == best), None)
     for ax, metric in zip(figure.subplots(1, 2), ("accuracy", "loss"), strict=True):
         ax.plot(epochs, [row[metric] for row in history], "o-", label=f"train {metric}")
         if any(row[f"val_{metric}"] is not None for row in history):  # none with --val-split 0
             ax.plot(epochs, [_nan(row[f"val_{metric}"]) for row in history], "o-", label=f"val {metric}")
-        if best is not None:
-            row = next(r for r in history if r["epoch"] == best)
-            ax.plot([best], [row[f"val_{metric}"]], "*", color="#bf8700", markersize=14, zorder=5,
+        if kept is not None and kept[f"val_{metric}"] is not None:  # none with --val-split 0
+            ax.plot([best], [kept[f"val_{metric}"]], "*", color="#bf8700", markersize=14, zorder=5,
                     label=f"best: epoch {best} (kept)")  # fmt: skip
         for epoch, phase in _phase_starts(history):
             ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
@@ -304,8 +307,8 @@ def merged_bins(bins: Sequence[dict[str, Any]], least: int = MIN_BIN_IMAGES) -> 
         if sum(r["count"] for r in pending) >= least:
             merged.append(_merge(pending))
             pending = []
-    if pending:
-        merged = [*merged[:-1], _merge([*(merged[-1:] and [merged[-1]]), *pending])]
+    if pending:  # too few left for a point of their own: they join the last one
+        merged = [*merged[:-1], _merge([*merged[-1:], *pending])]
     return merged
 
 

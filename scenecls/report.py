@@ -26,6 +26,7 @@ from scenecls import __version__, plots, runs
 from scenecls.errors import UsageError
 from scenecls.files import check_output_file, read_head
 
+PAGE = "report.html"  # a run's or sweep's page, in its folder unless --output says otherwise
 GENERATOR = f"scenecls report {__version__}"
 MARK = '<meta name="generator" content="scenecls report'  # how a page of ours starts its head
 
@@ -102,9 +103,10 @@ def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None, here: Path) -> str
     with tempfile.TemporaryDirectory(prefix="scenecls-report-") as scratch:
         draw = _drawer(Path(scratch))
         if history:
+            best = state.get("best_epoch")  # the run's own record of the model it kept
             parts += [
                 "<h2>Learning curves</h2>",
-                draw(lambda p: plots.plot_curves(history, p), "Learning curves"),
+                draw(lambda p: plots.plot_curves(history, p, best=best), "Learning curves"),
             ]
         if evaluation:
             parts.append(_evaluation(evaluation, rows, draw, heatmaps))
@@ -174,7 +176,7 @@ def _members(members: list[str], metrics: dict, here: Path) -> str:
 
 def _page_link(folder: Path, here: Path) -> str:
     """A link to the report page in ``folder``, relative to this page; the folder when it has none yet."""
-    page = folder / "report.html"
+    page = folder / PAGE
     target = page if page.is_file() else folder
     try:
         relative = os.path.relpath(target, here)

@@ -60,10 +60,12 @@ def plot_runs(
 
 
 def _plot_curves(run_dir: Path, drawn: Drawn) -> list:
-    history = runs.Run(run_dir).history
+    run = runs.Run(run_dir)
+    history = run.history
     if history:
+        best = run.state.best_epoch if run.has(runs.STATE) else None
         title = runs.run_label(run_dir)
-        drawn.written.append(plots.plot_curves(history, run_dir / "curves.png", title=title))
+        drawn.written.append(plots.plot_curves(history, run_dir / "curves.png", title=title, best=best))
     elif runs.is_ensemble_run(run_dir):
         drawn.notes.append(f"{run_dir} is an ensemble: it has no training curves (its members have)")
     else:

@@ -36,7 +36,7 @@ def report(
 
     folder = Path(run_ref) if run_ref and reports.is_sweep_folder(Path(run_ref)) else None
     folder = folder or runs.resolve_run(run_ref, project)
-    target = output or folder / "report.html"
+    target = output or folder / reports.PAGE
     reports.check_output(target)  # before any work
     heatmaps = None
     if not reports.is_sweep_folder(folder) and (folder / runs.BEST).is_file():
