@@ -4,9 +4,11 @@
 with respect to ``A``, averaged over the map, weighs each channel; the weighted sum of the channels,
 where positive, is where the evidence for ``k`` lies. It is upsampled to the image and drawn over it.
 
-``A`` is the backbone's last map *before its last stride* (:func:`fine_layer`), not its output: at
-150 px MobileNetV2's output is 5 x 5, so a map of it is a blob in the middle; the map before the last
-stride is 10 x 10, and the gradient still flows to it through the last stage.
+Two maps are made, and drawn as their geometric mean: one of the backbone's last feature map *before
+its last stride* (:func:`fine_layer`), which places the evidence, and one of its output, which says
+which region it belongs to and keeps the finer map's stray spots at the borders out. At 150 px
+MobileNetV2's output is 5 x 5, so its map alone is a blob in the middle; the map before the last stride
+is 10 x 10, and the gradient still flows to it through the last stage.
 
 The logit is taken before the softmax (the classifier's last layer computes ``softmax(x W + b)``, so
 the logit is ``x W + b`` of that layer's input): a softmax's gradient vanishes on a confident answer.
@@ -26,6 +28,7 @@ import numpy as np
 from scenecls.classifier import PREDICTIONS, find_backbone, input_size
 from scenecls.command_options import EXPLAIN
 from scenecls.data.images import ImageReadError, load_rgb
+from scenecls.errors import ModelError
 from scenecls.files import OUTPUT_MARKERS
 from scenecls.heads import POOL_LAYER
 from scenecls.progress import NullReporter, Reporter
@@ -86,7 +89,7 @@ class GradCam:
         self.before = [layer for layer in before if not isinstance(layer, keras.layers.InputLayer)]
         self.head = model.layers[position + 1 :]
         if not self.head or self.head[0].name != POOL_LAYER or self.head[-1].name != PREDICTIONS:
-            raise ValueError(
+            raise ModelError(
                 f"{model.name} is not a scenecls classifier (backbone, pooling, ..., predictions)"
             )
         self.layer = fine_layer(backbone) if fine else backbone.layers[-1]

@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import click
@@ -180,10 +179,10 @@ def say_model(out: Output, model_path, run_dir, fmt: str) -> None:
     if fmt in ("json", "jsonl"):
         return
     what = ""
-    if run_dir is not None:
+    if run_dir is not None:  # a run folder: resolve_model found its config.json
         from scenecls.runs import Run
 
-        config = Run(run_dir).recorded if (Path(run_dir) / "config.json").is_file() else {}
+        config = Run(run_dir).recorded
         members = (config.get("ensemble") or {}).get("members") or []
         if members:
             what = f", the ensemble of {len(members)} runs"
