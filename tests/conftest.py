@@ -22,6 +22,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Colours a tiny network separates easily; each class also gets its own stripe direction.
 CLASS_COLOURS = {"alpha": (200, 40, 40), "beta": (40, 180, 40), "gamma": (40, 40, 210)}
 
+# What the team shares beside the project: real Intel photographs and real MobileNetV2 weights, for the
+# tests that must show real learning (skipped, with the reason, where the folder is absent).
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MINI = SHARED / "data" / "intel-mini.zip"
+WEIGHTS_FILE = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
+needs_real_photos = pytest.mark.skipif(
+    not (MINI.is_file() and WEIGHTS_FILE.is_file()),
+    reason="needs ../shared/data/intel-mini.zip and ../shared/weights (real MobileNetV2 weights)",
+)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_home(tmp_path_factory):

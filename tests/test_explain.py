@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecls.cli import cli
-from tests.conftest import one_error_line, write_class_folders
+from tests.conftest import MINI, WEIGHTS_FILE, needs_real_photos, one_error_line, write_class_folders
 
 SIZE, CELL = 128, 32  # a 4 x 4 grid of cells; ConvNeXt's last block sees the image as 4 x 4
 
@@ -29,12 +29,25 @@ def _scene(label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return image, mask
 
 
+def _separating_head(model, images: np.ndarray, labels: np.ndarray) -> None:
+    """Give a two-class classifier (no hidden dense layer) the head that tells classes 0 and 1 apart
+    by the difference of their mean pooled features, scaled so that the classes are told apart surely."""
+    from scenecls.caches.features import feature_model
+
+    features = feature_model(model).predict(images, verbose=0)
+    direction = features[labels == 0].mean(axis=0) - features[labels == 1].mean(axis=0)
+    projected = features @ direction
+    scale = 10 / projected.std()
+    kernel = np.stack([direction, -direction], axis=1) * scale
+    bias = np.array([-1.0, 1.0]) * projected.mean() * scale
+    model.get_layer("predictions").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+
+
 def test_the_heat_map_lights_the_region_the_class_depends_on():
     """A real backbone (ConvNeXt-tiny, random weights) with a head that tells the colours apart (the
     difference of the two classes' mean pooled features): the map of each image peaks in its cell."""
     import keras
 
-    from scenecls.caches.features import feature_model
     from scenecls.classifier import build_classifier
     from scenecls.explain import GradCam
     from scenecls.heads import HeadConfig
@@ -43,13 +56,7 @@ def test_the_heat_map_lights_the_region_the_class_depends_on():
     rng = np.random.default_rng(0)
     model = build_classifier("convnext_tiny", 2, size=SIZE, weights=None, head=HeadConfig(dense=0))
     labels = np.repeat([0, 1], 16)
-    features = feature_model(model).predict(np.stack([_scene(y, rng)[0] for y in labels]), verbose=0)
-    direction = features[labels == 0].mean(axis=0) - features[labels == 1].mean(axis=0)
-    projected = features @ direction
-    scale = 10 / projected.std()
-    kernel = np.stack([direction, -direction], axis=1) * scale
-    bias = np.array([-1.0, 1.0]) * projected.mean() * scale
-    model.get_layer("predictions").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    _separating_head(model, np.stack([_scene(y, rng)[0] for y in labels]), labels)
 
     test_labels = np.repeat([0, 1], 6)
     scenes = [_scene(y, rng) for y in test_labels]
@@ -158,16 +165,8 @@ def test_explain_with_its_output_inside_its_input_folder_never_explains_its_own_
     assert len(maps) == count and not any(name.endswith(".cam.cam.png") for name in maps)
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MINI = SHARED / "data" / "intel-mini.zip"
-WEIGHTS_FILE = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (MINI.is_file() and WEIGHTS_FILE.is_file()),
-    reason="needs ../shared/data/intel-mini.zip and ../shared/weights (real MobileNetV2 weights)",
-)
+@needs_real_photos
 def test_on_real_photographs_the_map_finds_each_half_of_a_forest_and_sea_picture(tmp_path):
     """Real MobileNetV2 features and a head that tells forest from sea (the difference of their mean
     features): in pictures whose left half is a forest and right half the sea, or the other way round,
@@ -176,7 +175,6 @@ def test_on_real_photographs_the_map_finds_each_half_of_a_forest_and_sea_picture
 
     import keras
 
-    from scenecls.caches.features import feature_model
     from scenecls.classifier import build_classifier
     from scenecls.explain import GradCam
     from scenecls.heads import HeadConfig
@@ -193,13 +191,7 @@ def test_on_real_photographs_the_map_finds_each_half_of_a_forest_and_sea_picture
     )
     train = np.stack(load[0][:40] + load[1][:40])
     labels = np.repeat([0, 1], 40)
-    features = feature_model(model).predict(train, verbose=0)
-    direction = features[labels == 0].mean(axis=0) - features[labels == 1].mean(axis=0)
-    projected = features @ direction
-    scale = 10 / projected.std()
-    kernel = np.stack([direction, -direction], axis=1) * scale
-    bias = np.array([-1.0, 1.0]) * projected.mean() * scale
-    model.get_layer("predictions").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    _separating_head(model, train, labels)
 
     half = size // 2
     pictures, forest_left = [], []

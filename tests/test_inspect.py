@@ -18,7 +18,15 @@ from scenecls.data.facts import image_facts
 from scenecls.data.pipeline import prepare_data
 from scenecls.inspection.options import HASH_DISTANCE
 from scenecls.label_errors import find_suspects, fold_of, out_of_fold_probabilities
-from tests.conftest import draw_scene, one_error_line, tiny, write_class_folders
+from tests.conftest import (
+    MINI,
+    WEIGHTS_FILE,
+    draw_scene,
+    needs_real_photos,
+    one_error_line,
+    tiny,
+    write_class_folders,
+)
 
 TINY = tiny(batch=None, export=True)
 
@@ -324,16 +332,8 @@ def test_csv_and_table_output(tmp_path):
     assert "not run (--no-features)" in table.stdout
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MINI = SHARED / "data" / "intel-mini.zip"
-WEIGHTS_FILE = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (MINI.is_file() and WEIGHTS_FILE.is_file()),
-    reason="needs ../shared/data/intel-mini.zip and ../shared/weights (real MobileNetV2 weights)",
-)
+@needs_real_photos
 def test_real_photographs_a_planted_crop_and_planted_wrong_labels_are_found(tmp_path):
     """Real MobileNetV2 features of real Intel photographs: a slightly cropped, re-encoded copy of a
     training image put in the test split is a near duplicate across splits, and most of 12 photographs

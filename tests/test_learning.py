@@ -14,10 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls.cli import cli
+from tests.conftest import MINI, SHARED, WEIGHTS_FILE
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MINI = SHARED / "data" / "intel-mini.zip"
-WEIGHTS_FILE = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
 KERAS_CACHE = SHARED / "weights" / "keras-cache" / "models"
 TARGET = 0.85  # a linear probe on these features scores 0.91; random weights 0.51
 
