@@ -78,5 +78,48 @@ class SweepGrid:
     dense: str = option_field("0,1,2,3", "Dense layers in the head, one run per value.")
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """``scenecls serve``: where it listens, how it batches, and the limits that keep it standing."""
+
+    host: str = option_field(
+        "127.0.0.1", "Address to listen on; 0.0.0.0 answers every network, so it is never the default."
+    )
+    port: int = option_field(
+        8000, "Port to listen on (0: any free port; the address is printed).", kind="int", low=0, high=65535
+    )
+    max_batch: int = option_field(32, "Most images run through the model at once.", kind="int", low=1,
+                                  high=1024)  # fmt: skip
+    max_wait: float = option_field(
+        5.0, "Milliseconds a batch waits for more images once the model is free.", kind="float",
+        low=0, high=10_000, metavar="MS",
+    )  # fmt: skip
+    max_queue: int = option_field(
+        256, "Images waiting at most; a request beyond that gets 503 and Retry-After.", kind="int",
+        low=1, high=1_000_000,
+    )  # fmt: skip
+    max_body: float = option_field(20.0, "Largest request body, in megabytes (413 beyond).", kind="float",
+                                   low=0.001, high=4096, metavar="MB")  # fmt: skip
+    max_megapixels: float = option_field(
+        40.0, "Largest image, in megapixels as decoded (an error row beyond).", kind="float", low=0.001,
+        high=1000, metavar="MP",
+    )  # fmt: skip
+    decode_timeout: float = option_field(
+        5.0, "Seconds one image may take to decode (an error row beyond).", kind="float", low=0.01,
+        high=3600, metavar="S",
+    )  # fmt: skip
+    client_timeout: float = option_field(
+        30.0, "Seconds a client may take to send its request's body (408 beyond).", kind="float",
+        low=0.01, high=3600, metavar="S",
+    )  # fmt: skip
+    top_k: int = option_field(1, "Classes listed per image (a request's top_k overrides it).", kind="int",
+                              low=1)  # fmt: skip
+    min_confidence: float | None = option_field(
+        None, "Answer unknown below this confidence (a request's min_confidence overrides it).",
+        kind="float", low=0, high=1, metavar="P",
+    )  # fmt: skip
+
+
 EVALUATE, PREDICT, EXPLAIN = EvaluateOptions(), PredictOptions(), ExplainOptions()
 EXPORT, ENSEMBLE, SWEEP_GRID = ExportOptions(), EnsembleOptions(), SweepGrid()
+SERVE = ServeOptions()

@@ -55,6 +55,18 @@ def abstain(prediction: Prediction, min_confidence: float) -> Prediction:
     return prediction
 
 
+def rank(prediction: Prediction, probabilities: np.ndarray, classes: list[str], top_k: int) -> Prediction:
+    """``prediction`` given its ``top_k`` classes from one image's ``probabilities`` (or an error when
+    they are not numbers)."""
+    if not np.all(np.isfinite(probabilities)):
+        prediction.error = "the model's output is not a number (a diverged model?)"
+        return prediction
+    order = np.argsort(-probabilities)[: max(1, min(top_k, len(classes)))]
+    prediction.top = [(classes[i], float(probabilities[i])) for i in order]
+    prediction.label, prediction.confidence = prediction.top[0]
+    return prediction
+
+
 def expand_inputs(items: Iterable[str], stdin: Iterable[str] | None = None) -> list[tuple[str, str | None]]:
     """Files, folders (searched recursively for images), globs and ``-`` (paths read from ``stdin``).
 
@@ -153,13 +165,7 @@ def predict_files(
                 if images:
                     probs = forward(np.stack(images))
                     for slot, p in zip(slots, probs, strict=True):
-                        if not np.all(np.isfinite(p)):
-                            results[slot].error = "the model's output is not a number (a diverged model?)"
-                            continue
-                        order = np.argsort(-p)[:top_k]
-                        top = [(classes[i], float(p[i])) for i in order]
-                        results[slot].label, results[slot].confidence = top[0]
-                        results[slot].top = top
+                        rank(results[slot], p, classes, top_k)
                 yield from results
                 task.advance(len(batch))
     finally:

@@ -32,6 +32,7 @@ COMMANDS = {
     "explain": "scenecls.cli.explain:explain",
     "report": "scenecls.cli.report:report",
     "export": "scenecls.cli.export:export",
+    "serve": "scenecls.cli.serve:serve",
     "ensemble": "scenecls.cli.ensemble:ensemble",
     "lr-find": "scenecls.cli.lr_find:lr_find",
     "log-mlflow": "scenecls.cli.log_mlflow:log_mlflow",

@@ -8,6 +8,7 @@ evaluation and prediction all see the same pixels.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -56,20 +57,40 @@ def load_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np
     return np.asarray(_decode(path, size, resize=size is not None), dtype=np.uint8)
 
 
+def decode_rgb(
+    data: bytes, size: tuple[int, int] | None = None, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """:func:`load_rgb` for an image's bytes (an upload, a download), with its own pixel limit."""
+    if not data:
+        raise ImageReadError("empty file")
+    image = _decode_source(io.BytesIO(data), size, resize=size is not None, max_pixels=max_pixels)
+    return np.asarray(image, dtype=np.uint8)
+
+
 def _decode(path: str | os.PathLike, size: tuple[int, int] | None, *, resize: bool) -> Image.Image:
     """Open, decode (a JPEG at the smallest scale still at least ``size``), check, turn upright, RGB."""
     try:
         if os.path.getsize(path) == 0:
             raise ImageReadError("empty file")
-        with Image.open(path) as image:
+    except FileNotFoundError as exc:
+        raise ImageReadError("file not found") from exc
+    except OSError as exc:
+        raise ImageReadError(first_line(exc)) from exc
+    return _decode_source(path, size, resize=resize)
+
+
+def _decode_source(
+    source, size: tuple[int, int] | None, *, resize: bool, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    megapixels = f"{max_pixels / 1_000_000:g}-megapixel limit"
+    try:
+        with Image.open(source) as image:
             if size is not None and image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
                 image.draft("RGB", (size[1], size[0]))
             width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageReadError(
-                    f"too large: {width}x{height} pixels, over the {MAX_PIXELS // 1_000_000}-megapixel limit"
-                )
+            if width * height > max_pixels:
+                raise ImageReadError(f"too large: {width}x{height} pixels, over the {megapixels}")
             image.load()
             image = ImageOps.exif_transpose(image)
             image = to_rgb(image)
@@ -83,7 +104,7 @@ def _decode(path: str | os.PathLike, size: tuple[int, int] | None, *, resize: bo
     except Image.UnidentifiedImageError as exc:
         raise ImageReadError("not an image") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"too large: over the {MAX_PIXELS // 1_000_000}-megapixel limit") from exc
+        raise ImageReadError(f"too large: over the {megapixels}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         reason = first_line(exc)
         if "truncated" in reason.lower():
