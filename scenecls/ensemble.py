@@ -217,6 +217,9 @@ def _write_run(
     run = runs.Run(run_dir)
     run.write_metrics(metrics)
     run.write_state(runs.RunState(status="finished"))
+    from scenecls.model_card import refresh_card
+
+    refresh_card(run_dir, reporter)
     return EnsembleResult(
         run_dir, [str(m) for m in members], size, test_accuracy, member_tests, tested, metrics["seconds"]
     )

@@ -147,6 +147,10 @@ def evaluate_run(
     outcome = RunEvaluation(evaluation, model_path, run_dir, rows)
     if run_dir is not None:
         outcome.saved = _save(outcome, prepared, own=own, tta=tta)
+        if outcome.saved[0].name == runs.EVALUATION and runs.Run(run_dir).status == "finished":
+            from scenecls.model_card import refresh_card
+
+            refresh_card(run_dir, reporter)  # its per-class figures are now evaluate's
     return outcome
 
 

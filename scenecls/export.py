@@ -57,10 +57,12 @@ class ExportResult:
     labels: Path
     metadata: Path
     parity: Parity | None
+    card: Path | None = None  # MODEL_CARD.md, when one of ours could be written
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(path=str(self.path), labels=str(self.labels), metadata=str(self.metadata))
+        data["card"] = None if self.card is None else str(self.card)
         return data
 
 
@@ -373,10 +375,20 @@ def export_run(
             fmt=fmt,
             quantize=quantize,
         )
+    from scenecls.model_card import write_export_card
+
+    card = write_export_card(
+        target, run_dir=run_dir, source=model_path, classes=list(classes), input_size=size,
+        checked=None if parity is None else {"format": fmt, "quantize": quantize, **asdict(parity)},
+    )  # fmt: skip
+    if card is None:
+        folder = target if target.is_dir() else target.parent
+        reporter.warn(f"{folder / 'MODEL_CARD.md'} is not one scenecls wrote: left as it is (the card's "
+                      "facts are in the export's metadata)")  # fmt: skip
     size_bytes = (
         sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         if target.is_dir()
         else target.stat().st_size
     )
     labels_file = (target if target.is_dir() else target.parent) / "labels.txt"
-    return ExportResult(target, fmt, quantize, size_bytes, labels_file, metadata_path(target), parity)
+    return ExportResult(target, fmt, quantize, size_bytes, labels_file, metadata_path(target), parity, card)

@@ -11,6 +11,8 @@ import numpy as np
 from scenecls.checksums import checksum_path
 from scenecls.errors import first_line
 from scenecls.export import Parity, check_parity, export_model
+from scenecls.model_card import refresh_card
+from scenecls.runs import MODEL_CARD
 from scenecls.runtimes import metadata_path
 from scenecls.samples import split_images
 
@@ -69,6 +71,7 @@ def export_after_training(
     run = Run(run_dir)
     metrics = run.metrics
     if not run.config.export_tflite or "export" in metrics:
+        refresh_card(run_dir, reporter)  # calibrate's new temperature, a record from before cards
         return metrics.get("export")
     prepared = data if data is not None else run.prepared_data(reporter=NullReporter())[0]
     size = run.image_size
@@ -76,8 +79,10 @@ def export_after_training(
         run_dir, prepared.classes, prepared.held_out()[0], size, reporter, model=model
     )
     run.write_metrics(metrics)
+    refresh_card(run_dir, reporter)  # now naming best.tflite too
     if tracker is not None and tracker.run_id:
         tracker.log_files(
-            tracker.run_id, [run_dir / name for name in ("metrics.json", "best.tflite", "labels.txt")]
+            tracker.run_id,
+            [run_dir / name for name in ("metrics.json", "best.tflite", "labels.txt", MODEL_CARD)],
         )
     return metrics["export"]

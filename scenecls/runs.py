@@ -25,11 +25,13 @@ LAST = "last.keras"
 METRICS = "metrics.json"
 STATE = "state.json"
 EVALUATION = "evaluation.json"
+MODEL_CARD = "MODEL_CARD.md"  # and its facts as JSON: scenecls.model_card
+MODEL_CARD_JSON = "model_card.json"
 PREDICTIONS = "predictions.csv"
 
 # Every file a run writes atomically, for cleaning up after a process killed mid-write.
-RUN_FILES = (CONFIG, LABELS, HISTORY, BEST, LAST, METRICS, STATE, EVALUATION, PREDICTIONS,
-             "last_head.npz", "best_head.npz", "skipped.txt", "best.tflite")  # fmt: skip
+RUN_FILES = (CONFIG, LABELS, HISTORY, BEST, LAST, METRICS, STATE, EVALUATION, PREDICTIONS, "last_head.npz",
+             "best_head.npz", "skipped.txt", "best.tflite", MODEL_CARD, MODEL_CARD_JSON)  # fmt: skip
 
 HISTORY_COLUMNS = (
     "epoch",

@@ -84,6 +84,7 @@ def export(
             ["file", str(result.path)],
             ["size", byte_size(result.bytes)],
             ["labels", str(result.labels)],
+            ["model card", str(result.card) if result.card else "not written (see the warning)"],
         ]
         if parity is not None:
             rows += [

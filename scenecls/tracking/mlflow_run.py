@@ -34,6 +34,7 @@ SMALL_FILES = (
     runs.EVALUATION,
     "best.tflite",
     "labels.txt",
+    runs.MODEL_CARD,
 )
 PHASES = {"head": 1}  # the phase metric: 1 for the head phase, 2, 3, ... for fine-tuning stages
 SWEEP_TAG = "scenecls.sweep_id"

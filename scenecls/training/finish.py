@@ -1,6 +1,6 @@
 """The end of a run: its best model calibrated on the validation images (see ``calibrate.py``) and
-tested on the held-out ones, ``metrics.json`` written, the run marked finished (and its confusion matrix
-logged to TensorBoard when asked)."""
+tested on the held-out ones, ``metrics.json`` and the model card written, the run marked finished (and its
+confusion matrix logged to TensorBoard when asked)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from scenecls.data.pipeline import (
     PreparedData,
 )
 from scenecls.metrics import evaluate_predictions, predict_split
+from scenecls.model_card import refresh_card
 from scenecls.runs import Run, RunState
 from scenecls.training.calibrate import calibrate_best, scores_on
 from scenecls.training.callbacks import Ledger
@@ -43,6 +44,7 @@ def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport
     ledger.write_state()
     report_dicts = [r.to_dict() for r in reports]
     run.update_config({"unfreeze_reports": report_dicts})
+    refresh_card(run_dir, context.reporter)
     if config.tensorboard:
         _log_confusion(run_dir, data, config, state, best.model())
     result = train_result(run_dir, state, metrics, report_dicts)
@@ -101,6 +103,14 @@ def _final_metrics(
         probs = predict_split(best.model(), data.test, context.config.batch_size)
         test = evaluate_predictions(probs, np.asarray(data.test.labels), data.classes, split="test")
         metrics["test_accuracy"], metrics["test_loss"] = test.accuracy, test.loss
+        # What the model card says of the test: each class's scores, the confusions, accuracy at each
+        # confidence floor (the full evaluation, with every image's row, is `scenecls evaluate`'s).
+        metrics["test_detail"] = {
+            "images": test.images,
+            "per_class": test.per_class,
+            "confusion": test.confusion,
+            "coverage": test.coverage,
+        }
         calibration = {**calibration, "test": scores_on(probs, data.test, calibration["temperature"])}
     metrics["calibration"] = calibration
     return metrics
