@@ -32,6 +32,21 @@ class PredictOptions:
 
     top_k: int = option_field(1, "Classes listed per image.", kind="int", low=1)
     batch_size: int = batch_size_field()
+    every: float = option_field(
+        1.0,
+        "Videos: seconds between the frames classified.",
+        kind="float",
+        low=0.01,
+        high=86_400,
+        metavar="S",
+    )
+    smooth: int = option_field(
+        3,
+        "Videos, --segments: frames whose vote sets each frame's scene (1: none).",
+        kind="int",
+        low=1,
+        high=101,
+    )
 
 
 @dataclass(frozen=True)

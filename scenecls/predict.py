@@ -17,7 +17,8 @@ import numpy as np
 
 from scenecls.calibration import UNKNOWN
 from scenecls.command_options import PREDICT
-from scenecls.data.images import ImageReadError, is_image_path, load_rgb
+from scenecls.data.images import ImageReadError, decode_rgb, is_image_path, load_rgb
+from scenecls.data.remote import fetch_image_bytes, is_url
 from scenecls.progress import NullReporter, Reporter
 
 
@@ -68,7 +69,8 @@ def rank(prediction: Prediction, probabilities: np.ndarray, classes: list[str], 
 
 
 def expand_inputs(items: Iterable[str], stdin: Iterable[str] | None = None) -> list[tuple[str, str | None]]:
-    """Files, folders (searched recursively for images), globs and ``-`` (paths read from ``stdin``).
+    """Files, folders (searched recursively for images), globs, ``http(s)://`` image URLs and ``-`` (paths
+    read from ``stdin``).
 
     Returns ``(path, error)`` pairs in the order given; an input that names nothing becomes an error
     row instead of stopping the others.
@@ -78,6 +80,9 @@ def expand_inputs(items: Iterable[str], stdin: Iterable[str] | None = None) -> l
         if item == "-":
             lines = (line.strip() for line in (stdin or []))
             found.extend(expand_inputs([line for line in lines if line]))
+            continue
+        if is_url(item):
+            found.append((item, None))  # fetched when its turn comes, with predict's other images
             continue
         path = Path(item)
         if path.is_dir():
@@ -172,6 +177,32 @@ def predict_files(
         task.close()
 
 
+def predict_inputs(
+    runtime, inputs: list[tuple[str, str | None]], classes: list[str], *,
+    batch_size: int = PREDICT.batch_size, top_k: int = PREDICT.top_k, every: float = PREDICT.every,
+    reporter: Reporter | None = None,
+) -> Iterator:  # fmt: skip
+    """:func:`predict_files` for the images among ``inputs`` and, for each video (by its name), a
+    :class:`scenecls.video.Sample` every ``every`` seconds; in the order of ``inputs``."""
+    from scenecls.video import is_video_path, predict_video
+
+    images: list[tuple[str, str | None]] = []
+    for path, error in inputs:
+        if error is None and not is_url(path) and is_video_path(path):
+            if images:
+                yield from predict_files(runtime, images, classes, batch_size=batch_size, top_k=top_k,
+                                         reporter=reporter)  # fmt: skip
+                images = []
+            yield from predict_video(runtime, path, classes, every=every, batch_size=batch_size, top_k=top_k,
+                                     reporter=reporter)  # fmt: skip
+        else:
+            images.append((path, error))
+    if images:
+        yield from predict_files(
+            runtime, images, classes, batch_size=batch_size, top_k=top_k, reporter=reporter
+        )
+
+
 def predict_array(
     runtime, paths: list[str], *, batch_size: int = 32, workers: int | None = None
 ) -> np.ndarray:
@@ -188,6 +219,8 @@ def predict_array(
 
 def _load(path: str, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
     try:
+        if is_url(path):
+            return decode_rgb(fetch_image_bytes(path), size), None
         return load_rgb(path, size), None
     except ImageReadError as exc:
         return None, str(exc)

@@ -167,6 +167,22 @@ def invoke(*args: str, **kwargs):
     return CliRunner().invoke(cli, list(args), **kwargs)
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished tiny run (3 classes of generated scenes, 10 train and 5 test images each, 3 epochs of
+    the head) with its end-of-run ``best.tflite``, for tests that only read a run: copy it to change it."""
+    data = tmp_path_factory.mktemp("finished-data")
+    write_class_folders(data / "train", 10, seed=1, size=40)
+    write_class_folders(data / "test", 5, seed=2, size=40)
+    project = tmp_path_factory.mktemp("finished-runs")
+    recipe = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "0", export=True)
+    result = invoke("-q", "train", "--data", str(data), *recipe, "--project", str(project), "--name",
+                    "finished")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (project / "finished" / "best.tflite").is_file()
+    return project / "finished"
+
+
 def tiny(
     *extra: str, backbone: str | None = "mobilenet_v2", batch: int | None = 8, export: bool = False
 ) -> list[str]:
@@ -220,6 +236,7 @@ class ServerState:
     ignore_range: bool = False
     etags: bool = True  # send an ETag (the body's hash) and honour If-Range
     content_type: dict[str, str] = field(default_factory=dict)  # path -> Content-Type
+    endless: dict[str, int] = field(default_factory=dict)  # path -> declared length, then zeros until hung up
     requests: list[dict] = field(default_factory=list)
 
 
@@ -246,6 +263,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path in state.status:
             self.send_error(state.status[self.path])
+            return
+        if self.path in state.endless:
+            self._send_endless(state.endless[self.path], state.content_type.get(self.path, "image/jpeg"))
             return
         body = state.files.get(self.path)
         if body is None:
@@ -281,6 +301,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)  # drop the connection mid-body
             return
         self.wfile.write(payload)
+
+    def _send_endless(self, declared: int, kind: str) -> None:
+        """A body that claims ``declared`` bytes (0: no length) and streams zeros until the client stops."""
+        self.send_response(200)
+        if declared:
+            self.send_header("Content-Length", str(declared))
+        self.send_header("Content-Type", kind)
+        self.end_headers()
+        try:
+            for _ in range(100_000):  # at most 6.5 GB: a client that never stops is a failed test
+                self.wfile.write(bytes(65536))
+        except OSError:
+            pass
 
 
 @pytest.fixture

@@ -14,23 +14,14 @@ import numpy as np
 import pytest
 
 from scenecls.model_card import MARK, card_facts, render, write_run_card
-from tests.conftest import invoke, tiny, write_class_folders
+from tests.conftest import invoke
 
 pytestmark = pytest.mark.slow  # trains a model
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("data")
-    write_class_folders(data / "train", 10, seed=1, size=40)
-    write_class_folders(data / "test", 5, seed=2, size=40)
-    project = tmp_path_factory.mktemp("runs")
-    recipe = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "0", export=True)
-    result = invoke(
-        "-q", "train", "--data", str(data), *recipe, "--project", str(project), "--name", "carded"
-    )
-    assert result.exit_code == 0, result.output
-    return project / "carded"
+def run(finished_run) -> Path:
+    return finished_run
 
 
 def _test_images(run: Path) -> tuple[list[Path], list[int], list[str]]:
@@ -94,7 +85,8 @@ def test_the_card_s_loading_examples_run_as_printed_and_agree_with_predict(run, 
     np.testing.assert_allclose(keras_probs, litert_probs, atol=1e-4)
 
 
-def test_calibrate_and_evaluate_refresh_the_card(run):
+def test_calibrate_and_evaluate_refresh_the_card(run, tmp_path):
+    run = Path(shutil.copytree(run, tmp_path / run.name))  # the shared run stays as trained
     (run / "model_card.json").write_text(json.dumps({"written_by": "scenecls", "stale": True}))
     assert invoke("-q", "calibrate", str(run)).exit_code == 0
     facts = json.loads((run / "model_card.json").read_text())

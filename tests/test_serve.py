@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from scenecls.serving.batching import Batcher, QueueFull
-from tests.conftest import invoke, one_error_line, tiny, write_class_folders
+from tests.conftest import invoke, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,25 +115,15 @@ def png(colour: tuple[int, int, int], size: int = 40) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- a model
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(finished_run) -> Path:
     """A finished tiny run with its end-of-run ``best.tflite``, which the server runs."""
-    data = tmp_path_factory.mktemp("data")
-    write_class_folders(data / "train", 10, seed=1, size=40)
-    write_class_folders(data / "test", 4, seed=2, size=40)
-    project = tmp_path_factory.mktemp("runs")
-    recipe = tiny("--dense", "1", "--epochs", "2", "--finetune-epochs", "0", export=True)
-    result = invoke(
-        "-q", "train", "--data", str(data), *recipe, "--project", str(project), "--name", "served"
-    )
-    assert result.exit_code == 0, result.output
-    assert (project / "served" / "best.tflite").is_file()
-    return project / "served"
+    return finished_run
 
 
 @pytest.fixture(scope="module")
 def photos(run) -> list[Path]:
     test = Path(json.loads((run / "config.json").read_text())["data"]) / "test"
-    return sorted(test.rglob("*.jpg"))[::2]  # two of each class
+    return sorted(test.rglob("*.jpg"))[::2]  # some of each class
 
 
 @pytest.mark.slow
@@ -183,7 +173,7 @@ def test_answers_are_predict_s_answers_whichever_way_images_come(run, photos, tm
         # The model's facts, from the run.
         status, _, facts = server.json("GET", "/metadata")
         metrics = json.loads((run / "metrics.json").read_text())
-        assert status == 200 and facts["runtime"] == "tflite" and facts["run"] == "served"
+        assert status == 200 and facts["runtime"] == "tflite" and facts["run"] == run.name
         assert facts["classes"] == json.loads((run / "labels.json").read_text())["classes"]
         assert facts["input"]["height"] == facts["input"]["width"] == 32
         assert facts["fingerprint"] == hashlib.sha256((run / "best.tflite").read_bytes()).hexdigest()[:16]

@@ -25,14 +25,18 @@ from scenecls.progress import native_stderr_silenced
 from scenecls.units import count
 
 
-def exit_for_failed_inputs(out: Output, failed: int, total: int, done: str) -> None:
+def exit_for_failed_inputs(out: Output, failed: int, total: int, done: str, partly: int = 0) -> None:
     """The exit code of a command over many inputs: 4 when every one failed (or there were none), 3
-    when some did (said once on stderr), else none; ``done`` is what was not done to them."""
-    if failed == total:
+    when some did or some only in part (a video read up to its damage; said once on stderr), else none;
+    ``done`` is what was not done to them."""
+    if failed == total and not partly:
         out.warn(f"none of the {count(total, 'input')} could be {done}")
         raise click.exceptions.Exit(4)
-    if failed:
-        out.warn(f"{failed} of {count(total, 'input')} could not be {done}")
+    if failed or partly:
+        said = [f"{failed} of {count(total, 'input')} could not be {done}"] if failed else []
+        if partly:
+            said.append(f"{partly} of {count(total, 'input')} could be {done} only up to a damaged part")
+        out.warn("; ".join(said))
         raise click.exceptions.Exit(3)
 
 
