@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from scenecls.config_fields import batch_size_field, option_field
 
-EXPORT_FORMATS = ("savedmodel", "tflite", "onnx")
+EXPORT_FORMATS = ("savedmodel", "tflite", "onnx", "openvino")
+FOLDER_FORMATS = ("savedmodel", "openvino")  # written as a folder holding the model, its labels and metadata
 QUANTIZATIONS = ("float16", "int8")
 
 

@@ -21,15 +21,22 @@ import numpy as np
 
 from scenecls import __version__
 from scenecls.checksums import record_checksum
-from scenecls.command_options import EXPORT, EXPORT_FORMATS
+from scenecls.command_options import EXPORT, EXPORT_FORMATS, FOLDER_FORMATS
 from scenecls.errors import ModelError, UsageError, first_line
 from scenecls.files import atomic_path, make_staging, read_head, remove_abandoned
-from scenecls.runtimes import METADATA_SUFFIX, load_runtime, metadata_path
+from scenecls.runtimes import METADATA_SUFFIX, OPENVINO_GRAPH, OPENVINO_WEIGHTS, load_runtime, metadata_path
 from scenecls.samples import sample_images
 
 # Top-1 agreement with the Keras model below which an export is refused. Float exports compute the same
 # function (differences of rounding only); float16 weights and int8 arithmetic change it a little.
-THRESHOLDS = {"savedmodel": 0.99, "tflite": 0.99, "onnx": 0.99, "float16": 0.98, "int8": 0.90}
+THRESHOLDS = {
+    "savedmodel": 0.99,
+    "tflite": 0.99,
+    "onnx": 0.99,
+    "openvino": 0.99,
+    "float16": 0.98,
+    "int8": 0.90,
+}
 WRITTEN_BY = "scenecls export"  # in every export's metadata: what ``--output`` may replace
 STAGING_KIND = "export"  # .<output>.<host>-<pid>.export beside the output while it is written
 
@@ -67,9 +74,10 @@ class ExportResult:
 
 
 def default_output(model_path: Path, fmt: str, quantize: str | None = None) -> Path:
-    """Beside the model: ``best.tflite``, ``best_int8.tflite``, ``best.onnx``, ``best_savedmodel/``."""
+    """Beside the model: ``best.tflite``, ``best_int8.tflite``, ``best.onnx``, ``best_savedmodel/``,
+    ``best_openvino/``."""
     stem = model_path.stem + (f"_{quantize}" if quantize else "")
-    return model_path.with_name(f"{stem}_savedmodel" if fmt == "savedmodel" else f"{stem}.{fmt}")
+    return model_path.with_name(f"{stem}_{fmt}" if fmt in FOLDER_FORMATS else f"{stem}.{fmt}")
 
 
 def export_model(
@@ -92,7 +100,7 @@ def export_model(
     if quantize == "int8" and (representative is None or not len(representative)):
         raise UsageError("--quantize int8 needs calibration images (the run's data, or --data)")
     output = Path(output)
-    labels = (output if fmt == "savedmodel" else output.parent) / "labels.txt"
+    labels = (output if fmt in FOLDER_FORMATS else output.parent) / "labels.txt"
     labels_text = "".join(f"{name}\n" for name in classes)
     _check_replaceable(output, fmt, labels, labels_text)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +108,7 @@ def export_model(
     scratch = make_staging(output.parent, output.name, STAGING_KIND)
     try:
         staged = scratch / output.name
-        {"savedmodel": _savedmodel, "tflite": _tflite, "onnx": _onnx}[fmt](
+        {"savedmodel": _savedmodel, "tflite": _tflite, "onnx": _onnx, "openvino": _openvino}[fmt](
             model, staged, classes=list(classes), quantize=quantize, representative=representative
         )
         if output.is_dir():  # an earlier export of ours (checked above): out of the way, then gone
@@ -110,6 +118,8 @@ def export_model(
         shutil.rmtree(scratch, ignore_errors=True)
     if output.is_file():  # a single-file model: its checksum, checked whenever it is loaded
         record_checksum(output)
+    for part in (OPENVINO_GRAPH, OPENVINO_WEIGHTS) if fmt == "openvino" else ():
+        record_checksum(output / part)
     height, width = int(model.input_shape[1]), int(model.input_shape[2])
     _write_text(labels, labels_text)
     _write_text(
@@ -142,7 +152,7 @@ def _check_replaceable(output: Path, fmt: str, labels: Path, labels_text: str) -
     """Refuse, before any work, an output this tool would not be sure to have written: replace only an
     earlier export of the same kind (its metadata says it is ours), never a user's folder or file, never
     through a link; and never write ``labels.txt`` or the metadata over a file this tool did not write."""
-    what = "SavedModel folder" if fmt == "savedmodel" else f".{fmt} file"
+    what = {"savedmodel": "SavedModel folder", "openvino": "OpenVINO folder"}.get(fmt, f".{fmt} file")
     if output.is_symlink():
         raise UsageError(f"--output {output} is a link; give the path it points to, or a new path")
     parent = output.parent
@@ -152,14 +162,14 @@ def _check_replaceable(output: Path, fmt: str, labels: Path, labels_text: str) -
         raise UsageError(f"--output {output}: {parent} is a file, not a folder")
     if output.exists():
         shape_ok = (
-            output.is_dir() if fmt == "savedmodel" else (output.is_file() and output.suffix == f".{fmt}")
+            output.is_dir() if fmt in FOLDER_FORMATS else (output.is_file() and output.suffix == f".{fmt}")
         )
         if not (shape_ok and _is_our_export(output, fmt)):
             raise UsageError(
                 f"--output {output} exists and is not a {what} that scenecls exported; it replaces only "
                 f"its own exports: choose a new path (nothing was changed)"
             )
-    if fmt == "savedmodel":
+    if fmt in FOLDER_FORMATS:
         return  # labels and metadata go inside the folder, which is new or ours
     meta = metadata_path(output)
     if (meta.exists() or meta.is_symlink()) and not _is_our_export(output, fmt):
@@ -189,8 +199,8 @@ def _is_our_export(path: Path, fmt: str) -> bool:
     says so, for this format."""
     data = _read_metadata(path)
     ours = data is not None and data.get("written_by") == WRITTEN_BY
-    if ours and fmt == "savedmodel":
-        ours = (path / "saved_model.pb").is_file()
+    if ours and fmt in FOLDER_FORMATS:
+        ours = (path / ("saved_model.pb" if fmt == "savedmodel" else OPENVINO_GRAPH)).is_file()
     return bool(ours and data.get("format") == fmt)
 
 
@@ -284,6 +294,16 @@ def _onnx(model, path: Path, **_) -> None:
     height, width = int(model.input_shape[1]), int(model.input_shape[2])
     model(np.zeros((1, height, width, 3), np.float32), training=False)  # Keras exports only a called model
     _quietly(lambda: model.export(str(path), format="onnx", verbose=False))
+
+
+def _openvino(model, path: Path, **_) -> None:
+    """A folder with the OpenVINO IR (``model.xml``, the graph, and ``model.bin``, the weights)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        raise ModelError("--to openvino needs OpenVINO: pip install 'scenecls[openvino]'")
+    path.mkdir()
+    _quietly(lambda: model.export(str(path / OPENVINO_GRAPH), format="openvino", verbose=False))
 
 
 def _quietly(export) -> None:

@@ -268,9 +268,14 @@ def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
     """``(model file, run folder or None)`` from a ``.keras`` file, a run folder or name, or the latest."""
     if value is not None:
         path = Path(value)
-        if path.is_file() or (path.is_dir() and (path / "saved_model.pb").is_file()):
-            return path, path.parent if (path.parent / CONFIG).is_file() else None
-        if path.suffix in (".keras", ".tflite", ".onnx"):
+        exported_folder = path.is_dir() and any(
+            (path / name).is_file() for name in ("saved_model.pb", "model.xml")
+        )
+        if path.is_file() or exported_folder:
+            # An OpenVINO export's model.xml lies in the export's folder, inside the run folder.
+            owners = [path.parent, *([path.parent.parent] if path.suffix == ".xml" else [])]
+            return path, next((owner for owner in owners if (owner / CONFIG).is_file()), None)
+        if path.suffix in (".keras", ".tflite", ".onnx", ".xml"):
             raise SceneclsError(f"model file {path} does not exist")
     run = resolve_run(value, project)
     if not (run / BEST).is_file():

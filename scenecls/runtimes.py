@@ -4,7 +4,9 @@
 * a SavedModel folder (``saved_model.pb`` inside), as ``scenecls export --format savedmodel`` writes it
   (imports TensorFlow);
 * ``.tflite`` — run by LiteRT (``ai-edge-litert``), **without** TensorFlow;
-* ``.onnx`` — run by ONNX Runtime, **without** TensorFlow.
+* ``.onnx`` — run by ONNX Runtime, **without** TensorFlow;
+* an OpenVINO folder (``model.xml`` and ``model.bin`` inside, as ``scenecls export --to openvino`` writes
+  it), or its ``model.xml`` — run by OpenVINO, **without** TensorFlow.
 
 Every runtime takes raw 0-255 RGB float32 images of its ``input_size`` and returns class probabilities.
 Importing this module imports neither TensorFlow nor a runtime: each is imported when a model of its
@@ -23,7 +25,12 @@ from scenecls.checksums import changed_since_written, checksum_matches
 from scenecls.errors import ModelError, first_line
 from scenecls.progress import native_stderr_silenced
 
-INSTALL = {"tflite": "pip install ai-edge-litert", "onnx": "pip install 'scenecls[onnx]'"}
+INSTALL = {
+    "tflite": "pip install ai-edge-litert",
+    "onnx": "pip install 'scenecls[onnx]'",
+    "openvino": "pip install 'scenecls[openvino]'",
+}
+OPENVINO_GRAPH, OPENVINO_WEIGHTS = "model.xml", "model.bin"  # an OpenVINO export's two files
 METADATA_SUFFIX = ".json"  # model.tflite -> model.tflite.json beside it; SavedModel: metadata.json inside
 
 
@@ -37,17 +44,20 @@ class Runtime(Protocol):
 
 
 def model_kind(path: Path) -> str:
-    """``keras``, ``savedmodel``, ``tflite`` or ``onnx``, from the path; a one-line error otherwise."""
+    """``keras``, ``savedmodel``, ``tflite``, ``onnx`` or ``openvino``, from the path; a one-line error
+    otherwise."""
     path = Path(path)
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return "savedmodel"
-        raise ModelError(f"{path} is a folder but not a SavedModel (no saved_model.pb)")
-    kinds = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+        if (path / OPENVINO_GRAPH).is_file():
+            return "openvino"
+        raise ModelError(f"{path} is a folder but neither a SavedModel nor an OpenVINO model")
+    kinds = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx", ".xml": "openvino"}
     if path.suffix.lower() in kinds:
         return kinds[path.suffix.lower()]
     raise ModelError(
-        f"{path}: not a model file scenecls reads (.keras, .tflite, .onnx or a SavedModel folder)"
+        f"{path}: not a model scenecls reads (.keras, .tflite, .onnx, a SavedModel or OpenVINO folder)"
     )
 
 
@@ -69,6 +79,8 @@ def load_runtime(
         return KerasRuntime(Path(path), batch_size=batch_size, precision=precision, jit=jit)
     if kind == "savedmodel":
         return SavedModelRuntime(Path(path), batch_size=batch_size, trust_model=trust_model)
+    if kind == "openvino":
+        return OpenVinoRuntime(Path(path), batch_size=batch_size)
     if not checksum_matches(path):  # an export of ours changed since it was written
         raise ModelError(changed_since_written(path))
     loader = {"tflite": LiteRTRuntime, "onnx": OnnxRuntime}
@@ -91,9 +103,14 @@ class FlipAveraged:
 
 
 def metadata_path(path: Path) -> Path:
-    """Where the metadata of an exported model lives: inside a SavedModel, beside a file."""
+    """Where the metadata of an exported model lives: inside a SavedModel or OpenVINO folder (also for
+    that folder's ``model.xml``), beside a file."""
     path = Path(path)
-    return path / "metadata.json" if path.is_dir() else path.with_name(path.name + METADATA_SUFFIX)
+    if path.is_dir():
+        return path / "metadata.json"
+    if path.name == OPENVINO_GRAPH and (path.parent / "metadata.json").is_file():
+        return path.parent / "metadata.json"
+    return path.with_name(path.name + METADATA_SUFFIX)
 
 
 def exported_classes(path: Path) -> list[str] | None:
@@ -247,6 +264,41 @@ class OnnxRuntime:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run(None, {self._name: np.asarray(images, dtype=np.float32)})[0])
+
+
+class OpenVinoRuntime:
+    """An OpenVINO IR (``model.xml`` + ``model.bin``) compiled for the CPU. The IR holds only OpenVINO's
+    standard operations unless extensions are loaded, which this never does."""
+
+    kind = "openvino"
+
+    def __init__(self, path: Path, *, batch_size: int = 32) -> None:
+        graph = path / OPENVINO_GRAPH if path.is_dir() else path
+        for part in (graph, graph.with_suffix(".bin")):
+            if not part.is_file():
+                raise ModelError(f"{part} does not exist: an OpenVINO model is its .xml and .bin together")
+            if not checksum_matches(part):
+                raise ModelError(changed_since_written(part))
+        try:
+            import openvino
+        except ImportError:
+            raise _missing_runtime("openvino", "openvino") from None
+        try:
+            self._compiled = openvino.Core().compile_model(str(graph), "CPU")
+        except Exception as exc:  # OpenVINO raises RuntimeError for a damaged or foreign file
+            raise ModelError(f"cannot load {graph} as an OpenVINO model: {first_line(exc, 300)}") from exc
+        shape = self._compiled.input(0).get_partial_shape()
+        if shape.rank.get_length() != 4 or not shape[1].is_static or not shape[2].is_static or shape[3] != 3:
+            raise ModelError(f"{graph} does not take RGB images of a fixed size (input shape {shape})")
+        self.input_size = (shape[1].get_length(), shape[2].get_length())
+        classes = self._compiled.output(0).get_partial_shape()[-1]
+        if not classes.is_static:
+            raise ModelError(f"{graph} does not say how many classes it predicts")
+        self.num_classes = classes.get_length()
+        self._output = self._compiled.output(0)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._compiled(np.asarray(images, dtype=np.float32))[self._output])
 
 
 def fast_model(model_path: Path, warn=None) -> Path:

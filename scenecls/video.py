@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scenecls.command_options import PREDICT
 from scenecls.errors import first_line
 from scenecls.progress import NullReporter, Reporter
 
@@ -204,7 +205,7 @@ def predict_video(
 
 
 def segments(
-    samples: list[Sample], *, every: float, smooth: int = 3, end: float | None = None
+    samples: list[Sample], *, every: float, smooth: int = PREDICT.smooth, end: float | None = None
 ) -> list[Segment]:
     """The scenes of one video: each sample's label replaced by the most common label of the ``smooth``
     samples centred on it (a lone misread frame does not cut a scene in three), then runs of one label

@@ -72,7 +72,7 @@ def test_training_writes_a_checked_best_tflite_that_predict_uses(run):
 @pytest.fixture(scope="module")
 def exported(run) -> dict[str, Path]:
     paths = {}
-    for fmt in ("tflite", "onnx", "savedmodel"):
+    for fmt in ("tflite", "onnx", "savedmodel", "openvino"):
         # --to names the model format and --format the output; the old spellings (--format tflite,
         # --json) stay as aliases: savedmodel is exported with them.
         new = ["--to", fmt, "--format", "json"] if fmt != "savedmodel" else ["--format", fmt, "--json"]
@@ -84,7 +84,7 @@ def exported(run) -> dict[str, Path]:
     return paths
 
 
-@pytest.mark.parametrize("fmt", ["tflite", "onnx", "savedmodel"])
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "savedmodel", "openvino"])
 def test_each_format_predicts_as_the_keras_model(run, exported, fmt):
     images = sorted(str(p) for p in (run.parent.parent / "data").rglob("*.jpg"))[:10]
     keras = invoke("predict", *images, "--model", str(run), "--format", "json")
@@ -133,7 +133,7 @@ def test_savedmodel_serves_encoded_jpeg_and_png_bytes(run, exported):
     np.testing.assert_allclose(raw["probabilities"].numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+@pytest.mark.parametrize("fmt", ["tflite", "onnx", "openvino"])
 def test_exported_predict_imports_no_tensorflow(run, exported, fmt):
     image = next((run.parent.parent / "data").rglob("*.jpg"))
     code, stdout, imported = predict_in_a_fresh_process(str(image), "--model", str(exported[fmt]))
@@ -148,6 +148,33 @@ def test_evaluate_an_exported_model(run, exported):
     keras = invoke("evaluate", str(run), "--data", str(data), "--format", "json")
     assert json.loads(result.stdout)["accuracy"] == pytest.approx(json.loads(keras.stdout)["accuracy"])
     assert (run / "evaluation.best.tflite.json").is_file() and (run / "evaluation.json").is_file()
+
+
+def test_an_openvino_export_is_a_checked_folder_and_a_changed_one_is_refused(run, exported, tmp_path):
+    folder = exported["openvino"]
+    assert folder.name == "best_openvino" and folder.parent == run
+    assert {p.name for p in folder.iterdir()} >= {"model.xml", "model.bin", "labels.txt", "metadata.json"}
+    image = next((run.parent.parent / "data").rglob("*.jpg"))
+    # Its graph file alone names the model too, and evaluate finds its run from it.
+    by_graph = invoke("predict", str(image), "--model", str(folder / "model.xml"), "--format", "json")
+    by_folder = invoke("predict", str(image), "--model", str(folder), "--format", "json")
+    assert json.loads(by_graph.stdout) == json.loads(by_folder.stdout)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    weights = bytearray((copy / "model.bin").read_bytes())
+    weights[100] ^= 0xFF
+    (copy / "model.bin").write_bytes(bytes(weights))
+    result = invoke("predict", str(image), "--model", str(copy))
+    assert result.exit_code == 1 and "model.bin" in one_error_line(result)
+    (copy / "model.bin").unlink()
+    result = invoke("predict", str(image), "--model", str(copy))
+    assert "an OpenVINO model is its .xml and .bin together" in one_error_line(result)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.xml").write_text("<net>not really</net>")
+    (damaged / "model.bin").write_bytes(b"\x00" * 64)
+    result = invoke("predict", str(image), "--model", str(damaged))
+    assert result.exit_code == 1 and "cannot load" in one_error_line(result)
 
 
 @pytest.mark.parametrize("suffix", [".tflite", ".onnx"])

@@ -1,4 +1,4 @@
-"""``scenecls export``: a trained model as a SavedModel, LiteRT (.tflite) or ONNX file, checked."""
+"""``scenecls export``: a trained model as a SavedModel, LiteRT (.tflite), ONNX or OpenVINO, checked."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from scenecls.units import byte_size
     default="tflite",
     show_default=True,
     help="Model format. savedmodel: TensorFlow Serving; tflite: LiteRT (fast predict without TensorFlow); "
-    "onnx.",
+    "onnx: ONNX Runtime; openvino: OpenVINO (a folder with model.xml and model.bin).",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: beside the model]")
 @click.option(

@@ -67,6 +67,8 @@ def write_export_card(
     if folder == run_dir:  # an export beside best.keras: the run's own card, which now names it too
         return write_run_card(run_dir)
     runs.write_atomic(card, render(facts, files=models_in(folder, source)))
+    if run_dir is not None and folder.parent == run_dir:  # a folder export in the run: its card names it
+        write_run_card(run_dir)
     return card
 
 
@@ -90,8 +92,14 @@ def models_in(folder: Path, source: Path) -> dict[str, str]:
             continue
         if Path(str(data.get("source"))).name != source.name or data.get("format") not in _FORMATS:
             continue
-        model = meta.parent.name if meta.name == "metadata.json" else meta.name.removesuffix(".json")
-        found[data["format"]] = model if meta.name != "metadata.json" else model + "/"
+        if meta.name != "metadata.json":
+            found[data["format"]] = meta.name.removesuffix(".json")
+            continue
+        # A folder: a SavedModel is loaded as the folder, OpenVINO by its graph file; a card inside the
+        # folder names them from there.
+        inside = meta.parent == folder
+        graph = "model.xml" if data["format"] == "openvino" else ""
+        found[data["format"]] = (graph or ".") if inside else f"{meta.parent.name}/{graph}"
     return found
 
 

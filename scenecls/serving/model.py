@@ -49,8 +49,11 @@ def load_served_model(
 
 def fingerprint(path: Path) -> str:
     """The first 16 hex digits of the model's SHA-256 (as recorded when written, else computed); a
-    SavedModel's is its graph file's."""
-    target = path / "saved_model.pb" if path.is_dir() else path
+    SavedModel's is its graph file's, an OpenVINO model's its weights file's."""
+    if path.is_dir():
+        target = path / "saved_model.pb" if (path / "saved_model.pb").is_file() else path / "model.bin"
+    else:
+        target = path.with_suffix(".bin") if path.suffix == ".xml" else path
     digest = recorded_checksum(target) or file_sha256(target)
     return digest[:16]
 
