@@ -26,11 +26,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_ptq_no_top.weights.h5"
 VARIANTS = [  # (label, export arguments or None for the .keras model itself)
     ("keras (.keras)", None),
-    ("SavedModel", ["--format", "savedmodel"]),
-    ("LiteRT float32", ["--format", "tflite"]),
-    ("LiteRT float16", ["--format", "tflite", "--quantize", "float16"]),
-    ("LiteRT int8", ["--format", "tflite", "--quantize", "int8"]),
-    ("ONNX", ["--format", "onnx"]),
+    ("SavedModel", ["--to", "savedmodel"]),
+    ("LiteRT float32", ["--to", "tflite"]),
+    ("LiteRT float16", ["--to", "tflite", "--quantize", "float16"]),
+    ("LiteRT int8", ["--to", "tflite", "--quantize", "int8"]),
+    ("ONNX", ["--to", "onnx"]),
+    ("OpenVINO", ["--to", "openvino"]),
 ]
 
 

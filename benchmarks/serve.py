@@ -1,7 +1,7 @@
 """`scenecls serve` under load: requests/s and latency at several concurrencies, beside the same model's
 in-process batched throughput.
 
-Run: python benchmarks/serve.py --model runs/train [--seconds 10] [--concurrency 1,4,16,64]
+Run: python benchmarks/serve.py --model runs/train [--seconds 10] [--concurrency 1,4,16,64] [--max-queue 256]
 
 A real server process (``scenecls serve --port 0``) is spoken to over real sockets by client processes
 (so that the clients do not share one interpreter lock), each request one 150x150 JPEG of the Intel set
@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-queue", type=int, default=256, help="the server's; below the clients: 503s")
     args = parser.parse_args()
 
     body, what = sample_jpeg()
@@ -149,7 +150,7 @@ def main() -> None:
 
     server = subprocess.Popen(
         [sys.executable, "-m", "scenecls", "-q", "serve", args.model, "--port", "0",
-         "--max-batch", str(args.max_batch)],
+         "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

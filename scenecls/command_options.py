@@ -136,6 +136,14 @@ class ServeOptions:
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SuggestOptions:
+    """``scenecls suggest``."""
+
+    budget: int = option_field(100, "Images to suggest.", kind="int", low=1, high=1_000_000, metavar="N")
+    batch_size: int = batch_size_field()
+
+
 EVALUATE, PREDICT, EXPLAIN = EvaluateOptions(), PredictOptions(), ExplainOptions()
 EXPORT, ENSEMBLE, SWEEP_GRID = ExportOptions(), EnsembleOptions(), SweepGrid()
-SERVE = ServeOptions()
+SERVE, SUGGEST = ServeOptions(), SuggestOptions()

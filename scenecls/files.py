@@ -333,7 +333,11 @@ def _same_file(handle, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-OUTPUT_MARKERS = (".scenecls-inspect", ".scenecls-explain")  # folders of our outputs: never read as data
+OUTPUT_MARKERS = (
+    ".scenecls-inspect",
+    ".scenecls-explain",
+    ".scenecls-suggest",
+)  # folders of our outputs: never read as data
 
 
 def holds_our_output(folder: Path) -> bool:

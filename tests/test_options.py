@@ -114,6 +114,7 @@ def test_the_library_takes_the_same_defaults_as_the_commands():
     from scenecls.explain import explain_into
     from scenecls.export import export_run
     from scenecls.predict import predict_inputs
+    from scenecls.suggest import suggest
     from scenecls.video import segments
 
     calls = {
@@ -123,6 +124,7 @@ def test_the_library_takes_the_same_defaults_as_the_commands():
         explain_into: ("ExplainOptions", {}),
         export_run: ("ExportOptions", {"parity": "parity_images"}),
         make_ensemble: ("EnsembleOptions", {}),
+        suggest: ("SuggestOptions", {}),
     }
     for function, (config, renamed) in calls.items():
         signature = inspect.signature(function).parameters

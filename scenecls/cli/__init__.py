@@ -28,6 +28,7 @@ COMMANDS = {
     "evaluate": "scenecls.cli.evaluate:evaluate",
     "calibrate": "scenecls.cli.calibrate:calibrate",
     "predict": "scenecls.cli.predict:predict",
+    "suggest": "scenecls.cli.suggest:suggest",
     "plot": "scenecls.cli.plot:plot",
     "explain": "scenecls.cli.explain:explain",
     "report": "scenecls.cli.report:report",

@@ -1,0 +1,321 @@
+"""What to label next: the unlabelled images a person's time is best spent on.
+
+A run's model (calibrated, so its confidence means what it says) looks at every unlabelled image once,
+giving its probabilities and its features (the pooled backbone output its head reads). From the images it
+is least sure of (the smallest margin between its two most likely classes; ``4 x budget`` of them), k-centre
+greedy picks, one at a time, the image farthest in those features from every labelled image and every
+image already picked: uncertain images that are unlike what is labelled and unlike each other, so that
+the budget is not spent on twenty copies of the same doubtful street. Copies of labelled images (the same
+bytes, or features nearly the same) are never suggested.
+
+The unlabelled folder is only read. The suggestions go to an output folder of ours: a CSV (path,
+suggested class, confidence, margin), a contact sheet and, per suggested class, a folder of links (or
+copies) to the images, so that a person can sort them by moving files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenecls.command_options import SUGGEST
+from scenecls.errors import UsageError
+from scenecls.progress import NullReporter, Reporter
+from scenecls.units import count
+
+MARKER = ".scenecls-suggest"
+WRITER = "scenecls suggest"
+CSV_NAME, SHEET_NAME = "suggestions.csv", "suggestions.png"
+NEAR_COPY = 0.97  # cosine similarity of the run's features above which an image is a labelled one again
+POOL_FACTOR = 4  # the least certain budget x this are the candidates k-centre greedy chooses among
+LABELLED_SAMPLE = 3000  # labelled images whose features stand for the labelled set
+
+
+@dataclass
+class Suggestion:
+    rank: int
+    path: str
+    suggested: str
+    confidence: float
+    margin: float  # top-1 minus top-2 probability: small is unsure
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SuggestResult:
+    suggestions: list[Suggestion]
+    pool: int  # unlabelled images read
+    unreadable: int
+    copies: int  # left out as copies of labelled images
+    output: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "unreadable": self.unreadable,
+            "copies_of_labelled": self.copies,
+            "output": None if self.output is None else str(self.output),
+            "files": [str(p) for p in self.files],
+            "suggestions": [s.to_dict() for s in self.suggestions],
+        }
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def pool_images(folder: Path, classes: list[str], labelled_root: Path) -> list[Path]:
+    """The images of the unlabelled folder, checked: a folder, not the labelled set nor inside it, not laid
+    out in the run's class folders, holding images. Each problem is a one-line usage error."""
+    from scenecls.data.images import is_image_path
+    from scenecls.files import holds_our_output
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder of unlabelled images")
+    here, labelled = folder.resolve(), labelled_root.resolve()
+    if here == labelled or labelled in here.parents or here in labelled.parents:
+        raise UsageError(f"{folder} holds the run's labelled images ({labelled_root}): give unlabelled ones")
+    named = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name in classes)
+    if len(named) >= 2:
+        raise UsageError(
+            f"{folder} is laid out in class folders ({', '.join(named[:3])}...): those images are labelled; "
+            "give a folder of unlabelled images"
+        )
+    try:
+        found = (p for p in folder.rglob("*") if is_image_path(p) and not p.name.startswith("."))
+        images = sorted(p for p in found if p.is_file() and not holds_our_output(p.parent))
+    except OSError as exc:
+        raise UsageError(f"{folder} cannot be read: {exc.strerror or exc}") from None
+    if not images:
+        raise UsageError(f"{folder} holds no images")
+    return images
+
+
+def check_budget(budget: int, pool: int) -> None:
+    if budget > pool:
+        raise UsageError(f"--budget {budget} is more than the {count(pool, 'unlabelled image')} there are")
+
+
+# ---------------------------------------------------------------------------------------------- choosing
+def choose(
+    probabilities: np.ndarray, features: np.ndarray, labelled: np.ndarray, budget: int, *,
+    pool_factor: int = POOL_FACTOR,
+) -> list[int]:  # fmt: skip
+    """Indices of ``budget`` images, in the order picked: among the ``pool_factor x budget`` with the
+    smallest margin, k-centre greedy from the ``labelled`` features (cosine distance)."""
+    ordered = np.sort(probabilities, axis=1)
+    margin = ordered[:, -1] - (ordered[:, -2] if probabilities.shape[1] > 1 else 0)
+    candidates = np.argsort(margin, kind="stable")[: max(budget, pool_factor * budget)]
+    points = _unit(features[candidates])
+    # Each candidate's distance to the nearest labelled image (2: as far as can be, with none labelled).
+    nearest = 1 - np.max(_unit(labelled) @ points.T, axis=0) if len(labelled) else np.full(len(points), 2.0)
+    picked: list[int] = []
+    for _ in range(min(budget, len(candidates))):
+        best = int(np.argmax(nearest))
+        picked.append(int(candidates[best]))
+        nearest = np.minimum(nearest, 1 - points @ points[best])
+        nearest[best] = -1.0  # never twice
+    return picked
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def copies_of_labelled(
+    pool: list[Path], features: np.ndarray, labelled_paths: list[str], labelled: np.ndarray,
+    threshold: float = NEAR_COPY,
+) -> np.ndarray:  # fmt: skip
+    """A mask of pool images that are labelled ones again: the same bytes, or features within
+    ``threshold`` cosine similarity of a labelled image's."""
+    sizes: dict[int, list[str]] = {}
+    for path in labelled_paths:
+        try:
+            sizes.setdefault(os.path.getsize(path), []).append(path)
+        except OSError:
+            continue
+    digests: dict[str, None] = {}
+    mask = np.zeros(len(pool), dtype=bool)
+    for i, path in enumerate(pool):
+        same_size = sizes.get(path.stat().st_size)
+        if not same_size:
+            continue
+        for other in same_size:
+            if other not in digests:
+                digests[_sha256(other)] = None
+        mask[i] = _sha256(str(path)) in digests
+    if len(labelled):
+        units = _unit(labelled)
+        for start in range(0, len(pool), 1024):
+            block = _unit(features[start : start + 1024])
+            mask[start : start + len(block)] |= (block @ units.T).max(axis=1) >= threshold
+    return mask
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def suggest(
+    run_dir: Path, pool_folder: Path, budget: int = SUGGEST.budget, *, output: Path, copy: bool = False,
+    batch_size: int = SUGGEST.batch_size, reporter: Reporter | None = None,
+) -> SuggestResult:  # fmt: skip
+    """Rank ``pool_folder``'s images for labelling with the finished run ``run_dir`` and write the
+    suggestions to ``output`` (see the module's docstring)."""
+    from scenecls.files import check_output_folder, claim_folder
+    from scenecls.runs import Run
+
+    reporter = reporter or NullReporter()
+    run = Run(run_dir)
+    if run.status != "finished":
+        raise UsageError(
+            f"{run_dir} has not finished training ({run.status or 'never started'}): finish it first"
+        )
+    classes = run.classes
+    prepared, _ = run.prepared_data(reporter=NullReporter())
+    pool = pool_images(pool_folder, classes, prepared.index.root)
+    check_budget(budget, len(pool))
+    check_output_folder(output, "--output")
+    here = Path(pool_folder).resolve()
+    if output.resolve() == here or here in output.resolve().parents:
+        raise UsageError(
+            f"--output {output} lies inside {pool_folder}, which is only read: choose another folder"
+        )
+    claim_folder(output, MARKER, WRITER)  # before the work: a folder of the user's is refused at once
+
+    labelled_paths = list(prepared.train.paths) + list(prepared.val.paths if prepared.val else [])
+    sample = labelled_paths
+    if len(sample) > LABELLED_SAMPLE:
+        keep = np.random.default_rng(0).choice(len(sample), LABELLED_SAMPLE, replace=False)
+        sample = [sample[i] for i in sorted(keep)]
+    probabilities, features, readable = _look(run_dir, [str(p) for p in pool], sample, batch_size, reporter)
+    pool = [p for p, ok in zip(pool, readable, strict=True) if ok]
+    unreadable = int((~readable).sum())
+    labelled_features = features["labelled"]
+    copies = copies_of_labelled(pool, features["pool"], labelled_paths, labelled_features)
+    keep = np.nonzero(~copies)[0]
+    check_budget(budget, len(keep))
+    reporter.log(
+        f"Choosing {count(budget, 'image')} among {count(len(keep), 'unlabelled image')} "
+        f"({count(int(copies.sum()), 'copy', 'copies')} of labelled images left out)"
+    )
+    picked = choose(probabilities[keep], features["pool"][keep], labelled_features, budget)
+    suggestions = []
+    for rank, i in enumerate(keep[picked], start=1):
+        row = probabilities[i]
+        top = np.argsort(-row)[:2]
+        margin = float(row[top[0]] - (row[top[1]] if len(top) > 1 else 0.0))
+        suggestions.append(Suggestion(rank, str(pool[i]), classes[top[0]], float(row[top[0]]), margin))
+    result = SuggestResult(suggestions, len(pool) + unreadable, unreadable, int(copies.sum()), output)
+    result.files = _write(result, output, classes, copy=copy)
+    return result
+
+
+def _look(run_dir: Path, pool: list[str], labelled: list[str], batch_size: int, reporter: Reporter):
+    """The run's calibrated probabilities and features of the pool, and the features of ``labelled``, in
+    one pass of its model per image; a mask of the pool images that could be read."""
+    import keras
+
+    from scenecls.classifier import inference_function, input_size, is_ensemble, load_model
+    from scenecls.data.images import ImageReadError, load_rgb
+    from scenecls.heads import POOL_LAYER
+
+    model = load_model(run_dir / "best.keras")
+    if is_ensemble(model):
+        raise UsageError(
+            f"{run_dir} is an ensemble, which has no one set of features: use one of its members"
+        )
+    pooled = model.get_layer(POOL_LAYER).output
+    width = pooled.shape[-1]
+    # One output (features, then probabilities, side by side): one traced graph, one pass per image.
+    both = keras.Model(model.input, keras.layers.Concatenate()([pooled, model.output]))
+    forward = inference_function(both, batch_size)
+    size = input_size(model)
+
+    def run(paths: list[str], what: str):
+        task = reporter.task(what, total=len(paths), unit="images")
+        features, probabilities, readable = [], [], np.zeros(len(paths), dtype=bool)
+        try:
+            for start in range(0, len(paths), batch_size):
+                images = []
+                for offset, path in enumerate(paths[start : start + batch_size]):
+                    try:
+                        images.append(load_rgb(path, size))
+                        readable[start + offset] = True
+                    except ImageReadError:
+                        continue
+                if images:
+                    out = forward(np.stack(images).astype(np.float32))
+                    features.append(out[:, :width])
+                    probabilities.append(out[:, width:])
+                task.advance(min(batch_size, len(paths) - start))
+        finally:
+            task.close()
+        f = np.concatenate(features) if features else np.zeros((0, width), np.float32)
+        p = (
+            np.concatenate(probabilities)
+            if probabilities
+            else np.zeros((0, model.output.shape[-1]), np.float32)
+        )
+        return f, p, readable
+
+    pool_features, probabilities, readable = run(pool, "Unlabelled images")
+    labelled_features, _, _ = run(labelled, "Labelled images")
+    return probabilities, {"pool": pool_features, "labelled": labelled_features}, readable
+
+
+def _write(result: SuggestResult, output: Path, classes: list[str], *, copy: bool) -> list[Path]:
+    """``suggestions.csv``, ``suggestions.png`` and a folder per suggested class with links (or copies)."""
+    from scenecls.contact_sheets import Tile, draw_sheet, grid
+    from scenecls.files import atomic_path, note_written
+
+    folders = sorted({s.suggested for s in result.suggestions})
+    note_written(output, MARKER, WRITER, [CSV_NAME, SHEET_NAME, *classes])
+    for name in classes:  # the class folders of an earlier suggestion: ours, replaced whole
+        old = output / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+    with atomic_path(output / CSV_NAME) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["rank", "path", "suggested", "confidence", "margin"])
+        for s in result.suggestions:
+            writer.writerow([s.rank, s.path, s.suggested, f"{s.confidence:.4f}", f"{s.margin:.4f}"])
+    tiles = [Tile(s.path, (f"#{s.rank} {s.suggested}?", f"{s.confidence:.2f}, margin {s.margin:.2f}"))
+             for s in result.suggestions]  # fmt: skip
+    draw_sheet(
+        grid(tiles), f"Label these next ({len(tiles)}): the model's guess and confidence", output / SHEET_NAME
+    )
+    for name in folders:
+        (output / name).mkdir()
+    for s in result.suggestions:
+        source = Path(s.path).resolve()
+        target = output / s.suggested / f"{s.rank:04d}-{source.name}"
+        if copy:
+            shutil.copy2(source, target)
+        else:
+            target.symlink_to(source)
+    return [output / CSV_NAME, output / SHEET_NAME, *(output / name for name in folders)]
+
+
+def default_output(run_dir: Path, pool_folder: Path) -> Path:
+    """``suggestions/<unlabelled folder's name>`` in the current folder, unless that lies in the pool."""
+    name = Path(pool_folder).resolve().name
+    folder = Path("suggestions") / name
+    here = Path(pool_folder).resolve()
+    if folder.resolve() == here or here in folder.resolve().parents:
+        return run_dir / "suggestions" / name
+    return folder

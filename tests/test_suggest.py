@@ -1,0 +1,165 @@
+"""``scenecls suggest``: the unlabelled images to label next, chosen for the model's doubt and for being
+unlike what is labelled and each other; copies of labelled images never; the unlabelled folder only read."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scenecls.suggest import choose, copies_of_labelled
+from tests.conftest import invoke, one_error_line, tiny, write_class_folders
+
+
+def test_choose_takes_doubtful_images_from_different_places_not_one_cluster_twice():
+    # Six doubtful images: four nearly the same (one cluster), one elsewhere, one near a labelled image;
+    # two confident ones far from everything.
+    features = np.array([[1, 0, 0], [1, 0.01, 0], [1, 0, 0.01], [1, 0.01, 0.01], [0, 1, 0], [0, 0, 1],
+                         [0.7, 0.7, 0], [0.7, 0, 0.7]], dtype=np.float32)  # fmt: skip
+    doubtful, sure = [0.5, 0.45, 0.05], [0.98, 0.01, 0.01]
+    probabilities = np.array([doubtful] * 6 + [sure] * 2, dtype=np.float32)
+    labelled = np.array([[0, 0, 1]], dtype=np.float32)  # image 5 is a labelled one's twin
+    picked = choose(probabilities, features, labelled, 2, pool_factor=3)
+    assert len(picked) == 2 and 4 in picked
+    assert 5 not in picked and 6 not in picked and 7 not in picked  # near a labelled one; sure ones
+    assert len(set(picked) & {0, 1, 2, 3}) == 1  # one of the cluster, not two
+
+
+def test_copies_of_labelled_images_are_found_by_bytes_and_by_features(tmp_path):
+    labelled = tmp_path / "labelled.jpg"
+    labelled.write_bytes(b"\xff\xd8 the same picture")
+    pool = [tmp_path / "copy.jpg", tmp_path / "other.jpg", tmp_path / "twin.jpg"]
+    pool[0].write_bytes(labelled.read_bytes())
+    pool[1].write_bytes(b"\xff\xd8 another picture!!")  # the same size, other bytes
+    pool[2].write_bytes(b"x")
+    features = np.array([[1, 0], [0, 1], [0.999, 0.02]], dtype=np.float32)
+    mask = copies_of_labelled(pool, features, [str(labelled)], np.array([[1.0, 0.0]], np.float32))
+    assert mask.tolist() == [True, False, True]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A tiny run whose features mean something: ConvNeXt-T, even with random weights, separates the
+    generated scenes at 32 px (MobileNetV2's random features all but vanish, so every image would look
+    a copy of every other)."""
+    data = tmp_path_factory.mktemp("data")
+    write_class_folders(data / "train", 10, seed=1, size=40)
+    write_class_folders(data / "test", 5, seed=2, size=40)
+    project = tmp_path_factory.mktemp("runs")
+    recipe = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "0", backbone="convnext_tiny")
+    result = invoke("-q", "train", "--data", str(data), *recipe, "--project", str(project), "--name", "seen")
+    assert result.exit_code == 0, result.output
+    return project / "seen"
+
+
+def collage(rng: np.random.Generator, size: int = 40) -> Image.Image:
+    """An image unlike the generated scenes: rectangles of random colours."""
+    pixels = np.zeros((size, size, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+    for _ in range(4):
+        top, left = rng.integers(0, size - 8, 2)
+        pixels[top : top + int(rng.integers(6, 20)), left : left + int(rng.integers(6, 20))] = rng.integers(
+            0, 255, 3
+        )
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def pool(tmp_path, finished_run) -> Path:
+    """Unlabelled images: 18 collages, one byte copy of a labelled image, one unreadable file."""
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(18):
+        collage(rng).save(folder / f"photo_{i:02d}.jpg", quality=92)
+    data = Path(json.loads((finished_run / "config.json").read_text())["data"])
+    shutil.copy(next((data / "train").rglob("*.jpg")), folder / "already_labelled.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not whole")
+    return folder
+
+
+@pytest.mark.slow
+def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alone(
+    finished_run, pool, tmp_path
+):
+    before = _snapshot(pool)
+    output = tmp_path / "to-label"
+    result = invoke("suggest", str(finished_run), str(pool), "--budget", "5", "--output", str(output),
+                    "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pool"] == 20 and report["unreadable"] == 1 and report["copies_of_labelled"] == 1
+    chosen = report["suggestions"]
+    assert [s["rank"] for s in chosen] == [1, 2, 3, 4, 5] and len({s["path"] for s in chosen}) == 5
+    assert not any(Path(s["path"]).name in ("already_labelled.jpg", "broken.jpg") for s in chosen)
+    classes = json.loads((finished_run / "labels.json").read_text())["classes"]
+    for s in chosen:
+        assert s["suggested"] in classes and 0 < s["confidence"] <= 1 and 0 <= s["margin"] <= 1
+    with open(output / "suggestions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["path"] for row in rows] == [s["path"] for s in chosen]
+    assert (output / "suggestions.png").stat().st_size > 1000
+    links = sorted(p for p in output.rglob("*.jpg"))
+    assert len(links) == 5 and all(p.is_symlink() for p in links)
+    assert {os.path.realpath(p) for p in links} == {str(Path(s["path"]).resolve()) for s in chosen}
+    for link in links:
+        assert link.parent.name in classes and link.name.split("-", 1)[1] == Path(os.path.realpath(link)).name
+    assert "1 of the unlabelled images could not be read" in result.stderr
+    assert _snapshot(pool) == before
+
+    # Again, with copies: its own folder is replaced whole; the pool is still untouched.
+    result = invoke("-q", "suggest", str(finished_run), str(pool), "--budget", "3", "--output", str(output),
+                    "--copy", "--format", "csv")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "rank,path,suggested,confidence,margin"
+    files = sorted(p for p in output.rglob("*.jpg"))
+    assert len(files) == 3 and not any(p.is_symlink() for p in files)
+    assert _snapshot(pool) == before
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_exit_2_and_nothing_written(finished_run, pool, tmp_path):
+    data = Path(json.loads((finished_run / "config.json").read_text())["data"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    laid_out = write_class_folders(tmp_path / "laid-out", 2, seed=3, size=40)
+    unfinished = shutil.copytree(finished_run, tmp_path / "unfinished")
+    state = json.loads((unfinished / "state.json").read_text())
+    (unfinished / "state.json").write_text(json.dumps({**state, "status": "interrupted"}))
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    cases = [
+        ([str(finished_run), str(empty)], "holds no images"),
+        ([str(finished_run), str(data)], "holds the run's labelled images"),
+        ([str(finished_run), str(data / "train")], "holds the run's labelled images"),
+        ([str(finished_run), str(laid_out)], "is laid out in class folders"),
+        (
+            [str(finished_run), str(pool), "--budget", "500"],
+            "is more than the 20 unlabelled images there are",
+        ),
+        ([str(unfinished), str(pool)], "has not finished training (interrupted)"),
+        (
+            [str(finished_run), str(pool), "--budget", "3", "--output", str(pool / "out")],
+            "which is only read",
+        ),
+    ]
+    for args, message in cases:
+        output = tmp_path / "never"
+        result = invoke("suggest", *args, *([] if "--output" in args else ["--output", str(output)]))
+        assert result.exit_code == 2, (args, result.output)
+        assert message in one_error_line(result), (args, result.stderr)
+        assert not output.exists()
+    result = invoke("suggest", str(finished_run), str(pool), "--budget", "3", "--output", str(users))
+    assert result.exit_code == 2 and "did not write" in one_error_line(result)
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    assert not (pool / "out").exists()
