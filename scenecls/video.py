@@ -58,7 +58,7 @@ class Sample:
     top: list[tuple[str, float]] | None = None
     error: str | None = None
     scores: dict[str, float] | None = None  # every class's probability (for the segments), not printed
-    unknown: bool | None = None  # as predict.Prediction's: below --min-confidence (None: no floor asked)
+    unknown: bool | None = None  # as answers.Prediction's: below --min-confidence (None: no floor asked)
     best_guess: str | None = None
 
     @property
@@ -169,7 +169,7 @@ def predict_video(
 ) -> Iterator[Sample]:  # fmt: skip
     """A :class:`Sample` for each sampled frame, in order, then (when the video is damaged) one last with
     its ``error`` and the time it stopped at."""
-    from scenecls.predict import Prediction, rank
+    from scenecls.answers import Prediction, rank
 
     reporter = reporter or NullReporter()
     length = duration(path)

@@ -91,7 +91,8 @@ def predict(
         raise UsageError("--segments takes videos only: classify the images in a separate call")
     runtime, classes = _load(out, model_ref, keras, tta, min_confidence, batch_size, trust_model,
                              mixed_precision, jit, project, fmt)  # fmt: skip
-    from scenecls.predict import abstain, predict_inputs
+    from scenecls.answers import abstain
+    from scenecls.predict import predict_inputs
 
     rows = predict_inputs(runtime, inputs, classes, batch_size=batch_size, top_k=top_k, every=every,
                           reporter=out.reporter())  # fmt: skip

@@ -235,7 +235,7 @@ def _settings(request, given: dict[str, Any], options: ServeOptions) -> tuple[in
 
 
 async def _answer(images, served, batcher, decoder, options, top_k, min_confidence) -> list:
-    from scenecls.predict import Prediction, abstain, rank
+    from scenecls.answers import Prediction, abstain, rank
 
     loop = asyncio.get_running_loop()
     size = served.runtime.input_size
