@@ -135,91 +135,93 @@ def _use_lines(facts: dict[str, Any]) -> list[str]:
 def _loading_lines(facts: dict[str, Any], files: dict[str, str]) -> list[str]:
     height, width = facts["input"]["height"], facts["input"]["width"]
     keras_file = files.get("keras", "best.keras")
+    fastest = files.get("tflite") or keras_file
     lines = [
         "## How to load it",
         "",
         "With scenecls (any of the formats below):",
         "",
         "```bash",
-        f"scenecls predict photo.jpg --model {files.get('tflite') or keras_file}",
-        f"scenecls serve {files.get('tflite') or keras_file}",
+        f"scenecls predict photo.jpg --model {fastest}",
+        f"scenecls serve {fastest}",
         "```",
         "",
         f"Every format takes a float32 batch `(n, {height}, {width}, 3)` of 0-255 RGB pixels:",
         "",
-        "```python",
-        "import numpy as np",
-        "from PIL import Image",
-        "",
-        f"pixels = np.asarray(Image.open('photo.jpg').convert('RGB').resize(({width}, {height})), "
-        "np.float32)[None]",
-        "```",
-        "",
-    ]
-    if "keras" in files or not files:
-        lines += [
-            "Keras 3:",
+        *_python(
+            "import numpy as np",
+            "from PIL import Image",
             "",
-            "```python",
+            f"pixels = np.asarray(Image.open('photo.jpg').convert('RGB').resize(({width}, {height})), "
+            "np.float32)[None]",
+        ),
+    ]
+    shown = {**files, "keras": keras_file} if ("keras" in files or not files) else files
+    for fmt, snippet in SNIPPETS.items():
+        if fmt in shown:
+            lines += snippet(shown[fmt])
+    return lines
+
+
+def _python(*code: str) -> list[str]:
+    return ["```python", *code, "```", ""]
+
+
+SNIPPETS = {  # each format's loading example, given the file's name
+    "keras": lambda name: [
+        "Keras 3:",
+        "",
+        *_python(
             "import keras",
             "",
-            f"model = keras.saving.load_model('{keras_file}')",
+            f"model = keras.saving.load_model('{name}')",
             "probabilities = model.predict(pixels)",
-            "```",
-            "",
-        ]
-    if "tflite" in files:
-        lines += [
-            "LiteRT (`pip install ai-edge-litert`):",
-            "",
-            "```python",
+        ),
+    ],
+    "tflite": lambda name: [
+        "LiteRT (`pip install ai-edge-litert`):",
+        "",
+        *_python(
             "from ai_edge_litert.interpreter import Interpreter",
             "",
-            f"interpreter = Interpreter(model_path='{files['tflite']}')",
+            f"interpreter = Interpreter(model_path='{name}')",
             "interpreter.allocate_tensors()",
             "interpreter.set_tensor(interpreter.get_input_details()[0]['index'], pixels)",
             "interpreter.invoke()",
             "probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])",
-            "```",
-            "",
-        ]
-    if "onnx" in files:
-        lines += [
-            "ONNX Runtime:",
-            "",
-            "```python",
+        ),
+    ],
+    "onnx": lambda name: [
+        "ONNX Runtime:",
+        "",
+        *_python(
             "import onnxruntime",
             "",
-            f"session = onnxruntime.InferenceSession('{files['onnx']}')",
+            f"session = onnxruntime.InferenceSession('{name}')",
             "probabilities = session.run(None, {session.get_inputs()[0].name: pixels})[0]",
-            "```",
-            "",
-        ]
-    if "openvino" in files:
-        lines += [
-            "OpenVINO:",
-            "",
-            "```python",
+        ),
+    ],
+    "openvino": lambda name: [
+        "OpenVINO:",
+        "",
+        *_python(
             "import openvino",
             "",
-            f"compiled = openvino.Core().compile_model('{files['openvino']}', 'CPU')",
+            f"compiled = openvino.Core().compile_model('{name}', 'CPU')",
             "probabilities = compiled(pixels)[0]",
-            "```",
-            "",
-        ]
-    if "savedmodel" in files:
-        lines += [
-            "TensorFlow Serving (its `serving_default` signature takes encoded images):",
-            "",
-            "```bash",
-            f'docker run -p 8501:8501 -v "$PWD/{files["savedmodel"]}:/models/scenes/1" '
-            "-e MODEL_NAME=scenes tensorflow/serving",
-            "curl -s localhost:8501/v1/models/scenes:predict "
-            '-d "{\\"instances\\": [{\\"b64\\": \\"$(base64 -w0 photo.jpg)\\"}]}"',
-            "```",
-            "",
-        ]
-    return lines
+        ),
+    ],
+    "savedmodel": lambda name: [
+        "TensorFlow Serving (its `serving_default` signature takes encoded images):",
+        "",
+        "```bash",
+        f'docker run -p 8501:8501 -v "$PWD/{name}:/models/scenes/1" -e MODEL_NAME=scenes tensorflow/serving',
+        "curl -s localhost:8501/v1/models/scenes:predict "
+        '-d "{\\"instances\\": [{\\"b64\\": \\"$(base64 -w0 photo.jpg)\\"}]}"',
+        "```",
+        "",
+    ],
+}
 
 
 def _percent(value: Any) -> str:
