@@ -108,10 +108,10 @@ def in_process(model: Path, body: bytes, batch: int, seconds: float) -> tuple[fl
 
     from scenecls.data.images import decode_rgb
     from scenecls.runs import resolve_model
-    from scenecls.runtimes import fast_model, load_runtime
+    from scenecls.runtimes import fastest_for_batches, load_runtime
 
     path, _ = resolve_model(str(model), Path("runs"))
-    path = fast_model(path)
+    path = fastest_for_batches(path)  # what the server runs
     runtime = load_runtime(path, batch_size=batch)
     image = decode_rgb(body, runtime.input_size).astype(np.float32)
     images = np.stack([image] * batch)

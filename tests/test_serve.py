@@ -302,6 +302,27 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(run, photos, tmp
     assert "stopped: 1 request answered, 1 image classified in 1 batch" in server.stderr()
 
 
+@pytest.mark.slow
+def test_a_run_is_served_by_its_fastest_fresh_export_and_a_changed_one_is_passed_over(run, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(run, tmp_path / "copy"))
+    assert invoke("-q", "export", str(copy), "--to", "onnx", "--parity", "0").exit_code == 0
+    with Server(copy, tmp_path) as server:
+        assert server.json("GET", "/metadata")[2]["runtime"] == "onnx"
+        assert server.stop() == 0
+    data = bytearray((copy / "best.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "best.onnx").write_bytes(bytes(data))
+    with Server(copy, tmp_path) as server:
+        assert server.json("GET", "/metadata")[2]["runtime"] == "tflite"
+        assert server.stop() == 0
+    assert "best.onnx" in server.stderr() and "not using it" in server.stderr()
+    with Server(copy, tmp_path, "--keras") as server:
+        assert server.json("GET", "/metadata")[2]["runtime"] == "keras"
+        assert server.stop() == 0
+
+
 # ---------------------------------------------------------------------------------------------- bad starts
 def test_a_port_in_use_is_one_line_before_any_model_loads(tmp_path):
     with socket.socket() as taken:

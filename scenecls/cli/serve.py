@@ -26,7 +26,7 @@ def _serve_options(func):
 @click.option(
     "--keras",
     is_flag=True,
-    help="Serve a run's best.keras even when its best.tflite (the same model, faster) is there.",
+    help="Serve a run's best.keras even when a fresh export of it (ONNX, OpenVINO, LiteRT: faster) is there.",
 )
 @trust_model_option
 @project_option()
@@ -47,7 +47,7 @@ def serve(
     on stdout, one line per request is logged on stderr.
     """
     from scenecls.runs import resolve_model
-    from scenecls.runtimes import fast_model, needs_tensorflow
+    from scenecls.runtimes import fastest_for_batches, needs_tensorflow
     from scenecls.serving.model import load_served_model
     from scenecls.serving.server import bind, check_installed
     from scenecls.serving.server import serve as run_server
@@ -59,8 +59,8 @@ def serve(
     sock = bind(options.host, options.port)  # a port in use is said before the model loads
     try:
         model_path, run_dir = resolve_model(model_ref, project)
-        if not keras and not (model_ref and Path(model_ref).is_file()):  # a run: its best.tflite if fresh
-            model_path = fast_model(model_path, warn=out.warn)
+        if not keras and not (model_ref and Path(model_ref).is_file()):  # a run: its fastest fresh export
+            model_path = fastest_for_batches(model_path, warn=out.warn)
         if needs_tensorflow(model_path):
             out.load_tensorflow()
         served = load_served_model(model_path, run_dir, batch_size=options.max_batch, trust_model=trust_model)

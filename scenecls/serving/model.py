@@ -1,7 +1,7 @@
 """The model a server answers with: its fastest runtime, its classes, and the facts ``/metadata`` gives.
 
-A run folder is served through the fastest form it holds (its ``best.tflite`` when that is the same
-model as ``best.keras``, see :func:`scenecls.runtimes.fast_model`); an exported model runs as exported.
+A run folder is served through the fastest form it holds for batches (see
+:func:`scenecls.runtimes.fastest_for_batches`); an exported model runs as exported.
 """
 
 from __future__ import annotations
