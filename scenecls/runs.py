@@ -324,6 +324,20 @@ def model_classes(model_path: Path, run_dir: Path | None) -> list[str] | None:
     return None
 
 
+def classes_for(model_path: Path, run_dir: Path | None, count: int) -> list[str]:
+    """The class names of a model that predicts ``count`` classes: its saved labels (a one-line error
+    when they name another number of classes), else ``class_0``, ``class_1``, ..."""
+    from scenecls.errors import ModelError
+
+    classes = model_classes(model_path, run_dir)
+    if classes is not None and len(classes) != count:
+        raise ModelError(
+            f"{model_path} predicts {count} classes but its labels name {len(classes)}; "
+            f"the two files do not belong together"
+        )
+    return classes or [f"class_{i}" for i in range(count)]
+
+
 def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     if rows:

@@ -14,7 +14,7 @@ import pytest
 from scenecls.data.images import ImageReadError
 from scenecls.data.remote import fetch_image_bytes
 from scenecls.video import Sample, segments
-from tests.conftest import invoke
+from tests.conftest import invoke, one_error_line
 
 FPS = 10
 
@@ -192,3 +192,17 @@ def test_predict_takes_urls_beside_files_one_row_each(colour_model, http_server,
         rows[1]["confidence"]
     )
     assert rows[2]["error"] == "not an image: the server sent text/html"
+
+
+def test_labels_that_name_another_number_of_classes_are_one_line(colour_model, tmp_path):
+    import shutil
+
+    model = Path(shutil.copy(colour_model, tmp_path / "colour.tflite"))
+    (tmp_path / "labels.txt").write_text("red\ngreen\n")
+    photo = tmp_path / "red.png"
+    from PIL import Image
+
+    Image.fromarray(still("red")).save(photo)
+    result = invoke("predict", str(photo), "--model", str(model))
+    assert result.exit_code == 1
+    assert "predicts 3 classes but its labels name 2" in one_error_line(result)

@@ -108,8 +108,7 @@ def _load(out, model_ref, keras, tta, min_confidence, batch_size, trust_model, m
           fmt):  # fmt: skip
     """The runtime to predict with and its classes, said on stderr."""
     from scenecls.calibration import UNKNOWN
-    from scenecls.errors import ModelError
-    from scenecls.runs import model_classes, resolve_model
+    from scenecls.runs import classes_for, resolve_model
     from scenecls.runtimes import FlipAveraged, fast_model, load_runtime, needs_tensorflow
 
     model_path, run_dir = resolve_model(model_ref, project)
@@ -124,13 +123,7 @@ def _load(out, model_ref, keras, tta, min_confidence, batch_size, trust_model, m
     )
     if tta:
         runtime = FlipAveraged(runtime)
-    classes = model_classes(model_path, run_dir)
-    if classes is not None and len(classes) != runtime.num_classes:
-        raise ModelError(
-            f"{model_path} predicts {runtime.num_classes} classes but its labels name {len(classes)}; "
-            f"the two files do not belong together"
-        )
-    classes = classes or [f"class_{i}" for i in range(runtime.num_classes)]
+    classes = classes_for(model_path, run_dir, runtime.num_classes)
     if min_confidence is not None and any(name.lower() == UNKNOWN for name in classes):
         out.warn(
             f"the model has a class named {UNKNOWN!r}: the `unknown` column (true or false) says which "

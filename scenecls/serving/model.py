@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from scenecls.checksums import file_sha256, recorded_checksum
-from scenecls.errors import ModelError
 
 
 @dataclass
@@ -31,17 +30,11 @@ def load_served_model(
     model_path: Path, run_dir: Path | None, *, batch_size: int, trust_model: bool = False
 ) -> ServedModel:
     """``model_path`` (as :func:`scenecls.runs.resolve_model` found it) loaded and described."""
-    from scenecls.runs import model_classes
+    from scenecls.runs import classes_for
     from scenecls.runtimes import load_runtime
 
     runtime = load_runtime(model_path, batch_size=batch_size, trust_model=trust_model)
-    classes = model_classes(model_path, run_dir)
-    if classes is not None and len(classes) != runtime.num_classes:
-        raise ModelError(
-            f"{model_path} predicts {runtime.num_classes} classes but its labels name {len(classes)}; "
-            f"the two files do not belong together"
-        )
-    classes = classes or [f"class_{i}" for i in range(runtime.num_classes)]
+    classes = classes_for(model_path, run_dir, runtime.num_classes)
     served = ServedModel(runtime, classes, model_path, run_dir)
     served.facts = describe(served)
     return served
