@@ -20,6 +20,7 @@ from scenecls.heads import HeadConfig
 from scenecls.precision import JIT_MODES, PRECISIONS
 
 LR_SCHEDULES = ("constant", "cosine", "plateau")
+TARGET_KINDS = ("soft", "hard")  # what a student learns from a teacher on unlabelled images
 MAP_AUGMENTATIONS = ("flip", "crop")  # what --finetune-map-aug may name, in the order they apply
 
 
@@ -145,6 +146,42 @@ class TrainConfig:
         kind="map_aug",
     )
     parent: str | None = None  # the run a fine-tuning run started from
+    teacher_trained_first: bool = False  # the teacher was trained by the same command, for this student
+    # Learning from unlabelled images (see scenecls/training/distill.py): both kept as absolute paths.
+    unlabelled: str | None = option_field(
+        None,
+        "Also learn from this folder of unlabelled images, with a teacher's targets (the folder is only "
+        "read).",
+        metavar="DIR",
+    )
+    teacher: str | None = option_field(
+        None,
+        "The run or ensemble whose calibrated probabilities the student learns from  [default: with "
+        "--unlabelled, a run trained first with the same options]",
+        metavar="RUN",
+    )
+    targets: str = option_field(
+        "soft",
+        "What the student learns on unlabelled images: soft (the teacher's probabilities) or hard (its "
+        "class, for images it gives at least --pseudo-confidence).",
+        kind="choice", choices=TARGET_KINDS,
+    )  # fmt: skip
+    pseudo_confidence: float = option_field(
+        0.9,
+        "With --targets hard: the teacher's least confidence for an unlabelled image to be learnt.",
+        kind="float", low=0, high=1, high_open=True,
+    )  # fmt: skip
+    distill_weight: float = option_field(
+        0.5,
+        "With --targets soft: the share of the teacher's probabilities in a labelled image's target (the "
+        "rest is its label); 0 = labels alone.",
+        kind="float", low=0, high=1,
+    )  # fmt: skip
+    distill_temperature: float = option_field(
+        1.0,
+        "With --targets soft: soften (above 1) or sharpen (below 1) the teacher's calibrated probabilities.",
+        kind="float", low=0.05, high=20,
+    )  # fmt: skip
     tensorboard: bool = option_field(
         False, "TensorBoard logs in the run folder (see them with: tensorboard --logdir runs).", kind="flag"
     )
@@ -154,6 +191,12 @@ class TrainConfig:
     @property
     def mixing(self) -> Mixing:
         return Mixing(mixup=self.mixup, cutmix=self.cutmix)
+
+    @property
+    def soft_targets(self) -> bool:
+        """Whether training targets are rows of class probabilities (MixUp, CutMix, a teacher's soft
+        targets) rather than class indices: the loss and the pipelines follow."""
+        return self.mixing.on or (self.teacher is not None and self.targets == "soft")
 
     @property
     def validation_seed(self) -> int:

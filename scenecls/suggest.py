@@ -16,8 +16,6 @@ copies) to the images, so that a person can sort them by moving files.
 from __future__ import annotations
 
 import csv
-import hashlib
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from scenecls.command_options import SUGGEST
+from scenecls.data.unlabelled import pool_images, same_bytes
 from scenecls.errors import UsageError
 from scenecls.progress import NullReporter, Reporter
 from scenecls.units import count
@@ -71,34 +70,6 @@ class SuggestResult:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def pool_images(folder: Path, classes: list[str], labelled_root: Path) -> list[Path]:
-    """The images of the unlabelled folder, checked: a folder, not the labelled set nor inside it, not laid
-    out in the run's class folders, holding images. Each problem is a one-line usage error."""
-    from scenecls.data.images import is_image_path
-    from scenecls.files import holds_our_output
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder of unlabelled images")
-    here, labelled = folder.resolve(), labelled_root.resolve()
-    if here == labelled or labelled in here.parents or here in labelled.parents:
-        raise UsageError(f"{folder} holds the run's labelled images ({labelled_root}): give unlabelled ones")
-    named = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name in classes)
-    if len(named) >= 2:
-        raise UsageError(
-            f"{folder} is laid out in class folders ({', '.join(named[:3])}...): those images are labelled; "
-            "give a folder of unlabelled images"
-        )
-    try:
-        found = (p for p in folder.rglob("*") if is_image_path(p) and not p.name.startswith("."))
-        images = sorted(p for p in found if p.is_file() and not holds_our_output(p.parent))
-    except OSError as exc:
-        raise UsageError(f"{folder} cannot be read: {exc.strerror or exc}") from None
-    if not images:
-        raise UsageError(f"{folder} holds no images")
-    return images
-
-
 def check_budget(budget: int, pool: int) -> None:
     if budget > pool:
         raise UsageError(f"--budget {budget} is more than the {count(pool, 'unlabelled image')} there are")
@@ -137,36 +108,13 @@ def copies_of_labelled(
 ) -> np.ndarray:  # fmt: skip
     """A mask of pool images that are labelled ones again: the same bytes, or features within
     ``threshold`` cosine similarity of a labelled image's."""
-    sizes: dict[int, list[str]] = {}
-    for path in labelled_paths:
-        try:
-            sizes.setdefault(os.path.getsize(path), []).append(path)
-        except OSError:
-            continue
-    digests: dict[str, None] = {}
-    mask = np.zeros(len(pool), dtype=bool)
-    for i, path in enumerate(pool):
-        same_size = sizes.get(path.stat().st_size)
-        if not same_size:
-            continue
-        for other in same_size:
-            if other not in digests:
-                digests[_sha256(other)] = None
-        mask[i] = _sha256(str(path)) in digests
+    mask = same_bytes(pool, labelled_paths)
     if len(labelled):
         units = _unit(labelled)
         for start in range(0, len(pool), 1024):
             block = _unit(features[start : start + 1024])
             mask[start : start + len(block)] |= (block @ units.T).max(axis=1) >= threshold
     return mask
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- the command

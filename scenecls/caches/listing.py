@@ -16,17 +16,21 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from scenecls.caches import activations, features, store
+from scenecls.caches import activations, features, store, targets
 from scenecls.data.images import SCAN_CACHE_VERSION
 from scenecls.files import STAGING_MARKER, is_abandoned, is_staging
 
-KINDS = ("features", "activations", "scans")
+KINDS = ("features", "activations", "targets", "scans")
 # An entry in one of these states is not used by this version of scenecls and can go.
 UNUSABLE = ("stale", "damaged", "abandoned")
 # Anything under the cache folder that is not an entry this tool made: listed, never removed.
 FOREIGN = "foreign"
-VERSIONS = {"features": features.CACHE_VERSION, "activations": activations.CACHE_VERSION}
-ENTRY_NAME = re.compile(r"^[0-9a-f]{24}$")  # a feature or activation entry: its key
+VERSIONS = {
+    "features": features.CACHE_VERSION,
+    "activations": activations.CACHE_VERSION,
+    "targets": targets.CACHE_VERSION,
+}
+ENTRY_NAME = re.compile(r"^[0-9a-f]{24}$")  # a feature, activation or target entry: its key
 ENTRY_FILES = store.ENTRY_FILES | {STAGING_MARKER}
 SCAN_NAME = re.compile(r"^[0-9a-f]{1,64}\.json$")  # named for the scanned folder's hash
 # Feature staging before it was named for its process: ``.<key>.<mkdtemp's 8 characters>``.
@@ -126,7 +130,9 @@ def _folder_entry(kind: str, path: Path) -> CacheEntry | None:
     if not isinstance(meta, dict):
         return CacheEntry(kind, path, size, created, created, "damaged")
     state = "current" if meta.get("version") == VERSIONS[kind] else "stale"
-    if kind == "activations":
+    if kind == "targets":
+        detail = f"teacher {meta.get('teacher_name') or '?'}, {meta.get('count')} images"
+    elif kind == "activations":
         detail = f"cut {meta.get('cut')}, {meta.get('copies')} cop{'y' if meta.get('copies') == 1 else 'ies'}"
     else:
         detail = "x".join(str(s) for s in meta.get("size") or []) or ""

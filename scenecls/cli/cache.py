@@ -28,10 +28,10 @@ from scenecls.units import byte_size
 )
 @click.option(
     "--kind",
-    type=click.Choice(["features", "activations", "scans"]),
+    type=click.Choice(["features", "activations", "targets", "scans"]),
     multiple=True,
-    help="Only this kind of entry (repeatable): features (phase 1), activations (fine-tuning), scans "
-    "(image checks).",
+    help="Only this kind of entry (repeatable): features (phase 1), activations (fine-tuning), targets "
+    "(a teacher's, for --unlabelled), scans (image checks).",
 )
 @format_option()
 @click.pass_obj

@@ -193,6 +193,12 @@ def cache_options(func):
     return finetune_cache_options(func)
 
 
+def distill_options(func):
+    """Learning from unlabelled images and a teacher's targets (train)."""
+    names = ["unlabelled", "teacher", "targets", "pseudo_confidence", "distill_weight", "distill_temperature"]
+    return _add_options(func, [option(name) for name in names])
+
+
 def recipe_options(func):
     """The recipe's options shared by train and sweep: data, weights, head sizes, epochs, rates."""
     data = click.option(

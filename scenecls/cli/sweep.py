@@ -9,6 +9,7 @@ import click
 from scenecls.cli.options import (
     cache_options,
     config_from_options,
+    distill_options,
     option,
     recipe_options,
     run_options,
@@ -16,7 +17,7 @@ from scenecls.cli.options import (
     tracking_options,
 )
 from scenecls.cli.output import Output
-from scenecls.cli.train import choose_distribution
+from scenecls.cli.train import choose_distribution, student_inputs
 from scenecls.command_options import SweepGrid
 
 
@@ -58,6 +59,7 @@ def _csv_list(value: str) -> list[str]:
 @cache_options
 @run_options
 @tracking_options
+@distill_options
 @click.pass_obj
 def sweep(
     out: Output,
@@ -92,6 +94,9 @@ def sweep(
     tracking = tracking_from(out, options, project)
     base = config_from_options(data, no_augment, no_cache, options)
     base.export_tflite = False  # export the runs you keep: scenecls export RUN
+    base.unlabelled, base.teacher = student_inputs(base.unlabelled, base.teacher, project)
+    if base.unlabelled is not None and base.teacher is None:
+        raise UsageError("--unlabelled in a sweep needs --teacher: train the teacher first (scenecls train)")
     folder = project / (name or "sweep")
     share = None if shard is None else sweeps.parse_shard(shard)  # "" (an unset variable) is refused
     if share and collect:

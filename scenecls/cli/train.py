@@ -13,6 +13,7 @@ from scenecls.cli.options import (
     backbone_choice,
     cache_options,
     config_from_options,
+    distill_options,
     fail_under_option,
     finetune_augment_options,
     finetune_cache_options,
@@ -57,6 +58,7 @@ def choose_distribution(out: Output, mode: str):
 @tracking_options
 @fail_under_option()
 @click.option("--no-export", is_flag=True, help="Do not write best.tflite (fast predict) when the run ends.")
+@distill_options
 @click.pass_obj
 def train(
     out: Output,
@@ -108,8 +110,51 @@ def train(
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
     data_source(config.data)  # no data set: say so before a runs/ folder is made for nothing
+    config.unlabelled, config.teacher = student_inputs(config.unlabelled, config.teacher, project)
+    if config.unlabelled is not None and config.teacher is None:
+        config = _train_teacher_first(out, config, distribution, project, name or "train", exist_ok, tracking)
     run_dir = _new_run_dir(distribution, project, name or "train", exist_ok)
     _run(out, config, run_dir, fmt, fail_under, distribution, tracking=tracking)
+
+
+def student_inputs(
+    unlabelled: str | None, teacher: str | None, project: Path
+) -> tuple[str | None, str | None]:
+    """``--unlabelled`` and ``--teacher`` as absolute paths (a resumed student finds them from anywhere),
+    checked before anything loads: the folder exists, the teacher is a run."""
+    from scenecls import runs
+    from scenecls.errors import SceneclsError, UsageError
+
+    if unlabelled is not None:
+        folder = Path(unlabelled).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--unlabelled {unlabelled} is not a folder of images")
+        unlabelled = str(folder.absolute())
+    if teacher is not None:
+        try:
+            teacher = str(runs.resolve_run(teacher, project).absolute())
+        except SceneclsError as exc:
+            raise UsageError(f"--teacher {exc}") from None
+    return unlabelled, teacher
+
+
+def _train_teacher_first(
+    out: Output, config: TrainConfig, distribution, project: Path, name: str, exist_ok: bool, tracking
+) -> TrainConfig:
+    """``--unlabelled`` without ``--teacher``: a teacher run with the same options (``NAME-teacher``),
+    then the student's configuration naming it."""
+    from dataclasses import replace
+
+    from scenecls.training import check_student
+
+    check_student(config)  # a folder the student would refuse stops the command before the teacher trains
+    teacher_dir = _new_run_dir(distribution, project, f"{name}-teacher", exist_ok)
+    out.log(f"No --teacher: training one first with the same options, into {teacher_dir}; then the student")
+    result = _train_run(out, replace(config, unlabelled=None), teacher_dir, distribution, tracking=tracking)
+    if result is None or result.status != "finished":
+        raise click.exceptions.Exit(0 if result is None else 1)
+    out.log(f"Teacher finished (test accuracy {accuracy_cell(result.test_accuracy)}); now the student")
+    return replace(config, teacher=str(teacher_dir.absolute()), teacher_trained_first=True)
 
 
 def _new_run_dir(distribution, project: Path, name: str, exist_ok: bool) -> Path:
@@ -194,6 +239,25 @@ def _run(
     tracking=None,
     extension=None,
 ) -> None:
+    result = _train_run(
+        out, config, run_dir, distribution, resume=resume, start_model=start_model, tracking=tracking,
+        extension=extension,
+    )  # fmt: skip
+    if result is None:  # the results are the chief's to report
+        return
+    _render(out, result, fmt)
+    # The gate judges the test split when there is one, else the best validation accuracy.
+    if result.test_accuracy is not None:
+        check_fail_under(out, result.test_accuracy, fail_under, "test accuracy")
+    else:
+        check_fail_under(out, result.best_val_accuracy, fail_under, "best validation accuracy")
+
+
+def _train_run(
+    out: Output, config: TrainConfig, run_dir: Path, distribution, *, resume: bool = False,
+    start_model: Path | None = None, tracking=None, extension=None,
+):  # fmt: skip
+    """Train the run and export it (the chief): its result, or None on a worker, which reports nothing."""
     from scenecls.training import TrainingInterrupted
     from scenecls.training import train as run_training
 
@@ -213,10 +277,10 @@ def _run(
     except Exception:
         say_untracked(out, tracker, run_dir)
         raise
-    if not distribution.chief:  # the results are the chief's to report
+    if not distribution.chief:
         best = accuracy_cell(result.best_val_accuracy)
         out.log(f"{distribution.task}: training finished (best val accuracy {best})")
-        return
+        return None
     if result.status == "finished":
         from scenecls.run_export import export_after_training
 
@@ -224,12 +288,7 @@ def _run(
             run_dir, out.reporter(), model=result.best_model, data=result.data, tracker=tracker
         )
     say_untracked(out, tracker, run_dir)
-    _render(out, result, fmt)
-    # The gate judges the test split when there is one, else the best validation accuracy.
-    if result.test_accuracy is not None:
-        check_fail_under(out, result.test_accuracy, fail_under, "test accuracy")
-    else:
-        check_fail_under(out, result.best_val_accuracy, fail_under, "best validation accuracy")
+    return result
 
 
 def say_untracked(out: Output, tracker, run_dir: Path) -> None:

@@ -230,8 +230,9 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> dict[int, float]:
-    """Weights that make every class count as much as the others in the loss (``n / (k * n_c)``)."""
-    counts = Counter(labels)
+    """Weights that make every class count as much as the others in the loss (``n / (k * n_c)``), from
+    the labelled images (an unlabelled one's label is -1)."""
+    counts = Counter(label for label in labels if label >= 0)
     total = sum(counts.values())
     return {c: (total / (num_classes * counts[c]) if counts.get(c) else 1.0) for c in range(num_classes)}
 
@@ -256,8 +257,10 @@ def make_dataset(
     seed: int = 0,
     cache: bool = False,
     drop_unreadable: bool = True,
+    targets: np.ndarray | None = None,
 ):
-    """A ``tf.data.Dataset`` of ``(float32 images 0-255, int32 labels)`` batches.
+    """A ``tf.data.Dataset`` of ``(float32 images 0-255, int32 labels)`` batches, or of ``(images,
+    float32 target rows)`` when ``targets`` (one row of class probabilities per image) stands for the labels.
 
     Images are decoded by Pillow (see :mod:`scenecls.data.images`) in parallel, so every mode and
     EXIF orientation is handled as everywhere else. ``augment`` is a Keras model applied per batch.
@@ -285,7 +288,7 @@ def make_dataset(
             images = augment(images, training=True) if seed is None else augment(images, seed=seed)
         return images, labels
 
-    labels = np.asarray(split.labels, dtype=np.int32)
+    labels = np.asarray(split.labels, dtype=np.int32) if targets is None else np.asarray(targets, np.float32)
     # As bytes, the file system's own: a name that is not valid UTF-8 cannot become a tf.string otherwise.
     paths = np.asarray([os.fsencode(p) for p in split.paths], dtype=object)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))

@@ -8,6 +8,8 @@ This is the package's front door; other packages import these names from here, n
   finished run more epochs.
 - :func:`lr_find` runs a learning-rate range test; :func:`calibrate_run` fits a run's temperature again.
 - :func:`choose_distribution` picks the devices or cluster a run trains on.
+- :func:`check_student` says what a student (``--unlabelled``, ``--teacher``) would refuse, before its
+  teacher is trained.
 - :mod:`scenecls.training.sweep` is the grid (imported as a module: it has many small parts).
 
 The names load on first use, so that importing this package (as ``scenecls --help`` does through the
@@ -27,6 +29,7 @@ _FRONT = {
     "calibrate_run": "scenecls.training.calibrate",
     "choose_distribution": "scenecls.training.strategy",
     "DISTRIBUTE_MODES": "scenecls.training.strategy",
+    "check_student": "scenecls.training.distill",
 }
 _SOURCE_NAMES = {"choose_distribution": "choose", "DISTRIBUTE_MODES": "MODES"}
 

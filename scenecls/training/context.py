@@ -44,6 +44,10 @@ class RunContext:
     distribution: Distribution = field(default_factory=lambda: OFF)
     run_dir: Path | None = None  # None: nothing is written (lr-find, a preview)
     tracker: Tracker = NO_TRACKING  # where each epoch is also logged (MLflow), besides the run folder
+    # A student's (see distill.py): a row of class probabilities per image of data.train, which holds
+    # the unlabelled images too; None: the labels are the targets.
+    targets: Any = None
+    distillation: dict | None = None  # what a student learns from, as config.json records it
 
     @cached_property
     def phases(self) -> list[Phase]:

@@ -56,6 +56,8 @@ from scenecls.training.callbacks import (
     interrupts_deferred,
 )
 from scenecls.training.context import Learner, RunContext, prepare_model, start_run
+from scenecls.training.distill import attach_teacher
+from scenecls.training.distill import check_resume as check_teacher_unchanged
 from scenecls.training.finish import finish_run
 from scenecls.training.recipe import compile_phase, learning_rate, plan_phases
 from scenecls.training.sources import EpochSource, ImageSource, epoch_source, image_source
@@ -179,6 +181,9 @@ def _train(
     context = start_run(
         config, reporter=reporter, distribution=distribution, run_dir=run_dir, tracker=tracker
     )
+    context = attach_teacher(context)
+    if resume:
+        check_teacher_unchanged(run_dir, context.distillation)
     _check_validation(context)
     _warn_reserved_names(context)
     if extension is not None:

@@ -78,7 +78,7 @@ def compile_recipe(model, config: TrainConfig, lr: Any, *, averaging: bool = Tru
     moving = {"use_ema": True, "ema_momentum": config.ema} if config.ema and averaging else {}
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr, **moving),
-        loss=classification_loss(config.label_smoothing, soft_labels=config.mixing.on),
+        loss=classification_loss(config.label_smoothing, soft_labels=config.soft_targets),
         jit_compile=jit_compile(config.jit),
         metrics=["accuracy"],
     )

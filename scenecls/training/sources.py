@@ -69,8 +69,9 @@ class FeatureSource:
     """
 
     def __init__(
-        self, model, cached: CachedFeatures, *, batch_size: int, seed: int, mixing: Mixing | None = None
-    ) -> None:
+        self, model, cached: CachedFeatures, *, batch_size: int, seed: int, mixing: Mixing | None = None,
+        targets: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
         import tensorflow as tf
 
         self.model = model
@@ -82,7 +83,7 @@ class FeatureSource:
         self.steps = -(-count // batch_size)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         features = tf.constant(cached.train)
-        labels = tf.constant(cached.train_labels)
+        labels = tf.constant(cached.train_labels if targets is None else np.asarray(targets, np.float32))
 
         def epoch_data(_):
             epoch = self._epoch.read_value()
@@ -97,6 +98,8 @@ class FeatureSource:
         if len(cached.val):
             self.val_data = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels))
             self.val_data = self.val_data.batch(batch_size)
+        if targets is not None and self.val_data is not None:  # soft targets: one-hot validation rows
+            self.val_data = one_hot_labels(self.val_data, int(model.output.shape[-1]))
         if mixing is not None and mixing.on:  # MixUp of the features; CutMix has no boxes to cut here
             classes = int(model.output.shape[-1])
             self.train_data = mix_batches(self.train_data, classes, mixing, seed=seed, images=False)
@@ -134,7 +137,7 @@ class CutPointSource:
 
     def __init__(
         self, model, cut: CutModels, cached: CachedActivations, *, batch_size: int, seed: int,
-        map_aug: str = "none",
+        map_aug: str = "none", targets: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         import tensorflow as tf
 
@@ -149,7 +152,12 @@ class CutPointSource:
         self.steps = -(-count // batch_size)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         shape = tuple(cached.train.shape[2:])
-        train, labels = cached.train, np.asarray(cached.train_labels, dtype=np.int64)
+        classes = int(model.output.shape[-1])
+        soft = targets is not None
+        label_type = tf.float32 if soft else tf.int64
+        label_shape = (None, classes) if soft else (None,)
+        train = cached.train
+        labels = np.asarray(targets, np.float32) if soft else np.asarray(cached.train_labels, np.int64)
         orders: dict[int, np.ndarray] = {}
 
         def read_batch(epoch, step):
@@ -170,12 +178,14 @@ class CutPointSource:
             epoch = self._epoch.read_value()
             return tf.data.Dataset.range(self.steps).map(
                 lambda step: _batch_of(
-                    tf.numpy_function(read_batch, [epoch, step], (tf.float32, tf.int64)), shape
+                    tf.numpy_function(read_batch, [epoch, step], (tf.float32, label_type)), shape, label_shape
                 )
             )
 
         self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).prefetch(2)
         val, val_labels = cached.val, np.asarray(cached.val_labels, dtype=np.int64)
+        if soft:  # soft targets: one-hot validation rows
+            val_labels = np.eye(classes, dtype=np.float32)[val_labels]
 
         def read_val(step):
             rows = slice(int(step) * batch_size, (int(step) + 1) * batch_size)
@@ -184,7 +194,11 @@ class CutPointSource:
         val_steps = -(-len(val) // batch_size)
         self.val_data = (
             tf.data.Dataset.range(val_steps)
-            .map(lambda step: _batch_of(tf.numpy_function(read_val, [step], (tf.float32, tf.int64)), shape))
+            .map(
+                lambda step: _batch_of(
+                    tf.numpy_function(read_val, [step], (tf.float32, label_type)), shape, label_shape
+                )
+            )
             .prefetch(2)
             if val_steps
             else None  # no validation images (--val-split 0)
@@ -230,11 +244,11 @@ def crop_resize(batch: np.ndarray, rng: np.random.Generator, smallest: float = 0
     ) * wx
 
 
-def _batch_of(pair, shape: tuple[int, ...]):
-    """Activations of a known shape and their labels, from a ``numpy_function``'s output."""
+def _batch_of(pair, shape: tuple[int, ...], label_shape: tuple = (None,)):
+    """Activations of a known shape and their labels (or target rows), from a ``numpy_function``'s output."""
     activations, labels = pair
     activations.set_shape((None, *shape))
-    labels.set_shape((None,))
+    labels.set_shape(label_shape)
     return activations, labels
 
 
@@ -242,16 +256,17 @@ def image_source(learner: Learner) -> ImageSource:
     """The whole classifier on images: the source of every phase that does not run on cached features."""
     config, data, size = learner.context.config, learner.context.data, learner.context.size
     augment = build_augmentation(config.augment if config.augment else NO_AUGMENTATION, seed=config.seed)
+    targets = learner.context.targets
     train_ds = make_dataset(
         data.train, (size, size), config.batch_size, shuffle=True, augment=augment, seed=config.seed,
-        cache=config.cache_images,
+        cache=config.cache_images, targets=targets,
     )  # fmt: skip
     val_ds = None  # no validation images (--val-split 0)
     if data.validated:
         val_ds = make_dataset(data.val, (size, size), config.batch_size, cache=config.cache_images)
+        if targets is not None:  # soft targets: one-hot validation rows
+            val_ds = one_hot_labels(val_ds, len(data.classes))
     if config.mixing.on:
-        from scenecls.data.mixing import mix_batches, one_hot_labels
-
         train_ds = mix_batches(train_ds, len(data.classes), config.mixing, seed=config.seed)
         if val_ds is not None:
             val_ds = one_hot_labels(val_ds, len(data.classes))
@@ -305,8 +320,9 @@ def epoch_source(
     if entry is None:
         return images, None
     source = CutPointSource(
-        model, cut, entry, batch_size=config.batch_size, seed=config.seed, map_aug=config.finetune_map_aug
-    )
+        model, cut, entry, batch_size=config.batch_size, seed=config.seed, map_aug=config.finetune_map_aug,
+        targets=context.targets,
+    )  # fmt: skip
     return source, "reused" if entry.reused else "built"
 
 
@@ -331,8 +347,9 @@ def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
         distribution.barrier()
         cached = features(publish=False)
     source = FeatureSource(
-        model, cached, batch_size=config.batch_size, seed=config.seed, mixing=config.mixing
-    )
+        model, cached, batch_size=config.batch_size, seed=config.seed, mixing=config.mixing,
+        targets=context.targets,
+    )  # fmt: skip
     return source, "reused" if cached.reused else "built"
 
 

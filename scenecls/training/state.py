@@ -51,6 +51,7 @@ class TrainResult:
     unfreeze: list[dict[str, Any]] = field(default_factory=list)
     temperature: float | None = None  # the best model's calibration (None: not finished yet)
     calibration_not_applied: str | None = None  # why the temperature was left at 1, when it was
+    distillation: dict | None = None  # a student's teacher and unlabelled images (see distill.py)
     # What the end of the run holds in memory, handed to the step after it (the end-of-run export) so
     # that it neither loads best.keras nor scans the data set again; not part of the record.
     best_model: Any = field(default=None, repr=False, compare=False)
@@ -82,7 +83,7 @@ def open_run(context: RunContext, resume: bool) -> Ledger:
         if state.status != "finished":
             check_resume_data(run_dir, data)
         return ledger
-    _write_run_files(run_dir, context.config, data, context.size, distribution)
+    _write_run_files(run_dir, context.config, data, context.size, distribution, context.distillation)
     ledger = Ledger(RunState(), [], run_dir, time.monotonic())
     ledger.write_state()  # so that --resume works from the start
     return ledger
@@ -167,8 +168,9 @@ def extend_run(run_dir: Path, *, epochs: int | None = None, finetune_epochs: int
 
 
 def _write_run_files(
-    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, distribution: Distribution
-) -> None:
+    run_dir: Path, config: TrainConfig, data: PreparedData, size: int, distribution: Distribution,
+    distillation: dict | None = None,
+) -> None:  # fmt: skip
     import keras
     import tensorflow as tf
 
@@ -185,14 +187,15 @@ def _write_run_files(
             "data_fingerprint": data.index.fingerprint(),
             "data_identity": data.index.identity(),
             "classes": data.classes,
-            "images": {
-                "train": len(data.train),
+            "images": {  # labelled ones: a student's unlabelled images are counted in "distillation"
+                "train": len(data.train) - (distillation or {}).get("unlabelled_used", 0),
                 "val": len(data.val),
                 "test": len(data.test) if data.test else 0,
                 "skipped": len(data.skipped),
                 "excluded": data.index.left_out,
             },
             "val_source": data.val_source,
+            **({"distillation": distillation} if distillation else {}),
             "distribution": distribution.shape,
             "versions": {
                 "scenecls": __version__,
@@ -245,4 +248,5 @@ def train_result(run_dir: Path, state: RunState, metrics: dict, reports: list[di
         unfreeze=reports,
         temperature=metrics.get("temperature"),
         calibration_not_applied=(metrics.get("calibration") or {}).get("not_applied"),
+        distillation=Run(run_dir).recorded.get("distillation") if (run_dir / runs.CONFIG).is_file() else None,
     )
