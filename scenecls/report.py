@@ -100,6 +100,8 @@ def _run_page(run_dir: Path, heatmaps: dict[str, Any] | None, here: Path) -> str
     members = (config.get("ensemble") or {}).get("members") or []
     if members:
         parts.append(_members(members, metrics, here))
+    if config.get("distillation"):
+        parts.append(_teacher(config["distillation"], config, metrics, here))
     with tempfile.TemporaryDirectory(prefix="scenecls-report-") as scratch:
         draw = _drawer(Path(scratch))
         if history:
@@ -174,6 +176,49 @@ def _members(members: list[str], metrics: dict, here: Path) -> str:
     return f"<h2>Members ({len(members)})</h2>" + _table([*rows, ensemble], raw_columns={4})
 
 
+def _teacher(record: dict, config: dict, metrics: dict, here: Path) -> str:
+    """A student's teacher beside it: what each is and scores on the test images, and what it learnt from."""
+    teacher = Path(record.get("teacher") or "")
+    kind = "ensemble" if record.get("teacher_is_ensemble") else "run"
+    made = " (trained first, for this student)" if record.get("teacher_trained_first") else ""
+    rows = [
+        ["", "model", "test accuracy", "page"],
+        [
+            f"teacher ({kind}){made}",
+            record.get("teacher_backbone"),
+            record.get("teacher_test_accuracy"),
+            _page_link(teacher, here) if teacher.is_dir() else "-",
+        ],
+        ["student (this run)", config.get("backbone"), metrics.get("test_accuracy"), ""],
+    ]
+    used, found = record.get("unlabelled_used", 0), record.get("unlabelled_images")
+    if record.get("unlabelled"):
+        source = (
+            f"{record.get('labelled_images')} labelled images and {used} of the {found} unlabelled images in "
+            f"{record['unlabelled']} ({record.get('targets')} targets"
+            + (
+                f"; {record['unlabelled_copies_of_labelled']} copies of labelled images left out"
+                if record.get("unlabelled_copies_of_labelled")
+                else ""
+            )
+            + ")"
+        )
+    else:
+        source = f"{record.get('labelled_images')} labelled images, with the teacher's probabilities"
+    by_class = record.get("unlabelled_by_class") or {}
+    classes = ", ".join(f"{name} {n}" for name, n in by_class.items())
+    return (
+        "<h2>Teacher and student</h2>"
+        + _table(rows, raw_columns={3})
+        + f"<p>Learnt from {html.escape(source)}.</p>"
+        + (
+            f'<p class="muted">The teacher\'s classes of the unlabelled images: {html.escape(classes)}</p>'
+            if classes
+            else ""
+        )
+    )
+
+
 def _page_link(folder: Path, here: Path) -> str:
     """A link to the report page in ``folder``, relative to this page; the folder when it has none yet."""
     page = folder / PAGE
@@ -187,7 +232,7 @@ def _page_link(folder: Path, here: Path) -> str:
 
 
 def _options(config: dict) -> str:
-    hidden = ("classes", "unfreeze_reports", "versions", "ensemble")
+    hidden = ("classes", "unfreeze_reports", "versions", "ensemble", "distillation")
     shown = {k: v for k, v in config.items() if k not in hidden}
     rows = "".join(
         f"<tr><th>{html.escape(str(k).replace('_', ' '))}</th><td>{html.escape(human(v))}</td></tr>"

@@ -97,6 +97,15 @@ def test_a_student_without_a_teacher_trains_one_first_and_records_both(scenes, t
         json.loads((e / "meta.json").read_text()) for e in cache.iterdir() if not e.name.startswith(".")
     ]
     assert any(e["count"] == 42 and e["teacher_name"] == "student-teacher" for e in entries)
+    # The model card and the report page show the teacher beside the student.
+    card = (student / "MODEL_CARD.md").read_text()
+    assert "- Teacher: a run, `student-teacher`" in card and "18 unlabelled images" in card
+    assert json.loads((student / "model_card.json").read_text())["teacher"]["unlabelled_images"] == 18
+    page = invoke("-q", "report", str(student))
+    assert page.exit_code == 0, page.output
+    html = (student / "report.html").read_text()
+    assert "Teacher and student" in html and "trained first, for this student" in html
+    assert "24 labelled images and 18 of the 18 unlabelled images" in html
 
 
 @pytest.mark.slow

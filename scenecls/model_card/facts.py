@@ -39,6 +39,18 @@ def card_facts(run_dir: Path | None, *, classes: list[str], input_size: tuple[in
         "images": recorded.get("images"),
         "validation": recorded.get("val_source"),
     }
+    distillation = recorded.get("distillation")
+    if distillation:  # a student: what it learnt from besides its labels
+        facts["teacher"] = {
+            "run": Path(distillation.get("teacher") or "").name,
+            "backbone": distillation.get("teacher_backbone"),
+            "ensemble": distillation.get("teacher_is_ensemble"),
+            "test_accuracy": distillation.get("teacher_test_accuracy"),
+            "model_sha256": distillation.get("teacher_model_sha256"),
+            "targets": distillation.get("targets"),
+            "unlabelled_images": distillation.get("unlabelled_used"),
+            "unlabelled_fingerprint": distillation.get("unlabelled_digest"),
+        }
     facts["versions"] = recorded.get("versions")
     facts["test"] = _test(run, metrics)
     calibration = metrics.get("calibration") or {}

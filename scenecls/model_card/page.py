@@ -46,8 +46,24 @@ def _data_lines(facts: dict[str, Any]) -> list[str]:
         f"- Images: {counts or 'not recorded'} (data fingerprint `{data.get('fingerprint')}`).",
         f"- Recipe: head of {recipe.get('dense')} dense layers, {recipe.get('unfreeze')} blocks fine-tuned, "
         f"seed {recipe.get('seed')}.",
+        *_teacher_lines(facts.get("teacher")),
         f"- Versions: {_versions(facts.get('versions'))}.",
         "",
+    ]
+
+
+def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
+    """A student's teacher, in one line: who it is and what the student learnt from it."""
+    if not teacher:
+        return []
+    kind = "an ensemble" if teacher.get("ensemble") else "a run"
+    unlabelled = teacher.get("unlabelled_images") or 0
+    fingerprint = teacher.get("unlabelled_fingerprint")
+    extra = f" and on {unlabelled:,} unlabelled images (fingerprint `{fingerprint}`)" if unlabelled else ""
+    return [
+        f"- Teacher: {kind}, `{teacher.get('run')}` ({teacher.get('backbone')}, test accuracy "
+        f"{_percent(teacher.get('test_accuracy'))}); this model learnt its {teacher.get('targets')} "
+        f"targets on the training images{extra}."
     ]
 
 
