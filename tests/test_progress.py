@@ -42,6 +42,16 @@ def test_plain_progress_lines_say_count_rate_and_time_left(monkeypatch):
     assert not any("\r" in line for line in sink.lines)
 
 
+def test_one_of_a_unit_is_said_in_the_singular():
+    sink = Lines()
+    reporter = PlainReporter(sink, interval=1000)
+    for unit, one in (("batches", "1 batch"), ("images", "1 image"), ("boxes", "1 box")):
+        task = reporter.task("Caching features", total=1, unit=unit)
+        task.advance()
+        task.close()
+        assert sink.lines[-1].startswith(f"Caching features: done, {one} in"), sink.lines[-1]
+
+
 def test_a_task_its_caller_summarises_ends_without_a_line_of_its_own_unless_stopped():
     sink = Lines()
     reporter = PlainReporter(sink, interval=1000)

@@ -202,7 +202,12 @@ class _PlainTask:
             return byte_size(value) + (f"/{byte_size(total)}" if total else "")
         shown = f"{value:.1f}" if value and value < 10 and value != int(value) else f"{int(value)}"
         one = value == 1 and not total and self.unit.endswith("s")  # "1 image", not "1 images"
-        return shown + (f"/{int(total)}" if total else "") + f" {self.unit[:-1] if one else self.unit}"
+        return shown + (f"/{int(total)}" if total else "") + f" {_singular(self.unit) if one else self.unit}"
+
+
+def _singular(unit: str) -> str:
+    """``images`` -> ``image``, ``batches`` -> ``batch``."""
+    return unit[:-2] if unit.endswith(("ches", "shes", "sses", "xes")) else unit[:-1]
 
 
 def _duration(seconds: float) -> str:
