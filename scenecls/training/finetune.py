@@ -45,6 +45,7 @@ def finetune_config(
             "epochs": 0,
             "weights": "none",
             "parent": str(parent),
+            "teacher_trained_first": False,  # a student's child keeps its teacher, which was not made for it
             "split_seed": parent_config.validation_seed,  # validate on what the parent held out
             "export_tflite": export,
             "feature_cache": feature_cache,
