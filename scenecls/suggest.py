@@ -135,7 +135,8 @@ def suggest(
         )
     classes = run.classes
     prepared, _ = run.prepared_data(reporter=NullReporter())
-    pool = pool_images(pool_folder, classes, prepared.index.root)
+    splits = (prepared.train, prepared.val, prepared.test)
+    pool = pool_images(pool_folder, classes, [p for split in splits if split for p in split.paths])
     check_budget(budget, len(pool))
     check_output_folder(output, "--output")
     here = Path(pool_folder).resolve()

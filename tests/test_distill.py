@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from scenecls.training.distill import confident_rows, student_targets
-from tests.conftest import invoke, one_error_line, tiny, write_class_folders
+from tests.conftest import (
+    MINI,
+    WEIGHTS_FILE,
+    invoke,
+    needs_real_photos,
+    one_error_line,
+    tiny,
+    write_class_folders,
+)
 
 RECIPE = ("--dense", "1", "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1")
 
@@ -171,8 +179,9 @@ def test_bad_unlabelled_folders_and_teachers_are_one_line_exit_2_and_write_nothi
         (["--unlabelled", str(tmp_path / "missing")], "is not a folder"),
         (["--unlabelled", str(empty)], "holds no images"),
         (["--unlabelled", str(laid_out)], "class folders"),
-        (["--unlabelled", str(data)], "holds the labelled images"),
-        (["--unlabelled", str(data / "train")], "holds the labelled images"),
+        (["--unlabelled", str(data)], "holds labelled images"),
+        (["--unlabelled", str(data / "train")], "holds labelled images"),
+        (["--unlabelled", str(data / "train" / "alpha")], "holds labelled images"),
         (["--unlabelled", str(unreadable)], "can be read"),
         (["--unlabelled", str(copies)], "holds the labelled images themselves"),
         (["--unlabelled", str(unlabelled), "--teacher", str(unfinished)], "has not finished"),
@@ -227,3 +236,28 @@ def test_a_student_resumed_after_its_unlabelled_images_changed_is_refused(
     resumed = invoke("-q", "train", "--resume", str(run))
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+@needs_real_photos
+def test_a_student_of_real_photographs_learns_what_its_teacher_knows(tmp_path):
+    """Real MobileNetV2 weights on intel-mini: a student whose labelled targets are the teacher's alone
+    (``--distill-weight 1``) still learns the scenes, so each row got its own image's targets; the
+    unlabelled images are the ``pred/`` folder fetch-data places inside the data set."""
+    data = tmp_path / "intel-mini"
+    fetched = invoke("-q", "fetch-data", "--from", str(MINI), "--dest", str(data))
+    assert fetched.exit_code == 0, fetched.output
+    recipe = ["--backbone", "mobilenet_v2", "--weights", str(WEIGHTS_FILE), "--image-size", "96",
+              "--dense", "0", "--epochs", "4", "--finetune-epochs", "0", "--no-export",
+              "--project", str(tmp_path / "runs")]  # fmt: skip
+    teacher = invoke("-q", "train", "--data", str(data), *recipe, "--name", "teacher", "--format", "json")
+    assert teacher.exit_code == 0, teacher.output
+    taught = json.loads(teacher.stdout)["test_accuracy"]
+    student = invoke("-q", "train", "--data", str(data), *recipe, "--name", "student", "--format", "json",
+                     "--unlabelled", str(data / "pred"), "--teacher", str(tmp_path / "runs" / "teacher"),
+                     "--distill-weight", "1", "--seed", "1")  # fmt: skip
+    assert student.exit_code == 0, student.output
+    summary = json.loads(student.stdout)
+    assert summary["distillation"]["unlabelled_used"] == 102
+    assert summary["distillation"]["teacher_agreement_on_labels"] >= 0.8
+    assert taught >= 0.8 and summary["test_accuracy"] >= taught - 0.05, (taught, summary["test_accuracy"])

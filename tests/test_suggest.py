@@ -140,8 +140,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(finished_run, pool, tm
     (users / "notes.txt").write_text("mine")
     cases = [
         ([str(finished_run), str(empty)], "holds no images"),
-        ([str(finished_run), str(data)], "holds the run's labelled images"),
-        ([str(finished_run), str(data / "train")], "holds the run's labelled images"),
+        ([str(finished_run), str(data)], "holds labelled images"),
+        ([str(finished_run), str(data / "train")], "holds labelled images"),
         ([str(finished_run), str(laid_out)], "is laid out in class folders"),
         (
             [str(finished_run), str(pool), "--budget", "500"],

@@ -17,10 +17,13 @@ import numpy as np
 from scenecls.errors import UsageError
 
 
-def pool_images(folder: Path, classes: list[str], labelled_root: Path, *, option: str = "") -> list[Path]:
-    """The images of the unlabelled folder, checked: a folder, not the labelled set nor inside it, not laid
-    out in the data's class folders, holding images. Each problem is a one-line usage error, prefixed by
-    ``option`` (``--unlabelled``) when given."""
+def pool_images(
+    folder: Path, classes: list[str], labelled_paths: list[str], *, option: str = ""
+) -> list[Path]:
+    """The images of the unlabelled folder, checked: a folder, holding none of ``labelled_paths`` (so
+    neither the data set, nor one of its splits or classes, nor a folder that holds it; the ``pred/``
+    folder ``fetch-data`` places beside ``train/`` is fine), not laid out in the data's class folders,
+    holding images. Each problem is a one-line usage error, prefixed by ``option`` when given."""
     from scenecls.data.images import is_image_path
     from scenecls.files import holds_our_output
 
@@ -28,9 +31,13 @@ def pool_images(folder: Path, classes: list[str], labelled_root: Path, *, option
     said = f"{option} " if option else ""
     if not folder.is_dir():
         raise UsageError(f"{said}{folder} is not a folder of unlabelled images")
-    here, labelled = folder.resolve(), labelled_root.resolve()
-    if here == labelled or labelled in here.parents or here in labelled.parents:
-        raise UsageError(f"{said}{folder} holds the labelled images ({labelled_root}): give unlabelled ones")
+    here = os.path.join(os.path.realpath(folder), "")
+    inside = next((p for p in labelled_paths if os.path.realpath(p).startswith(here)), None)
+    if inside is not None:
+        raise UsageError(
+            f"{said}{folder} holds labelled images ({os.path.relpath(inside, folder)}...): give a folder of "
+            "unlabelled ones"
+        )
     try:
         named = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name in classes)
     except OSError as exc:

@@ -223,9 +223,8 @@ def _unlabelled_pool(folder: str | None, data, reporter) -> tuple[list[str], dic
     from scenecls.data.layout import Split
     from scenecls.data.unlabelled import pool_images, same_bytes
 
-    images = [
-        str(p) for p in pool_images(Path(folder), list(data.classes), data.index.root, option="--unlabelled")
-    ]
+    labelled = [*data.train.paths, *data.val.paths, *(data.test.paths if data.test else [])]
+    images = [str(p) for p in pool_images(Path(folder), list(data.classes), labelled, option="--unlabelled")]
     scan = scan_images(images, reporter=reporter)
     bad = {path for path, _ in scan.bad}
     readable = [p for p in images if p not in bad]
@@ -233,7 +232,6 @@ def _unlabelled_pool(folder: str | None, data, reporter) -> tuple[list[str], dic
         raise UsageError(f"--unlabelled {folder}: none of its {count(len(images), 'image')} can be read")
     if bad:
         reporter.warn(f"--unlabelled: skipped {count(len(bad), 'unreadable image')}")
-    labelled = [*data.train.paths, *data.val.paths, *(data.test.paths if data.test else [])]
     copies = same_bytes([Path(p) for p in readable], labelled)
     if copies.all():
         raise UsageError(f"--unlabelled {folder} holds the labelled images themselves (the same bytes)")
