@@ -105,6 +105,12 @@ def test_a_student_without_a_teacher_trains_one_first_and_records_both(scenes, t
         json.loads((e / "meta.json").read_text()) for e in cache.iterdir() if not e.name.startswith(".")
     ]
     assert any(e["count"] == 42 and e["teacher_name"] == "student-teacher" for e in entries)
+    listed = invoke("cache", "--kind", "targets", "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert any(
+        r["kind"] == "targets" and r["state"] == "current" and "student-teacher" in r["detail"] for r in rows
+    )
     # The model card and the report page show the teacher beside the student.
     card = (student / "MODEL_CARD.md").read_text()
     assert "- Teacher: a run, `student-teacher`" in card and "18 unlabelled images" in card
