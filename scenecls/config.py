@@ -162,8 +162,9 @@ class TrainConfig:
     )
     targets: str = option_field(
         "soft",
-        "What the student learns on unlabelled images: soft (the teacher's probabilities) or hard (its "
-        "class, for images it gives at least --pseudo-confidence).",
+        "What the student learns on unlabelled images: soft (the teacher's probabilities; labelled images "
+        "mix them with their labels) or hard (its class, for images it gives at least --pseudo-confidence; "
+        "labelled images keep their labels).",
         kind="choice", choices=TARGET_KINDS,
     )  # fmt: skip
     pseudo_confidence: float = option_field(
@@ -196,7 +197,13 @@ class TrainConfig:
     def soft_targets(self) -> bool:
         """Whether training targets are rows of class probabilities (MixUp, CutMix, a teacher's soft
         targets) rather than class indices: the loss and the pipelines follow."""
-        return self.mixing.on or (self.teacher is not None and self.targets == "soft")
+        return self.mixing.on or (self.teacher is not None and self.learns_soft_targets)
+
+    @property
+    def learns_soft_targets(self) -> bool:
+        """A student's targets are the teacher's probabilities: with ``--targets soft``, and always without
+        unlabelled images (``--targets`` chooses for those; on labelled ones alone, distillation is soft)."""
+        return self.targets == "soft" or self.unlabelled is None
 
     @property
     def validation_seed(self) -> int:

@@ -80,7 +80,16 @@ def test_a_student_without_a_teacher_trains_one_first_and_records_both(scenes, t
     project = tmp_path / "runs"
     before = _snapshot(unlabelled)
     result = _student(
-        data, project, "student", "--unlabelled", str(unlabelled), "--format", "json", quiet=False
+        data,
+        project,
+        "student",
+        "--unlabelled",
+        str(unlabelled),
+        "--targets",
+        "soft",
+        "--format",
+        "json",
+        quiet=False,
     )
     assert result.exit_code == 0, result.output
     assert "No --teacher: training one first" in result.stderr and "now the student" in result.stderr
@@ -150,7 +159,7 @@ def test_an_ensemble_is_a_teacher_too(finished_run, scenes, tmp_path):
                   "--no-export")  # fmt: skip
     assert made.exit_code == 0, made.output
     result = _student(data, project, "from-both", "--unlabelled", str(unlabelled), "--teacher",
-                      str(project / "both"))  # fmt: skip
+                      str(project / "both"), "--targets", "soft")  # fmt: skip
     assert result.exit_code == 0, result.output
     record = _record(project / "from-both")
     assert record["teacher_is_ensemble"] is True and record["unlabelled_used"] == 18
@@ -193,7 +202,6 @@ def test_bad_unlabelled_folders_and_teachers_are_one_line_exit_2_and_write_nothi
         (["--unlabelled", str(unlabelled), "--teacher", str(unfinished)], "has not finished"),
         (["--unlabelled", str(unlabelled), "--teacher", str(other)], "other classes"),
         (["--unlabelled", str(unlabelled), "--teacher", str(tmp_path)], "not a run folder"),
-        (["--teacher", str(teacher), "--targets", "hard"], "--targets hard"),
         (["--unlabelled", str(unlabelled), "--teacher", str(teacher), "--mixup", "0.2"], "--mixup"),
         (["--unlabelled", str(unlabelled), "--pseudo-confidence", "1.5"], "--pseudo-confidence"),
     ]
@@ -212,10 +220,12 @@ def test_a_student_without_unlabelled_images_is_distillation_on_the_labelled_one
     finished_run, scenes, tmp_path
 ):
     data, _ = scenes
-    result = _student(data, tmp_path / "runs", "kd", "--teacher", str(finished_run))
+    # --targets chooses for unlabelled images; on labelled ones alone, distillation is soft whatever it says.
+    result = _student(data, tmp_path / "runs", "kd", "--teacher", str(finished_run), "--targets", "hard")
     assert result.exit_code == 0, result.output
     record = _record(tmp_path / "runs" / "kd")
     assert record["unlabelled"] is None and record["unlabelled_used"] == 0 and record["labelled_images"] == 24
+    assert record["targets"] == "soft"
 
 
 @pytest.mark.slow

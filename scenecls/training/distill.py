@@ -130,7 +130,7 @@ def attach_teacher(context) -> Any:
     agreement = float((probabilities[: len(known)].argmax(axis=1) == known).mean()) if len(known) else None
     unlabelled = probabilities[len(known) :]
     targets = None
-    if config.targets == "soft":
+    if config.learns_soft_targets:
         targets = student_targets(
             known, probabilities, weight=config.distill_weight, temperature=config.distill_temperature
         )
@@ -161,7 +161,7 @@ def attach_teacher(context) -> Any:
             "teacher_test_accuracy": teacher.test_accuracy,
             "teacher_agreement_on_labels": agreement,
             "teacher_trained_first": config.teacher_trained_first,
-            "targets": config.targets,
+            "targets": "soft" if config.learns_soft_targets else "hard",
             "targets_cache": "reused" if reused else "built",
             "labelled_images": len(labelled),
             "unlabelled_used": len(kept),
@@ -190,8 +190,6 @@ def check_student(config) -> None:
 def _check_options(config) -> None:
     if config.mixing.on:
         raise UsageError("--mixup and --cutmix mix labels; a student learns the teacher's targets: use one")
-    if config.targets == "hard" and config.unlabelled is None:
-        raise UsageError("--targets hard labels unlabelled images: give them with --unlabelled")
 
 
 def check_resume(run_dir: Path, record: dict | None) -> None:
