@@ -10,11 +10,12 @@ in ten, which is what makes them worth learning from.
 
 What the student learns, per image:
 
-- ``--targets soft`` (the default): an unlabelled image's target is the teacher's probabilities
-  (softened or sharpened by ``--distill-temperature``); a labelled image's is its label, mixed with the
-  teacher's probabilities by ``--distill-weight``.
-- ``--targets hard``: unlabelled images the teacher gives at least ``--pseudo-confidence`` join the
-  training images with its class as their label; the others are left out.
+- ``--targets hard`` (the default, measured better: see benchmarks/README.md, "Students"): unlabelled
+  images the teacher gives at least ``--pseudo-confidence`` join the training images with its class as
+  their label; the others are left out.
+- ``--targets soft``: an unlabelled image's target is the teacher's probabilities (softened or sharpened
+  by ``--distill-temperature``); a labelled image's is its label, mixed with the teacher's probabilities
+  by ``--distill-weight``. A teacher without unlabelled images is always this (distillation).
 
 Everything else is an ordinary run: the student's own augmentation, the feature and activation caches
 (the unlabelled images are rows of them; soft targets travel beside the cached rows), validation and
