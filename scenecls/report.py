@@ -194,7 +194,8 @@ def _teacher(record: dict, config: dict, metrics: dict, here: Path) -> str:
     used, found = record.get("unlabelled_used", 0), record.get("unlabelled_images")
     if record.get("unlabelled"):
         source = (
-            f"{record.get('labelled_images')} labelled images and {used} of the {found} unlabelled images in "
+            f"{_count(record.get('labelled_images'))} labelled images and {_count(used)} of the "
+            f"{_count(found)} unlabelled images in "
             f"{record['unlabelled']} ({record.get('targets')} targets"
             + (
                 f"; {record['unlabelled_copies_of_labelled']} copies of labelled images left out"
@@ -204,7 +205,7 @@ def _teacher(record: dict, config: dict, metrics: dict, here: Path) -> str:
             + ")"
         )
     else:
-        source = f"{record.get('labelled_images')} labelled images, with the teacher's probabilities"
+        source = f"{_count(record.get('labelled_images'))} labelled images, with the teacher's probabilities"
     by_class = record.get("unlabelled_by_class") or {}
     classes = ", ".join(f"{name} {n}" for name, n in by_class.items())
     return (
@@ -217,6 +218,10 @@ def _teacher(record: dict, config: dict, metrics: dict, here: Path) -> str:
             else ""
         )
     )
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _page_link(folder: Path, here: Path) -> str:
