@@ -271,7 +271,7 @@ def test_a_student_of_real_photographs_learns_what_its_teacher_knows(tmp_path):
     taught = json.loads(teacher.stdout)["test_accuracy"]
     student = invoke("-q", "train", "--data", str(data), *recipe, "--name", "student", "--format", "json",
                      "--unlabelled", str(data / "pred"), "--teacher", str(tmp_path / "runs" / "teacher"),
-                     "--distill-weight", "1", "--seed", "1")  # fmt: skip
+                     "--targets", "soft", "--distill-weight", "1", "--seed", "1")  # fmt: skip
     assert student.exit_code == 0, student.output
     summary = json.loads(student.stdout)
     assert summary["distillation"]["unlabelled_used"] == 102
