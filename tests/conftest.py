@@ -195,6 +195,12 @@ def tiny(
     return [*args, *extra]
 
 
+def file_snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file below ``folder`` with its modification time and bytes: equal before and after a
+    command that must only read the folder."""
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def one_error_line(result) -> str:
     """The single ``Error:`` line of a CLI result; fails on a traceback or several lines."""
     assert "Traceback" not in result.output

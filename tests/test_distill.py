@@ -16,6 +16,7 @@ from scenecls.training.distill import confident_rows, student_targets
 from tests.conftest import (
     MINI,
     WEIGHTS_FILE,
+    file_snapshot,
     invoke,
     needs_real_photos,
     one_error_line,
@@ -42,10 +43,6 @@ def test_hard_pseudo_labels_keep_the_rows_the_teacher_is_sure_of():
     teacher = np.array([[0.95, 0.05], [0.55, 0.45], [0.1, 0.9]])
     assert confident_rows(teacher, 0.9).tolist() == [0, 2]
     assert confident_rows(teacher, 0.0).tolist() == [0, 1, 2]
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +75,7 @@ def _record(run: Path) -> dict:
 def test_a_student_without_a_teacher_trains_one_first_and_records_both(scenes, tmp_path):
     data, unlabelled = scenes
     project = tmp_path / "runs"
-    before = _snapshot(unlabelled)
+    before = file_snapshot(unlabelled)
     result = _student(
         data,
         project,
@@ -93,7 +90,7 @@ def test_a_student_without_a_teacher_trains_one_first_and_records_both(scenes, t
     )
     assert result.exit_code == 0, result.output
     assert "No --teacher: training one first" in result.stderr and "now the student" in result.stderr
-    assert _snapshot(unlabelled) == before  # only read
+    assert file_snapshot(unlabelled) == before  # only read
     student, teacher = project / "student", project / "student-teacher"
     assert json.loads((teacher / "state.json").read_text())["status"] == "finished"
     assert "distillation" not in json.loads((teacher / "config.json").read_text())  # an ordinary run
@@ -207,13 +204,13 @@ def test_bad_unlabelled_folders_and_teachers_are_one_line_exit_2_and_write_nothi
     ]
     for extra, said in cases:
         bad_project = tmp_path / "bad-runs"
-        before = _snapshot(unlabelled)
+        before = file_snapshot(unlabelled)
         result = invoke("train", "--data", str(data), *tiny(*RECIPE), *extra,
                         "--project", str(bad_project), "--name", "bad")  # fmt: skip
         assert result.exit_code == 2, (extra, result.output)
         assert said in one_error_line(result), (extra, result.output)
         assert not (bad_project / "bad").exists() and not (bad_project / "bad-teacher").exists(), extra
-        assert _snapshot(unlabelled) == before
+        assert file_snapshot(unlabelled) == before
 
 
 def test_a_student_without_unlabelled_images_is_distillation_on_the_labelled_ones(

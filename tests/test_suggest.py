@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from scenecls.suggest import choose, copies_of_labelled
-from tests.conftest import invoke, one_error_line, tiny, write_class_folders
+from tests.conftest import file_snapshot, invoke, one_error_line, tiny, write_class_folders
 
 
 def test_choose_takes_doubtful_images_from_different_places_not_one_cluster_twice():
@@ -41,10 +41,6 @@ def test_copies_of_labelled_images_are_found_by_bytes_and_by_features(tmp_path):
     features = np.array([[1, 0], [0, 1], [0.999, 0.02]], dtype=np.float32)
     mask = copies_of_labelled(pool, features, [str(labelled)], np.array([[1.0, 0.0]], np.float32))
     assert mask.tolist() == [True, False, True]
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +87,7 @@ def pool(tmp_path, finished_run) -> Path:
 def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alone(
     finished_run, pool, tmp_path
 ):
-    before = _snapshot(pool)
+    before = file_snapshot(pool)
     output = tmp_path / "to-label"
     result = invoke("suggest", str(finished_run), str(pool), "--budget", "5", "--output", str(output),
                     "--format", "json")  # fmt: skip
@@ -114,7 +110,7 @@ def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alon
     for link in links:
         assert link.parent.name in classes and link.name.split("-", 1)[1] == Path(os.path.realpath(link)).name
     assert "1 of the unlabelled images could not be read" in result.stderr
-    assert _snapshot(pool) == before
+    assert file_snapshot(pool) == before
 
     # Again, with copies: its own folder is replaced whole; the pool is still untouched.
     result = invoke("-q", "suggest", str(finished_run), str(pool), "--budget", "3", "--output", str(output),
@@ -123,7 +119,7 @@ def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alon
     assert result.stdout.splitlines()[0] == "rank,path,suggested,confidence,margin"
     files = sorted(p for p in output.rglob("*.jpg"))
     assert len(files) == 3 and not any(p.is_symlink() for p in files)
-    assert _snapshot(pool) == before
+    assert file_snapshot(pool) == before
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from scenecls.caches import store
-from scenecls.checksums import file_sha256
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
 from scenecls.files import UNWRITABLE, cannot_write, check_free_space
@@ -30,14 +29,14 @@ CACHE_VERSION = 1
 KIND = "targets"
 
 
-def targets_key(model_file: Path, size: int, images: Split) -> tuple[str, dict]:
-    """The entry's key and the fields it hashes. Labels are left out of the images' hash: the teacher
-    does not read them."""
+def targets_key(model_sha256: str, size: int, images: Split) -> tuple[str, dict]:
+    """The entry's key and the fields it hashes (the teacher's model file by its SHA-256). Labels are
+    left out of the images' hash: the teacher does not read them."""
     unlabelled = Split(list(images.paths), [-1] * len(images))
     fields = {
         "version": CACHE_VERSION,
         "kind": KIND,
-        "teacher": file_sha256(model_file),
+        "teacher": model_sha256,
         "size": size,
         "images": unlabelled.digest(),
         "count": len(images),
@@ -48,6 +47,7 @@ def targets_key(model_file: Path, size: int, images: Split) -> tuple[str, dict]:
 
 def teacher_probabilities(
     model_file: Path,
+    model_sha256: str,
     images: Split,
     *,
     cache_root: Path,
@@ -57,14 +57,15 @@ def teacher_probabilities(
     publish: bool = True,
 ) -> tuple[np.ndarray, bool]:
     """``(probabilities, reused)``: the model's probabilities for ``images`` (in order), from the cache
-    when an entry for this very model file and these images is there, else computed (and, with
+    when an entry for this very model file (``model_sha256``, hashed once by the caller) and these images
+    is there, else computed (and, with
     ``publish``, kept for the next student). ``teacher`` names it in the entry, for ``scenecls cache``."""
     from scenecls.classifier import input_size, load_model
 
     reporter = reporter or NullReporter()
     model = load_model(model_file)
     size = input_size(model)[0]
-    key, fields = targets_key(model_file, size, images)
+    key, fields = targets_key(model_sha256, size, images)
     folder = cache_root / KIND / key
     classes = int(model.output_shape[-1])
     cached = _read(folder, fields, len(images), classes)

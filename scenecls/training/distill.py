@@ -42,6 +42,7 @@ from scenecls.units import count
 class Teacher:
     run_dir: Path
     model: Path  # its best.keras (calibrated)
+    sha256: str  # of that file: the key of its targets, and what a resumed student checks
     backbone: str
     ensemble: bool
     test_accuracy: float | None
@@ -68,10 +69,14 @@ def load_teacher(ref: str, classes: list[str]) -> Teacher:
             f"--teacher {ref} predicts other classes ({', '.join(run.classes)}) than the data set's "
             f"({', '.join(classes)})"
         )
+    from scenecls.checksums import file_sha256
+
     recorded = run.recorded
+    model = run_dir.absolute() / runs.BEST
     return Teacher(
         run_dir.absolute(),
-        run_dir.absolute() / runs.BEST,
+        model,
+        file_sha256(model),
         str(recorded.get("backbone") or "?"),
         bool(recorded.get("ensemble")),
         run.optional(runs.METRICS).get("test_accuracy"),
@@ -123,8 +128,8 @@ def attach_teacher(context) -> Any:
     what = f"{count(len(labelled), 'training image')}" + (f" and {len(pool)} unlabelled" if pool else "")
     reporter.log(f"Teacher {teacher.run_dir} ({teacher.backbone}) looks at {what}")
     probabilities, reused = teacher_probabilities(
-        teacher.model, rows, cache_root=cache_dir(), batch_size=config.batch_size, teacher=teacher.name,
-        reporter=reporter, publish=context.distribution.chief,
+        teacher.model, teacher.sha256, rows, cache_root=cache_dir(), batch_size=config.batch_size,
+        teacher=teacher.name, reporter=reporter, publish=context.distribution.chief,
     )  # fmt: skip
     probabilities = np.asarray(probabilities, dtype=np.float32)
     known = np.asarray(labelled.labels, dtype=np.int64)
@@ -156,7 +161,7 @@ def attach_teacher(context) -> Any:
     record.update(
         {
             "teacher": str(teacher.run_dir),
-            "teacher_model_sha256": _model_sha256(teacher.model),
+            "teacher_model_sha256": teacher.sha256,
             "teacher_backbone": teacher.backbone,
             "teacher_is_ensemble": teacher.ensemble,
             "teacher_test_accuracy": teacher.test_accuracy,
@@ -218,13 +223,16 @@ def _unlabelled_pool(folder: str | None, data, reporter) -> tuple[list[str], dic
     """The readable images of ``folder`` that are not copies of labelled ones, and what was found."""
     if folder is None:
         return [], {"unlabelled": None}
-    from scenecls.data.images import scan_images
+    from scenecls.data.images import scan_cache_path, scan_images
     from scenecls.data.layout import Split
     from scenecls.data.unlabelled import pool_images, same_bytes
+    from scenecls.paths import cache_dir
 
     labelled = [*data.train.paths, *data.val.paths, *(data.test.paths if data.test else [])]
     images = [str(p) for p in pool_images(Path(folder), list(data.classes), labelled, option="--unlabelled")]
-    scan = scan_images(images, reporter=reporter)
+    # Remembered as the data set's scans are, so that the check before a teacher trains and the student's
+    # own read of the folder decode each image once.
+    scan = scan_images(images, scan_cache_path(Path(folder), cache_dir()), reporter=reporter)
     bad = {path for path, _ in scan.bad}
     readable = [p for p in images if p not in bad]
     if not readable:
@@ -247,12 +255,6 @@ def _unlabelled_pool(folder: str | None, data, reporter) -> tuple[list[str], dic
         "unlabelled_copies_of_labelled": int(copies.sum()),
     }
     return pool, record
-
-
-def _model_sha256(path: Path) -> str:
-    from scenecls.checksums import file_sha256
-
-    return file_sha256(path)
 
 
 def _by_class(labels: np.ndarray, classes) -> dict[str, int]:
