@@ -266,6 +266,36 @@ def test_quiet_imagenet_training_prints_nothing_on_stderr(small_set, tmp_path):
     assert json.loads(done.stdout)["status"] == "finished"
 
 
+def test_uncached_imagenet_weights_fail_before_any_folder_or_hash(small_set, tmp_path, monkeypatch):
+    """Offline (a proxy nobody listens on: the real download fails at once), train, sweep and inspect
+    stop on the missing weights before a run folder, a sweep folder or an inspect folder exists, with
+    one line naming the file, and Keras's "Downloading data from" never reaches stdout."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.setenv("SCENECLS_HOME", str(tmp_path / "home"))
+    project = tmp_path / "runs"
+    common = ["--data", str(small_set), "--weights", "imagenet", "--image-size", "96",
+              "--project", str(project), "--format", "json"]  # fmt: skip
+    train = ["train", "--backbone", "mobilenet_v2"]
+    sweep = ["sweep", "--backbones", "mobilenet_v2", "--unfreeze", "1", "--dense", "0"]
+    for command in (train, sweep):
+        result = CliRunner().invoke(cli, [*command, *common])
+        assert result.exit_code == 1, result.output
+        line = one_error_line(result)
+        assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in line
+        assert "Run folder" not in result.stderr and "Sweep folder" not in result.stderr
+        assert result.stdout == ""
+        assert not project.exists()
+    output = tmp_path / "looked"
+    result = CliRunner().invoke(
+        cli, ["inspect", str(small_set), "--backbone", "mobilenet_v2", "--output", str(output)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "_96_no_top.h5" not in one_error_line(result) and "no_top.h5" in one_error_line(result)
+    assert not output.exists() and not (tmp_path / "home").exists()
+
+
 def test_fail_under_gate_exits_5_after_writing_outputs(small_set, tmp_path):
     project = tmp_path / "runs"
     args = ["--data", str(small_set), *TINY, "--epochs", "1", "--finetune-epochs", "0",

@@ -102,7 +102,7 @@ def inspect(
     from scenecls.data.exclude import write_exclude as write_list
     from scenecls.files import claim_folder
     from scenecls.inspection import MARKER, default_output, inspect_dataset, write_findings
-    from scenecls.models.registry import check_weights
+    from scenecls.models.registry import check_weights, fetch_weights
     from scenecls.paths import data_source
 
     source = data_source(data)
@@ -110,6 +110,8 @@ def inspect(
         check_weights(options["weights"], options["backbone"])  # before every image is hashed
     folder = output or default_output(source)
     settings = InspectOptions(features=not no_features, **options)
+    if settings.features:  # downloaded now, if they must be: before a folder is made or an image hashed
+        fetch_weights(settings.backbone, settings.weights, settings.image_size, quiet=out.quiet)
     claim_folder(folder, MARKER, "scenecls inspect")  # refused before any work, not after
     if write_exclude is not None:
         check_replaceable(write_exclude)

@@ -113,7 +113,11 @@ def sweep(
         _collect(out, folder, points, fmt, ensembles, tracking)
         return
     distribution = choose_distribution(out, distribute)
+    from scenecls.models.registry import fetch_weights
     from scenecls.training import TrainingInterrupted
+
+    for backbone in dict.fromkeys(point.backbone for point in points):  # before the first run, not the n-th
+        fetch_weights(backbone, base.weights, base.image_size, quiet=out.quiet)
 
     mine = len(sweeps.shard_points(points, *share)) if share else len(points)
     out.log(f"Sweep folder: {folder} ({mine} runs{f' of {len(points)}, shard {shard}' if share else ''})")

@@ -81,7 +81,7 @@ def train(
     them and prints how to resume.
     """
     from scenecls import runs
-    from scenecls.models.registry import check_weights
+    from scenecls.models.registry import check_weights, fetch_weights
     from scenecls.paths import data_source
 
     if not resume:  # no data set or weights: say so at once, before TensorFlow loads or a folder is made
@@ -110,6 +110,7 @@ def train(
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
     data_source(config.data)  # no data set: say so before a runs/ folder is made for nothing
+    fetch_weights(config.backbone, config.weights, config.image_size, quiet=out.quiet)
     config.unlabelled, config.teacher = student_inputs(config.unlabelled, config.teacher, project)
     if config.unlabelled is not None and config.teacher is None:
         config = _train_teacher_first(out, config, distribution, project, name or "train", exist_ok, tracking)

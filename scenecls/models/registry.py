@@ -6,8 +6,11 @@ Every architecture lives in its own small module (as in ``keras.applications``) 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +103,26 @@ def check_weights(weights: str | Path | None, backbone: str | None = None) -> No
         raise ModelError(f"weights file {path} does not exist")
 
 
+def fetch_weights(
+    backbone: str, weights: str | Path | None, size: int | None = None, *, quiet: bool = False
+) -> None:
+    """Make sure the weights a command will build ``backbone`` with are here, before any long work.
+
+    A weights file must exist (:func:`check_weights`); ImageNet weights missing from Keras's cache are
+    downloaded now, so that an offline machine fails before images are hashed or a run folder is made,
+    not after. Keras reports the download on stdout, where results go: it goes to stderr here (nowhere
+    when ``quiet``).
+    """
+    check_weights(weights, backbone)
+    if weights != "imagenet":
+        return
+    spec = get_spec(backbone)
+    size = size or spec.default_size
+    if cached_weights(spec, size) is not None:
+        return
+    _build_imagenet(spec, (size, size, 3), progress=io.StringIO() if quiet else None)
+
+
 def build_backbone(spec: BackboneSpec, size: int | None = None, weights: str | Path | None = "imagenet"):
     """The backbone without its top, at ``size`` x ``size``, with ``weights``.
 
@@ -139,10 +162,12 @@ def _misfit(path: Path, spec: BackboneSpec, reason: str) -> str:
     )
 
 
-def _build_imagenet(spec: BackboneSpec, shape: tuple[int, int, int]):
+def _build_imagenet(spec: BackboneSpec, shape: tuple[int, int, int], progress=None):
+    """The backbone with Keras's ImageNet weights; a download's progress goes to ``progress`` (default
+    stderr), never to stdout, where a command's results go."""
     was_cached = cached_weights(spec, shape[0]) is not None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(progress or sys.stderr):
             # Keras warns that it loads the 224-pixel file into another input size; the convolutions'
             # weights do not depend on the size, so for us this is the expected case, not news.
             warnings.filterwarnings("ignore", message=".*will be loaded as the default.*")
