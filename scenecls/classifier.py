@@ -105,8 +105,16 @@ def num_classes(model) -> int:
     return int(model.output_shape[-1])
 
 
-def inference_function(model, batch_size: int, *, jit: bool = False):
+# Tracing a model's graph costs about 1 s on 2 CPU cores (MobileNetV2, any input size) and then saves
+# about 0.2 s a batch against calling the model directly: up to this many batches, direct calls win.
+EAGER_BATCHES = 4
+
+
+def inference_function(model, batch_size: int, *, jit: bool = False, images: int | None = None):
     """``images -> outputs`` as numpy arrays, through one traced graph, for batched inference.
+
+    ``images``: how many images it will see, when known: up to :data:`EAGER_BATCHES` batches the model
+    is called directly, without a graph (quicker than tracing one for so few).
 
     Calling the model inside a ``tf.function`` skips the per-batch bookkeeping of Keras's
     ``predict_on_batch`` (about 7 % of a MobileNetV2 batch on 2 CPU cores). A batch shorter than
@@ -116,6 +124,14 @@ def inference_function(model, batch_size: int, *, jit: bool = False):
     """
     import numpy as np
     import tensorflow as tf
+
+    if images is not None and -(-images // batch_size) <= EAGER_BATCHES and not jit:
+
+        def direct(images):
+            outputs = model(np.asarray(images, dtype=np.float32), training=False)
+            return np.asarray(tf.cast(outputs, tf.float32))
+
+        return direct
 
     @tf.function(reduce_retracing=True, jit_compile=jit)
     def traced(images):

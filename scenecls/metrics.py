@@ -106,13 +106,17 @@ def evaluate_predictions(
 def predict_split(model, split: Split, batch_size: int = 32) -> np.ndarray:
     """Class probabilities for every image of ``split``, in order (through a copy of ``model`` with its
     batch normalisation folded, :func:`~scenecls.models.folding.for_inference`)."""
-    from scenecls.classifier import input_size
+    from scenecls.classifier import EAGER_BATCHES, inference_function, input_size
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
     from scenecls.models.folding import for_inference
 
     dataset = make_dataset(split, input_size(model), batch_size, drop_unreadable=False)
     with finite_dataset_warnings_silenced():
-        return np.asarray(for_inference(model, images=len(split)).predict(dataset, verbose=0))
+        if -(-len(split) // batch_size) > EAGER_BATCHES:
+            return np.asarray(for_inference(model, images=len(split)).predict(dataset, verbose=0))
+        forward = inference_function(model, batch_size, images=len(split))  # a few batches: no graph
+        outputs = [forward(images) for images, _ in dataset]
+    return np.concatenate(outputs) if outputs else np.zeros((0, *model.output_shape[1:]), np.float32)
 
 
 def prediction_rows(split: Split, probs: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:

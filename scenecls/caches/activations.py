@@ -227,7 +227,8 @@ def _build(
     from scenecls.models.folding import for_inference
 
     copies, train, val, batch_size = fields["copies"], inputs.train, inputs.val, inputs.batch_size
-    forward = inference_function(for_inference(cut.lower, images=copies * len(train) + len(val)), batch_size)
+    count = copies * len(train) + len(val)
+    forward = inference_function(for_inference(cut.lower, images=count), batch_size, images=count)
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
     try:

@@ -97,7 +97,8 @@ def extractor(classifier, batch_size: int, images: int | None = None):
     from scenecls.classifier import inference_function
     from scenecls.models.folding import for_inference
 
-    return inference_function(for_inference(feature_model(classifier), images=images), batch_size)
+    model = for_inference(feature_model(classifier), images=images)
+    return inference_function(model, batch_size, images=images)
 
 
 def head_model(classifier):

@@ -104,7 +104,7 @@ def _compute(model, images: Split, batch_size: int, reporter: Reporter) -> np.nd
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
     from scenecls.models.folding import for_inference
 
-    forward = inference_function(for_inference(model, images=len(images)), batch_size)
+    forward = inference_function(for_inference(model, images=len(images)), batch_size, images=len(images))
     dataset = make_dataset(images, input_size(model), batch_size, drop_unreadable=False)
     task = reporter.task("Teacher's targets", total=-(-len(images) // batch_size), unit="batches")
     batches = []

@@ -83,6 +83,7 @@ def train(
     from scenecls import runs
     from scenecls.models.registry import check_weights, fetch_weights
     from scenecls.paths import data_source
+    from scenecls.training.recipe import plan_phases
 
     if not resume:  # no data set or weights: say so at once, before TensorFlow loads or a folder is made
         check_weights(options["weights"], options["backbone"])
@@ -110,6 +111,7 @@ def train(
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
     data_source(config.data)  # no data set: say so before a runs/ folder is made for nothing
+    plan_phases(config)  # a recipe that cannot run is a usage error before any download
     fetch_weights(config.backbone, config.weights, config.image_size, quiet=out.quiet)
     config.unlabelled, config.teacher = student_inputs(config.unlabelled, config.teacher, project)
     if config.unlabelled is not None and config.teacher is None:

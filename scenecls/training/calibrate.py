@@ -32,13 +32,17 @@ from scenecls.progress import NullReporter, Reporter
 from scenecls.training.context import RunContext
 
 
-def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) -> dict[str, Any]:
+def calibrate_best(
+    context: RunContext, best_epoch: int, inside: float = 1.0, *, model=None
+) -> dict[str, Any]:
     """Fit the temperature of the run's ``best.keras`` on the validation split and put it in the model
     (the calibrated model, as saved, is in the record's ``"model"``, not written to JSON).
 
     ``inside``: the temperature the model holds already (a run calibrated before): the fit is made on
     the probabilities without it, and the model's logits are scaled by what is missing. With no
     validation images (``--val-split 0``) there is nothing to fit on: the model stays as trained.
+    ``model``: ``best.keras`` as it is in memory already (the end of a run whose last epoch was its best),
+    which saves loading it.
     """
     data, reporter, path = context.data, context.reporter, context.run_dir / runs.BEST
     if not data.validated:
@@ -47,8 +51,9 @@ def calibrate_best(context: RunContext, best_epoch: int, inside: float = 1.0) ->
             "the probabilities stay as trained (temperature 1)"
         )
         return {"temperature": inside, "epoch": best_epoch, "fitted_on": None}
-    with dtype_policy(context.config.mixed_precision):  # as the run loads its checkpoints
-        model = load_model(path, compile=True)  # saved back with its optimizer's state, as checkpoints are
+    if model is None:
+        with dtype_policy(context.config.mixed_precision):  # as the run loads its checkpoints
+            model = load_model(path, compile=True)  # saved back with its optimizer's state, as trained
     labels = np.asarray(data.val.labels)
     raw = with_temperature(predict_split(model, data.val, context.config.batch_size), 1.0 / inside)
     fitted = fit_temperature(raw, labels)

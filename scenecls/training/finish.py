@@ -27,12 +27,19 @@ from scenecls.unfreeze import UnfreezeReport
 from scenecls.units import count
 
 
-def finish_run(context: RunContext, ledger: Ledger, reports: list[UnfreezeReport]) -> TrainResult:
-    """Calibrate and test the best model and write ``metrics.json``; the run is finished."""
+def finish_run(
+    context: RunContext, ledger: Ledger, reports: list[UnfreezeReport], *, best_model=None
+) -> TrainResult:
+    """Calibrate and test the best model and write ``metrics.json``; the run is finished.
+
+    ``best_model``: the trained model when it is ``best.keras`` as saved (the run's last epoch was its
+    best): calibrated, tested and exported as it is, instead of loaded again from the file.
+    """
     run_dir, data, config = context.run_dir, context.data, context.config
     state = ledger.state
-    calibration = _calibration(context, state)
-    best = _BestModel(run_dir, calibration.pop("model", None))  # calibrated now: in memory, as saved
+    calibration = _calibration(context, state, best_model)
+    # calibrated now, in memory as saved; else best.keras as trained, in memory or read when first needed
+    best = _BestModel(run_dir, calibration.pop("model", None) or best_model)
     metrics = _final_metrics(context, state, calibration, best)
     metrics["feature_cache"] = state.feature_cache
     metrics["activation_cache"] = state.activation_cache
@@ -75,13 +82,13 @@ def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state
     log_confusion_matrix(run_dir / LOGDIR, evaluation.confusion, data.classes, step=state.epoch, title=title)
 
 
-def _calibration(context: RunContext, state: RunState) -> dict[str, Any]:
+def _calibration(context: RunContext, state: RunState, best_model=None) -> dict[str, Any]:
     """The best model's temperature: fitted now, unless the best model is the one an earlier end of
     this run calibrated (an extended run whose extra epochs did not beat it)."""
     earlier = Run(context.run_dir).optional(runs.METRICS).get("calibration")
     if isinstance(earlier, dict) and earlier.get("epoch") == state.best_epoch and "temperature" in earlier:
         return earlier
-    return calibrate_best(context, state.best_epoch)
+    return calibrate_best(context, state.best_epoch, model=best_model)
 
 
 def _final_metrics(

@@ -208,6 +208,7 @@ def _train(
         global_batch = distribution.global_batch(context.config.batch_size)
         context = replace(context, config=replace(context.config, batch_size=global_batch))
     reports: list[UnfreezeReport] = []
+    epochs_before = ledger.state.epoch
     # Every variable (model, optimizer, metrics) is the strategy's; every layer computes in the precision.
     with distribution.scope(), dtype_policy(context.config.mixed_precision):
         learner = prepare_model(context, start_model, resume=resume)
@@ -226,7 +227,21 @@ def _train(
     if not distribution.chief:  # the chief tests, exports and reports the run
         ledger.state.status = "finished"
         return train_result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
-    return finish_run(learner.context, ledger, reports)
+    best_model = _best_in_memory(learner, ledger, epochs_before)
+    return finish_run(learner.context, ledger, reports, best_model=best_model)
+
+
+def _best_in_memory(learner: Learner, ledger: Ledger, epochs_before: int):
+    """The trained model when it is ``best.keras`` as saved: this process trained the run's last epoch and
+    it was the best (the model's weights and optimizer state are what ``last.keras`` and its copy
+    ``best.keras`` hold). Else None: the file is read (a best epoch further back, a run resumed with no
+    epoch left to train, whose ``best.keras`` an earlier end may have calibrated, or a model spread over
+    several devices)."""
+    state = ledger.state
+    trained = state.epoch > epochs_before
+    if not trained or state.best_epoch != state.epoch or learner.context.distribution.strategy is not None:
+        return None
+    return learner.model
 
 
 def _warn_reserved_names(context: RunContext) -> None:
