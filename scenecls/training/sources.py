@@ -26,7 +26,7 @@ from scenecls.caches.features import CachedFeatures, head_model
 from scenecls.caches.store import CacheInputs
 from scenecls.data.augment import NO_AUGMENTATION, augmented_copies, build_augmentation
 from scenecls.data.mixing import Mixing, mix_batches, one_hot_labels
-from scenecls.data.pipeline import make_dataset
+from scenecls.data.pipeline import make_dataset, without_autotuning
 from scenecls.paths import cache_dir
 from scenecls.training.checkpoints import HeadCheckpoints, ModelCheckpoints
 from scenecls.training.context import Learner, RunContext
@@ -105,6 +105,8 @@ class FeatureSource:
             self.train_data = mix_batches(self.train_data, classes, mixing, seed=seed, images=False)
             if self.val_data is not None:
                 self.val_data = one_hot_labels(self.val_data, classes)
+        self.train_data = without_autotuning(self.train_data)
+        self.val_data = None if self.val_data is None else without_autotuning(self.val_data)
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [_EpochCounter(self._epoch)]
@@ -182,7 +184,7 @@ class CutPointSource:
                 )
             )
 
-        self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).prefetch(2)
+        self.train_data = without_autotuning(tf.data.Dataset.range(1).flat_map(epoch_data).prefetch(2))
         val, val_labels = cached.val, np.asarray(cached.val_labels, dtype=np.int64)
         if soft:  # soft targets: one-hot validation rows
             val_labels = np.eye(classes, dtype=np.float32)[val_labels]
@@ -203,6 +205,8 @@ class CutPointSource:
             if val_steps
             else None  # no validation images (--val-split 0)
         )
+        if self.val_data is not None:
+            self.val_data = without_autotuning(self.val_data)
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         return [_EpochCounter(self._epoch)]
