@@ -127,8 +127,8 @@ def inference_function(model, batch_size: int, *, jit: bool = False, images: int
 
     if images is not None and -(-images // batch_size) <= EAGER_BATCHES and not jit:
 
-        def direct(images):
-            outputs = model(np.asarray(images, dtype=np.float32), training=False)
+        def direct(batch):
+            outputs = model(np.asarray(batch, dtype=np.float32), training=False)
             return np.asarray(tf.cast(outputs, tf.float32))
 
         return direct
