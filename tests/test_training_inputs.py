@@ -270,7 +270,11 @@ def test_uncached_imagenet_weights_fail_before_any_folder_or_hash(small_set, tmp
     """Offline (a proxy nobody listens on: the real download fails at once), train, sweep and inspect
     stop on the missing weights before a run folder, a sweep folder or an inspect folder exists, with
     one line naming the file, and Keras's "Downloading data from" never reaches stdout."""
+    import urllib.request
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    # urllib keeps the opener (with the proxy it read) for the process: put back the one from before
+    monkeypatch.setattr(urllib.request, "_opener", None)
     for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(variable, "http://127.0.0.1:9")
     monkeypatch.setenv("SCENECLS_HOME", str(tmp_path / "home"))
