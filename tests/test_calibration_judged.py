@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from scenecls.calibration import (
     MIN_CALIBRATION_IMAGES,
@@ -54,6 +55,7 @@ def test_a_temperature_that_does_not_help_held_back_images_is_not_applied():
         assert "log loss worse" in why
 
 
+@pytest.mark.slow
 def test_a_small_run_keeps_temperature_one_and_says_why_everywhere(tmp_path):
     data = write_class_folders(tmp_path / "data", 10, seed=1, size=40)
     project = tmp_path / "runs"

@@ -43,6 +43,7 @@ def _separating_head(model, images: np.ndarray, labels: np.ndarray) -> None:
     model.get_layer("predictions").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
 
 
+@pytest.mark.slow
 def test_the_heat_map_lights_the_region_the_class_depends_on():
     """A real backbone (ConvNeXt-tiny, random weights) with a head that tells the colours apart (the
     difference of the two classes' mean pooled features): the map of each image peaks in its cell."""

@@ -132,6 +132,7 @@ def _planted(root: Path) -> dict[str, Path]:
     return plants
 
 
+@pytest.mark.slow
 def test_inspect_reports_every_kind_of_finding_and_writes_an_exclude_list_train_honours(tmp_path):
     data = tmp_path / "data"
     plants = _planted(data)
@@ -297,6 +298,7 @@ def test_a_split_of_unreadable_files_only_is_reported_not_fatal(tmp_path):
     assert table.exit_code == 0 and "Unreadable files (2)" in table.stdout
 
 
+@pytest.mark.slow
 def test_one_class_or_one_image_per_class_skips_the_label_check_with_a_word(tmp_path):
     one_class = tmp_path / "one"
     (one_class / "only").mkdir(parents=True)

@@ -156,7 +156,9 @@ def test_preprocessing_lives_in_the_model():
     assert "scale_input" not in [layer.name for layer in effnet.layers]  # normalises itself
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "inception_resnet_v2", "convnext_tiny"])
+@pytest.mark.parametrize(
+    "name", ["mobilenet_v2", pytest.param("inception_resnet_v2", marks=pytest.mark.slow), "convnext_tiny"]
+)
 def test_save_and_load_round_trip_in_safe_mode(tmp_path, name):
     size = small_size(name)
     model = build_classifier(name, 3, size=size, weights=None, head=HeadConfig(dense=1, units=8))

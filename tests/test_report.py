@@ -86,6 +86,7 @@ def run(tmp_path_factory) -> Path:
     return project / "train"
 
 
+@pytest.mark.slow
 def test_the_report_of_a_run_opens_in_chromium_with_every_picture_and_no_error(run, tmp_path):
     page_file = tmp_path / "report.html"
     result = CliRunner().invoke(cli, ["report", str(run), "--output", str(page_file), "--format", "json"])

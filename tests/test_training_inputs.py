@@ -142,6 +142,7 @@ def test_empty_class_folder_is_reported(tmp_path):
     assert any("delta" in w and "no images" in w for w in reporter.warnings)
 
 
+@pytest.mark.slow
 def test_killed_before_the_first_epoch_resumes(small_set, tmp_path):
     """SIGKILL while the model is being built: the run folder says where it stands, --resume finishes it,
     and a half-written temporary file of a killed save is cleaned up."""
@@ -243,6 +244,7 @@ def test_disk_full_while_training_keeps_the_saved_epochs(small_set, tmp_path, mo
 SHARED_CACHE = Path(__file__).resolve().parents[2] / "shared" / "weights" / "keras-cache" / "models"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CACHE.is_dir(), reason="needs ../shared/weights (real MobileNetV2 weights)")
 def test_quiet_imagenet_training_prints_nothing_on_stderr(small_set, tmp_path):
     """Keras warns that its 224-pixel file is loaded into another input size; with -q nothing shows."""
@@ -300,6 +302,7 @@ def test_uncached_imagenet_weights_fail_before_any_folder_or_hash(small_set, tmp
     assert not output.exists() and not (tmp_path / "home").exists()
 
 
+@pytest.mark.slow
 def test_fail_under_gate_exits_5_after_writing_outputs(small_set, tmp_path):
     project = tmp_path / "runs"
     args = ["--data", str(small_set), *TINY, "--epochs", "1", "--finetune-epochs", "0",
