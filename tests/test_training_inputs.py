@@ -177,6 +177,7 @@ def test_killed_before_the_first_epoch_resumes(small_set, tmp_path):
     assert state.exists() and not (project / "train" / "history.csv").exists()
     stale = project / "train" / ".last.keras.abcd1234.keras"
     stale.write_bytes(b"half a model")
+    launched = time.monotonic()
     resumed = subprocess.run(
         [sys.executable, "-m", "scenecls", "train", "--resume", str(project / "train")],
         env=env,
@@ -184,9 +185,12 @@ def test_killed_before_the_first_epoch_resumes(small_set, tmp_path):
         text=True,
         timeout=300,
     )
+    wall = time.monotonic() - launched
     assert resumed.returncode == 0, resumed.stderr
     assert strict_json(state)["status"] == "finished"
     assert not stale.exists()
+    # the resuming process's own wait for its first batch: Python and TensorFlow started, not the test's
+    assert 0.5 < strict_json(project / "train" / "metrics.json")["first_batch_seconds"] < wall
 
 
 def test_predict_explains_a_missing_model_in_phase_one(tmp_path):
@@ -201,6 +205,7 @@ def test_predict_explains_a_missing_model_in_phase_one(tmp_path):
         runs.resolve_model(str(run), tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_feature_cache_status_survives_a_resume_in_fine_tuning(small_set, tmp_path, monkeypatch):
     project = tmp_path / "runs"
     args = ["--data", str(small_set), *TINY, "-b", "12", "--epochs", "1", "--finetune-epochs", "2",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import signal
 import threading
 import time
@@ -53,6 +54,7 @@ class Ledger:
     phase_started: float = 0.0
     checkpoints: Any = None  # the phase's ModelCheckpoints while it runs
     phase: PhaseInfo | None = None  # the phase in progress
+    first_batch: float | None = None  # seconds from this process's start to its first training batch
 
     def write_state(self) -> None:
         self.state.seconds = time.monotonic() - self.started
@@ -255,6 +257,10 @@ class BatchProgress(keras.callbacks.Callback):
             f"Epoch {number}/{self.total_epochs} {self.phase.name}", total=self.steps, unit="batches"
         )
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self.ledger.first_batch is None:
+            self.ledger.first_batch = process_seconds()
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         info = " ".join(
@@ -293,3 +299,16 @@ class BatchProgress(keras.callbacks.Callback):
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started: the wait a user sees before training begins, Python's
+    start-up and the imports included. Read from Linux's ``/proc``; None where there is none."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the command's name may hold spaces
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+        return round(now - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 2)  # field 22: start time
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None

@@ -44,6 +44,8 @@ def finish_run(
     metrics["feature_cache"] = state.feature_cache
     metrics["activation_cache"] = state.activation_cache
     metrics["phase_seconds"] = state.phase_seconds
+    if ledger.first_batch is not None:  # this process's wait for its first batch (a resume's, after one)
+        metrics["first_batch_seconds"] = ledger.first_batch
     state.status = "finished"
     metrics["seconds"] = round(time.monotonic() - ledger.started, 1)
     run = Run(run_dir)
