@@ -389,10 +389,14 @@ def test_ctrl_c_while_building_the_cache_is_an_interrupted_run_that_resumes(data
     def interrupted(*args):  # Ctrl-C as the first copy's activations are being written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(activations, "_fill", interrupted)
     project = tmp_path / "runs"
     args = ["--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1",
             "--seed", "13"]  # fmt: skip
+    # The head's features cached first, so that the activations are built on their own, in phase 2 (a run
+    # with neither cache builds both in phase 1: see test_one_pass.py).
+    features_only = invoke("-q", "train", *args, "--finetune-epochs", "0", "--project", str(tmp_path / "f"))
+    assert features_only.exit_code == 0, features_only.output
+    monkeypatch.setattr(activations, "_fill", interrupted)
     result = invoke("-q", "train", *args, "--project", str(project))
     assert result.exit_code == 130
     assert f"scenecls train --resume {project / 'train'}" in result.stderr

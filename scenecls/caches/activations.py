@@ -175,7 +175,7 @@ def load_or_build(
     reporter = reporter or NullReporter()
     train, val = inputs.train, inputs.val
     key, fields = cache_key(backbone, cut, inputs)
-    folder = cache_root / "activations" / key
+    folder = entry_folder(cache_root, key)
     stored = _open(folder, fields, len(train), len(val), cut.shape)
     if stored is not None:
         reporter.log(f"Activation cache: reusing {folder} (cut before {cut.layer})")
@@ -194,22 +194,38 @@ def load_or_build(
         check_free_space("the activation cache", size_bytes, folder.parent)
     except DataError as exc:
         raise CacheUnavailable(str(exc)) from None
-    augmentations = inputs.augmentations
-    if augmentations is None:
-        augmentations = augmented_copies(inputs.augment, fields["copies"], inputs.seed + 1)
-    if not fields["augment"]:
-        augmentations = [None] * fields["copies"]
+    augmentations = copy_layers(inputs, fields)
     try:
         _build(folder, fields, cut, inputs, augmentations, reporter)
     except OSError as exc:  # a full disk, a file-size limit, a read-only cache: go on without it
         if exc.errno not in UNWRITABLE:
             raise
         raise CacheUnavailable(cannot_write("the activation cache", folder.parent, size_bytes, exc)) from None
-    # The checksums were just computed from these files: reading them back checks meta and shapes only.
+    return read_back(folder, fields, cut, inputs, reporter)
+
+
+def entry_folder(cache_root: Path, key: str) -> Path:
+    return cache_root / "activations" / key
+
+
+def copy_layers(inputs: CacheInputs, fields: dict) -> list:
+    """The augmentation layer of each stored copy (None each when augmentation is off: one copy)."""
+    if not fields["augment"]:
+        return [None] * fields["copies"]
+    if inputs.augmentations is not None:
+        return list(inputs.augmentations)
+    return augmented_copies(inputs.augment, fields["copies"], inputs.seed + 1)
+
+
+def read_back(folder: Path, fields: dict, cut: CutModels, inputs: CacheInputs, reporter: Reporter):
+    """The entry just built in ``folder``, memory-mapped. Its checksums were just computed from these
+    files: reading them back checks meta and shapes only."""
+    train, val = inputs.train, inputs.val
     stored = _open(folder, fields, len(train), len(val), cut.shape, checksums=False)
     if stored is None:  # written and at once unreadable: a full or failing disk
         raise CacheUnavailable(f"the activation cache {folder} could not be read back after writing it")
     reporter.log(f"Activation cache: built {folder} (cut before {cut.layer})")
+    key = folder.name
     return CachedActivations(
         stored[0], np.asarray(train.labels), stored[1], np.asarray(val.labels), key, folder, False, stored[2]
     )
@@ -240,7 +256,7 @@ def _build(
                 try:
                     scale = _write_arrays(staging, dtype, cut.shape, forward, inputs, augmentations, task)
                     break
-                except _Overflow:
+                except Overflow:
                     reporter.log(
                         f"Activation cache: values beyond float16's range; storing {folder.name} as float32"
                     )
@@ -249,7 +265,7 @@ def _build(
         task.close()
 
 
-class _Overflow(Exception):
+class Overflow(Exception):
     """A batch's scaled activations do not fit the stored dtype."""
 
 
@@ -261,15 +277,7 @@ def _write_arrays(
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
     train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
-
-    train_store = np.lib.format.open_memmap(
-        staging / "train.npy", mode="w+", dtype=dtype, shape=(len(augmentations), len(train), *shape)
-    )
-    val_store = np.lib.format.open_memmap(
-        staging / "val.npy", mode="w+", dtype=dtype, shape=(len(val), *shape)
-    )
-    for name in ("train.npy", "val.npy"):
-        _allocate(staging / name)
+    train_store, val_store = open_arrays(staging, dtype, len(augmentations), len(train), len(val), shape)
     scale = None if dtype == np.float16 else 1.0
     with finite_dataset_warnings_silenced():
         for copy, layers in enumerate(augmentations):
@@ -282,6 +290,20 @@ def _write_arrays(
     for memmap in (train_store, val_store):
         memmap.flush()
     return scale
+
+
+def open_arrays(
+    staging: Path, dtype, copies: int, n_train: int, n_val: int, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``train.npy`` (``copies`` copies) and ``val.npy`` in ``staging``, memory-mapped for writing, their
+    blocks reserved on the disk."""
+    train_store = np.lib.format.open_memmap(
+        staging / "train.npy", mode="w+", dtype=dtype, shape=(copies, n_train, *shape)
+    )
+    val_store = np.lib.format.open_memmap(staging / "val.npy", mode="w+", dtype=dtype, shape=(n_val, *shape))
+    for name in ("train.npy", "val.npy"):
+        _allocate(staging / name)
+    return train_store, val_store
 
 
 def _allocate(path: Path) -> None:
@@ -298,20 +320,27 @@ def _allocate(path: Path) -> None:
 
 def _fill(memmap: np.ndarray, dataset, forward, task, scale: float | None) -> float:
     """Write the lower part's outputs for ``dataset`` into ``memmap`` times ``scale`` (chosen from the
-    first batch when None); the scale. Raises :class:`_Overflow` when a value does not fit ``memmap``."""
+    first batch when None); the scale. Raises :class:`Overflow` when a value does not fit ``memmap``."""
     at = 0
     for images, _ in dataset:
         batch = forward(images)
-        if scale is None:
-            scale = storage_scale(batch)
-        with np.errstate(over="ignore"):  # an overflow is found just below, and handled
-            scaled = (batch * np.float32(scale)).astype(memmap.dtype)
-        if not np.isfinite(scaled).all() and np.isfinite(batch).all():
-            raise _Overflow
-        memmap[at : at + len(batch)] = scaled
+        scale = store_rows(memmap, at, batch, scale)
         at += len(batch)
         task.advance()
     return 1.0 if scale is None else scale
+
+
+def store_rows(memmap: np.ndarray, at: int, batch: np.ndarray, scale: float | None) -> float:
+    """Write ``batch`` (float32 activations) into ``memmap[at:]`` times ``scale`` (chosen from this batch
+    when None); the scale. Raises :class:`Overflow` when a value does not fit ``memmap``'s dtype."""
+    if scale is None:
+        scale = storage_scale(batch)
+    with np.errstate(over="ignore"):  # an overflow is found just below, and handled
+        scaled = (batch * np.float32(scale)).astype(memmap.dtype)
+    if not np.isfinite(scaled).all() and np.isfinite(batch).all():
+        raise Overflow
+    memmap[at : at + len(batch)] = scaled
+    return scale
 
 
 def _open(

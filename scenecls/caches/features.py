@@ -172,7 +172,7 @@ def load_or_compute(
     reporter = reporter or NullReporter()
     train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
     key, fields = cache_key(backbone, inputs)
-    folder = cache_root / "features" / key
+    folder = entry_folder(cache_root, key)
     cached = _read(folder, fields, len(train), len(val), mmap=mmap)
     if cached is not None:
         reporter.log(f"Feature cache: reusing {folder}")
@@ -183,9 +183,7 @@ def load_or_compute(
     if folder.exists() and publish:
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    augmentations = inputs.augmentations
-    if augmentations is None:
-        augmentations = augmented_copies(inputs.augment, inputs.copies, inputs.seed + 1)
+    augmentations = copy_layers(inputs)[1:]
     forward = extractor(classifier, batch_size, images=len(train) * (inputs.copies + 1) + len(val))
     train_features = compute_features(
         classifier, train, size, batch_size=batch_size, augmentations=augmentations, reporter=reporter,
@@ -197,21 +195,40 @@ def load_or_compute(
         else np.zeros((0, train_features.shape[-1]), np.float32)  # no validation images (--val-split 0)
     )
     if publish:
-        needs = train_features.nbytes + val_features.nbytes
-        try:
-            check_free_space("the feature cache", needs, folder.parent)
-            _write(folder, fields, train_features, val_features)
-        except DataError as exc:  # known beforehand: not enough free space
-            reporter.warn(f"{exc}; training goes on without saving the features")
-        except OSError as exc:  # a full disk, a file-size limit, a read-only cache
-            if exc.errno not in UNWRITABLE:
-                raise
-            reporter.warn(f"{cannot_write('the feature cache', folder.parent, needs, exc)}; training goes on")
-        else:
-            reporter.log(f"Feature cache: built {folder}")
+        save(folder, fields, train_features, val_features, reporter)
     return CachedFeatures(
         train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
     )
+
+
+def copy_layers(inputs: CacheInputs) -> list:
+    """The augmentation layer of each stored copy: None (the images as they are), then one per augmented
+    copy (None each when augmentation is off)."""
+    augmentations = inputs.augmentations
+    if augmentations is None:
+        augmentations = augmented_copies(inputs.augment, inputs.copies, inputs.seed + 1)
+    return [None, *augmentations]
+
+
+def entry_folder(cache_root: Path, key: str) -> Path:
+    return cache_root / "features" / key
+
+
+def save(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray, reporter: Reporter) -> None:
+    """Publish computed features as the entry ``folder``; a disk without room only costs a warning (the
+    features in memory still train this run)."""
+    needs = train.nbytes + val.nbytes
+    try:
+        check_free_space("the feature cache", needs, folder.parent)
+        _write(folder, fields, train, val)
+    except DataError as exc:  # known beforehand: not enough free space
+        reporter.warn(f"{exc}; training goes on without saving the features")
+    except OSError as exc:  # a full disk, a file-size limit, a read-only cache
+        if exc.errno not in UNWRITABLE:
+            raise
+        reporter.warn(f"{cannot_write('the feature cache', folder.parent, needs, exc)}; training goes on")
+    else:
+        reporter.log(f"Feature cache: built {folder}")
 
 
 def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:

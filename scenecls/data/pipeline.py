@@ -267,6 +267,61 @@ def make_dataset(
     """
     import tensorflow as tf
 
+    labels = np.asarray(split.labels, dtype=np.int32) if targets is None else np.asarray(targets, np.float32)
+    ds = _decoded(
+        split, image_size, labels, shuffle=shuffle, seed=seed, cache=cache, drop_unreadable=drop_unreadable
+    )
+    ds = ds.batch(batch_size)
+    if augment is not None and hasattr(augment, "next_seed"):
+        # Each batch's seed drawn in order by one thread; the parallel step augments from it, so that a
+        # seed gives the same images (and a cache entry the same bytes) from run to run.
+        ds = ds.map(lambda images, labels: (images, labels, augment.next_seed()))
+
+    def _to_float(images, labels, seed=None):
+        return _augmented(tf.cast(images, tf.float32), augment, seed), labels
+
+    ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(ds)
+
+
+def view_batches(split: Split, image_size: tuple[int, int], batch_size: int, layers: Sequence):
+    """A ``tf.data.Dataset`` of ``(views, labels)`` batches: ``views`` holds one float32 batch per layer of
+    ``layers`` (None: the images as they are), all made from one decoding of each image.
+
+    A layer's view of batch ``b`` is exactly what ``make_dataset(augment=layer)`` gives as its batch ``b``
+    (the same seeds, drawn in the same order from the layer's seed state); the seeds are drawn here, up
+    front, so that iterating the dataset again gives the same views.
+    """
+    import tensorflow as tf
+
+    if not len(split):
+        raise DataError("cannot build a pipeline over an empty split")
+    steps = -(-len(split) // batch_size)
+    seeded = [i for i, layer in enumerate(layers) if layer is not None and hasattr(layer, "next_seed")]
+    drawn = [np.stack([np.asarray(layers[i].next_seed()) for _ in range(steps)]) for i in seeded]
+    seeds = np.stack(drawn, axis=1) if drawn else np.zeros((steps, 0, 2), np.int32)
+
+    def _views(images, labels, batch_seeds):
+        images = tf.cast(images, tf.float32)
+        by_layer = dict(zip(seeded, tf.unstack(batch_seeds, num=len(seeded)), strict=True)) if seeded else {}
+        return tuple(_augmented(images, layer, by_layer.get(i)) for i, layer in enumerate(layers)), labels
+
+    decoded = _decoded(split, image_size, np.asarray(split.labels, dtype=np.int32)).batch(batch_size)
+    ds = tf.data.Dataset.zip(decoded, tf.data.Dataset.from_tensor_slices(seeds)).map(
+        lambda batch, batch_seeds: _views(*batch, batch_seeds), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return without_autotuning(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _decoded(
+    split: Split, image_size: tuple[int, int], labels: np.ndarray, *, shuffle: bool = False, seed: int = 0,
+    cache: bool = False, drop_unreadable: bool = False,
+):  # fmt: skip
+    """``(uint8 image, label)`` pairs of ``split`` at ``image_size``, decoded by Pillow in parallel (see
+    :func:`make_dataset`), unbatched."""
+    import tensorflow as tf
+
     if not len(split):
         raise DataError("cannot build a pipeline over an empty split")
     height, width = image_size
@@ -282,13 +337,6 @@ def make_dataset(
         image.set_shape((height, width, 3))
         return image, label
 
-    def _to_float(images, labels, seed=None):
-        images = tf.cast(images, tf.float32)
-        if augment is not None:
-            images = augment(images, training=True) if seed is None else augment(images, seed=seed)
-        return images, labels
-
-    labels = np.asarray(split.labels, dtype=np.int32) if targets is None else np.asarray(targets, np.float32)
     # As bytes, the file system's own: a name that is not valid UTF-8 cannot become a tf.string otherwise.
     paths = np.asarray([os.fsencode(p) for p in split.paths], dtype=object)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -302,14 +350,14 @@ def make_dataset(
         ds = ds.cache()  # uint8, a quarter of the float32 size
         if shuffle:
             ds = ds.shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augment is not None and hasattr(augment, "next_seed"):
-        # Each batch's seed drawn in order by one thread; the parallel step augments from it, so that a
-        # seed gives the same images (and a cache entry the same bytes) from run to run.
-        ds = ds.map(lambda images, labels: (images, labels, augment.next_seed()))
-    ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    return without_autotuning(ds)
+    return ds
+
+
+def _augmented(images, layer, seed=None):
+    """``images`` (float32) through augmentation ``layer`` (None: as they are), from ``seed`` when given."""
+    if layer is None:
+        return images
+    return layer(images, training=True) if seed is None else layer(images, seed=seed)
 
 
 def without_autotuning(ds):

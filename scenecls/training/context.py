@@ -99,6 +99,9 @@ class Learner:
     backbone: Any
     block_map: Any
     compiled: bool  # loaded with its optimizer's state (a resumed checkpoint)
+    # The fine-tuning phase's activation cache entry, when the head phase built it in the same pass over
+    # the images as its features (see caches/one_pass.py); None once used, or when it was not.
+    built_activations: Any = None
 
     def unfreeze(self, policy: UnfreezePolicy) -> UnfreezeReport:
         """Make ``policy``'s part of the backbone trainable (the rest frozen) and say what trains."""

@@ -307,6 +307,9 @@ def epoch_source(
     inputs = _cache_inputs(context, config.finetune_copies)
 
     def cached(root: Path, build: bool):
+        fresh, learner.built_activations = learner.built_activations, None
+        if fresh is not None and fresh.key == activations.cache_key(backbone, cut, inputs)[0]:
+            return fresh  # built by the head phase, in the pass that made its features
         try:
             return activations.load_or_build(
                 cut, backbone, inputs, cache_root=root, reporter=reporter, build=build
@@ -345,7 +348,7 @@ def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
         )
 
     if distribution.chief:
-        cached = features(publish=True)
+        cached = _with_activations(learner, inputs) or features(publish=True)
         distribution.barrier()
     else:
         distribution.barrier()
@@ -355,6 +358,34 @@ def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
         targets=context.targets,
     )  # fmt: skip
     return source, "reused" if cached.reused else "built"
+
+
+def _with_activations(learner: Learner, inputs: CacheInputs) -> CachedFeatures | None:
+    """The head phase's features, built in one pass over the images with the activations the
+    fine-tuning phase will train on (kept on the learner for it; see :mod:`scenecls.caches.one_pass`);
+    None when that phase will not use the activation cache or the joint pass does not apply.
+
+    Not on a cluster: the copies' augmentation layers hold variables, and making a variable there is a
+    collective operation that the other processes, waiting for the chief's features, would not join.
+    """
+    from scenecls.caches import activations, one_pass
+
+    context, config = learner.context, learner.context.config
+    policy = next((phase.policy for phase in context.phases if not phase.policy.frozen), None)
+    if policy is None or config.mixing.on or not config.finetune_copies or context.distribution.strategy:
+        return None
+    index = activations.cut_index(learner.block_map, policy)
+    if index is None:
+        return None
+    cut = activations.split_classifier(learner.model, learner.backbone, index)
+    built = one_pass.build_both(
+        learner.backbone, cut, inputs, _cache_inputs(context, config.finetune_copies), cache_root=cache_dir(),
+        reporter=context.reporter,
+    )  # fmt: skip
+    if built is None:
+        return None
+    learner.built_activations = built[1]
+    return built[0]
 
 
 def _cache_inputs(context: RunContext, copies: int) -> CacheInputs:
