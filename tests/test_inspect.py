@@ -462,3 +462,39 @@ def test_an_exclude_list_that_takes_much_of_a_class_needs_force(tmp_path):
     assert inspection.excessive_share([f"/d/a{i}.jpg" for i in range(10)]) is None
     said = inspection.excessive_share([f"/d/a{i}.jpg" for i in range(45)])
     assert said.startswith("45 of 100 training images of class a (45%)")
+
+
+def test_train_after_inspect_reads_the_features_inspect_computed(tmp_path):
+    """inspect caches the training images' features as a default run splits them: a run with the same
+    backbone, weights and size reads them back, and inspect's own features are the same either way."""
+    from scenecls.inspection.findings import Item
+    from scenecls.inspection.look import image_features
+    from scenecls.inspection.options import InspectOptions
+    from scenecls.progress import NullReporter
+
+    data = tmp_path / "data"
+    write_class_folders(data / "train", 10, seed=5, size=40)
+    write_class_folders(data / "test", 3, seed=6, size=40)
+    looked = CliRunner().invoke(cli, ["inspect", str(data), *TINY, "--output", str(tmp_path / "o"), "-q"])
+    assert looked.exit_code == 0, looked.output
+    runs = tmp_path / "runs"
+    args = ["train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0", "--no-export"]
+    trained = CliRunner().invoke(cli, [*args, "--project", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    assert "Feature cache: reusing" in trained.stderr and "Caching features" not in trained.stderr
+    assert json.loads((runs / "train" / "metrics.json").read_text())["feature_cache"] == "reused"
+
+    # The rows gathered from the run's entry and the test images' are the features of one entry of all.
+    everything = prepare_data(data)
+    items = [
+        Item(name, path, label)
+        for name, split in (("train", everything.index.splits["train"]), ("test", everything.test))
+        for path, label in zip(split.paths, split.labels, strict=True)
+    ]
+    options = InspectOptions(backbone="mobilenet_v2", weights="none", image_size=32)
+    cache = tmp_path / "cache"
+    shared = image_features(items, 3, options, reporter=NullReporter(), cache_root=cache, root=data)
+    alone = image_features(items, 3, options, reporter=NullReporter(), cache_root=cache, root=None)
+    assert len(list((cache / "features").iterdir())) == 3  # the run's entry, the test images', all
+    assert shared.shape == alone.shape and np.abs(alone).max() > 0
+    assert np.allclose(shared, alone, rtol=1e-4, atol=1e-4 * np.abs(alone).max())

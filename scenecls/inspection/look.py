@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scenecls.config import TrainConfig
 from scenecls.data import duplicates
 from scenecls.data.facts import ImageFacts, survey_images
 from scenecls.data.images import scan_cache_path, scan_images
@@ -35,6 +36,8 @@ from scenecls.label_errors import Suspect, find_suspects, out_of_fold_probabilit
 from scenecls.paths import cache_dir
 from scenecls.progress import NullReporter, Reporter
 from scenecls.units import count
+
+TRAIN_DEFAULTS = TrainConfig()  # a default run's validation split, which inspect's feature entry follows
 
 
 def inspect_dataset(
@@ -82,7 +85,7 @@ def inspect_dataset(
     if options.features:
         start = time.perf_counter()
         features = image_features(
-            items, len(index.classes), options, reporter=reporter, cache_root=cache_root
+            items, len(index.classes), options, reporter=reporter, cache_root=cache_root, root=path
         )
         near_features = features
         own = own_size(options.backbone)
@@ -93,6 +96,7 @@ def inspect_dataset(
                 replace(options, image_size=own),
                 reporter=reporter,
                 cache_root=cache_root,
+                root=path,
             )
         seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -130,10 +134,16 @@ def own_size(backbone: str) -> int:
 
 
 def image_features(
-    items: list[Item], num_classes: int, options: InspectOptions, *, reporter: Reporter, cache_root: Path
-) -> np.ndarray:
-    """The backbone's pooled features of every item, ``(n, d)``, through the feature cache (an entry of
-    all the images, unaugmented): computed once, then read back in seconds."""
+    items: list[Item], num_classes: int, options: InspectOptions, *, reporter: Reporter, cache_root: Path,
+    root: Path | None = None,
+) -> np.ndarray:  # fmt: skip
+    """The backbone's pooled features of every item, ``(n, d)``, through the feature cache (unaugmented):
+    computed once, then read back in seconds.
+
+    With the data set's ``root``, its training images are cached as a default ``scenecls train`` splits
+    them (see :func:`entry_splits`): a first run after ``inspect`` with the same backbone, weights and
+    size then reads those features instead of computing them again.
+    """
     import keras
 
     from scenecls.caches.features import load_or_compute
@@ -144,17 +154,49 @@ def image_features(
     from scenecls.models.registry import get_spec
 
     keras.backend.clear_session()
+    keras.utils.set_random_seed(TRAIN_DEFAULTS.seed)  # random weights (--weights none) as a run's
     size = options.image_size or get_spec(options.backbone).default_size
     weights = None if options.weights == "none" else options.weights
     model = build_classifier(
         options.backbone, max(num_classes, 2), size=size, weights=weights, head=HeadConfig(dense=0)
     )
-    every = Split([i.path for i in items], [i.label for i in items])
-    inputs = CacheInputs(every, Split(), (size, size), options.batch_size, NO_AUGMENTATION, 0, 0)
-    cached = load_or_compute(
-        model, find_backbone(model), inputs, cache_root=cache_root, reporter=reporter, mmap=True
-    )
-    return cached.train[0]
+    row = {item.path: i for i, item in enumerate(items)}
+    features = None
+    for train, val in entry_splits(items, root, cache_root):
+        inputs = CacheInputs(train, val, (size, size), options.batch_size, NO_AUGMENTATION, 0, 0)
+        cached = load_or_compute(
+            model, find_backbone(model), inputs, cache_root=cache_root, reporter=reporter, mmap=True
+        )
+        if features is None:
+            features = np.zeros((len(items), cached.train.shape[-1]), np.float32)
+        for split, rows in ((train, cached.train[0]), (val, cached.val)):
+            features[[row[p] for p in split.paths]] = rows
+    return features
+
+
+def entry_splits(items: list[Item], root: Path | None, cache_root: Path) -> list[tuple[Split, Split]]:
+    """``(train, val)`` pairs whose feature cache entries together hold every item: the training and
+    validation images as a default run splits them (the same entry a run looks up), when every one of them
+    is an item, then every other item (the test images, say) in an entry of its own."""
+    from scenecls.data.pipeline import prepare_data
+
+    pairs: list[tuple[Split, Split]] = []
+    taken: set[str] = set()
+    if root is not None:
+        try:
+            data = prepare_data(
+                root, val_split=TRAIN_DEFAULTS.val_split, seed=TRAIN_DEFAULTS.seed, cache_root=cache_root
+            )
+        except DataError:  # one class, say: no run would train on it either
+            data = None
+        paths = set() if data is None else {*data.train.paths, *data.val.paths}
+        if paths and paths <= set(row.path for row in items):
+            pairs.append((data.train, data.val))
+            taken = paths
+    rest = [item for item in items if item.path not in taken]
+    if rest:
+        pairs.append((Split([i.path for i in rest], [i.label for i in rest]), Split()))
+    return pairs
 
 
 def find_groups(
