@@ -464,6 +464,7 @@ def test_an_exclude_list_that_takes_much_of_a_class_needs_force(tmp_path):
     assert said.startswith("45 of 100 training images of class a (45%)")
 
 
+@pytest.mark.slow  # inspects and trains end to end
 def test_train_after_inspect_reads_the_features_inspect_computed(tmp_path):
     """inspect caches the training images' features as a default run splits them: a run with the same
     backbone, weights and size reads them back, and inspect's own features are the same either way."""

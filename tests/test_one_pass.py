@@ -133,6 +133,7 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # trains end to end
 def test_a_run_decodes_its_images_once_for_both_caches(data, tmp_path):
     project = tmp_path / "runs"
     args = ["train", "--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1",
@@ -154,6 +155,7 @@ def test_a_run_decodes_its_images_once_for_both_caches(data, tmp_path):
     assert not [p for p in cache.rglob("*.building")]
 
 
+@pytest.mark.slow  # trains end to end
 def test_ctrl_c_in_the_joint_pass_leaves_no_entry_and_the_resumed_run_builds_both(
     data, tmp_path, monkeypatch
 ):
