@@ -124,6 +124,9 @@ RECIPES: dict[str, list[str]] = {
     "aug-light": ["--rotation", "10", "--shift", "0.1", "--zoom", "0.1"],
     "aug-no-rotation": ["--rotation", "0", "--shift", "0.2", "--zoom", "0.2"],
     "aug-flip-only": ["--rotation", "0", "--shift", "0", "--zoom", "0", "--shear", "0"],
+    # A real shear: the default's 0.2 is the seed's ImageDataGenerator value, which it reads as degrees.
+    "shear-10": ["--shear", "10"],
+    "shear-0": ["--shear", "0"],
 }
 
 
