@@ -458,7 +458,8 @@ def test_no_foreign_lines_leak_from_any_other_command(run, tmp_path):
         ["sweep", "--data", str(data), "--backbones", "mobilenet_v2", *TINY[2:], "--dense", "0,1",
          "--dry-run", "--project", str(project)],
         ["inspect", str(data), *TINY, "--output", str(tmp_path / "inspect"), "--format", "json"],
-        ["suggest", fresh, str(unlabelled), "--budget", "2", "--format", "json"],
+        ["suggest", fresh, str(unlabelled), "--budget", "2", "--output", str(tmp_path / "suggested"),
+         "--format", "json"],
         ["cache", "--format", "json"],
         ["backbones", "--format", "json"],
         ["fetch-data", "--from", str(data), "--dest", str(tmp_path / "copy"), "--format", "json"],
@@ -466,8 +467,9 @@ def test_no_foreign_lines_leak_from_any_other_command(run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     for args in commands:
         done = subprocess.run(
-            [sys.executable, "-m", "scenecls", *args], capture_output=True, text=True, timeout=300, env=env
-        )
+            [sys.executable, "-m", "scenecls", *args], capture_output=True, text=True, timeout=300, env=env,
+            cwd=tmp_path,  # whatever a command writes beside it stays in the test's folder
+        )  # fmt: skip
         assert done.returncode == 0, (args[0], done.stderr[-2000:])
         leaked = [line for line in done.stderr.splitlines() if any(f in line for f in FOREIGN_LINES)]
         assert not leaked, (args[0], leaked)
