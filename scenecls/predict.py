@@ -15,6 +15,7 @@ import numpy as np
 
 from scenecls.answers import Prediction, rank
 from scenecls.command_options import PREDICT
+from scenecls.cores import decode_threads
 from scenecls.data.images import ImageReadError, decode_rgb, is_image_path, load_rgb
 from scenecls.data.remote import fetch_image_bytes, is_url
 from scenecls.progress import NullReporter, Reporter
@@ -92,7 +93,7 @@ def predict_files(
     task = reporter.task("Predicting", total=len(inputs), unit="images")
     ahead = batch_size * 3
     try:
-        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+        with ThreadPoolExecutor(max_workers=workers or decode_threads()) as pool:
             pending: deque[tuple[str, str | None, Future | None]] = deque()
             queue = iter(inputs)
 
@@ -161,7 +162,7 @@ def predict_array(
     """Probabilities ``(n, classes)`` for readable image files, in order, through any runtime."""
     height, width = runtime.input_size
     out = []
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or decode_threads()) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
             images = list(pool.map(lambda p: load_rgb(p, (height, width)), chunk))

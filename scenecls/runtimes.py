@@ -16,13 +16,13 @@ kind is loaded, so ``scenecls predict photo.jpg --model best.tflite`` starts in 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from scenecls.checksums import changed_since_written, checksum_matches
+from scenecls.cores import usable_cores
 from scenecls.errors import ModelError, first_line
 from scenecls.progress import native_stderr_silenced
 
@@ -194,14 +194,6 @@ class SavedModelRuntime:
 
         outputs = self._serve(pixels=tf.constant(np.asarray(images, dtype=np.float32)))
         return np.asarray(outputs["probabilities"])
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a cluster's CPU set or ``taskset`` may allow fewer than the
-    machine has)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 class LiteRTRuntime:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from scenecls.cores import decode_threads
 from scenecls.errors import first_line
 from scenecls.files import atomic_path
 from scenecls.progress import NullReporter, Reporter
@@ -211,7 +212,7 @@ def remembered_map(
             todo.append((i, path, key))
     if todo:
         task = reporter.task(what, total=len(todo), unit="images")
-        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+        with ThreadPoolExecutor(max_workers=workers or decode_threads(extra=2)) as pool:
             for (i, path, key), value in zip(todo, pool.map(lambda t: compute(t[1]), todo), strict=True):
                 results[i] = value
                 cache[path] = [key, value]
