@@ -211,6 +211,38 @@ def one_error_line(result) -> str:
     return errors[0]
 
 
+# Lines that TensorFlow, LiteRT, absl, MLflow (and its database migrations) or FFmpeg print on their own,
+# which a user's terminal or a job's log should never see from scenecls (--debug shows them).
+FOREIGN_LINES = (
+    "fully_quantize",
+    "inference_type",
+    "absl::InitializeLog",
+    "cudart_stub",
+    "cpu_feature_guard",
+    "oneDNN",
+    "I0000 00:00",
+    "W0000 00:00",
+    "INFO:tensorflow",
+    "Saved artifact at",
+    "XNNPACK",
+    "INFO mlflow",
+    "WARNING mlflow",
+    "ERROR mlflow",
+    "View run",  # MLflow's own prints when a run ends
+    "View experiment",
+    "alembic",
+    "urllib3",  # its retries' warnings
+    "site-packages",  # a library's warning names its file
+    "dist-packages",
+    "@ 0x",  # FFmpeg's "[h264 @ 0x55d...]"
+)
+
+
+def foreign_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that another library printed, not scenecls."""
+    return [line for line in stderr.splitlines() if any(mark in line for mark in FOREIGN_LINES)]
+
+
 class RecordingReporter:
     """A reporter that keeps what it is told, for tests that assert on warnings."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import invoke, one_error_line, tiny, write_class_folders
+from tests.conftest import foreign_lines, invoke, one_error_line, tiny, write_class_folders
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
@@ -392,23 +392,6 @@ def test_a_changed_best_keras_is_refused(run, tmp_path):
     assert "not the file scenecls wrote" in one_error_line(result)
 
 
-# Lines that TensorFlow, LiteRT, absl or MLflow print on their own, which a user's terminal or a job's
-# log should never see from scenecls (--debug shows them).
-FOREIGN_LINES = (
-    "fully_quantize",
-    "inference_type",
-    "absl::InitializeLog",
-    "cudart_stub",
-    "cpu_feature_guard",
-    "oneDNN",
-    "I0000 00:00",
-    "W0000 00:00",
-    "INFO:tensorflow",
-    "Saved artifact at",
-    "mlflow",
-)
-
-
 def test_no_foreign_lines_leak_from_an_int8_export_evaluate_or_predict(run, tmp_path):
     """Each command in a process of its own, as a user runs it: stdout holds only the result, and
     stderr only scenecls's own lines."""
@@ -426,7 +409,7 @@ def test_no_foreign_lines_leak_from_an_int8_export_evaluate_or_predict(run, tmp_
         )
         assert done.returncode == 0, (args[0], done.stderr[-2000:])
         json.loads(done.stdout)  # nothing but the result on stdout
-        leaked = [line for line in done.stderr.splitlines() if any(f in line for f in FOREIGN_LINES)]
+        leaked = foreign_lines(done.stderr)
         assert not leaked, (args[0], leaked)
 
 
@@ -471,5 +454,5 @@ def test_no_foreign_lines_leak_from_any_other_command(run, tmp_path):
             cwd=tmp_path,  # whatever a command writes beside it stays in the test's folder
         )  # fmt: skip
         assert done.returncode == 0, (args[0], done.stderr[-2000:])
-        leaked = [line for line in done.stderr.splitlines() if any(f in line for f in FOREIGN_LINES)]
+        leaked = foreign_lines(done.stderr)
         assert not leaked, (args[0], leaked)

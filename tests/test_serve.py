@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from scenecls.serving.batching import Batcher, QueueFull
-from tests.conftest import invoke, one_error_line
+from tests.conftest import foreign_lines, invoke, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,8 @@ class Server:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    """A user's environment: without the quiet TensorFlow setting of the tests' own process."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
@@ -191,6 +192,7 @@ def test_answers_are_predict_s_answers_whichever_way_images_come(run, photos, tm
     log = server.stderr()
     assert "POST /predict 200 3 images" in log and "POST /predict 422 1 image " in log
     assert "stopped: 5 requests answered, 6 images classified" in log and "Traceback" not in log
+    assert not foreign_lines(log), log  # no TensorFlow, uvicorn or LiteRT line of its own
 
 
 @pytest.mark.slow
@@ -320,7 +322,9 @@ def test_a_run_is_served_by_its_fastest_fresh_export_and_a_changed_one_is_passed
     assert "best.onnx" in server.stderr() and "not using it" in server.stderr()
     with Server(copy, tmp_path, "--keras") as server:
         assert server.json("GET", "/metadata")[2]["runtime"] == "keras"
+        assert server.post_files([("a.png", png((200, 40, 40)))])[0] == 200
         assert server.stop() == 0
+    assert not foreign_lines(server.stderr()), server.stderr()  # TensorFlow's own lines stay out
 
 
 # ---------------------------------------------------------------------------------------------- bad starts

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from scenecls.data.images import ImageReadError
 from scenecls.data.remote import fetch_image_bytes
 from scenecls.video import Sample, segments
-from tests.conftest import invoke, one_error_line
+from tests.conftest import foreign_lines, invoke, one_error_line
 
 FPS = 10
 
@@ -128,6 +129,27 @@ def test_a_damaged_video_gives_the_rows_it_could_read_one_error_and_exit_3(
     assert result.exit_code == 3
     result = invoke("predict", str(whole), "photo.jpg", "--model", str(colour_model), "--segments")
     assert result.exit_code == 2 and "--segments takes videos only" in result.stderr
+
+
+@pytest.mark.slow
+def test_no_foreign_lines_leak_from_predict_on_a_whole_or_a_damaged_video(colour_model, two_scenes, tmp_path):
+    """As a user runs it, in a process of its own: LiteRT's delegate line and FFmpeg's complaints about
+    a damaged file stay out of stderr, which holds only scenecls's own lines."""
+    a, b = two_scenes
+    whole = encode(tmp_path / "whole.mkv", [(a["pixels"], 2.0), (b["pixels"], 2.0)])
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))
+    for video, code in ((whole, 0), (cut, 3)):
+        done = subprocess.run(
+            [sys.executable, "-m", "scenecls", "predict", str(video), "--model", str(colour_model),
+             "--segments", "--format", "json"],
+            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == code, done.stderr[-2000:]
+        json.loads(done.stdout)  # nothing but the result on stdout
+        assert not foreign_lines(done.stderr), (video.name, done.stderr)
 
 
 def test_segments_vote_away_a_lone_frame_and_keep_a_real_scene():
