@@ -300,10 +300,9 @@ def epoch_source(
         return _feature_source(learner)
     from scenecls.caches import activations
 
-    index = activations.cut_index(learner.block_map, policy)
-    if index is None or config.mixing.on or not config.finetune_copies:
+    cut = _cut_for(learner, policy)
+    if cut is None:
         return images, None
-    cut = activations.split_classifier(model, backbone, index)
     inputs = _cache_inputs(context, config.finetune_copies)
 
     def cached(root: Path, build: bool):
@@ -368,16 +367,13 @@ def _with_activations(learner: Learner, inputs: CacheInputs) -> CachedFeatures |
     Not on a cluster: the copies' augmentation layers hold variables, and making a variable there is a
     collective operation that the other processes, waiting for the chief's features, would not join.
     """
-    from scenecls.caches import activations, one_pass
+    from scenecls.caches import one_pass
 
     context, config = learner.context, learner.context.config
     policy = next((phase.policy for phase in context.phases if not phase.policy.frozen), None)
-    if policy is None or config.mixing.on or not config.finetune_copies or context.distribution.strategy:
+    cut = _cut_for(learner, policy) if policy is not None and not context.distribution.strategy else None
+    if cut is None:
         return None
-    index = activations.cut_index(learner.block_map, policy)
-    if index is None:
-        return None
-    cut = activations.split_classifier(learner.model, learner.backbone, index)
     built = one_pass.build_both(
         learner.backbone, cut, inputs, _cache_inputs(context, config.finetune_copies), cache_root=cache_dir(),
         reporter=context.reporter,
@@ -386,6 +382,19 @@ def _with_activations(learner: Learner, inputs: CacheInputs) -> CachedFeatures |
         return None
     learner.built_activations = built[1]
     return built[0]
+
+
+def _cut_for(learner: Learner, policy: UnfreezePolicy) -> CutModels | None:
+    """The classifier split where ``policy``'s fine-tuning starts, when that phase trains on cached
+    activations; None when it trains on images (``--finetune-copies 0``, MixUp/CutMix, which mix images,
+    or a policy that has no block to cut at, as ``--unfreeze all`` or raw layer counts)."""
+    from scenecls.caches import activations
+
+    config = learner.context.config
+    if config.mixing.on or not config.finetune_copies:
+        return None
+    index = activations.cut_index(learner.block_map, policy)
+    return None if index is None else activations.split_classifier(learner.model, learner.backbone, index)
 
 
 def _cache_inputs(context: RunContext, copies: int) -> CacheInputs:
