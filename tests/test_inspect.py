@@ -468,8 +468,9 @@ def test_an_exclude_list_that_takes_much_of_a_class_needs_force(tmp_path):
 def test_train_after_inspect_reads_the_features_inspect_computed(tmp_path):
     """inspect caches the training images' features as a default run splits them: a run with the same
     backbone, weights and size reads them back, and inspect's own features are the same either way."""
+    from scenecls.data.layout import index_dataset
     from scenecls.inspection.findings import Item
-    from scenecls.inspection.look import image_features
+    from scenecls.inspection.look import default_run_split, image_features
     from scenecls.inspection.options import InspectOptions
     from scenecls.progress import NullReporter
 
@@ -494,8 +495,9 @@ def test_train_after_inspect_reads_the_features_inspect_computed(tmp_path):
     ]
     options = InspectOptions(backbone="mobilenet_v2", weights="none", image_size=32)
     cache = tmp_path / "cache"
-    shared = image_features(items, 3, options, reporter=NullReporter(), cache_root=cache, root=data)
-    alone = image_features(items, 3, options, reporter=NullReporter(), cache_root=cache, root=None)
+    run_split = default_run_split(index_dataset(data), [])
+    shared = image_features(items, 3, options, reporter=NullReporter(), cache_root=cache, run_split=run_split)
+    alone = image_features(items, 3, options, reporter=NullReporter(), cache_root=cache)
     assert len(list((cache / "features").iterdir())) == 3  # the run's entry, the test images', all
     assert shared.shape == alone.shape and np.abs(alone).max() > 0
     assert np.allclose(shared, alone, rtol=1e-4, atol=1e-4 * np.abs(alone).max())

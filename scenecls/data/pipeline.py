@@ -90,11 +90,26 @@ def prepare_data(
     all_paths = [p for split in index.splits.values() for p in split.paths]
     cache_file = scan_cache_path(index.root, cache_root or cache_dir())
     scan = scan_images(all_paths, cache_file, reporter=reporter)
-    bad = {p for p, _ in scan.bad}
-    for name, split in list(index.splits.items()):
-        index.splits[name] = split.subset([i for i, p in enumerate(split.paths) if p not in bad])
     if scan.bad:
         reporter.warn(f"skipped {count(len(scan.bad), 'unreadable file')}; first: {_first_bad(scan.bad)}")
+    return split_index(index, scan.bad, val_split=val_split, seed=seed, reporter=reporter)
+
+
+def split_index(
+    index: DatasetIndex,
+    bad: list[tuple[str, str]],
+    *,
+    val_split: float = 0.2,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+) -> PreparedData:
+    """The images a run trains, validates and tests on, from an index already made and its scan's
+    unreadable files ``bad`` (``(path, reason)``, left out): :func:`prepare_data`'s rules, for a caller
+    that has both already (``inspect``). The index's splits are replaced by their readable images."""
+    reporter = reporter or NullReporter()
+    unreadable = {p for p, _ in bad}
+    for name, split in list(index.splits.items()):
+        index.splits[name] = split.subset([i for i, p in enumerate(split.paths) if p not in unreadable])
 
     train = index.splits["train"]
     if not len(train):
@@ -117,7 +132,7 @@ def prepare_data(
     if missing:
         reporter.warn(f"no training images for class(es): {', '.join(missing)}")
     test = index.splits.get("test")
-    return PreparedData(index, train, val, test if test else None, scan.bad, source)
+    return PreparedData(index, train, val, test if test else None, list(bad), source)
 
 
 def same_data(prepared: PreparedData, recorded: dict[str, Any]) -> bool:

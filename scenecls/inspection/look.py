@@ -28,7 +28,7 @@ from scenecls.config import TrainConfig
 from scenecls.data import duplicates
 from scenecls.data.facts import ImageFacts, survey_images
 from scenecls.data.images import scan_cache_path, scan_images
-from scenecls.data.layout import Split, index_dataset
+from scenecls.data.layout import DatasetIndex, Split, index_dataset
 from scenecls.errors import DataError
 from scenecls.inspection.findings import Group, Inspection, Item, split_rank
 from scenecls.inspection.options import HASH_CONFIRMATION, InspectOptions
@@ -79,13 +79,14 @@ def inspect_dataset(
             unreadable.append((p, outcome))
     if not items:
         raise DataError(f"no readable images in {index.root}")
+    run_split = default_run_split(index, scan.bad)
     seconds["survey"] = time.perf_counter() - start
 
     features = near_features = None
     if options.features:
         start = time.perf_counter()
         features = image_features(
-            items, len(index.classes), options, reporter=reporter, cache_root=cache_root, root=path
+            items, len(index.classes), options, reporter=reporter, cache_root=cache_root, run_split=run_split
         )
         near_features = features
         own = own_size(options.backbone)
@@ -96,7 +97,7 @@ def inspect_dataset(
                 replace(options, image_size=own),
                 reporter=reporter,
                 cache_root=cache_root,
-                root=path,
+                run_split=run_split,
             )
         seconds["features"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -135,14 +136,15 @@ def own_size(backbone: str) -> int:
 
 def image_features(
     items: list[Item], num_classes: int, options: InspectOptions, *, reporter: Reporter, cache_root: Path,
-    root: Path | None = None,
+    run_split: tuple[Split, Split] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """The backbone's pooled features of every item, ``(n, d)``, through the feature cache (unaugmented):
     computed once, then read back in seconds.
 
-    With the data set's ``root``, its training images are cached as a default ``scenecls train`` splits
-    them (see :func:`entry_splits`): a first run after ``inspect`` with the same backbone, weights and
-    size then reads those features instead of computing them again.
+    Given ``run_split``, the training and validation images as a default ``scenecls train`` splits them
+    (see :func:`default_run_split`), those are cached in the entry such a run looks up (see
+    :func:`entry_splits`): a first run after ``inspect`` with the same backbone, weights and size then
+    reads those features instead of computing them again.
     """
     import keras
 
@@ -162,7 +164,7 @@ def image_features(
     )
     row = {item.path: i for i, item in enumerate(items)}
     features = None
-    for train, val in entry_splits(items, root, cache_root):
+    for train, val in entry_splits(items, run_split):
         inputs = CacheInputs(train, val, (size, size), options.batch_size, NO_AUGMENTATION, 0, 0)
         cached = load_or_compute(
             model, find_backbone(model), inputs, cache_root=cache_root, reporter=reporter, mmap=True
@@ -174,24 +176,31 @@ def image_features(
     return features
 
 
-def entry_splits(items: list[Item], root: Path | None, cache_root: Path) -> list[tuple[Split, Split]]:
-    """``(train, val)`` pairs whose feature cache entries together hold every item: the training and
-    validation images as a default run splits them (the same entry a run looks up), when every one of them
-    is an item, then every other item (the test images, say) in an entry of its own."""
-    from scenecls.data.pipeline import prepare_data
+def default_run_split(index: DatasetIndex, bad: list[tuple[str, str]]) -> tuple[Split, Split] | None:
+    """``(train, val)`` as a default ``scenecls train`` of this data set splits it (``bad``: the scan's
+    unreadable files, which a run leaves out too); None where no run would train on it (one class, say)."""
+    from scenecls.data.pipeline import split_index
 
+    try:
+        data = split_index(
+            replace(index, splits=dict(index.splits)), bad, val_split=TRAIN_DEFAULTS.val_split,
+            seed=TRAIN_DEFAULTS.seed,
+        )  # fmt: skip
+    except DataError:
+        return None
+    return data.train, data.val
+
+
+def entry_splits(items: list[Item], run_split: tuple[Split, Split] | None) -> list[tuple[Split, Split]]:
+    """``(train, val)`` pairs whose feature cache entries together hold every item: ``run_split`` (the
+    same entry a run looks up), when every one of its images is an item, then every other item (the test
+    images, say) in an entry of its own."""
     pairs: list[tuple[Split, Split]] = []
     taken: set[str] = set()
-    if root is not None:
-        try:
-            data = prepare_data(
-                root, val_split=TRAIN_DEFAULTS.val_split, seed=TRAIN_DEFAULTS.seed, cache_root=cache_root
-            )
-        except DataError:  # one class, say: no run would train on it either
-            data = None
-        paths = set() if data is None else {*data.train.paths, *data.val.paths}
-        if paths and paths <= set(row.path for row in items):
-            pairs.append((data.train, data.val))
+    if run_split is not None:
+        paths = {*run_split[0].paths, *run_split[1].paths}
+        if paths <= {item.path for item in items}:
+            pairs.append(run_split)
             taken = paths
     rest = [item for item in items if item.path not in taken]
     if rest:
