@@ -91,3 +91,18 @@ def test_a_log_file_gets_plain_lines_and_a_terminal_gets_bars(tmp_path, monkeypa
     forced = Output()
     forced.err._force_terminal = True
     assert isinstance(forced.reporter(), RichReporter)
+
+
+def test_the_first_batch_is_timed_once_even_where_there_is_no_proc(monkeypatch, tmp_path):
+    """Where /proc is missing (macOS) the figure is None: it is read at the first batch only, not tried
+    again on every batch after it."""
+    from scenecls.progress import NullReporter
+    from scenecls.training import callbacks
+
+    reads = []
+    monkeypatch.setattr(callbacks, "process_seconds", lambda: reads.append(1))
+    ledger = callbacks.Ledger(state=None, history=[], run_dir=tmp_path, started=0.0)
+    progress = callbacks.BatchProgress(NullReporter(), ledger, callbacks.PhaseInfo(0, "head", 1e-3, 0), 5, 1)
+    for batch in range(5):
+        progress.on_train_batch_begin(batch)
+    assert len(reads) == 1 and ledger.batches_begun and ledger.first_batch is None

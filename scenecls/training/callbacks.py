@@ -55,6 +55,7 @@ class Ledger:
     checkpoints: Any = None  # the phase's ModelCheckpoints while it runs
     phase: PhaseInfo | None = None  # the phase in progress
     first_batch: float | None = None  # seconds from this process's start to its first training batch
+    batches_begun: bool = False  # whether that batch was seen (its figure may be None: no /proc)
 
     def write_state(self) -> None:
         self.state.seconds = time.monotonic() - self.started
@@ -258,7 +259,8 @@ class BatchProgress(keras.callbacks.Callback):
         )
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if self.ledger.first_batch is None:
+        if not self.ledger.batches_begun:  # once: not a failed read of /proc on every batch
+            self.ledger.batches_begun = True
             self.ledger.first_batch = process_seconds()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
