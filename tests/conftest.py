@@ -73,6 +73,14 @@ def write_class_folders(
     return root
 
 
+def write_train_test(root: Path, train: int, test: int) -> Path:
+    """train/ (``train`` images per class, no val/: a run splits one off) and test/ (``test`` per class),
+    40 px: the data set most training tests share."""
+    write_class_folders(root / "train", train, seed=1, size=40)
+    write_class_folders(root / "test", test, seed=2, size=40)
+    return root
+
+
 @pytest.fixture
 def class_folders(tmp_path) -> Path:
     """alpha/, beta/, gamma/ with 10 JPEGs each."""
@@ -172,8 +180,7 @@ def finished_run(tmp_path_factory) -> Path:
     """A finished tiny run (3 classes of generated scenes, 10 train and 5 test images each, 3 epochs of
     the head) with its end-of-run ``best.tflite``, for tests that only read a run: copy it to change it."""
     data = tmp_path_factory.mktemp("finished-data")
-    write_class_folders(data / "train", 10, seed=1, size=40)
-    write_class_folders(data / "test", 5, seed=2, size=40)
+    write_train_test(data, 10, 5)
     project = tmp_path_factory.mktemp("finished-runs")
     recipe = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "0", export=True)
     result = invoke("-q", "train", "--data", str(data), *recipe, "--project", str(project), "--name",

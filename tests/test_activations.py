@@ -26,7 +26,7 @@ from scenecls.paths import cache_dir
 from scenecls.progress import NullReporter
 from scenecls.training.sources import crop_resize, flip_half
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
-from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders
+from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders, write_train_test
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
@@ -40,9 +40,7 @@ QUICK = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32"
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    write_class_folders(root / "train", 16, seed=1, size=40)
-    write_class_folders(root / "test", 6, seed=2, size=40)
-    return root
+    return write_train_test(root, 16, 6)
 
 
 def _split(backbone: str, unfreeze: int, size: int = 32):

@@ -22,7 +22,7 @@ from scenecls.calibration import (
     with_temperature,
 )
 from scenecls.cli import cli
-from tests.conftest import invoke, one_error_line, tiny, write_class_folders
+from tests.conftest import invoke, one_error_line, tiny, write_class_folders, write_train_test
 
 TINY = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "1", "--unfreeze", "1")
 
@@ -104,8 +104,7 @@ def always_fit():
 def run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("calibration")
     data = root / "data"
-    write_class_folders(data / "train", 14, seed=1, size=40)
-    write_class_folders(data / "test", 6, seed=2, size=40)
+    write_train_test(data, 14, 6)
     project = root / "runs"
     result = invoke("train", "--data", str(data), *TINY, "--project", str(project), "--name", "run")
     assert result.exit_code == 0, result.output

@@ -22,6 +22,7 @@ from tests.conftest import (
     one_error_line,
     tiny,
     write_class_folders,
+    write_train_test,
 )
 
 RECIPE = ("--dense", "1", "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1")
@@ -50,8 +51,7 @@ def scenes(tmp_path_factory) -> tuple[Path, Path]:
     """A labelled data set (3 classes: 10 train, 5 test images each) and a folder of 18 unlabelled images."""
     root = tmp_path_factory.mktemp("scenes")
     data = root / "data"
-    write_class_folders(data / "train", 10, seed=1, size=40)
-    write_class_folders(data / "test", 5, seed=2, size=40)
+    write_train_test(data, 10, 5)
     staged = write_class_folders(root / "staged", 6, seed=7, size=40)
     unlabelled = root / "unlabelled"
     unlabelled.mkdir()

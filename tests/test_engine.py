@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scenecls import runs
-from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders
+from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_train_test
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
@@ -20,9 +20,7 @@ TINY = tiny(backbone="convnext_tiny")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("engine-data")
-    write_class_folders(root / "train", 12, seed=1, size=40)
-    write_class_folders(root / "test", 4, seed=2, size=40)
-    return root
+    return write_train_test(root, 12, 4)
 
 
 def events(folder: Path) -> dict[str, list[tuple[int, object]]]:

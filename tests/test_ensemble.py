@@ -21,7 +21,7 @@ from scenecls.classifier import load_model
 from scenecls.cli import cli
 from scenecls.data.layout import index_dataset
 from scenecls.metrics import evaluate_predictions, predict_split
-from tests.conftest import invoke, tiny, write_class_folders
+from tests.conftest import invoke, tiny, write_train_test
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
@@ -33,8 +33,7 @@ TINY = tiny("--dense", "1", "--epochs", "2", "--finetune-epochs", "0")
 def project(tmp_path_factory) -> Path:
     """A project with two finished runs, ``seed0`` and ``seed1``, that differ only by their seed."""
     data = tmp_path_factory.mktemp("data")
-    write_class_folders(data / "train", 14, seed=1, size=40)
-    write_class_folders(data / "test", 6, seed=2, size=40)
+    write_train_test(data, 14, 6)
     project = tmp_path_factory.mktemp("runs")
     for seed in (0, 1):
         result = invoke("-q", "train", "--data", str(data), *TINY, "--seed", str(seed),

@@ -10,7 +10,7 @@ import pytest
 
 from scenecls import runs
 from scenecls.data.pipeline import prepare_data
-from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders
+from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_class_folders, write_train_test
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
@@ -21,9 +21,7 @@ TINY = tiny()
 def train_and_test(tmp_path_factory) -> Path:
     """train/ (8 per class, no val/) and test/ (3 per class)."""
     root = tmp_path_factory.mktemp("noval")
-    write_class_folders(root / "train", 8, seed=1, size=40)
-    write_class_folders(root / "test", 3, seed=2, size=40)
-    return root
+    return write_train_test(root, 8, 3)
 
 
 def test_val_split_0_keeps_every_training_image(train_and_test):

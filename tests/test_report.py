@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from scenecls.cli import cli
-from tests.conftest import one_error_line, tiny, write_class_folders
+from tests.conftest import one_error_line, tiny, write_class_folders, write_train_test
 
 TINY = tiny("--dense", "1", "--epochs", "2", "--finetune-epochs", "1", "--unfreeze", "1")
 
@@ -78,8 +78,7 @@ def _not_blank(screenshot: Path) -> None:
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     data = root / "data"
-    write_class_folders(data / "train", 12, seed=1, size=40)
-    write_class_folders(data / "test", 5, seed=2, size=40)
+    write_train_test(data, 12, 5)
     project = root / "runs"
     result = CliRunner().invoke(cli, ["train", "--data", str(data), *TINY, "--project", str(project)])
     assert result.exit_code == 0, result.output

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from scenecls.suggest import choose, copies_of_labelled
-from tests.conftest import file_snapshot, invoke, one_error_line, tiny, write_class_folders
+from tests.conftest import file_snapshot, invoke, one_error_line, tiny, write_class_folders, write_train_test
 
 
 def test_choose_takes_doubtful_images_from_different_places_not_one_cluster_twice():
@@ -49,8 +49,7 @@ def finished_run(tmp_path_factory) -> Path:
     generated scenes at 32 px (MobileNetV2's random features all but vanish, so every image would look
     a copy of every other)."""
     data = tmp_path_factory.mktemp("data")
-    write_class_folders(data / "train", 10, seed=1, size=40)
-    write_class_folders(data / "test", 5, seed=2, size=40)
+    write_train_test(data, 10, 5)
     project = tmp_path_factory.mktemp("runs")
     recipe = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "0", backbone="convnext_tiny")
     result = invoke("-q", "train", "--data", str(data), *recipe, "--project", str(project), "--name", "seen")

@@ -21,7 +21,7 @@ from scenecls.cli import cli
 from scenecls.data.augment import AugmentConfig
 from scenecls.data.pipeline import prepare_data
 from scenecls.training import callbacks
-from tests.conftest import invoke, tiny, write_class_folders
+from tests.conftest import invoke, tiny, write_class_folders, write_train_test
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
@@ -32,9 +32,7 @@ CHANCE = 1 / 3
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    write_class_folders(root / "train", 16, seed=1, size=40)
-    write_class_folders(root / "test", 6, seed=2, size=40)
-    return root
+    return write_train_test(root, 16, 6)
 
 
 @pytest.fixture(scope="module")
