@@ -5,8 +5,9 @@ giving its probabilities and its features (the pooled backbone output its head r
 is least sure of (the smallest margin between its two most likely classes; ``4 x budget`` of them), k-centre
 greedy picks, one at a time, the image farthest in those features from every labelled image and every
 image already picked: uncertain images that are unlike what is labelled and unlike each other, so that
-the budget is not spent on twenty copies of the same doubtful street. Copies of labelled images (the same
-bytes, or features nearly the same) are never suggested.
+the budget is not spent on twenty copies of the same doubtful street. Copies of labelled images are never
+suggested: the same bytes; a perceptual hash within a few bits of a labelled image's, confirmed by the
+features (a copy saved again, resized or brightened); or features nearly the same.
 
 The unlabelled folder is only read. The suggestions go to an output folder of ours: a CSV (path,
 suggested class, confidence, margin), a contact sheet and, per suggested class, a folder of links (or
@@ -26,13 +27,20 @@ import numpy as np
 from scenecls.command_options import SUGGEST
 from scenecls.data.unlabelled import pool_images, same_bytes
 from scenecls.errors import UsageError
+from scenecls.inspection.options import HASH_DISTANCE
 from scenecls.progress import NullReporter, Reporter
 from scenecls.units import count
 
 MARKER = ".scenecls-suggest"
 WRITER = "scenecls suggest"
 CSV_NAME, SHEET_NAME = "suggestions.csv", "suggestions.png"
+# Measured on intel-dev with the default MobileNetV2 run (benchmarks/README.md, "Copies of labelled images"):
+# the run's features put different forests at 0.968 and a copy saved again as JPEG at 0.93 (median), so
+# features alone call an image a copy only from NEAR_COPY; a difference hash within HASH_DISTANCE bits
+# (inspect's) catches copies saved again, shrunk or brightened, and is confirmed from HASH_CONFIRMATION,
+# since calm seas share hashes (different ones reached 0.88; every pair at 0.93 and above was one picture).
 NEAR_COPY = 0.97  # cosine similarity of the run's features above which an image is a labelled one again
+HASH_CONFIRMATION = 0.9
 POOL_FACTOR = 4  # the least certain budget x this are the candidates k-centre greedy chooses among
 LABELLED_SAMPLE = 3000  # labelled images whose features stand for the labelled set
 
@@ -104,17 +112,53 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 
 def copies_of_labelled(
     pool: list[Path], features: np.ndarray, labelled_paths: list[str], labelled: np.ndarray,
-    threshold: float = NEAR_COPY,
+    threshold: float = NEAR_COPY, *, lookalikes: dict[int, list[int]] | None = None,
+    confirmation: float = HASH_CONFIRMATION,
 ) -> np.ndarray:  # fmt: skip
-    """A mask of pool images that are labelled ones again: the same bytes, or features within
-    ``threshold`` cosine similarity of a labelled image's."""
+    """A mask of pool images that are labelled ones again: the same bytes, features within ``threshold``
+    cosine similarity of a labelled image's, or features within ``confirmation`` of a lookalike's
+    (``lookalikes``: pool row -> rows of ``labelled`` whose perceptual hash is close; see
+    :func:`hash_lookalikes`)."""
     mask = same_bytes(pool, labelled_paths)
     if len(labelled):
         units = _unit(labelled)
         for start in range(0, len(pool), 1024):
             block = _unit(features[start : start + 1024])
             mask[start : start + len(block)] |= (block @ units.T).max(axis=1) >= threshold
+        for row, rows in (lookalikes or {}).items():
+            mask[row] |= bool((units[rows] @ _unit(features[row : row + 1])[0]).max() >= confirmation)
     return mask
+
+
+def hash_lookalikes(
+    pool: list[int | None], labelled: list[int | None], bits: int = HASH_DISTANCE
+) -> dict[int, list[int]]:
+    """``{pool index: labelled indices}`` whose 64-bit difference hashes differ in at most ``bits`` bits
+    (None: an image that could not be hashed, never alike)."""
+    from scenecls.data.duplicates import popcount
+
+    known = [j for j, value in enumerate(labelled) if value is not None]
+    values = np.asarray([labelled[j] for j in known], dtype=np.uint64)
+    found: dict[int, list[int]] = {}
+    if not known:
+        return found
+    for i, value in enumerate(pool):
+        if value is not None:
+            close = np.flatnonzero(popcount(values ^ np.uint64(value)) <= bits)
+            if len(close):
+                found[i] = [known[j] for j in close]
+    return found
+
+
+def _hashes(paths: list[str], root: Path, reporter: Reporter) -> list[int | None]:
+    """Each image's difference hash (None where it cannot be read), remembered beside inspect's survey
+    of ``root`` so that neither computes them twice."""
+    from scenecls.data.facts import ImageFacts, survey_images
+    from scenecls.data.images import scan_cache_path
+    from scenecls.paths import cache_dir
+
+    facts = survey_images(paths, scan_cache_path(root, cache_dir(), "surveys"), reporter=reporter)
+    return [fact.dhash if isinstance(fact, ImageFacts) else None for fact in facts]
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -151,11 +195,23 @@ def suggest(
     if len(sample) > LABELLED_SAMPLE:
         keep = np.random.default_rng(0).choice(len(sample), LABELLED_SAMPLE, replace=False)
         sample = [sample[i] for i in sorted(keep)]
+    lookalikes = hash_lookalikes(
+        _hashes([str(p) for p in pool], here, reporter),
+        _hashes(labelled_paths, prepared.index.root, reporter),
+    )
+    sample = list(dict.fromkeys([*sample, *(labelled_paths[j] for js in lookalikes.values() for j in js)]))
     probabilities, features, readable = _look(run_dir, [str(p) for p in pool], sample, batch_size, reporter)
+    row_of = {old: new for new, old in enumerate(np.flatnonzero(readable))}  # pool index once unreadable go
+    position = {path: i for i, path in enumerate(sample)}
+    lookalikes = {
+        row_of[i]: [position[labelled_paths[j]] for j in js] for i, js in lookalikes.items() if i in row_of
+    }
     pool = [p for p, ok in zip(pool, readable, strict=True) if ok]
     unreadable = int((~readable).sum())
     labelled_features = features["labelled"]
-    copies = copies_of_labelled(pool, features["pool"], labelled_paths, labelled_features)
+    copies = copies_of_labelled(
+        pool, features["pool"], labelled_paths, labelled_features, lookalikes=lookalikes
+    )
     keep = np.nonzero(~copies)[0]
     check_budget(budget, len(keep))
     reporter.log(

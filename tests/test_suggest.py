@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scenecls.suggest import choose, copies_of_labelled
+from scenecls.suggest import choose, copies_of_labelled, hash_lookalikes
 from tests.conftest import file_snapshot, invoke, one_error_line, tiny, write_class_folders, write_train_test
 
 
@@ -43,6 +43,22 @@ def test_copies_of_labelled_images_are_found_by_bytes_and_by_features(tmp_path):
     assert mask.tolist() == [True, False, True]
 
 
+def test_a_lookalike_by_hash_is_a_copy_only_when_the_features_confirm_it(tmp_path):
+    """A labelled image saved again is close in hash and features; calm seas share hashes but not
+    features: the hash finds candidates, the features (from HASH_CONFIRMATION) decide."""
+    labelled = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    pool = [tmp_path / f"{i}.jpg" for i in range(4)]
+    for i, path in enumerate(pool):
+        path.write_bytes(b"\xff\xd8" + bytes([i]))
+    angle = np.arccos([0.95, 0.8, 0.95, 0.999])  # cosine with labelled image 0
+    features = np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+    lookalikes = hash_lookalikes([0b1011, 0b1011, None, 0xFF00], [0b1001, 0xFFFF])
+    assert lookalikes == {0: [0], 1: [0]}  # 1 bit apart; 0xFF00 is 8 bits from 0xFFFF, None never alike
+    mask = copies_of_labelled(pool, features, [], labelled, lookalikes=lookalikes)
+    # 0: alike and confirmed; 1: alike, features too far; 2: no lookalike, 0.95 < 0.97; 3: features alone
+    assert mask.tolist() == [True, False, False, True]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A tiny run whose features mean something: ConvNeXt-T, even with random weights, separates the
@@ -70,14 +86,18 @@ def collage(rng: np.random.Generator, size: int = 40) -> Image.Image:
 
 @pytest.fixture
 def pool(tmp_path, finished_run) -> Path:
-    """Unlabelled images: 18 collages, one byte copy of a labelled image, one unreadable file."""
+    """Unlabelled images: 18 collages, one byte copy of a labelled image, one saved again, one unreadable
+    file."""
     folder = tmp_path / "unlabelled"
     folder.mkdir()
     rng = np.random.default_rng(7)
     for i in range(18):
         collage(rng).save(folder / f"photo_{i:02d}.jpg", quality=92)
     data = Path(json.loads((finished_run / "config.json").read_text())["data"])
-    shutil.copy(next((data / "train").rglob("*.jpg")), folder / "already_labelled.jpg")
+    labelled = sorted((data / "train").rglob("*.jpg"))
+    shutil.copy(labelled[0], folder / "already_labelled.jpg")
+    with Image.open(labelled[1]) as image:  # the same picture saved again: other bytes, the same hash
+        image.save(folder / "saved_again.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not whole")
     return folder
 
@@ -92,10 +112,12 @@ def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alon
                     "--format", "json")  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["pool"] == 20 and report["unreadable"] == 1 and report["copies_of_labelled"] == 1
+    assert report["pool"] == 21 and report["unreadable"] == 1 and report["copies_of_labelled"] == 2
     chosen = report["suggestions"]
     assert [s["rank"] for s in chosen] == [1, 2, 3, 4, 5] and len({s["path"] for s in chosen}) == 5
-    assert not any(Path(s["path"]).name in ("already_labelled.jpg", "broken.jpg") for s in chosen)
+    assert not any(
+        Path(s["path"]).name in ("already_labelled.jpg", "saved_again.png", "broken.jpg") for s in chosen
+    )
     classes = json.loads((finished_run / "labels.json").read_text())["classes"]
     for s in chosen:
         assert s["suggested"] in classes and 0 < s["confidence"] <= 1 and 0 <= s["margin"] <= 1
@@ -122,6 +144,28 @@ def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alon
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_a_copy_saved_again_is_found_by_its_hash_when_the_features_alone_would_not_say(
+    finished_run, pool, tmp_path, monkeypatch
+):
+    """With the features-alone rule out of reach, the picture saved as PNG is still left out: its hash
+    matches a labelled image's and the features confirm it (past the unreadable file, which shifts the
+    rows the features come in)."""
+    import functools
+
+    from scenecls import suggest
+
+    monkeypatch.setattr(
+        suggest, "copies_of_labelled", functools.partial(suggest.copies_of_labelled, threshold=1.01)
+    )
+    result = invoke("suggest", str(finished_run), str(pool), "--budget", "5", "--output",
+                    str(tmp_path / "out"), "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["copies_of_labelled"] == 2 and report["unreadable"] == 1
+    assert "saved_again.png" not in {Path(s["path"]).name for s in report["suggestions"]}
+
+
 def test_bad_input_is_one_line_exit_2_and_nothing_written(finished_run, pool, tmp_path):
     data = Path(json.loads((finished_run / "config.json").read_text())["data"])
     empty = tmp_path / "empty"
@@ -140,7 +184,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(finished_run, pool, tm
         ([str(finished_run), str(laid_out)], "is laid out in class folders"),
         (
             [str(finished_run), str(pool), "--budget", "500"],
-            "is more than the 20 unlabelled images there are",
+            "is more than the 21 unlabelled images there are",
         ),
         ([str(unfinished), str(pool)], "has not finished training (interrupted)"),
         (
