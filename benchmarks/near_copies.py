@@ -63,13 +63,6 @@ def hashes(paths: list[str]) -> np.ndarray:
     return np.asarray([image_facts(path).dhash for path in paths], dtype=np.uint64)
 
 
-def hash_neighbours(rows: np.ndarray, against: np.ndarray, bits: int) -> list[np.ndarray]:
-    """For each hash of ``rows``, the indices of ``against`` within ``bits`` bits of it."""
-    from scenecls.data.duplicates import popcount
-
-    return [np.flatnonzero(popcount(against ^ value) <= bits) for value in rows]
-
-
 def nearest(rows: np.ndarray, against: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's highest cosine similarity among ``against``, and which row of it that is."""
     best, where = np.full(len(rows), -1.0, np.float32), np.zeros(len(rows), int)
@@ -92,7 +85,7 @@ def main() -> None:
 
     from scenecls.data.duplicates import popcount
     from scenecls.runs import Run
-    from scenecls.suggest import NEAR_COPY
+    from scenecls.suggest import NEAR_COPY, hash_lookalikes
 
     prepared, _ = Run(args.run).prepared_data()
     labelled = [*prepared.train.paths, *prepared.val.paths]
@@ -120,10 +113,11 @@ def main() -> None:
     copy_bits = {name: popcount(found ^ original_hashes) for name, found in copy_hashes.items()}
     labelled_hashes, test_hashes = hashes(labelled), hashes(test)
     test_best, test_where = nearest(test_rows, labelled_rows)
-    test_near = hash_neighbours(test_hashes, labelled_hashes, HASH_BITS)
+    labelled_list = [int(h) for h in labelled_hashes]
+    test_near = hash_lookalikes([int(h) for h in test_hashes], labelled_list, HASH_BITS)
     test_near_cosine, test_near_partner = np.full(len(test), -1.0), [""] * len(test)
-    for i, js in enumerate(test_near):
-        if len(js):
+    for i, js in test_near.items():
+        if js:
             similarity = labelled_rows[js] @ test_rows[i]
             test_near_cosine[i], test_near_partner[i] = similarity.max(), labelled[js[similarity.argmax()]]
     pool_best = pool_near_cosine = None
@@ -133,9 +127,10 @@ def main() -> None:
         pool = [str(p) for p in pool_images(args.unlabelled, Run(args.run).classes, labelled + test)]
         pool_rows = features(args.run, pool)
         pool_best, _ = nearest(pool_rows, labelled_rows)
-        pool_near = hash_neighbours(hashes(pool), labelled_hashes, HASH_BITS)
-        pool_near_cosine = np.array([max((float(pool_rows[i] @ labelled_rows[j]) for j in js), default=-1.0)
-                                     for i, js in enumerate(pool_near)])  # fmt: skip
+        pool_near = hash_lookalikes([int(h) for h in hashes(pool)], labelled_list, HASH_BITS)
+        pool_near_cosine = np.full(len(pool), -1.0)
+        for i, js in pool_near.items():
+            pool_near_cosine[i] = (labelled_rows[js] @ pool_rows[i]).max()
 
     rows = []
     for rule, alone, confirm in RULES:
