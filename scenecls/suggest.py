@@ -113,13 +113,13 @@ def _unit(rows: np.ndarray) -> np.ndarray:
 def copies_of_labelled(
     pool: list[Path], features: np.ndarray, labelled_paths: list[str], labelled: np.ndarray,
     threshold: float = NEAR_COPY, *, lookalikes: dict[int, list[int]] | None = None,
-    confirmation: float = HASH_CONFIRMATION,
+    confirmation: float = HASH_CONFIRMATION, digests: dict[str, str] | None = None,
 ) -> np.ndarray:  # fmt: skip
     """A mask of pool images that are labelled ones again: the same bytes, features within ``threshold``
     cosine similarity of a labelled image's, or features within ``confirmation`` of a lookalike's
     (``lookalikes``: pool row -> rows of ``labelled`` whose perceptual hash is close; see
-    :func:`hash_lookalikes`)."""
-    mask = same_bytes(pool, labelled_paths)
+    :func:`hash_lookalikes`; ``digests``: SHA-256 digests already known, path -> digest)."""
+    mask = same_bytes(pool, labelled_paths, digests)
     if len(labelled):
         units = _unit(labelled)
         for start in range(0, len(pool), 1024):
@@ -150,14 +150,18 @@ def hash_lookalikes(
     return found
 
 
-def _hashes(paths: list[str], root: Path, reporter: Reporter) -> list[int | None]:
+def _surveyed(paths: list[str], root: Path, reporter: Reporter, digests: dict[str, str]) -> list[int | None]:
     """Each image's difference hash (None where it cannot be read), remembered beside inspect's survey
-    of ``root`` so that neither computes them twice."""
+    of ``root`` so that neither computes them twice; each readable image's SHA-256 goes into ``digests``
+    (the same survey reads it, so the same-bytes check does not read the file again)."""
     from scenecls.data.facts import ImageFacts, survey_images
     from scenecls.data.images import scan_cache_path
     from scenecls.paths import cache_dir
 
     facts = survey_images(paths, scan_cache_path(root, cache_dir(), "surveys"), reporter=reporter)
+    digests.update(
+        (path, fact.sha256) for path, fact in zip(paths, facts, strict=True) if isinstance(fact, ImageFacts)
+    )
     return [fact.dhash if isinstance(fact, ImageFacts) else None for fact in facts]
 
 
@@ -195,9 +199,10 @@ def suggest(
     if len(sample) > LABELLED_SAMPLE:
         keep = np.random.default_rng(0).choice(len(sample), LABELLED_SAMPLE, replace=False)
         sample = [sample[i] for i in sorted(keep)]
+    digests: dict[str, str] = {}
     lookalikes = hash_lookalikes(
-        _hashes([str(p) for p in pool], here, reporter),
-        _hashes(labelled_paths, prepared.index.root, reporter),
+        _surveyed([str(p) for p in pool], here, reporter, digests),
+        _surveyed([str(p) for p in labelled_paths], prepared.index.root, reporter, digests),
     )
     sample = list(dict.fromkeys([*sample, *(labelled_paths[j] for js in lookalikes.values() for j in js)]))
     probabilities, features, readable = _look(run_dir, [str(p) for p in pool], sample, batch_size, reporter)
@@ -210,7 +215,7 @@ def suggest(
     unreadable = int((~readable).sum())
     labelled_features = features["labelled"]
     copies = copies_of_labelled(
-        pool, features["pool"], labelled_paths, labelled_features, lookalikes=lookalikes
+        pool, features["pool"], labelled_paths, labelled_features, lookalikes=lookalikes, digests=digests
     )
     keep = np.nonzero(~copies)[0]
     check_budget(budget, len(keep))

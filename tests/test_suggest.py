@@ -36,11 +36,24 @@ def test_copies_of_labelled_images_are_found_by_bytes_and_by_features(tmp_path):
     labelled.write_bytes(b"\xff\xd8 the same picture")
     pool = [tmp_path / "copy.jpg", tmp_path / "other.jpg", tmp_path / "twin.jpg"]
     pool[0].write_bytes(labelled.read_bytes())
-    pool[1].write_bytes(b"\xff\xd8 another picture!!")  # the same size, other bytes
+    pool[1].write_bytes(b"\xff\xd8 another picture!")  # the same size, other bytes
     pool[2].write_bytes(b"x")
     features = np.array([[1, 0], [0, 1], [0.999, 0.02]], dtype=np.float32)
     mask = copies_of_labelled(pool, features, [str(labelled)], np.array([[1.0, 0.0]], np.float32))
     assert mask.tolist() == [True, False, True]
+
+
+def test_same_bytes_takes_digests_a_survey_already_computed_instead_of_reading_again(tmp_path):
+    """suggest's survey reads each image's SHA-256 already: the same-bytes check uses it (a digest
+    given is trusted, so a file whose given digest is a labelled one's counts as a copy)."""
+    from scenecls.data.unlabelled import file_digest, same_bytes
+
+    labelled, other = tmp_path / "labelled.jpg", tmp_path / "other.jpg"
+    labelled.write_bytes(b"\xff\xd8 one picture")
+    other.write_bytes(b"\xff\xd8 two picture")  # the same size, other bytes
+    assert same_bytes([other], [str(labelled)]).tolist() == [False]
+    known = {str(other): file_digest(str(labelled))}
+    assert same_bytes([other], [str(labelled)], known).tolist() == [True]
 
 
 def test_a_lookalike_by_hash_is_a_copy_only_when_the_features_confirm_it(tmp_path):

@@ -57,9 +57,17 @@ def pool_images(
     return images
 
 
-def same_bytes(pool: list[Path], labelled_paths: list[str]) -> np.ndarray:
+def same_bytes(
+    pool: list[Path], labelled_paths: list[str], known: dict[str, str] | None = None
+) -> np.ndarray:
     """A mask of ``pool`` images whose bytes are those of a labelled image (only files of a size some
-    labelled image has are hashed, so this costs little more than a ``stat`` per image)."""
+    labelled image has are hashed, so this costs little more than a ``stat`` per image). ``known``:
+    SHA-256 digests already computed (path -> digest, e.g. by a survey), not computed again."""
+    known = known or {}
+
+    def digest_of(path: str) -> str | None:
+        return known[path] if path in known else file_digest(path)
+
     sizes: dict[int, list[str]] = {}
     for path in labelled_paths:
         try:
@@ -79,10 +87,10 @@ def same_bytes(pool: list[Path], labelled_paths: list[str]) -> np.ndarray:
         for other in same_size:
             if other not in hashed:
                 hashed.add(other)
-                digest = file_digest(other)
+                digest = digest_of(other)
                 if digest is not None:
                     digests.add(digest)
-        mask[i] = file_digest(str(path)) in digests
+        mask[i] = digest_of(str(path)) in digests
     return mask
 
 
