@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -45,6 +46,29 @@ def linked_folder(folder: Path, images: dict[str, list[str]]) -> Path:
     return folder
 
 
+def remove_ours(folder: Path, ours) -> None:
+    """Remove ``folder``, left by a curve cut short, only when ``ours(folder)`` says this script or
+    scenecls wrote it; never through a link, never someone else's folder."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise SystemExit(f"{folder} is a link or a file, not a folder this benchmark wrote: move it away")
+    if folder.is_dir():
+        if not ours(folder):
+            raise SystemExit(f"{folder} holds files this benchmark did not write: move it away")
+        shutil.rmtree(folder)
+
+
+def a_run_of_ours(folder: Path) -> bool:
+    """A scenecls run (its config.json) or nothing at all."""
+    return (folder / "config.json").is_file() or not any(folder.iterdir())
+
+
+def links_of_ours(folder: Path) -> bool:
+    """Only the numbered links :func:`choose` makes."""
+    return all(
+        re.fullmatch(r"\d{5}\.jpg", p.name) and p.is_file() and not p.is_symlink() for p in folder.iterdir()
+    )
+
+
 def train(work: Path, name: str, labelled: list[tuple[str, str]], test: dict[str, list[str]], seed: int):
     """The default run on ``labelled`` ((path, class) pairs); its test accuracy."""
     run = work / "runs" / name
@@ -56,7 +80,7 @@ def train(work: Path, name: str, labelled: list[tuple[str, str]], test: dict[str
     linked_folder(data / "train", by_class)
     linked_folder(data / "test", test)
     if not metrics.is_file():
-        shutil.rmtree(run, ignore_errors=True)  # a run of ours cut short: trained again
+        remove_ours(run, a_run_of_ours)  # a run of ours cut short: trained again
         run_scenecls(["train", "--data", str(data), *TRAIN, "--weights", str(SHARED_WEIGHTS),
                       "--seed", str(seed), "--project", str(work / "runs"), "--name", name],
                      work / "home")  # fmt: skip
@@ -69,7 +93,7 @@ def choose(strategy: str, work: Path, run: Path, pool: list[str], budget: int, r
         return [pool[i] for i in rng.choice(len(pool), budget, replace=False)]
     folder = work / "pool" / run.name
     names = {}
-    shutil.rmtree(folder, ignore_errors=True)  # links left by a curve cut short
+    remove_ours(folder, links_of_ours)  # links left by a curve cut short
     folder.mkdir(parents=True)
     for i, path in enumerate(pool):  # flat and unnamed: the pool's labels stay hidden
         target = folder / f"{i:05d}.jpg"
@@ -77,8 +101,10 @@ def choose(strategy: str, work: Path, run: Path, pool: list[str], budget: int, r
         names[str(target)] = path
     try:
         if strategy == "suggest":
+            from scenecls.suggest import MARKER
+
             output = work / "suggestions" / run.name
-            shutil.rmtree(output, ignore_errors=True)
+            remove_ours(output, lambda folder: (folder / MARKER).is_file())  # suggest's own, from before
             out = run_scenecls(["suggest", str(run), str(folder), "--budget", str(budget), "--output",
                                 str(output), "--format", "json"], work / "home")  # fmt: skip
             return [names[row["path"]] for row in json.loads(out)["suggestions"]]
@@ -91,7 +117,7 @@ def choose(strategy: str, work: Path, run: Path, pool: list[str], budget: int, r
         margin = ordered[:, -1] - ordered[:, -2]
         return [names[linked[i]] for i in np.argsort(margin, kind="stable")[:budget]]
     finally:
-        shutil.rmtree(folder)  # links only
+        remove_ours(folder, links_of_ours)
 
 
 def main() -> None:
