@@ -29,8 +29,9 @@ import numpy as np
 from _common import machine
 from PIL import Image, ImageEnhance, ImageOps
 
-HASH_BITS = 4  # inspect's measured hash distance (scenecls.inspection.options.HASH_DISTANCE)
-# (name, cosine from which features alone call it a copy, cosine that confirms a hash within HASH_BITS)
+from scenecls.inspection.options import HASH_DISTANCE  # inspect's measured hash distance
+
+# (name, cosine from which features alone call it a copy, cosine that confirms a hash within HASH_DISTANCE)
 RULES = [
     *((f"cosine >= {t}", t, None) for t in (0.93, 0.95, 0.97, 0.99)),
     ("hash alone", None, -0.999),  # -1: no labelled hash within reach
@@ -114,12 +115,11 @@ def main() -> None:
     labelled_hashes, test_hashes = hashes(labelled), hashes(test)
     test_best, test_where = nearest(test_rows, labelled_rows)
     labelled_list = [int(h) for h in labelled_hashes]
-    test_near = hash_lookalikes([int(h) for h in test_hashes], labelled_list, HASH_BITS)
+    test_near = hash_lookalikes([int(h) for h in test_hashes], labelled_list, HASH_DISTANCE)
     test_near_cosine, test_near_partner = np.full(len(test), -1.0), [""] * len(test)
-    for i, js in test_near.items():
-        if js:
-            similarity = labelled_rows[js] @ test_rows[i]
-            test_near_cosine[i], test_near_partner[i] = similarity.max(), labelled[js[similarity.argmax()]]
+    for i, js in test_near.items():  # only images with a lookalike, each with at least one
+        similarity = labelled_rows[js] @ test_rows[i]
+        test_near_cosine[i], test_near_partner[i] = similarity.max(), labelled[js[similarity.argmax()]]
     pool_best = pool_near_cosine = None
     if args.unlabelled:
         from scenecls.data.unlabelled import pool_images
@@ -127,7 +127,7 @@ def main() -> None:
         pool = [str(p) for p in pool_images(args.unlabelled, Run(args.run).classes, labelled + test)]
         pool_rows = features(args.run, pool)
         pool_best, _ = nearest(pool_rows, labelled_rows)
-        pool_near = hash_lookalikes([int(h) for h in hashes(pool)], labelled_list, HASH_BITS)
+        pool_near = hash_lookalikes([int(h) for h in hashes(pool)], labelled_list, HASH_DISTANCE)
         pool_near_cosine = np.full(len(pool), -1.0)
         for i, js in pool_near.items():
             pool_near_cosine[i] = (labelled_rows[js] @ pool_rows[i]).max()
@@ -143,7 +143,7 @@ def main() -> None:
 
         row = {"rule": rule}
         for name in EDITS:
-            within = copy_bits[name] <= HASH_BITS
+            within = copy_bits[name] <= HASH_DISTANCE
             row[name] = float(np.mean(caught(copy_cosine[name], np.where(within, copy_cosine[name], -1.0))))
         row["test images left out"] = int(np.sum(caught(test_best, test_near_cosine)))
         if pool_best is not None:
@@ -180,7 +180,7 @@ def main() -> None:
         print("\nClosest test/labelled pairs by features:")
         for value, a, b in top:
             print(f"- {value:.4f} {a} {b}")
-        print(f"\nTest images with a labelled one within {HASH_BITS} bits, by that one's cosine:")
+        print(f"\nTest images with a labelled one within {HASH_DISTANCE} bits, by that one's cosine:")
         for value, a, b in hashed:
             print(f"- {value:.4f} {a} {b}")
     else:
