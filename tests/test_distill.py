@@ -162,6 +162,34 @@ def test_an_ensemble_is_a_teacher_too(finished_run, scenes, tmp_path):
     assert record["teacher_is_ensemble"] is True and record["unlabelled_used"] == 18
 
 
+@pytest.mark.slow
+def test_a_teacher_of_another_input_size_looks_at_the_images_at_its_own(
+    finished_run, scenes, tmp_path, monkeypatch
+):
+    """A 32-pixel teacher teaches a 40-pixel student: its targets are its own probabilities at 32 pixels
+    (the size it was trained at), kept under that size in the cache; the student is 40 pixels."""
+    from scenecls.classifier import load_model
+    from scenecls.data.layout import Split
+    from scenecls.metrics import predict_split
+
+    data, unlabelled = scenes
+    home = tmp_path / "home"
+    monkeypatch.setenv("SCENECLS_HOME", str(home))  # a cache of this test's own, so its entry is the one
+    result = _student(data, tmp_path / "runs", "bigger", "--image-size", "40", "--unlabelled",
+                      str(unlabelled), "--teacher", str(finished_run), "--targets", "soft")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    student = tmp_path / "runs" / "bigger"
+    assert json.loads((student / "config.json").read_text())["image_size"] == 40
+    assert _record(student)["targets_cache"] == "built"
+    [entry] = list((home / "cache" / "targets").iterdir())
+    assert json.loads((entry / "meta.json").read_text())["size"] == 32
+    cached = np.load(entry / "train.npy")[-18:]  # the unlabelled rows come after the labelled ones
+    pool = sorted(str(p) for p in unlabelled.iterdir())
+    teacher = predict_split(load_model(finished_run / "best.keras"), Split(pool, [-1] * len(pool)))
+    row_order = np.lexsort(cached.T[::-1]), np.lexsort(teacher.T[::-1])  # whatever order the pool came in
+    assert np.allclose(cached[row_order[0]], teacher[row_order[1]], atol=1e-5)
+
+
 def test_bad_unlabelled_folders_and_teachers_are_one_line_exit_2_and_write_nothing(
     finished_run, scenes, tmp_path
 ):
