@@ -1,0 +1,119 @@
+"""Peak memory of a student as its unlabelled folder grows: bounded, or growing with the images?
+
+Run: python benchmarks/unlabelled_memory.py --work DIR [--counts 1000,10000,100000]
+
+A labelled set of 6 x 30 generated 32-pixel images, a tiny teacher trained on it (MobileNetV2 without
+ImageNet weights, 32-pixel inputs, one head epoch), then for each count N a student:
+``scenecls train --unlabelled <N generated images> --teacher <it>`` with one head epoch and one fine-tuning
+epoch of the last block, soft targets (every unlabelled image is a row), in a fresh process and a fresh
+SCENECLS_HOME (DIR/home-N-<time>), so that each run computes the teacher's targets and builds its
+feature and activation caches over all its rows. The table gives each run's peak resident memory, its
+seconds and what its caches hold on disk (memory-mapped, not in memory).
+Weights and input size are tiny on purpose: the figure is what the student's own bookkeeping costs per
+image (lists of paths, targets, cache rows), which a larger model does not change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import folder_bytes, generated, machine
+
+KINDS = ("features", "activations", "targets")  # the caches a student builds (memory-mapped when read)
+TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--no-export"]
+
+# Runs `scenecls ARGS` and prints its peak resident memory: the children of this small process are
+# that one run, whatever ran before it.
+PEAK = (
+    "import resource, subprocess, sys; "
+    "done = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE); "
+    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
+    "sys.stdout.write(done.stdout.decode() + '\\n' + str(done.returncode) + ' ' + str(rss))"
+)
+
+
+def unlabelled_images(folder: Path, count: int) -> Path:
+    """``count`` distinct 32-pixel noise images (kept: a larger count adds only the missing ones)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        path = folder / f"{number:06d}.jpg"
+        if not path.exists():
+            pixels = np.random.default_rng(number).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path, quality=90)
+    return folder
+
+
+def linked(source: Path, folder: Path, count: int) -> Path:
+    """A folder of hard links to the first ``count`` images of ``source``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        target = folder / f"{number:06d}.jpg"
+        if not target.exists():
+            os.link(source / target.name, target)
+    return folder
+
+
+def measured(args: list[str], home: Path) -> tuple[dict, int, float]:
+    """``scenecls -q ARGS --format json`` in a fresh process: its result, peak RSS in bytes, seconds."""
+    env = {**os.environ, "SCENECLS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "scenecls", "-q", *args, "--format", "json"]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", PEAK, *command], env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    output, _, last = done.stdout.rpartition("\n")
+    code, rss = (int(x) for x in last.split())
+    if code != 0:
+        sys.exit(f"scenecls {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+    per_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return json.loads(output), rss * per_unit, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--counts", default="1000,10000,100000")
+    options = parser.parse_args()
+    counts = sorted(int(c) for c in options.counts.split(","))
+    work = options.work.absolute()
+    data = work / "labelled"
+    if not data.exists():
+        generated(data, per_class=30, size=32)
+    pool = unlabelled_images(work / "unlabelled-all", counts[-1])
+    teacher = work / "runs" / "teacher"
+    if not (teacher / "metrics.json").is_file():
+        measured(["train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "0",
+                  "--project", str(work / "runs"), "--name", "teacher"], work / "home-teacher")  # fmt: skip
+    rows = []
+    for count in counts:
+        home = work / f"home-{count}-{time.strftime('%Y%m%d-%H%M%S')}"  # empty: each run builds its caches
+        unlabelled = linked(pool, work / f"unlabelled-{count}", count)
+        result, rss, seconds = measured(
+            ["train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "1",
+             "--unfreeze", "1", "--unlabelled", str(unlabelled), "--teacher", str(teacher),
+             "--targets", "soft",
+             "--project", str(work / "runs"), "--name", f"student-{count}"],
+            home,
+        )  # fmt: skip
+        used = result.get("distillation", {}).get("unlabelled_used")
+        caches = {kind: folder_bytes(home / "cache" / kind) for kind in KINDS}
+        rows.append((count, used, rss, seconds, caches))
+        print(f"{count} unlabelled: peak {rss / 2**20:.0f} MiB, {seconds:.0f} s", file=sys.stderr)
+    print(f"Machine: {machine()}\n")
+    print("| unlabelled images | used | peak memory | seconds | on disk: features | activations | targets |")
+    print("|---|---|---|---|---|---|---|")
+    for count, used, rss, seconds, caches in rows:
+        disk = " | ".join(f"{caches[k] / 2**20:.1f} MiB" for k in KINDS)
+        print(f"| {count:,} | {used} | {rss / 2**20:.0f} MiB | {seconds:.0f} | {disk} |")
+
+
+if __name__ == "__main__":
+    main()
