@@ -56,6 +56,25 @@ def test_same_bytes_takes_digests_a_survey_already_computed_instead_of_reading_a
     assert same_bytes([other], [str(labelled)], known).tolist() == [True]
 
 
+def test_a_pool_asks_each_folder_once_whether_it_holds_our_output(tmp_path, monkeypatch):
+    """Whether a folder is one of our output folders is asked per folder, not per image: the question
+    lists the folder, so asked per image it grows with the square of a one-folder pool."""
+    from scenecls import files
+    from scenecls.data.unlabelled import pool_images
+
+    for folder in ("a", "b", "b/sheet"):
+        (tmp_path / folder).mkdir(parents=True)
+        for number in range(4):
+            Image.new("RGB", (8, 8)).save(tmp_path / folder / f"{number}.jpg")
+    (tmp_path / "b" / "sheet" / ".scenecls-suggest").write_text("written by scenecls suggest\n")
+    asked = []
+    real = files.holds_our_output
+    monkeypatch.setattr(files, "holds_our_output", lambda folder: asked.append(folder) or real(folder))
+    found = pool_images(tmp_path, ["alpha", "beta"], [])
+    assert sorted(asked) == sorted([tmp_path / "a", tmp_path / "b", tmp_path / "b" / "sheet"])
+    assert [p.relative_to(tmp_path).parts[0] for p in found] == ["a"] * 4  # b holds our output folder
+
+
 def test_a_lookalike_by_hash_is_a_copy_only_when_the_features_confirm_it(tmp_path):
     """A labelled image saved again is close in hash and features; calm seas share hashes but not
     features: the hash finds candidates, the features (from HASH_CONFIRMATION) decide."""

@@ -48,8 +48,10 @@ def pool_images(
             "labelled; give a folder of unlabelled images"
         )
     try:
-        found = (p for p in folder.rglob("*") if is_image_path(p) and not p.name.startswith("."))
-        images = sorted(p for p in found if p.is_file() and not holds_our_output(p.parent))
+        found = [p for p in folder.rglob("*") if is_image_path(p) and not p.name.startswith(".")]
+        # Asked once per folder, not per image: the question lists the folder (100,000 images, one folder).
+        ours = {parent: holds_our_output(parent) for parent in {p.parent for p in found}}
+        images = sorted(p for p in found if not ours[p.parent] and p.is_file())
     except OSError as exc:
         raise UsageError(f"{said}{folder} cannot be read: {exc.strerror or exc}") from None
     if not images:
