@@ -57,6 +57,30 @@ def run_scenecls(args: list[str], home: Path) -> str:
     return done.stdout
 
 
+def run_scenecls_peak(args: list[str], home: Path) -> tuple[str, int]:
+    """``scenecls -q ARGS`` in a fresh process with ``home`` as its SCENECLS_HOME: its stdout and its peak
+    resident bytes. Exits with scenecls's error when it fails."""
+    import subprocess
+    import sys
+    import time
+
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SCENECLS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "scenecls", "-q", *args], env=env, stdout=out,
+                                   stderr=err)  # fmt: skip
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            err.seek(0)
+            sys.exit(f"scenecls {' '.join(args)} failed after {time.perf_counter() - started:.0f} s: "
+                     f"{err.read().strip()}")  # fmt: skip
+        out.seek(0)
+        per_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        return out.read(), usage.ru_maxrss * per_unit
+
+
 def folder_bytes(folder: Path) -> int:
     """The bytes of the files below ``folder`` (0 when it does not exist)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0

@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import SHARED_WEIGHTS, folder_bytes, machine, named_dataset
+from _common import SHARED_WEIGHTS, folder_bytes, machine, named_dataset, run_scenecls_peak
 
 
 def main() -> None:
@@ -60,7 +56,7 @@ def main() -> None:
         for label, extra in (("images", ["--finetune-copies", "0"]), ("cache", [])):
             home = work / f"u{n}-{label}"
             project = home / "runs"
-            out, peak = scenecls([*common, "--unfreeze", n, *extra, "--project", str(project)], home)
+            out, peak = run_scenecls_peak([*common, "--unfreeze", n, *extra, "--project", str(project)], home)
             result = json.loads(out)
             metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
             finetune = sum(v for k, v in metrics["phase_seconds"].items() if k != "head")
@@ -74,24 +70,6 @@ def main() -> None:
         print(f"| {n} | {images:.0f} s | {cached:.0f} s | {images / cached:.2f}x | {images_test:.4f} "
               f"| {cached_test:.4f} | {disk / 2**20:.0f} MB | {images_peak / 2**20:.0f} / "
               f"{cached_peak / 2**20:.0f} MB |", flush=True)  # fmt: skip
-
-
-def scenecls(args: list[str], home: Path) -> tuple[str, int]:
-    """Run ``scenecls`` in a fresh process with its own home; its stdout and peak resident bytes."""
-    home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SCENECLS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-m", "scenecls", "-q", *args], env=env, stdout=out,
-                                   stderr=err)  # fmt: skip
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            err.seek(0)
-            sys.exit(f"scenecls {' '.join(args)} failed after {time.perf_counter() - started:.0f} s: "
-                     f"{err.read().strip()}")  # fmt: skip
-        out.seek(0)
-        return out.read(), usage.ru_maxrss * 1024  # kilobytes on Linux
 
 
 if __name__ == "__main__":

@@ -18,24 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import folder_bytes, generated, machine
+from _common import folder_bytes, generated, machine, run_scenecls_peak
 
 KINDS = ("features", "activations", "targets")  # the caches a student builds (memory-mapped when read)
 TINY = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "--no-export"]
-
-# Runs `scenecls ARGS` and prints its peak resident memory: the children of this small process are
-# that one run, whatever ran before it.
-PEAK = (
-    "import resource, subprocess, sys; "
-    "done = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE); "
-    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss; "
-    "sys.stdout.write(done.stdout.decode() + '\\n' + str(done.returncode) + ' ' + str(rss))"
-)
 
 
 def unlabelled_images(folder: Path, count: int) -> Path:
@@ -64,17 +54,9 @@ def linked(source: Path, folder: Path, count: int) -> Path:
 
 def measured(args: list[str], home: Path) -> tuple[dict, int, float]:
     """``scenecls -q ARGS --format json`` in a fresh process: its result, peak RSS in bytes, seconds."""
-    env = {**os.environ, "SCENECLS_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "scenecls", "-q", *args, "--format", "json"]
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", PEAK, *command], env=env, capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    output, _, last = done.stdout.rpartition("\n")
-    code, rss = (int(x) for x in last.split())
-    if code != 0:
-        sys.exit(f"scenecls {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
-    per_unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return json.loads(output), rss * per_unit, seconds
+    output, rss = run_scenecls_peak([*args, "--format", "json"], home)
+    return json.loads(output), rss, time.monotonic() - started
 
 
 def main() -> None:
