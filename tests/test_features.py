@@ -67,6 +67,23 @@ def test_augmented_copies_differ_from_the_plain_one(model, data):
     assert not np.allclose(features[0], features[1]) and not np.allclose(features[1], features[2])
 
 
+def test_built_features_are_read_back_mapped_not_kept_in_memory(model, data, tmp_path):
+    """A data set of any size trains its head from the entry's pages, not from a copy of every row."""
+    backbone = find_backbone(model)
+    built = load_or_compute(model, backbone, _inputs(data.train, data.val), cache_root=tmp_path / "cache")
+    entry = tmp_path / "cache" / "features" / built.key
+    assert isinstance(built.train, np.memmap) and Path(built.train.filename) == entry / "train.npy"
+    assert isinstance(built.val, np.memmap) and Path(built.val.filename) == entry / "val.npy"
+    computed = compute_features(model, data.train, SIZE, batch_size=8)
+    np.testing.assert_allclose(built.train, computed, atol=1e-6)
+
+    unpublished = load_or_compute(
+        model, backbone, _inputs(data.train, data.val), cache_root=tmp_path / "other", publish=False
+    )
+    assert not isinstance(unpublished.train, np.memmap)  # nothing written: the rows stay in memory
+    np.testing.assert_array_equal(unpublished.train, built.train)
+
+
 def test_cache_is_reused_and_rebuilt_when_data_or_files_change(model, data, tmp_path):
     backbone = find_backbone(model)
     kwargs = dict(cache_root=tmp_path / "cache")
@@ -84,6 +101,7 @@ def test_cache_is_reused_and_rebuilt_when_data_or_files_change(model, data, tmp_
     assert not third.reused and third.key != first.key and third.train.shape[1] == len(fewer)
 
     # A damaged cache file is detected and rebuilt, never used.
+    computed = np.array(first.train)  # first.train maps the entry that is damaged next
     entry = tmp_path / "cache" / "features" / first.key / "train.npy"
     raw = bytearray(entry.read_bytes())
     raw[-4:] = b"\xff\xff\xff\xff"
@@ -91,7 +109,7 @@ def test_cache_is_reused_and_rebuilt_when_data_or_files_change(model, data, tmp_
     recorder = Recorder()
     fourth = load_or_compute(model, backbone, _inputs(data.train, data.val), reporter=recorder, **kwargs)
     assert not fourth.reused and recorder.warnings
-    np.testing.assert_allclose(fourth.train, first.train, atol=1e-6)
+    np.testing.assert_allclose(fourth.train, computed, atol=1e-6)
 
 
 def test_other_backbone_weights_mean_another_key(data, tmp_path):

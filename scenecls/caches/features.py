@@ -139,21 +139,24 @@ def compute_features(
 
     reporter = reporter or NullReporter()
     forward = forward or extractor(classifier, batch_size, images=len(split) * (len(augmentations) + 1))
-    copies = []
+    width = int(classifier.get_layer(POOL_LAYER).output.shape[-1])
+    # filled in place: one array at the peak, not a list of batches and its copies
+    rows = np.zeros((len(augmentations) + 1, len(split), width), np.float32)
     steps = -(-len(split) // batch_size)
     task = reporter.task("Caching features", total=steps * (len(augmentations) + 1), unit="batches")
     try:
-        for layers in [None, *augmentations]:
+        for copy, layers in enumerate([None, *augmentations]):
             dataset = make_dataset(split, size, batch_size, augment=layers, drop_unreadable=False)
-            batches = []
+            at = 0
             with finite_dataset_warnings_silenced():
                 for images, _ in dataset:
-                    batches.append(forward(images))
+                    batch = np.asarray(forward(images), np.float32)
+                    rows[copy, at : at + len(batch)] = batch
+                    at += len(batch)
                     task.advance()
-            copies.append(np.concatenate(batches))
     finally:
         task.close()
-    return np.stack(copies).astype(np.float32)
+    return rows
 
 
 def load_or_compute(
@@ -167,8 +170,9 @@ def load_or_compute(
     mmap: bool = False,
 ) -> CachedFeatures:
     """The entry for these images and this backbone from ``cache_root``, or computed and (with
-    ``publish``) written there for the next run. ``mmap``: an entry read back is memory-mapped, not
-    loaded (for a reader of a few rows at a time, on a data set of any size)."""
+    ``publish``) written there for the next run. ``mmap``: an entry found there is memory-mapped, not
+    loaded (for a reader of a few rows at a time, on a data set of any size); one built and published
+    here is always read back mapped (see :func:`save_and_map`)."""
     reporter = reporter or NullReporter()
     train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
     key, fields = cache_key(backbone, inputs)
@@ -195,7 +199,7 @@ def load_or_compute(
         else np.zeros((0, train_features.shape[-1]), np.float32)  # no validation images (--val-split 0)
     )
     if publish:
-        save(folder, fields, train_features, val_features, reporter)
+        train_features, val_features = save_and_map(folder, fields, train_features, val_features, reporter)
     return CachedFeatures(
         train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
     )
@@ -214,9 +218,9 @@ def entry_folder(cache_root: Path, key: str) -> Path:
     return cache_root / "features" / key
 
 
-def save(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray, reporter: Reporter) -> None:
+def save(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray, reporter: Reporter) -> bool:
     """Publish computed features as the entry ``folder``; a disk without room only costs a warning (the
-    features in memory still train this run)."""
+    features in memory still train this run). Whether the entry was published."""
     needs = train.nbytes + val.nbytes
     try:
         check_free_space("the feature cache", needs, folder.parent)
@@ -229,6 +233,19 @@ def save(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray, reporte
         reporter.warn(f"{cannot_write('the feature cache', folder.parent, needs, exc)}; training goes on")
     else:
         reporter.log(f"Feature cache: built {folder}")
+        return True
+    return False
+
+
+def save_and_map(
+    folder: Path, fields: dict, train: np.ndarray, val: np.ndarray, reporter: Reporter
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`save`, then the entry read back memory-mapped, so that the rows in memory can go and a
+    reader of a batch at a time holds only the pages it touches (which the system can take back); the
+    arrays themselves when the entry could not be written."""
+    if save(folder, fields, train, val, reporter):
+        return _read(folder, fields, train.shape[1], len(val), mmap=True) or (train, val)
+    return train, val
 
 
 def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:

@@ -125,7 +125,9 @@ def build_both(
         return None
     finally:
         task.close()
-    features.save(feature_folder, feature_fields, train_features, val_features, reporter)
+    train_features, val_features = features.save_and_map(
+        feature_folder, feature_fields, train_features, val_features, reporter
+    )
     cached_features = CachedFeatures(
         train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), feature_key, False
     )

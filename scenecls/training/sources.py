@@ -79,21 +79,29 @@ class FeatureSource:
         self.trainer.compile(
             optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile
         )
-        copies, count = cached.train.shape[0], cached.train.shape[1]
+        copies, count, width = cached.train.shape
         self.steps = -(-count // batch_size)
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        features = tf.constant(cached.train)
+        rows = cached.train  # in memory or memory-mapped: read a batch at a time, never copied whole
         labels = tf.constant(cached.train_labels if targets is None else np.asarray(targets, np.float32))
+
+        def read_rows(epoch, chosen):
+            return np.asarray(rows[int(epoch) % copies][chosen], np.float32)
 
         def epoch_data(_):
             epoch = self._epoch.read_value()
             order = tf.random.experimental.stateless_shuffle(
-                tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+                tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
             )
-            chosen = tf.gather(features[epoch % copies], order)
-            return tf.data.Dataset.from_tensor_slices((chosen, tf.gather(labels, order)))
 
-        self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).batch(batch_size)
+            def batch_of(chosen):
+                features = tf.numpy_function(read_rows, [epoch, chosen], tf.float32, stateful=False)
+                features.set_shape((None, width))
+                return features, tf.gather(labels, chosen)
+
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(batch_of)
+
+        self.train_data = tf.data.Dataset.range(1).flat_map(epoch_data).prefetch(2)
         self.val_data = None  # no validation images (--val-split 0)
         if len(cached.val):
             self.val_data = tf.data.Dataset.from_tensor_slices((cached.val, cached.val_labels))
@@ -343,7 +351,7 @@ def _feature_source(learner: Learner) -> tuple[EpochSource, str]:
 
     def features(publish: bool):
         return load_or_compute(
-            model, backbone, inputs, cache_root=cache_dir(), reporter=reporter, publish=publish
+            model, backbone, inputs, cache_root=cache_dir(), reporter=reporter, publish=publish, mmap=True
         )
 
     if distribution.chief:
