@@ -56,7 +56,8 @@ def main() -> None:
         for label, extra in (("images", ["--finetune-copies", "0"]), ("cache", [])):
             home = work / f"u{n}-{label}"
             project = home / "runs"
-            out, peak = run_scenecls_peak([*common, "--unfreeze", n, *extra, "--project", str(project)], home)
+            args = [*common, "--unfreeze", n, *extra, "--project", str(project)]
+            out, peak, _ = run_scenecls_peak(args, home)
             result = json.loads(out)
             metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
             finetune = sum(v for k, v in metrics["phase_seconds"].items() if k != "head")

@@ -7,8 +7,9 @@ ImageNet weights, 32-pixel inputs, one head epoch), then for each count N a stud
 ``scenecls train --unlabelled <N generated images> --teacher <it>`` with one head epoch and one fine-tuning
 epoch of the last block, soft targets (every unlabelled image is a row), in a fresh process and a fresh
 SCENECLS_HOME (DIR/home-N-<time>), so that each run computes the teacher's targets and builds its
-feature and activation caches over all its rows. The table gives each run's peak resident memory, its
-seconds and what its caches hold on disk (memory-mapped, not in memory).
+feature and activation caches over all its rows. The table gives each run's peak resident memory, the
+peak of its anonymous part (what the system cannot take back: resident memory also counts the touched
+pages of the memory-mapped caches, which it can), its seconds and what its caches hold on disk.
 Weights and input size are tiny on purpose: the figure is what the student's own bookkeeping costs per
 image (lists of paths, targets, cache rows), which a larger model does not change.
 """
@@ -52,11 +53,12 @@ def linked(source: Path, folder: Path, count: int) -> Path:
     return folder
 
 
-def measured(args: list[str], home: Path) -> tuple[dict, int, float]:
-    """``scenecls -q ARGS --format json`` in a fresh process: its result, peak RSS in bytes, seconds."""
+def measured(args: list[str], home: Path) -> tuple[dict, int, int | None, float]:
+    """``scenecls -q ARGS --format json`` in a fresh process: its result, peak resident bytes, peak
+    anonymous resident bytes (not counting mapped cache files), seconds."""
     started = time.monotonic()
-    output, rss = run_scenecls_peak([*args, "--format", "json"], home)
-    return json.loads(output), rss, time.monotonic() - started
+    output, rss, anonymous = run_scenecls_peak([*args, "--format", "json"], home)
+    return json.loads(output), rss, anonymous, time.monotonic() - started
 
 
 def main() -> None:
@@ -78,7 +80,7 @@ def main() -> None:
     for count in counts:
         home = work / f"home-{count}-{time.strftime('%Y%m%d-%H%M%S')}"  # empty: each run builds its caches
         unlabelled = linked(pool, work / f"unlabelled-{count}", count)
-        result, rss, seconds = measured(
+        result, rss, anonymous, seconds = measured(
             ["train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "1",
              "--unfreeze", "1", "--unlabelled", str(unlabelled), "--teacher", str(teacher),
              "--targets", "soft",
@@ -87,14 +89,16 @@ def main() -> None:
         )  # fmt: skip
         used = result.get("distillation", {}).get("unlabelled_used")
         caches = {kind: folder_bytes(home / "cache" / kind) for kind in KINDS}
-        rows.append((count, used, rss, seconds, caches))
+        rows.append((count, used, rss, anonymous, seconds, caches))
         print(f"{count} unlabelled: peak {rss / 2**20:.0f} MiB, {seconds:.0f} s", file=sys.stderr)
     print(f"Machine: {machine()}\n")
-    print("| unlabelled images | used | peak memory | seconds | on disk: features | activations | targets |")
-    print("|---|---|---|---|---|---|---|")
-    for count, used, rss, seconds, caches in rows:
+    print("| unlabelled images | used | peak resident | of it anonymous | seconds | on disk: features "
+          "| activations | targets |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for count, used, rss, anonymous, seconds, caches in rows:
         disk = " | ".join(f"{caches[k] / 2**20:.1f} MiB" for k in KINDS)
-        print(f"| {count:,} | {used} | {rss / 2**20:.0f} MiB | {seconds:.0f} | {disk} |")
+        anon = "n/a" if anonymous is None else f"{anonymous / 2**20:.0f} MiB"
+        print(f"| {count:,} | {used} | {rss / 2**20:.0f} MiB | {anon} | {seconds:.0f} | {disk} |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from scenecls import files, runs
-from scenecls.caches import activations
+from scenecls.caches import activations, store
 from scenecls.caches.listing import list_entries
 from scenecls.caches.store import CacheInputs
 from scenecls.classifier import build_classifier, find_backbone, load_model
@@ -366,7 +366,7 @@ def test_a_disk_that_fills_while_building_falls_back_to_images_and_keeps_nothing
     def full(fd, offset, length):
         raise OSError(getattr(errno, errno_name), reason)
 
-    monkeypatch.setattr(activations.os, "posix_fallocate", full, raising=False)
+    monkeypatch.setattr(store.os, "posix_fallocate", full, raising=False)  # every cache's reservation
     project = tmp_path / "runs"
     args = ["train", "--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1",
             "--unfreeze", "1", "--seed", "12", "--project", str(project)]  # fmt: skip

@@ -18,6 +18,7 @@ from scenecls.caches.listing import list_entries
 from scenecls.caches.store import mark_used
 from scenecls.cli import cli
 from scenecls.data.images import SCAN_CACHE_VERSION
+from scenecls.progress import NullReporter
 
 
 def _entry(root: Path, kind: str, name: str, meta: dict | None, size: int = 1000) -> Path:
@@ -177,13 +178,14 @@ def test_clear_never_deletes_through_a_link_or_what_is_not_an_entry(tmp_path, mo
 def test_both_caches_make_their_entries_by_the_umask(tmp_path):
     """Feature and activation staging are made alike (mkdir, the umask), so that a SCENECLS_HOME shared
     by a group works for both; the feature cache's was 0700 (mkdtemp)."""
-    import numpy as np
 
     old = os.umask(0o022)
     try:
         made = files.make_staging(tmp_path, "k", "building")
         folder = tmp_path / ("d" * 24)
-        features._write(folder, {"version": features.CACHE_VERSION}, np.zeros((1, 2, 3)), np.zeros((0, 3)))
+        fields = {"version": features.CACHE_VERSION}
+        with features.EntryBuild(folder, fields, 1, 2, 0, 3, reporter=NullReporter()) as build:
+            build.finish()
     finally:
         os.umask(old)
     assert made.stat().st_mode & 0o777 == 0o755

@@ -84,6 +84,33 @@ def test_built_features_are_read_back_mapped_not_kept_in_memory(model, data, tmp
     np.testing.assert_array_equal(unpublished.train, built.train)
 
 
+def test_an_entry_is_computed_straight_into_its_files_and_published_whole(tmp_path):
+    """Building holds no row in memory: the rows are written into the staging folder's mapped files,
+    which become the entry; a build that does not publish computes in memory and writes nothing."""
+    from scenecls.caches import features
+
+    folder = tmp_path / "cache" / "features" / ("k" * 24)
+    with features.EntryBuild(folder, {"v": 1}, 2, 5, 3, 4, reporter=Recorder()) as build:
+        assert isinstance(build.train, np.memmap) and isinstance(build.val, np.memmap)
+        staging = Path(build.train.filename).parent
+        assert staging.parent == folder.parent and staging.name.endswith(".building")
+        assert build.train.shape == (2, 5, 4) and build.val.shape == (3, 4)
+        build.train[:] = np.arange(40, dtype=np.float32).reshape(2, 5, 4)
+        build.val[:] = 7.0
+        assert not folder.exists()  # nothing published before finish
+        train, val = build.finish()
+    assert not staging.exists() and (folder / "meta.json").is_file()
+    assert Path(train.filename) == folder / "train.npy" and Path(val.filename) == folder / "val.npy"
+    np.testing.assert_array_equal(np.load(folder / "train.npy"), np.arange(40).reshape(2, 5, 4))
+    np.testing.assert_array_equal(val, np.full((3, 4), 7.0))
+
+    elsewhere = tmp_path / "none" / ("k" * 24)
+    with features.EntryBuild(elsewhere, {"v": 1}, 1, 5, 0, 4, reporter=Recorder(), publish=False) as build:
+        assert not isinstance(build.train, np.memmap)
+        assert build.finish()[0] is build.train
+    assert not elsewhere.parent.exists()
+
+
 def test_cache_is_reused_and_rebuilt_when_data_or_files_change(model, data, tmp_path):
     backbone = find_backbone(model)
     kwargs = dict(cache_root=tmp_path / "cache")
@@ -134,7 +161,7 @@ def test_a_full_disk_while_writing_the_feature_cache_is_a_warning_and_training_g
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(features.np, "save", full)
+    monkeypatch.setattr(features.store, "allocate", full)  # reserving the entry's blocks
     data = write_class_folders(tmp_path / "data", 6, size=32)
     result = CliRunner().invoke(
         cli,

@@ -23,10 +23,8 @@ entry whose later batches still overflow is stored as float32 instead.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,20 +300,8 @@ def open_arrays(
     )
     val_store = np.lib.format.open_memmap(staging / "val.npy", mode="w+", dtype=dtype, shape=(n_val, *shape))
     for name in ("train.npy", "val.npy"):
-        _allocate(staging / name)
+        store.allocate(staging / name)
     return train_store, val_store
-
-
-def _allocate(path: Path) -> None:
-    """Reserve the blocks of a (sparse) memory-mapped file now: a disk that fills up later would kill
-    the process with SIGBUS at a write into the map, where this fails with a plain ``ENOSPC``."""
-    if hasattr(os, "posix_fallocate"):
-        with open(path, "r+b") as handle:
-            try:
-                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
 
 
 def _fill(memmap: np.ndarray, dataset, forward, task, scale: float | None) -> float:

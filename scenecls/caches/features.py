@@ -13,6 +13,7 @@ key; a damaged or incomplete cache entry fails its checksums and is rebuilt, nev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -128,12 +129,13 @@ def compute_features(
     augmentations: list | tuple = (),
     reporter: Reporter | None = None,
     forward=None,
+    into: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(len(augmentations) + 1, n, d)`` features: copy 0 of the images as they are, then one copy per
     augmentation (its layer; see :func:`~scenecls.data.augment.augmented_copies`).
 
     ``forward`` (images -> features, see :func:`extractor`) can be shared by several splits, so that
-    it is traced once.
+    it is traced once. ``into``: the array to fill and return (an entry's file, see :class:`EntryBuild`).
     """
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
@@ -141,7 +143,7 @@ def compute_features(
     forward = forward or extractor(classifier, batch_size, images=len(split) * (len(augmentations) + 1))
     width = int(classifier.get_layer(POOL_LAYER).output.shape[-1])
     # filled in place: one array at the peak, not a list of batches and its copies
-    rows = np.zeros((len(augmentations) + 1, len(split), width), np.float32)
+    rows = np.zeros((len(augmentations) + 1, len(split), width), np.float32) if into is None else into
     steps = -(-len(split) // batch_size)
     task = reporter.task("Caching features", total=steps * (len(augmentations) + 1), unit="batches")
     try:
@@ -172,7 +174,7 @@ def load_or_compute(
     """The entry for these images and this backbone from ``cache_root``, or computed and (with
     ``publish``) written there for the next run. ``mmap``: an entry found there is memory-mapped, not
     loaded (for a reader of a few rows at a time, on a data set of any size); one built and published
-    here is always read back mapped (see :func:`save_and_map`)."""
+    here is always read back mapped (see :class:`EntryBuild`)."""
     reporter = reporter or NullReporter()
     train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
     key, fields = cache_key(backbone, inputs)
@@ -189,17 +191,19 @@ def load_or_compute(
         shutil.rmtree(folder, ignore_errors=True)
     augmentations = copy_layers(inputs)[1:]
     forward = extractor(classifier, batch_size, images=len(train) * (inputs.copies + 1) + len(val))
-    train_features = compute_features(
-        classifier, train, size, batch_size=batch_size, augmentations=augmentations, reporter=reporter,
-        forward=forward,
-    )  # fmt: skip
-    val_features = (
-        compute_features(classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward)[0]
-        if len(val)
-        else np.zeros((0, train_features.shape[-1]), np.float32)  # no validation images (--val-split 0)
-    )
-    if publish:
-        train_features, val_features = save_and_map(folder, fields, train_features, val_features, reporter)
+    width = int(classifier.get_layer(POOL_LAYER).output.shape[-1])
+    shapes = (len(augmentations) + 1, len(train), len(val), width)
+    with EntryBuild(folder, fields, *shapes, reporter=reporter, publish=publish) as build:
+        compute_features(
+            classifier, train, size, batch_size=batch_size, augmentations=augmentations, reporter=reporter,
+            forward=forward, into=build.train,
+        )  # fmt: skip
+        if len(val):  # none with --val-split 0
+            compute_features(
+                classifier, val, size, batch_size=batch_size, reporter=reporter, forward=forward,
+                into=build.val[None],
+            )  # fmt: skip
+        train_features, val_features = build.finish()
     return CachedFeatures(
         train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), key, False
     )
@@ -218,42 +222,74 @@ def entry_folder(cache_root: Path, key: str) -> Path:
     return cache_root / "features" / key
 
 
-def save(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray, reporter: Reporter) -> bool:
-    """Publish computed features as the entry ``folder``; a disk without room only costs a warning (the
-    features in memory still train this run). Whether the entry was published."""
-    needs = train.nbytes + val.nbytes
-    try:
-        check_free_space("the feature cache", needs, folder.parent)
-        _write(folder, fields, train, val)
-    except DataError as exc:  # known beforehand: not enough free space
-        reporter.warn(f"{exc}; training goes on without saving the features")
-    except OSError as exc:  # a full disk, a file-size limit, a read-only cache
-        if exc.errno not in UNWRITABLE:
-            raise
-        reporter.warn(f"{cannot_write('the feature cache', folder.parent, needs, exc)}; training goes on")
-    else:
-        reporter.log(f"Feature cache: built {folder}")
-        return True
-    return False
+class EntryBuild:
+    """The rows of a feature entry, computed straight into its files in a staging folder (memory-mapped,
+    their blocks reserved), so that building an entry of any size holds no row in memory, and published
+    whole by :meth:`finish`. A disk without room, or a run that does not publish (a cluster's workers,
+    which read the chief's entry), computes into memory instead: a warning for the disk, and the run goes
+    on. Used as a context manager: the staging folder goes when the block ends, published or not."""
 
+    def __init__(
+        self, folder: Path, fields: dict, copies: int, n_train: int, n_val: int, width: int, *,
+        reporter: Reporter, publish: bool = True,
+    ) -> None:  # fmt: skip
+        self.folder, self.fields, self.reporter = folder, fields, reporter
+        self._stack = contextlib.ExitStack()
+        self.staging: Path | None = None
+        self.needs = 4 * width * (copies * n_train + n_val)
+        shapes = {"train": (copies, n_train, width), "val": (n_val, width)}
+        if publish:
+            try:
+                check_free_space("the feature cache", self.needs, folder.parent)
+                self._stack.enter_context(store.building(folder))
+                self.staging = store.start(folder)
+                self.train, self.val = (
+                    np.lib.format.open_memmap(self.staging / f"{name}.npy", "w+", np.float32, shape)
+                    for name, shape in shapes.items()
+                )
+                for name in store.ARRAYS:
+                    store.allocate(self.staging / name)
+                return
+            except DataError as exc:  # known beforehand: not enough free space
+                reporter.warn(f"{exc}; training goes on without saving the features")
+            except OSError as exc:  # a full disk, a file-size limit, a read-only cache
+                if exc.errno not in UNWRITABLE:
+                    self._stack.close()
+                    raise
+                self._cannot_write(exc)
+            self._stack.close()
+            self.staging = None
+        self.train, self.val = (np.zeros(shape, np.float32) for shape in shapes.values())
 
-def save_and_map(
-    folder: Path, fields: dict, train: np.ndarray, val: np.ndarray, reporter: Reporter
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`save`, then the entry read back memory-mapped, so that the rows in memory can go and a
-    reader of a batch at a time holds only the pages it touches (which the system can take back); the
-    arrays themselves when the entry could not be written."""
-    if save(folder, fields, train, val, reporter):
-        return _read(folder, fields, train.shape[1], len(val), mmap=True) or (train, val)
-    return train, val
+    def __enter__(self) -> EntryBuild:
+        return self
 
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
 
-def _write(folder: Path, fields: dict, train: np.ndarray, val: np.ndarray) -> None:
-    with store.building(folder):
-        staging = store.start(folder)
-        np.save(staging / "train.npy", train)
-        np.save(staging / "val.npy", val)
-        store.publish(staging, folder, fields, shapes={"train": list(train.shape), "val": list(val.shape)})
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """Publish the entry and read it back memory-mapped (a reader of a batch at a time holds only the
+        pages it touches, which the system can take back); the rows as they are when not publishing."""
+        if self.staging is None:
+            return self.train, self.val
+        shapes = {"train": list(self.train.shape), "val": list(self.val.shape)}
+        try:
+            for rows in (self.train, self.val):
+                rows.flush()
+            store.publish(self.staging, self.folder, self.fields, shapes=shapes)
+        except OSError as exc:
+            if exc.errno not in UNWRITABLE:
+                raise
+            self._cannot_write(exc)
+            return self.train, self.val  # still mapped: the file lives on until the map goes
+        self.reporter.log(f"Feature cache: built {self.folder}")
+        mapped = _read(self.folder, self.fields, self.train.shape[1], len(self.val), mmap=True)
+        return mapped or (self.train, self.val)
+
+    def _cannot_write(self, exc: OSError) -> None:
+        self.reporter.warn(
+            f"{cannot_write('the feature cache', self.folder.parent, self.needs, exc)}; training goes on"
+        )
 
 
 def _read(

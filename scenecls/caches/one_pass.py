@@ -106,28 +106,30 @@ def build_both(
     forward = _forward(cut, activation_inputs, views)
     train_steps, val_steps = (-(-len(split) // activation_inputs.batch_size) for split in (train, val))
     task = reporter.task("Caching features and activations", total=train_steps + val_steps, unit="batches")
+    copies = views.count(views.feature_copies)
     try:
-        with store.building(activation_folder):
+        with (
+            features.EntryBuild(
+                feature_folder, feature_fields, copies, len(train), len(val), forward.width, reporter=reporter
+            ) as rows,
+            store.building(activation_folder),
+        ):
             for dtype in (activations.STORED_DTYPE, np.float32):
                 staging = store.start(activation_folder)
                 task.update(completed=0)
                 try:
-                    train_features, val_features, scale = _pass(
-                        staging, dtype, views, forward, cut.shape, task
-                    )
+                    scale = _pass(staging, dtype, views, forward, cut.shape, task, rows)
                     break
                 except activations.Overflow:
                     reporter.log(f"Activation cache: values beyond float16's range; storing {key} as float32")
             store.publish(staging, activation_folder, activation_fields, shape=list(cut.shape), scale=scale)
+            train_features, val_features = rows.finish()
     except OSError as exc:  # a full disk, a file-size limit, a read-only cache: each cache on its own
         if exc.errno not in UNWRITABLE:
             raise
         return None
     finally:
         task.close()
-    train_features, val_features = features.save_and_map(
-        feature_folder, feature_fields, train_features, val_features, reporter
-    )
     cached_features = CachedFeatures(
         train_features, np.asarray(train.labels), val_features, np.asarray(val.labels), feature_key, False
     )
@@ -179,9 +181,9 @@ def _forward(cut: CutModels, inputs: CacheInputs, views: _Views) -> _Forward:
     return _Forward(lower, pool, int(pooled.output.shape[-1]), inputs)
 
 
-def _pass(staging: Path, dtype, views: _Views, forward: _Forward, shape: tuple[int, ...], task):
-    """One pass over the images: the activations written into ``staging`` as ``dtype``; ``(train features,
-    validation features, scale)``."""
+def _pass(staging: Path, dtype, views: _Views, forward: _Forward, shape: tuple[int, ...], task, rows):
+    """One pass over the images: the activations written into ``staging`` as ``dtype``, the pooled
+    features into ``rows`` (a :class:`~scenecls.caches.features.EntryBuild`); the activations' scale."""
     from scenecls.data.pipeline import finite_dataset_warnings_silenced
 
     train, val = forward.inputs.train, forward.inputs.val
@@ -190,16 +192,14 @@ def _pass(staging: Path, dtype, views: _Views, forward: _Forward, shape: tuple[i
         staging, dtype, activation_copies, len(train), len(val), shape
     )
     scale = None if dtype == np.float16 else 1.0
-    train_features = np.zeros((views.count(views.feature_copies), len(train), forward.width), np.float32)
-    val_features = np.zeros((1, len(val), forward.width), np.float32)
     with finite_dataset_warnings_silenced():
-        scale = _fill(train, views, train_store, train_features, forward, task, scale)
+        scale = _fill(train, views, train_store, rows.train, forward, task, scale)
         if len(val):  # none with --val-split 0
             as_it_is = _Views([None], [[0]], [[0]])
-            scale = _fill(val, as_it_is, val_store[None], val_features, forward, task, scale)
+            scale = _fill(val, as_it_is, val_store[None], rows.val[None], forward, task, scale)
     for memmap in (train_store, val_store):
         memmap.flush()
-    return train_features, val_features[0], 1.0 if scale is None else scale
+    return 1.0 if scale is None else scale
 
 
 def _fill(split: Split, views: _Views, stored, feature_rows, forward: _Forward, task, scale: float | None):

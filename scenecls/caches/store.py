@@ -12,7 +12,9 @@ entry of another version, other options or damaged bytes is never misread: it is
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -102,3 +104,15 @@ def mark_used(folder: Path) -> None:
     """Record that an entry was read (its ``meta.json``'s time), for clearing the least recently used."""
     with contextlib.suppress(OSError):  # a read-only cache is still a cache
         (folder / META).touch()
+
+
+def allocate(path: Path) -> None:
+    """Reserve the blocks of a (sparse) memory-mapped file now: a disk that fills up later would kill
+    the process with SIGBUS at a write into the map, where this fails with a plain ``ENOSPC``."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
