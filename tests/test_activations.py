@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow  # trains several models: left out of the fast lan
 # ConvNeXt where training on the cache must match training on images: a random MobileNetV2's activations
 # are near 1e-10 and its head learns next to nothing. MobileNetV2 (far quicker) where only the choice of
 # source is at stake.
-TINY = tiny(backbone="convnext_tiny")
+TINY = tiny()
 QUICK = ["--backbone", "mobilenet_v2", "--weights", "none", "--image-size", "32", "-b", "8", "--no-export"]
 
 

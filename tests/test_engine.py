@@ -14,7 +14,7 @@ from tests.conftest import ctrl_c_at_batch, invoke, tiny, write_train_test
 
 pytestmark = pytest.mark.slow  # trains several models: left out of the fast lane (-m "not slow")
 
-TINY = tiny(backbone="convnext_tiny")
+TINY = tiny()
 
 
 @pytest.fixture(scope="module")

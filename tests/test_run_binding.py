@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import invoke, one_error_line, tiny, write_class_folders
 
-TINY = tiny(backbone="convnext_tiny")
+TINY = tiny()
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
