@@ -275,7 +275,9 @@ def _write_arrays(
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
 
     train, val, size, batch_size = inputs.train, inputs.val, inputs.size, inputs.batch_size
-    train_store, val_store = open_arrays(staging, dtype, len(augmentations), len(train), len(val), shape)
+    train_store, val_store = store.open_arrays(
+        staging, dtype, (len(augmentations), len(train), *shape), (len(val), *shape)
+    )
     scale = None if dtype == np.float16 else 1.0
     with finite_dataset_warnings_silenced():
         for copy, layers in enumerate(augmentations):
@@ -288,20 +290,6 @@ def _write_arrays(
     for memmap in (train_store, val_store):
         memmap.flush()
     return scale
-
-
-def open_arrays(
-    staging: Path, dtype, copies: int, n_train: int, n_val: int, shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``train.npy`` (``copies`` copies) and ``val.npy`` in ``staging``, memory-mapped for writing, their
-    blocks reserved on the disk."""
-    train_store = np.lib.format.open_memmap(
-        staging / "train.npy", mode="w+", dtype=dtype, shape=(copies, n_train, *shape)
-    )
-    val_store = np.lib.format.open_memmap(staging / "val.npy", mode="w+", dtype=dtype, shape=(n_val, *shape))
-    for name in ("train.npy", "val.npy"):
-        store.allocate(staging / name)
-    return train_store, val_store
 
 
 def _fill(memmap: np.ndarray, dataset, forward, task, scale: float | None) -> float:

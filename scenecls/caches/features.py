@@ -141,9 +141,10 @@ def compute_features(
 
     reporter = reporter or NullReporter()
     forward = forward or extractor(classifier, batch_size, images=len(split) * (len(augmentations) + 1))
-    width = int(classifier.get_layer(POOL_LAYER).output.shape[-1])
-    # filled in place: one array at the peak, not a list of batches and its copies
-    rows = np.zeros((len(augmentations) + 1, len(split), width), np.float32) if into is None else into
+    rows = into
+    if rows is None:  # filled in place: one array at the peak, not a list of batches and its copies
+        width = int(classifier.get_layer(POOL_LAYER).output.shape[-1])
+        rows = np.zeros((len(augmentations) + 1, len(split), width), np.float32)
     steps = -(-len(split) // batch_size)
     task = reporter.task("Caching features", total=steps * (len(augmentations) + 1), unit="batches")
     try:
@@ -243,12 +244,7 @@ class EntryBuild:
                 check_free_space("the feature cache", self.needs, folder.parent)
                 self._stack.enter_context(store.building(folder))
                 self.staging = store.start(folder)
-                self.train, self.val = (
-                    np.lib.format.open_memmap(self.staging / f"{name}.npy", "w+", np.float32, shape)
-                    for name, shape in shapes.items()
-                )
-                for name in store.ARRAYS:
-                    store.allocate(self.staging / name)
+                self.train, self.val = store.open_arrays(self.staging, np.float32, *shapes.values())
                 return
             except DataError as exc:  # known beforehand: not enough free space
                 reporter.warn(f"{exc}; training goes on without saving the features")

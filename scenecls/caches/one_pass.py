@@ -188,8 +188,8 @@ def _pass(staging: Path, dtype, views: _Views, forward: _Forward, shape: tuple[i
 
     train, val = forward.inputs.train, forward.inputs.val
     activation_copies = views.count(views.activation_copies)
-    train_store, val_store = activations.open_arrays(
-        staging, dtype, activation_copies, len(train), len(val), shape
+    train_store, val_store = store.open_arrays(
+        staging, dtype, (activation_copies, len(train), *shape), (len(val), *shape)
     )
     scale = None if dtype == np.float16 else 1.0
     with finite_dataset_warnings_silenced():

@@ -26,6 +26,8 @@ from scenecls.checksums import file_sha256
 from scenecls.files import STAGING_MARKER, make_staging, remove_abandoned, staging_path
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from scenecls.data.augment import AugmentConfig
     from scenecls.data.layout import Split
 
@@ -104,6 +106,22 @@ def mark_used(folder: Path) -> None:
     """Record that an entry was read (its ``meta.json``'s time), for clearing the least recently used."""
     with contextlib.suppress(OSError):  # a read-only cache is still a cache
         (folder / META).touch()
+
+
+def open_arrays(
+    staging: Path, dtype, train_shape: tuple[int, ...], val_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """An entry's ``train.npy`` and ``val.npy`` in ``staging``, memory-mapped for writing, their blocks
+    reserved on the disk (see :func:`allocate`): both caches build their entries into these."""
+    import numpy as np
+
+    arrays = tuple(
+        np.lib.format.open_memmap(staging / name, mode="w+", dtype=dtype, shape=shape)
+        for name, shape in zip(ARRAYS, (train_shape, val_shape), strict=True)
+    )
+    for name in ARRAYS:
+        allocate(staging / name)
+    return arrays
 
 
 def allocate(path: Path) -> None:
