@@ -284,8 +284,7 @@ def resolve_model(value: str | None, project: Path) -> tuple[Path, Path | None]:
 
 
 def recorded_status(run_dir: Path) -> str | None:
-    """The status ``state.json`` records (``running``, ``finished``, ``interrupted``, ``failed``), or None
-    for a folder without one (a run never started)."""
+    """The status ``state.json`` records (see :data:`STATUSES`); None without one (a run never started)."""
     return read_state(run_dir).get("status") if (run_dir / STATE).is_file() else None
 
 

@@ -98,11 +98,7 @@ def sweep(
     if base.unlabelled is not None and base.teacher is None:
         raise UsageError("--unlabelled in a sweep needs --teacher: train the teacher first (scenecls train)")
     folder = project / (name or "sweep")
-    share = None if shard is None else sweeps.parse_shard(shard)  # "" (an unset variable) is refused
-    if share and collect:
-        raise UsageError("--collect gathers every shard's runs; give it without --shard")
-    if share and ensembles:
-        raise UsageError("--ensemble needs every shard's runs: give it to --collect once they are done")
+    share = _share(shard, collect, ensembles)
     if dry_run:
         out.load_tensorflow()
         chosen = sweeps.shard_points(points, *share) if share else points
@@ -143,6 +139,19 @@ def sweep(
     _render(out, rows, fmt, f"Sweep results ({folder})")
     if not ensembles:
         _suggest_ensembles(out, folder, points)
+
+
+def _share(shard: str | None, collect: bool, ensembles: bool) -> tuple[int, int] | None:
+    """``--shard I/N`` as (I, N), checked against the options that need every shard's runs."""
+    from scenecls.errors import UsageError
+    from scenecls.training import sweep as sweeps
+
+    share = None if shard is None else sweeps.parse_shard(shard)  # "" (an unset variable) is refused
+    if share and collect:
+        raise UsageError("--collect gathers every shard's runs; give it without --shard")
+    if share and ensembles:
+        raise UsageError("--ensemble needs every shard's runs: give it to --collect once they are done")
+    return share
 
 
 def _grid(backbones: str, unfreeze: str, dense: str, seeds: str | None, ensembles: bool) -> list:
