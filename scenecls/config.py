@@ -160,8 +160,9 @@ class TrainConfig:
         "--unlabelled, a run trained first with the same options]",
         metavar="RUN",
     )
-    # Chosen by measurement (benchmarks/README.md, "Students"): hard pseudo-labels scored 0.9293 on both
-    # seeds measured, soft targets from the same teacher 0.9180, the default run 0.9277.
+    # Chosen by measurement (benchmarks/README.md, "Students"): on two seeds hard pseudo-labels scored 0.9293,
+    # soft targets from the same teacher 0.9230; over five seeds a hard student scored 0.9251 against its
+    # teacher's (today's default run) 0.9277, so neither beats a plain run on intel-dev.
     targets: str = option_field(
         "hard",
         "What the student learns on unlabelled images: soft (the teacher's probabilities; labelled images "
