@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
 import stat
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +33,22 @@ needs_real_photos = pytest.mark.skipif(
     not (MINI.is_file() and WEIGHTS_FILE.is_file()),
     reason="needs ../shared/data/intel-mini.zip and ../shared/weights (real MobileNetV2 weights)",
 )
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """What ``build(folder)`` returns, built by the first of the test workers that asks and reused by the
+    others (each worker's module fixtures would otherwise train the same run once per worker). For
+    fixtures whose tests only read what was built, or copy it to change it: the workers share it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the base folder all workers of this session share
+    folder, done = root / f"built-{name}", root / f"built-{name}.done"
+    with open(root / f"built-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait for the first to finish, then read its result
+        if not done.is_file():
+            folder.mkdir(exist_ok=True)
+            done.write_text(str(build(folder)))
+        return Path(done.read_text())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -178,16 +196,19 @@ def invoke(*args: str, **kwargs):
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Path:
     """A finished tiny run (3 classes of generated scenes, 10 train and 5 test images each, 3 epochs of
-    the head) with its end-of-run ``best.tflite``, for tests that only read a run: copy it to change it."""
-    data = tmp_path_factory.mktemp("finished-data")
-    write_train_test(data, 10, 5)
-    project = tmp_path_factory.mktemp("finished-runs")
-    recipe = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "0", export=True)
-    result = invoke("-q", "train", "--data", str(data), *recipe, "--project", str(project), "--name",
-                    "finished")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert (project / "finished" / "best.tflite").is_file()
-    return project / "finished"
+    the head) with its end-of-run ``best.tflite``, for tests that only read a run: copy it to change it.
+    Trained once for all the test workers."""
+
+    def build(root: Path) -> Path:
+        write_train_test(root / "data", 10, 5)
+        recipe = tiny("--dense", "1", "--epochs", "3", "--finetune-epochs", "0", export=True)
+        result = invoke("-q", "train", "--data", str(root / "data"), *recipe, "--project", str(root / "runs"),
+                        "--name", "finished")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert (root / "runs" / "finished" / "best.tflite").is_file()
+        return root / "runs" / "finished"
+
+    return built_once(tmp_path_factory, "finished-run", build)
 
 
 def tiny(

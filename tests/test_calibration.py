@@ -218,6 +218,7 @@ def test_without_validation_images_there_is_nothing_to_fit(tmp_path):
     assert "--val-split 0" in one_error_line(refused)
 
 
+@pytest.mark.slow  # trains a run end to end
 def test_a_class_named_unknown_is_warned_at_training_and_kept_apart_from_abstentions(tmp_path):
     data = write_class_folders(tmp_path / "data", 6, seed=3, size=40, classes=("alpha", "unknown"))
     project = tmp_path / "runs"

@@ -241,6 +241,7 @@ def test_bad_unlabelled_folders_and_teachers_are_one_line_exit_2_and_write_nothi
         assert file_snapshot(unlabelled) == before
 
 
+@pytest.mark.slow  # trains a student end to end
 def test_a_student_without_unlabelled_images_is_distillation_on_the_labelled_ones(
     finished_run, scenes, tmp_path
 ):

@@ -157,7 +157,12 @@ def test_preprocessing_lives_in_the_model():
 
 
 @pytest.mark.parametrize(
-    "name", ["mobilenet_v2", pytest.param("inception_resnet_v2", marks=pytest.mark.slow), "convnext_tiny"]
+    "name",
+    [
+        "mobilenet_v2",
+        pytest.param("inception_resnet_v2", marks=pytest.mark.slow),
+        pytest.param("convnext_tiny", marks=pytest.mark.slow),  # over 10 s: its weights are large
+    ],
 )
 def test_save_and_load_round_trip_in_safe_mode(tmp_path, name):
     size = small_size(name)

@@ -14,21 +14,25 @@ import pytest
 
 from scenecls import runs
 from scenecls.training import sweep as sweeps
-from tests.conftest import RecordingReporter, invoke, one_error_line, tiny, write_class_folders
+from tests.conftest import RecordingReporter, built_once, invoke, one_error_line, tiny, write_class_folders
 
 TINY = tiny(export=True)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    data = write_class_folders(root / "data", 6, size=32)
-    result = invoke(
-        "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1",
-        "--project", str(root / "runs"), "--format", "json",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return Path(json.loads(result.stdout)["run_dir"])
+    """A finished two-phase run, trained once for every test worker: the tests copy it to damage it."""
+
+    def build(root: Path) -> Path:
+        data = write_class_folders(root / "data", 6, size=32)
+        result = invoke(
+            "train", "--data", str(data), *TINY, "--epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1",
+            "--project", str(root / "runs"), "--format", "json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return Path(json.loads(result.stdout)["run_dir"])
+
+    return built_once(tmp_path_factory, "runs-finished", build)
 
 
 @pytest.fixture
