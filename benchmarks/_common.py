@@ -42,6 +42,23 @@ def named_dataset(name: str, workdir: Path) -> Path:
     return workdir / name
 
 
+def linked_folder(folder: Path, images: dict[str, list[str]]) -> Path:
+    """``folder/<class>/<name>``: a hard link to each image (``images``: class -> paths), or a copy where
+    the image lives on another file system."""
+    import shutil
+
+    for name, paths in images.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            target = folder / name / Path(path).name
+            if not target.exists():
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copy2(path, target)
+    return folder
+
+
 def run_scenecls(args: list[str], home: Path) -> str:
     """``scenecls -q ARGS`` in a fresh process with ``home`` as its SCENECLS_HOME; its stdout.
     Exits with scenecls's error when it fails."""

@@ -3,10 +3,18 @@ it on the same data, weights and seed: each phase's seconds, the totals, the rat
 
 Run: python benchmarks/seed_pipeline.py [--data intel-dev] [--weights PATH] [--seed 0] [--compare]
                                         [--epochs 10] [--finetune-epochs 10] [--json]
+                                        [--fractions 0.25,0.5,1 [--plot scaling.png] [--rows rows.json]]
 
 ``--compare`` runs the seed pipeline in a fresh process, then ``scenecls train --backbone mobilenet_v2``
 with the defaults in another, and gives both the two phases' seconds and each process's wall seconds end
 to end (start-up, data, both phases, the test: what a user waits for), and their ratios.
+
+``--fractions`` makes that comparison on a seeded share of each class's training images (a folder of hard
+links; the test images whole), one share after the other, each pipeline with empty caches: how each
+pipeline's seconds grow with the data. It prints a table, a straight line fitted to each pipeline's
+seconds against its training images and what the line predicts for the Intel set's 14,034 training
+images; ``--plot`` draws the seconds against the images and the test accuracy against the seconds, a
+line per pipeline, and ``--rows`` keeps the measured rows as JSON.
 
 The seed's pipeline, as it was: Keras's ``ImageDataGenerator`` (no longer public in Keras 3; its legacy
 implementation is imported) with the seed's augmentation ranges (rotation 40 degrees, shifts 0.2, shear
@@ -33,10 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED_WEIGHTS, machine, named_dataset, run_scenecls
+from _common import SHARED_WEIGHTS, linked_folder, machine, named_dataset, run_scenecls
 
 SIZE = 150
 BATCH = 32
+INTEL_TRAIN_IMAGES = 14_034  # the Intel set's whole seg_train, which intel-dev samples
 
 
 def seed_pipeline(data: Path, weights: str, seed: int, epochs: int, finetune_epochs: int) -> dict:
@@ -133,9 +142,15 @@ def main() -> None:
         "--compare", action="store_true", help="run scenecls train beside it, one after the other"
     )
     parser.add_argument("--json", action="store_true", help="print the seed pipeline's result as JSON")
+    parser.add_argument("--fractions", help="compare on these shares of the training images, e.g. 0.25,0.5,1")
+    parser.add_argument("--plot", type=Path, help="with --fractions: draw the scaling figure into this PNG")
+    parser.add_argument("--rows", type=Path, help="with --fractions: write the measured rows as JSON here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scenecls-seed-"))
     data = named_dataset(args.data, work)
+    if args.fractions:
+        scaling(data, args, [float(f) for f in args.fractions.split(",")], work)
+        return
     if not args.compare:
         seed = seed_pipeline(data, args.weights, args.seed, args.epochs, args.finetune_epochs)
         if args.json:
@@ -155,6 +170,122 @@ def main() -> None:
         f"{sum(seed['seconds'].values()) / sum(ours['seconds'].values()):.1f}x in the two phases "
         f"(head {ratios['head']:.0f}x, fine-tuning {ratios['finetune']:.1f}x)"
     )
+
+
+def share_of(data: Path, fraction: float, seed: int, work: Path) -> tuple[Path, int]:
+    """``data`` with a seeded ``fraction`` of each class's training images (hard links) and all its test
+    images, and how many training images that is; ``data`` itself at a fraction of 1."""
+    import numpy as np
+
+    def images(split: str) -> dict[str, list[str]]:
+        folders = sorted(p for p in (data / split).iterdir() if p.is_dir())
+        return {f.name: sorted(str(p) for p in f.iterdir() if p.is_file()) for f in folders}
+
+    train = images("train")
+    if fraction >= 1:
+        return data, sum(map(len, train.values()))
+    rng = np.random.default_rng(seed)
+    chosen = {
+        name: sorted(rng.choice(paths, max(2, round(len(paths) * fraction)), replace=False).tolist())
+        for name, paths in train.items()
+    }
+    share = work / f"share-{fraction:g}"
+    linked_folder(share / "train", chosen)
+    linked_folder(share / "test", images("test"))
+    return share, sum(map(len, chosen.values()))
+
+
+def scaling(data: Path, args: argparse.Namespace, fractions: list[float], work: Path) -> None:
+    """Both pipelines on each share of the training images, one after the other: the table, the fitted
+    lines and what they predict for the whole Intel training set."""
+    import numpy as np
+
+    rows = []
+    for fraction in fractions:
+        share, count = share_of(data, fraction, args.seed, work)
+        seed = seed_as_command(share, args)
+        ours = scenecls_defaults(share, args.weights, args.seed, work / f"scenecls-{fraction:g}")
+        for pipeline, result in (("the seed's", seed), ("scenecls train", ours)):
+            seconds, test = result["total"], result["test_accuracy"]
+            rows.append(
+                {
+                    "pipeline": pipeline,
+                    "fraction": fraction,
+                    "images": count,
+                    "seconds": seconds,
+                    "test": test,
+                }
+            )
+        print(
+            f"{fraction:g} ({count} images): seed {describe(seed)}; scenecls {describe(ours)}",
+            file=sys.stderr,
+        )
+    print(f"{args.data}, seed {args.seed}; {machine()}\n")
+    print("| share | training images | the seed's s | its test | `scenecls train` s | its test | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for theirs, ours in zip(rows[::2], rows[1::2], strict=True):
+        ratio = theirs["seconds"] / ours["seconds"]
+        cells = [
+            f"{theirs['fraction']:g}",
+            f"{theirs['images']:,}",
+            f"{theirs['seconds']:,.0f}",
+            f"{theirs['test']:.4f}",
+            f"{ours['seconds']:,.0f}",
+            f"{ours['test']:.4f}",
+            f"{ratio:.1f}x",
+        ]
+        print(f"| {' | '.join(cells)} |")
+    lines = {}
+    for pipeline in ("the seed's", "scenecls train"):
+        mine = [r for r in rows if r["pipeline"] == pipeline]
+        if len(mine) > 1:
+            slope, start = np.polyfit([r["images"] for r in mine], [r["seconds"] for r in mine], 1)
+            lines[pipeline] = (float(slope), float(start))
+            whole = start + slope * INTEL_TRAIN_IMAGES
+            print(f"\n{pipeline}: {start:,.0f} s {slope * 1000:+,.1f} s per 1,000 training images; "
+                  f"{whole:,.0f} s predicted for {INTEL_TRAIN_IMAGES:,}")  # fmt: skip
+    if args.rows:
+        args.rows.write_text(json.dumps(rows, indent=1))
+    if args.plot:
+        plot_scaling(rows, lines, args.plot)
+
+
+def plot_scaling(rows: list[dict], lines: dict[str, tuple[float, float]], out: Path) -> None:
+    """Seconds against training images (measured points, the fitted line out to the whole Intel set) and
+    test accuracy against seconds (a line per pipeline through its shares)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_images, by_seconds) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for pipeline, colour in (("the seed's", "tab:red"), ("scenecls train", "tab:blue")):
+        mine = [r for r in rows if r["pipeline"] == pipeline]
+        images, seconds = [r["images"] for r in mine], [r["seconds"] for r in mine]
+        by_images.plot(images, seconds, "o", color=colour, label=pipeline)
+        if pipeline in lines:
+            slope, start = lines[pipeline]
+            ends = [0, INTEL_TRAIN_IMAGES]
+            by_images.plot(ends, [start + slope * x for x in ends], "--", color=colour, linewidth=1)
+        by_seconds.plot(seconds, [r["test"] for r in mine], "o-", color=colour, label=pipeline)
+        for row in mine:
+            where = (row["seconds"], row["test"])
+            by_seconds.annotate(
+                f"{row['fraction']:g}", where, textcoords="offset points", xytext=(4, -10), fontsize=8
+            )
+    by_images.axvline(
+        INTEL_TRAIN_IMAGES, color="grey", linewidth=0.8, label=f"the Intel set ({INTEL_TRAIN_IMAGES:,})"
+    )
+    by_images.set_ylim(bottom=0)
+    by_seconds.margins(x=0.12, y=0.12)  # room for the share labels beside the points
+    by_images.set(xlabel="training images", ylabel="seconds, end to end", title="Time as the data grows")
+    by_seconds.set(xlabel="seconds, end to end", ylabel="test accuracy", title="Time to accuracy, by share")
+    for axes in (by_images, by_seconds):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    print(f"\nplot: {out}")
 
 
 def seed_as_command(data: Path, args: argparse.Namespace) -> dict:

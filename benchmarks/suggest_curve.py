@@ -30,20 +30,9 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from _common import SHARED_WEIGHTS, machine, named_dataset, run_scenecls
+from _common import SHARED_WEIGHTS, linked_folder, machine, named_dataset, run_scenecls
 
 TRAIN = ["--backbone", "mobilenet_v2", "--no-export", "--format", "json"]
-
-
-def linked_folder(folder: Path, images: dict[str, list[str]]) -> Path:
-    """``folder/<class>/<name>``: a hard link to each image (``images``: class -> paths)."""
-    for name, paths in images.items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for path in paths:
-            target = folder / name / Path(path).name
-            if not target.exists():
-                os.link(path, target)
-    return folder
 
 
 def remove_ours(folder: Path, ours) -> None:
