@@ -161,8 +161,9 @@ class TrainConfig:
         metavar="RUN",
     )
     # Chosen by measurement (benchmarks/README.md, "Students"): on two seeds hard pseudo-labels scored 0.9293,
-    # soft targets from the same teacher 0.9230; over five seeds a hard student scored 0.9251 against its
-    # teacher's (today's default run) 0.9277, so neither beats a plain run on intel-dev.
+    # soft targets from the same teacher 0.9230; over five seeds against today's default run (0.9277), hard
+    # and soft students of it scored 0.9251 and 0.9269, of a 3-run ensemble 0.9261 and 0.9247: hard and soft
+    # trade places inside their spreads, and no student beats a plain run on intel-dev.
     targets: str = option_field(
         "hard",
         "What the student learns on unlabelled images: soft (the teacher's probabilities; labelled images "
