@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import stat
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable
@@ -42,12 +43,11 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Pa
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the base folder all workers of this session share
-    folder, done = root / f"built-{name}", root / f"built-{name}.done"
+    done = root / f"built-{name}.done"
     with open(root / f"built-{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait for the first to finish, then read its result
-        if not done.is_file():
-            folder.mkdir(exist_ok=True)
-            done.write_text(str(build(folder)))
+        if not done.is_file():  # a fresh folder per attempt: one that failed leaves nothing in the way
+            done.write_text(str(build(Path(tempfile.mkdtemp(prefix=f"built-{name}-", dir=root)))))
         return Path(done.read_text())
 
 
