@@ -136,11 +136,23 @@ class ServeOptions:
     )  # fmt: skip
 
 
+SUGGEST_STRATEGIES = ("diverse", "uncertain")
+
+
 @dataclass(frozen=True)
 class SuggestOptions:
     """``scenecls suggest``."""
 
     budget: int = option_field(100, "Images to suggest.", kind="int", low=1, high=1_000_000, metavar="N")
+    # diverse stays the default: on intel-dev the two measured within a seed's spread of each other
+    # (benchmarks/README.md, "What to label next"), and only diverse keeps a budget off a burst of near
+    # copies of one doubtful scene.
+    strategy: str = option_field(
+        "diverse",
+        "How to choose among the images the model is least sure of: diverse (k-centre greedy: unlike the "
+        "labelled images and each other) or uncertain (the least sure first, nothing else).",
+        kind="choice", choices=SUGGEST_STRATEGIES,
+    )  # fmt: skip
     batch_size: int = batch_size_field()
 
 

@@ -64,6 +64,7 @@ class SuggestResult:
     unreadable: int
     copies: int  # left out as copies of labelled images
     output: Path | None = None
+    strategy: str = SUGGEST.strategy
     files: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +72,7 @@ class SuggestResult:
             "pool": self.pool,
             "unreadable": self.unreadable,
             "copies_of_labelled": self.copies,
+            "strategy": self.strategy,
             "output": None if self.output is None else str(self.output),
             "files": [str(p) for p in self.files],
             "suggestions": [s.to_dict() for s in self.suggestions],
@@ -86,13 +88,16 @@ def check_budget(budget: int, pool: int) -> None:
 # ---------------------------------------------------------------------------------------------- choosing
 def choose(
     probabilities: np.ndarray, features: np.ndarray, labelled: np.ndarray, budget: int, *,
-    pool_factor: int = POOL_FACTOR,
+    pool_factor: int = POOL_FACTOR, strategy: str = SUGGEST.strategy,
 ) -> list[int]:  # fmt: skip
     """Indices of ``budget`` images, in the order picked: among the ``pool_factor x budget`` with the
-    smallest margin, k-centre greedy from the ``labelled`` features (cosine distance)."""
+    smallest margin, k-centre greedy from the ``labelled`` features (cosine distance); with ``strategy``
+    "uncertain", the ``budget`` smallest margins, smallest first."""
     ordered = np.sort(probabilities, axis=1)
     margin = ordered[:, -1] - (ordered[:, -2] if probabilities.shape[1] > 1 else 0)
     candidates = np.argsort(margin, kind="stable")[: max(budget, pool_factor * budget)]
+    if strategy == "uncertain":
+        return [int(i) for i in candidates[:budget]]
     points = _unit(features[candidates])
     # Each candidate's distance to the nearest labelled image (2: as far as can be, with none labelled).
     nearest = 1 - np.max(_unit(labelled) @ points.T, axis=0) if len(labelled) else np.full(len(points), 2.0)
@@ -168,7 +173,7 @@ def _surveyed(paths: list[str], root: Path, reporter: Reporter, digests: dict[st
 # ---------------------------------------------------------------------------------------------- the command
 def suggest(
     run_dir: Path, pool_folder: Path, budget: int = SUGGEST.budget, *, output: Path, copy: bool = False,
-    batch_size: int = SUGGEST.batch_size, reporter: Reporter | None = None,
+    strategy: str = SUGGEST.strategy, batch_size: int = SUGGEST.batch_size, reporter: Reporter | None = None,
 ) -> SuggestResult:  # fmt: skip
     """Rank ``pool_folder``'s images for labelling with the finished run ``run_dir`` and write the
     suggestions to ``output`` (see the module's docstring)."""
@@ -223,14 +228,16 @@ def suggest(
         f"Choosing {count(budget, 'image')} among {count(len(keep), 'unlabelled image')} "
         f"({count(int(copies.sum()), 'copy', 'copies')} of labelled images left out)"
     )
-    picked = choose(probabilities[keep], features["pool"][keep], labelled_features, budget)
+    picked = choose(probabilities[keep], features["pool"][keep], labelled_features, budget, strategy=strategy)
     suggestions = []
     for rank, i in enumerate(keep[picked], start=1):
         row = probabilities[i]
         top = np.argsort(-row)[:2]
         margin = float(row[top[0]] - (row[top[1]] if len(top) > 1 else 0.0))
         suggestions.append(Suggestion(rank, str(pool[i]), classes[top[0]], float(row[top[0]]), margin))
-    result = SuggestResult(suggestions, len(pool) + unreadable, unreadable, int(copies.sum()), output)
+    result = SuggestResult(
+        suggestions, len(pool) + unreadable, unreadable, int(copies.sum()), output, strategy
+    )
     result.files = _write(result, output, classes, copy=copy)
     return result
 

@@ -31,6 +31,16 @@ def test_choose_takes_doubtful_images_from_different_places_not_one_cluster_twic
     assert len(set(picked) & {0, 1, 2, 3}) == 1  # one of the cluster, not two
 
 
+def test_the_uncertain_strategy_takes_the_smallest_margins_first_whatever_their_features():
+    # Margins 0.30, 0.10, 0.02, 0.20, 0.90: images 2 and 1 are the least sure, and twins in the features.
+    features = np.array([[0, 1], [1, 0], [1, 0.001], [0.7, 0.7], [0, 1]], dtype=np.float32)
+    probabilities = np.array([[0.65, 0.35], [0.55, 0.45], [0.51, 0.49], [0.6, 0.4], [0.95, 0.05]], np.float32)
+    labelled = np.array([[0, 1]], dtype=np.float32)
+    assert choose(probabilities, features, labelled, 3, strategy="uncertain") == [2, 1, 3]
+    diverse = choose(probabilities, features, labelled, 2, pool_factor=2, strategy="diverse")
+    assert len(set(diverse) & {1, 2}) == 1  # k-centre takes one of the twins, not both
+
+
 def test_copies_of_labelled_images_are_found_by_bytes_and_by_features(tmp_path):
     labelled = tmp_path / "labelled.jpg"
     labelled.write_bytes(b"\xff\xd8 the same picture")
@@ -172,6 +182,21 @@ def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alon
     assert result.stdout.splitlines()[0] == "rank,path,suggested,confidence,margin"
     files = sorted(p for p in output.rglob("*.jpg"))
     assert len(files) == 3 and not any(p.is_symlink() for p in files)
+    assert file_snapshot(pool) == before
+
+    # By uncertainty alone: every image that may be suggested, least sure first; a budget takes the front.
+    def uncertain(budget: int) -> dict:
+        output = tmp_path / f"uncertain-{budget}"
+        result = invoke("-q", "suggest", str(finished_run), str(pool), "--budget", str(budget), "--strategy",
+                        "uncertain", "--output", str(output), "--format", "json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    everything, front = uncertain(18), uncertain(4)
+    assert everything["strategy"] == front["strategy"] == "uncertain" and report["strategy"] == "diverse"
+    margins = [s["margin"] for s in everything["suggestions"]]
+    assert len(margins) == 18 and margins == sorted(margins)
+    assert [s["path"] for s in front["suggestions"]] == [s["path"] for s in everything["suggestions"][:4]]
     assert file_snapshot(pool) == before
 
 

@@ -23,14 +23,16 @@ from scenecls.command_options import SuggestOptions
     help="Folder for the CSV, the contact sheet and the class folders  [default: suggestions/<DIR's name>]",
 )
 @click.option("--copy", is_flag=True, help="Copy the images into the class folders instead of linking them.")
+@option("strategy", SuggestOptions)
 @option("batch_size", SuggestOptions)
 @project_option()
 @format_option("table", "json", "csv")
 @click.pass_obj
 def suggest(out: Output, run_ref: str, folder: Path, budget: int, output: Path | None, copy: bool,
-            batch_size: int, project: Path, fmt: str) -> None:  # fmt: skip
+            strategy: str, batch_size: int, project: Path, fmt: str) -> None:  # fmt: skip
     """Rank the unlabelled images in DIR for labelling with RUN's model: the ones it is least sure of and
-    most unlike the labelled images and each other. Copies of labelled images are never suggested.
+    most unlike the labelled images and each other (--strategy uncertain: the least sure alone). Copies of
+    labelled images are never suggested.
 
     Writes suggestions.csv (rank, path, suggested class, confidence, margin), suggestions.png (a contact
     sheet) and one folder per suggested class holding links (or --copy copies) to the images: sort them
@@ -43,8 +45,8 @@ def suggest(out: Output, run_ref: str, folder: Path, budget: int, output: Path |
 
     run_dir = trained_run(run_ref, project)
     output = output or default_output(run_dir, folder)
-    result = rank_images(run_dir, folder, budget, output=output, copy=copy, batch_size=batch_size,
-                         reporter=out.reporter())  # fmt: skip
+    result = rank_images(run_dir, folder, budget, output=output, copy=copy, strategy=strategy,
+                         batch_size=batch_size, reporter=out.reporter())  # fmt: skip
     rows = [
         [s.rank, s.path, s.suggested, round(s.confidence, 4), round(s.margin, 4)] for s in result.suggestions
     ]
