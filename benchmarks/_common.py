@@ -42,6 +42,12 @@ def named_dataset(name: str, workdir: Path) -> Path:
     return workdir / name
 
 
+def images_by_class(split: Path) -> dict[str, list[str]]:
+    """``split/<class>/<file>`` as class -> sorted paths of its files."""
+    folders = sorted(p for p in split.iterdir() if p.is_dir())
+    return {f.name: sorted(str(p) for p in f.iterdir() if p.is_file()) for f in folders}
+
+
 def linked_folder(folder: Path, images: dict[str, list[str]]) -> Path:
     """``folder/<class>/<name>``: a hard link to each image (``images``: class -> paths), or a copy where
     the image lives on another file system."""

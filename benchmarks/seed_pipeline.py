@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED_WEIGHTS, linked_folder, machine, named_dataset, run_scenecls
+from _common import SHARED_WEIGHTS, images_by_class, linked_folder, machine, named_dataset, run_scenecls
 
 SIZE = 150
 BATCH = 32
@@ -177,11 +177,7 @@ def share_of(data: Path, fraction: float, seed: int, work: Path) -> tuple[Path, 
     images, and how many training images that is; ``data`` itself at a fraction of 1."""
     import numpy as np
 
-    def images(split: str) -> dict[str, list[str]]:
-        folders = sorted(p for p in (data / split).iterdir() if p.is_dir())
-        return {f.name: sorted(str(p) for p in f.iterdir() if p.is_file()) for f in folders}
-
-    train = images("train")
+    train = images_by_class(data / "train")
     if fraction >= 1:
         return data, sum(map(len, train.values()))
     rng = np.random.default_rng(seed)
@@ -191,7 +187,7 @@ def share_of(data: Path, fraction: float, seed: int, work: Path) -> tuple[Path, 
     }
     share = work / f"share-{fraction:g}"
     linked_folder(share / "train", chosen)
-    linked_folder(share / "test", images("test"))
+    linked_folder(share / "test", images_by_class(data / "test"))
     return share, sum(map(len, chosen.values()))
 
 

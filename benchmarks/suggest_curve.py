@@ -30,7 +30,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from _common import SHARED_WEIGHTS, linked_folder, machine, named_dataset, run_scenecls
+from _common import SHARED_WEIGHTS, images_by_class, linked_folder, machine, named_dataset, run_scenecls
 
 TRAIN = ["--backbone", "mobilenet_v2", "--no-export", "--format", "json"]
 
@@ -125,7 +125,7 @@ def main() -> None:
     every = sorted((str(p), p.parent.name) for p in (data / "train").glob("*/*") if p.is_file())
     label_of = dict(every)
     classes = sorted({label for _, label in every})
-    test = {name: sorted(str(p) for p in (data / "test" / name).iterdir()) for name in classes}
+    test = images_by_class(data / "test")
     results_file = work / "curve.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     sizes = list(range(options.start, options.until + 1, options.step))
