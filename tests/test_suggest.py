@@ -201,7 +201,6 @@ def test_suggest_writes_its_csv_sheet_and_class_folders_and_leaves_the_pool_alon
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_a_copy_saved_again_is_found_by_its_hash_when_the_features_alone_would_not_say(
     finished_run, pool, tmp_path, monkeypatch
 ):
