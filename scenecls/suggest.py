@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from scenecls.command_options import SUGGEST
+from scenecls.command_options import SUGGEST, SUGGEST_STRATEGIES
 from scenecls.data.unlabelled import pool_images, same_bytes
 from scenecls.errors import UsageError
 from scenecls.inspection.options import HASH_DISTANCE
@@ -180,6 +180,8 @@ def suggest(
     from scenecls.files import check_output_folder, claim_folder
     from scenecls.runs import Run
 
+    if strategy not in SUGGEST_STRATEGIES:  # the command's choice checks it; a library caller's, here
+        raise UsageError(f"--strategy {strategy}: choose one of {', '.join(SUGGEST_STRATEGIES)}")
     reporter = reporter or NullReporter()
     run = Run(run_dir)
     if run.status != "finished":

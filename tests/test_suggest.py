@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scenecls.suggest import choose, copies_of_labelled, hash_lookalikes
+from scenecls.errors import UsageError
+from scenecls.suggest import choose, copies_of_labelled, hash_lookalikes, suggest
 from tests.conftest import file_snapshot, invoke, one_error_line, tiny, write_class_folders, write_train_test
 
 
@@ -39,6 +40,12 @@ def test_the_uncertain_strategy_takes_the_smallest_margins_first_whatever_their_
     assert choose(probabilities, features, labelled, 3, strategy="uncertain") == [2, 1, 3]
     diverse = choose(probabilities, features, labelled, 2, pool_factor=2, strategy="diverse")
     assert len(set(diverse) & {1, 2}) == 1  # k-centre takes one of the twins, not both
+
+
+def test_an_unknown_strategy_from_the_library_is_refused_before_anything_is_read_or_written(tmp_path):
+    with pytest.raises(UsageError, match="--strategy nearest: choose one of diverse, uncertain"):
+        suggest(tmp_path / "no-run", tmp_path, output=tmp_path / "out", strategy="nearest")
+    assert not (tmp_path / "out").exists()
 
 
 def test_copies_of_labelled_images_are_found_by_bytes_and_by_features(tmp_path):
