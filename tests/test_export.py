@@ -106,6 +106,21 @@ def test_labels_and_metadata_go_beside_the_model(run, exported):
     ).is_file()
 
 
+def test_a_tflite_has_a_serving_default_signature_that_answers_as_keras(run, exported):
+    """LiteRT's signature runner, as apps call a .tflite: ``serving_default`` takes ``pixels`` (0-255)
+    and gives the Keras model's probabilities."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from scenecls.classifier import load_model
+
+    interpreter = Interpreter(str(exported["tflite"]))
+    assert interpreter.get_signature_list()["serving_default"]["inputs"] == ["pixels"]
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    (probabilities,) = interpreter.get_signature_runner("serving_default")(pixels=pixels).values()
+    expected = load_model(run / "best.keras").predict(pixels, verbose=0)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
 def test_savedmodel_serves_encoded_jpeg_and_png_bytes(run, exported):
     import tensorflow as tf
 
