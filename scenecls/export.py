@@ -21,6 +21,7 @@ import numpy as np
 
 from scenecls import __version__
 from scenecls.checksums import record_checksum
+from scenecls.classifier import inference_function, input_size, load_model
 from scenecls.command_options import EXPORT, EXPORT_FORMATS, FOLDER_FORMATS
 from scenecls.errors import ModelError, UsageError, first_line
 from scenecls.files import atomic_path, make_staging, read_head, remove_abandoned
@@ -120,7 +121,7 @@ def export_model(
         record_checksum(output)
     for part in (OPENVINO_GRAPH, OPENVINO_WEIGHTS) if fmt == "openvino" else ():
         record_checksum(output / part)
-    height, width = int(model.input_shape[1]), int(model.input_shape[2])
+    height, width = input_size(model)
     _write_text(labels, labels_text)
     _write_text(
         metadata_path(output),
@@ -231,7 +232,7 @@ def _savedmodel(model, path: Path, *, classes: list[str], **_) -> None:
     import keras
     import tensorflow as tf
 
-    height, width = int(model.input_shape[1]), int(model.input_shape[2])
+    height, width = input_size(model)
     names = tf.constant(classes)
 
     def outputs(pixels):
@@ -272,7 +273,7 @@ def _tflite(model, path: Path, *, quantize: str | None, representative: np.ndarr
 
     import tensorflow as tf
 
-    height, width = int(model.input_shape[1]), int(model.input_shape[2])
+    height, width = input_size(model)
 
     def serve(pixels):
         return model(pixels, training=False)
@@ -317,7 +318,7 @@ def _onnx(model, path: Path, **_) -> None:
         import tf2onnx  # noqa: F401  (Keras's ONNX export needs it)
     except ImportError:
         raise ModelError("--to onnx needs tf2onnx: pip install 'scenecls[onnx]'") from None
-    height, width = int(model.input_shape[1]), int(model.input_shape[2])
+    height, width = input_size(model)
     model(np.zeros((1, height, width, 3), np.float32), training=False)  # Keras exports only a called model
     _quietly(lambda: model.export(str(path), format="onnx", verbose=False))
 
@@ -357,7 +358,6 @@ def check_parity(
 ) -> Parity:
     """Run ``images`` through the Keras model and the exported one: top-1 agreement, the largest
     probability difference, and both accuracies when ``labels`` are known."""
-    from scenecls.classifier import inference_function
 
     forward = inference_function(model, 32)
     runtime = load_runtime(exported)
@@ -389,7 +389,6 @@ def export_run(
     reporter=None,
 ) -> ExportResult:
     """Export a run's best model (or a ``.keras`` file) and check it on images of its own data."""
-    from scenecls.classifier import load_model
     from scenecls.progress import NullReporter
     from scenecls.runs import model_classes, resolve_model
 
@@ -399,7 +398,7 @@ def export_run(
         raise UsageError(f"{model_path} is already an exported model; export a run or a .keras file")
     model = load_model(model_path)
     classes = model_classes(model_path, run_dir) or [f"class_{i}" for i in range(model.output_shape[-1])]
-    size = (int(model.input_shape[1]), int(model.input_shape[2]))
+    size = input_size(model)
     target = output or default_output(model_path, fmt, quantize)
     need = max(parity_images, representative_images if quantize == "int8" else 0)
     images, labels, origin = sample_images(run_dir, data, size, need, classes, reporter=reporter)
