@@ -168,6 +168,7 @@ def save_model(model, path: Path) -> Path:
     """Write ``path`` atomically (a crash mid-write never leaves a damaged model file behind), and its
     SHA-256 beside it, checked whenever the file is loaded."""
     path = Path(path)
+    _cache_keras_skipsets()
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
     record_checksum(path)
@@ -187,6 +188,7 @@ def load_model(path: Path, *, compile: bool = False):
         raise ModelError(changed_since_written(path))
     check_keras_archive(path)  # sizes inside the zip, and layers that hold code, before Keras reads it
     _register_application_layers()
+    _cache_keras_skipsets()
     import scenecls.losses  # noqa: F401  (registers the losses a saved optimizer state refers to)
 
     try:
@@ -196,6 +198,30 @@ def load_model(path: Path, *, compile: bool = False):
     if not is_ensemble(model):
         backbone_of(model)  # refuses models scenecls did not make
     return model
+
+
+# The kinds of object Keras walks when it saves or loads a scenecls model.
+_SAVED_KINDS = ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss")
+
+
+def _cache_keras_skipsets() -> None:
+    """Keep Keras's per-kind list of attributes its model saving skips, which it means to compute once.
+
+    For every layer it saves or loads, Keras (3.15) builds a reference object of the layer's kind and
+    lists its attributes; it stores that set under ``saving_attr_skipset_<kind>`` but looks it up under
+    ``saving_attr_skiplist_<kind>``, so it never finds it and builds it again, 500 times per MobileNetV2:
+    a third of each ``.keras`` save (every epoch's checkpoint). The set is Keras's own, stored where
+    Keras looks; once Keras reads its own cache this finds it filled and does nothing.
+    """
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.saving.saving_lib import get_attr_skipset
+    except ImportError:  # another Keras layout: saving works as it does there
+        return
+    for kind in _SAVED_KINDS:
+        key = f"saving_attr_skiplist_{kind}"
+        if global_state.get_global_attribute(key) is None:  # per thread, and again after clear_session
+            global_state.set_global_attribute(key, get_attr_skipset(kind))
 
 
 def _register_application_layers() -> None:

@@ -105,3 +105,41 @@ def test_model_files_are_written_once_per_phase_from_the_best_and_last_heads(tmp
     assert int(last.optimizer.iterations) == 4 * 3
     head.discard()
     assert not (tmp_path / LAST_HEAD).exists() and not (tmp_path / BEST_HEAD).exists()
+
+
+def _archive_contents(path) -> tuple[bytes, dict[str, bytes]]:
+    """A ``.keras`` file's architecture and every array of its weights file, by name."""
+    import io
+    import zipfile
+
+    import h5py
+
+    arrays: dict[str, bytes] = {}
+
+    def keep(name: str, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()].tobytes()
+
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as h5:
+        h5.visititems(keep)
+        return archive.read("config.json"), arrays
+
+
+def test_a_model_file_holds_what_keras_itself_writes(trained, tmp_path):
+    """save_model keeps Keras's skip lists between saves (see classifier._cache_keras_skipsets): the file
+    is the one Keras writes without them, every layer's and the optimizer's arrays under the same names."""
+    import threading
+
+    from scenecls.classifier import save_model
+
+    model, _ = trained
+    own = tmp_path / "own.keras"
+    saved = threading.Thread(target=model.save, args=(own,))  # a new thread: Keras's state as at start
+    saved.start()
+    saved.join()
+    save_model(model, tmp_path / "ours.keras")
+    save_model(model, tmp_path / "again.keras")  # the second save reads the kept lists
+    architecture, arrays = _archive_contents(own)
+    assert len(arrays) > 100 and any(name.startswith("optimizer") for name in arrays)
+    assert _archive_contents(tmp_path / "ours.keras") == (architecture, arrays)
+    assert _archive_contents(tmp_path / "again.keras") == (architecture, arrays)
