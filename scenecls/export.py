@@ -265,12 +265,14 @@ def _savedmodel(model, path: Path, *, classes: list[str], **_) -> None:
 
 
 def _tflite(model, path: Path, *, quantize: str | None, representative: np.ndarray | None, **_) -> None:
-    """Convert a SavedModel that holds one traced inference function and the model's variables, nothing
-    else. Keras's own ``export(format="litert")`` saves the whole Keras object graph first: about twice
-    as slow for the same file (MobileNetV2 at 224 px: 9.0 s against 5.2 s). The ``serving_default``
-    signature stays, its input named ``pixels``."""
-    import tempfile
+    """Convert the model's traced inference function, its variables frozen into constants, and write the
+    ``serving_default`` signature (``pixels`` in, ``output_0`` out) into the file.
 
+    Keras's own ``export(format="litert")`` saves the whole Keras object graph as a SavedModel and
+    converts that: 2.7 times as slow for the same operations and the same answers (MobileNetV2 at
+    224 px: 4.8 s against 1.8 s, float, float16 and int8 alike). The converter writes a signature only
+    on its SavedModel path, so this one adds it to the flatbuffer itself.
+    """
     import tensorflow as tf
 
     height, width = input_size(model)
@@ -278,8 +280,7 @@ def _tflite(model, path: Path, *, quantize: str | None, representative: np.ndarr
     def serve(pixels):
         return model(pixels, training=False)
 
-    holder = tf.Module()
-    holder.variables_ = [getattr(v, "value", v) for v in model.variables]  # saved with the function
+    holder = tf.Module()  # what the converter tracks the function by
     holder.serve = tf.function(
         serve,
         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="pixels")],
@@ -287,30 +288,47 @@ def _tflite(model, path: Path, *, quantize: str | None, representative: np.ndarr
     )
 
     def convert() -> bytes:
-        with tempfile.TemporaryDirectory(prefix="scenecls-tflite-") as staging:
-            signature = holder.serve.get_concrete_function()
-            tf.saved_model.save(holder, staging, signatures={"serving_default": signature})
-            converter = tf.lite.TFLiteConverter.from_saved_model(staging)
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS,
-                tf.lite.OpsSet.SELECT_TF_OPS,
-            ]
-            converter.experimental_enable_resource_variables = True
-            if quantize == "float16":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            elif quantize == "int8":
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [holder.serve.get_concrete_function()], holder
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
 
-                def representative_dataset():
-                    for image in representative:
-                        yield [np.asarray(image, dtype=np.float32)[None]]
+            def representative_dataset():
+                for image in representative:
+                    yield [np.asarray(image, dtype=np.float32)[None]]
 
-                # int8 weights and activations inside, float32 raw pixels in and probabilities out.
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.representative_dataset = representative_dataset
-            return converter.convert()
+            # int8 weights and activations inside, float32 raw pixels in and probabilities out.
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset
+        return _with_serving_signature(converter.convert())
 
     _quietly(lambda: path.write_bytes(convert()))
+
+
+def _with_serving_signature(flatbuffer: bytes) -> bytes:
+    """``flatbuffer`` with the signature LiteRT's signature runners call: ``serving_default``, its one
+    input ``pixels`` and its one output ``output_0`` (the names TensorFlow gives a SavedModel's)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tflite = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    graph = tflite.subgraphs[0]
+
+    def tensor(name: str, index: int):
+        named = schema.TensorMapT()
+        named.name, named.tensorIndex = name, index
+        return named
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = "serving_default", 0
+    signature.inputs = [tensor("pixels", int(graph.inputs[0]))]
+    signature.outputs = [tensor("output_0", int(graph.outputs[0]))]
+    tflite.signatureDefs = [signature]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(tflite))
 
 
 def _onnx(model, path: Path, **_) -> None:

@@ -114,7 +114,9 @@ def test_a_tflite_has_a_serving_default_signature_that_answers_as_keras(run, exp
     from scenecls.classifier import load_model
 
     interpreter = Interpreter(str(exported["tflite"]))
-    assert interpreter.get_signature_list()["serving_default"]["inputs"] == ["pixels"]
+    assert interpreter.get_signature_list() == {
+        "serving_default": {"inputs": ["pixels"], "outputs": ["output_0"]}
+    }
     pixels = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     (probabilities,) = interpreter.get_signature_runner("serving_default")(pixels=pixels).values()
     expected = load_model(run / "best.keras").predict(pixels, verbose=0)
