@@ -175,6 +175,52 @@ def save_model(model, path: Path) -> Path:
     return path
 
 
+def rewrite_weights(path: Path, old: list, new: list) -> bool:
+    """Put the arrays ``new`` in place of ``old`` inside the model file ``path``, every other byte of it
+    as it was (the optimizer's state too), and record its new SHA-256: a calibrated temperature costs a
+    few kilobytes written, not a load and a save of the whole model with its optimizer.
+
+    Each ``old`` array must be in the weights exactly once (same shape, type and bytes); else nothing
+    is changed and the answer is False (the caller saves the whole model instead).
+    """
+    import io
+
+    import h5py
+    import numpy as np
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    weights = next((i for i, (info, _) in enumerate(members) if info.filename == "model.weights.h5"), None)
+    if weights is None:
+        return False
+    store = io.BytesIO(members[weights][1])
+    with h5py.File(store, "r+") as h5:
+        found: list[list[str]] = [[] for _ in old]
+
+        def match(name: str, item) -> None:
+            if isinstance(item, h5py.Dataset):
+                for index, array in enumerate(old):
+                    if (
+                        item.shape == array.shape
+                        and item.dtype == array.dtype
+                        and item[()].tobytes() == array.tobytes()
+                    ):
+                        found[index].append(name)
+
+        h5.visititems(match)
+        if any(len(names) != 1 for names in found):
+            return False
+        for (name,), array in zip(found, new, strict=True):
+            h5[name][...] = np.asarray(array, dtype=h5[name].dtype)
+    members[weights] = (members[weights][0], store.getvalue())
+    with atomic_path(path, suffix=".keras") as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for info, data in members:
+            archive.writestr(info, data)
+    record_checksum(path)
+    return True
+
+
 def load_model(path: Path, *, compile: bool = False):
     """Load a scenecls ``.keras`` file in Keras's safe mode (no code runs on load)."""
     import keras

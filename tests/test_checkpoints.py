@@ -143,3 +143,40 @@ def test_a_model_file_holds_what_keras_itself_writes(trained, tmp_path):
     assert len(arrays) > 100 and any(name.startswith("optimizer") for name in arrays)
     assert _archive_contents(tmp_path / "ours.keras") == (architecture, arrays)
     assert _archive_contents(tmp_path / "again.keras") == (architecture, arrays)
+
+
+def test_new_logits_are_written_into_the_file_and_nothing_else_changes(trained, tmp_path):
+    """Calibration's temperature goes into the saved file in place: the last layer's two arrays change,
+    every other array (the optimizer's state too) and the architecture stay, the checksum follows."""
+    import os
+
+    from scenecls.checksums import checksum_matches
+    from scenecls.classifier import PREDICTIONS, rewrite_weights, save_model
+
+    model, _ = trained
+    path = save_model(model, tmp_path / "best.keras")
+    architecture, arrays = _archive_contents(path)
+    old = model.get_layer(PREDICTIONS).get_weights()
+    new = [old[0] / 1.7, old[1] / 1.7]
+    assert rewrite_weights(path, old, new)
+    assert checksum_matches(path)
+    loaded = load_model(path, compile=True)
+    for got, want in zip(loaded.get_layer(PREDICTIONS).get_weights(), new, strict=True):
+        np.testing.assert_array_equal(got, want)
+    architecture_after, arrays_after = _archive_contents(path)
+    changed = sorted(name for name in arrays if arrays[name] != arrays_after[name])
+    assert architecture_after == architecture and arrays_after.keys() == arrays.keys()
+    assert len(changed) == 2 and not any(name.startswith("optimizer") for name in changed), changed
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+    for got, want in zip(loaded.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+    # Arrays the file does not hold (or holds twice): nothing is written, and the caller is told.
+    stamp, content = os.stat(path).st_mtime_ns, path.read_bytes()
+    assert not rewrite_weights(path, [np.full_like(old[0], 0.5)], [old[0]])
+    values = [np.asarray(weight) for weight in model.weights]
+    twice = next(
+        v for v in values if sum(v.shape == w.shape and v.tobytes() == w.tobytes() for w in values) > 1
+    )
+    assert not rewrite_weights(path, [twice], [twice + 1])  # e.g. two layer norms' untrained offsets
+    assert os.stat(path).st_mtime_ns == stamp and path.read_bytes() == content

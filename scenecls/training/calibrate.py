@@ -22,7 +22,7 @@ from scenecls.calibration import (
     judge_temperature,
     with_temperature,
 )
-from scenecls.classifier import load_model, save_model, scale_logits
+from scenecls.classifier import PREDICTIONS, load_model, rewrite_weights, save_model, scale_logits
 from scenecls.data.layout import Split
 from scenecls.data.pipeline import same_data
 from scenecls.errors import DataError, SceneclsError, UsageError
@@ -51,17 +51,22 @@ def calibrate_best(
             "the probabilities stay as trained (temperature 1)"
         )
         return {"temperature": inside, "epoch": best_epoch, "fitted_on": None}
-    if model is None:
+    in_memory = model is not None
+    if not in_memory:
         with dtype_policy(context.config.mixed_precision):  # as the run loads its checkpoints
-            model = load_model(path, compile=True)  # saved back with its optimizer's state, as trained
+            model = load_model(path)  # to predict with; the file keeps its optimizer's state (below)
     labels = np.asarray(data.val.labels)
     raw = with_temperature(predict_split(model, data.val, context.config.batch_size), 1.0 / inside)
     fitted = fit_temperature(raw, labels)
     check, not_applied = judge_temperature(raw, labels, fitted)
     temperature = 1.0 if not_applied else fitted
     if temperature != inside:
+        before = model.get_layer(PREDICTIONS).get_weights()
         scale_logits(model, temperature / inside)
-        save_model(model, path)
+        if in_memory:
+            save_model(model, path)
+        elif not rewrite_weights(path, before, model.get_layer(PREDICTIONS).get_weights()):
+            _save_scaled(path, temperature / inside, context.config.mixed_precision)
     before = calibration_scores(raw, labels)
     after = calibration_scores(with_temperature(raw, temperature), labels)
     if not_applied:
@@ -84,6 +89,15 @@ def calibrate_best(
         "val": {"before": before, "after": after},
         "model": model,
     }
+
+
+def _save_scaled(path: Path, factor: float, mixed_precision: str) -> None:
+    """``path`` saved again with its logits scaled by ``factor``, loaded with its optimizer's state so
+    that the file keeps it (when the logits could not be rewritten in place)."""
+    with dtype_policy(mixed_precision):
+        model = load_model(path, compile=True)
+    scale_logits(model, factor)
+    save_model(model, path)
 
 
 def scores_on(probs: np.ndarray, split: Split, temperature: float) -> dict[str, dict[str, float]]:
