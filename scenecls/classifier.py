@@ -177,8 +177,8 @@ def save_model(model, path: Path) -> Path:
 
 def rewrite_weights(path: Path, old: list, new: list) -> bool:
     """Put the arrays ``new`` in place of ``old`` inside the model file ``path``, every other byte of it
-    as it was (the optimizer's state too), and record its new SHA-256: a calibrated temperature costs a
-    few kilobytes written, not a load and a save of the whole model with its optimizer.
+    as it was (the optimizer's state too), and record its new SHA-256: a calibrated temperature costs one
+    copy of the file's bytes, not a load with the optimizer and a save of the whole model.
 
     Each ``old`` array must be in the weights exactly once (same shape, type and bytes); else nothing
     is changed and the answer is False (the caller saves the whole model instead).
@@ -255,9 +255,9 @@ def _cache_keras_skipsets() -> None:
 
     For every layer it saves or loads, Keras (3.15) builds a reference object of the layer's kind and
     lists its attributes; it stores that set under ``saving_attr_skipset_<kind>`` but looks it up under
-    ``saving_attr_skiplist_<kind>``, so it never finds it and builds it again, 500 times per MobileNetV2:
-    a third of each ``.keras`` save (every epoch's checkpoint). The set is Keras's own, stored where
-    Keras looks; once Keras reads its own cache this finds it filled and does nothing.
+    ``saving_attr_skiplist_<kind>``, so it never finds it and builds it again for every layer: a fifth
+    of each ``.keras`` save (MobileNetV2: 0.43 s -> 0.36 s; every fine-tuning epoch writes one). The set
+    is Keras's own, stored where Keras looks; once Keras reads its own cache this finds it filled.
     """
     try:
         from keras.src.backend.common import global_state

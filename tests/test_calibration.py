@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from scenecls.calibration import (
     brier_score,
@@ -135,6 +136,31 @@ def test_a_run_ends_calibrated_and_says_so_in_its_metrics(run):
     assert [row["min_confidence"] for row in evaluation["coverage"]] == [0.5, 0.7, 0.8, 0.9, 0.95]
     table = invoke("evaluate", str(run_dir)).stdout
     assert "expected calibration error" in table and "Accuracy against coverage" in table
+
+
+def test_a_temperature_that_cannot_be_written_in_place_saves_the_whole_model(run, tmp_path, monkeypatch):
+    """When the last layer's arrays are not found in the file, calibrate saves the model again, loaded
+    with its optimizer: the file keeps the optimizer's state and gives the calibrated probabilities."""
+    import shutil
+
+    from scenecls.classifier import load_model
+
+    run_dir, data = run
+    copy = Path(shutil.copytree(run_dir, tmp_path / "copy"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32)), np.float32)
+                       for p in sorted((data / "test").rglob("*.jpg"))[:6]])  # fmt: skip
+    before = load_model(copy / "best.keras").predict(images, verbose=0)
+    temperature = json.loads((copy / "metrics.json").read_text())["temperature"]
+    monkeypatch.setattr("scenecls.training.calibrate.rewrite_weights", lambda *args: False)
+    monkeypatch.setattr("scenecls.training.calibrate.fit_temperature", lambda probs, labels: 2 * temperature)
+    result = invoke("calibrate", str(copy), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["temperature"] == pytest.approx(2 * temperature)
+    saved = load_model(copy / "best.keras", compile=True)
+    assert saved.optimizer.built and len(saved.optimizer.variables) > 2  # the state as trained
+    after = saved.predict(images, verbose=0)
+    assert np.abs(after - before).max() > 1e-5  # a tiny run's probabilities are close to even: scaled
+    np.testing.assert_allclose(after, with_temperature(before, 2.0), atol=2e-6)
 
 
 def test_calibrating_again_keeps_the_classes_and_the_temperature(run):

@@ -61,11 +61,11 @@ def calibrate_best(
     check, not_applied = judge_temperature(raw, labels, fitted)
     temperature = 1.0 if not_applied else fitted
     if temperature != inside:
-        before = model.get_layer(PREDICTIONS).get_weights()
+        trained = model.get_layer(PREDICTIONS).get_weights()
         scale_logits(model, temperature / inside)
         if in_memory:
             save_model(model, path)
-        elif not rewrite_weights(path, before, model.get_layer(PREDICTIONS).get_weights()):
+        elif not rewrite_weights(path, trained, model.get_layer(PREDICTIONS).get_weights()):
             _save_scaled(path, temperature / inside, context.config.mixed_precision)
     before = calibration_scores(raw, labels)
     after = calibration_scores(with_temperature(raw, temperature), labels)
