@@ -63,10 +63,12 @@ def calibrate_best(
     if temperature != inside:
         trained = model.get_layer(PREDICTIONS).get_weights()
         scale_logits(model, temperature / inside)
-        if in_memory:
-            save_model(model, path)
-        elif not rewrite_weights(path, trained, model.get_layer(PREDICTIONS).get_weights()):
-            _save_scaled(path, temperature / inside, context.config.mixed_precision)
+        # The file as trained with its last layer scaled; else saved whole, with its optimizer's state.
+        if not rewrite_weights(path, trained, model.get_layer(PREDICTIONS).get_weights()):
+            if in_memory:
+                save_model(model, path)
+            else:
+                _save_scaled(path, temperature / inside, context.config.mixed_precision)
     before = calibration_scores(raw, labels)
     after = calibration_scores(with_temperature(raw, temperature), labels)
     if not_applied:
