@@ -3,6 +3,7 @@ that decodes its images once for both phases."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from scenecls.caches.store import CacheInputs
 from scenecls.classifier import build_classifier, find_backbone
 from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig, augmented_copies
 from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset, prepare_data, view_batches
-from scenecls.models import folding
+from scenecls.models import folding, registry
 from scenecls.models.registry import get_spec
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
 from tests.conftest import invoke, write_class_folders
@@ -183,3 +184,34 @@ def test_ctrl_c_in_the_joint_pass_leaves_no_entry_and_the_resumed_run_builds_bot
     assert metrics["feature_cache"] == "built" and metrics["activation_cache"] == {"finetune": "built"}
     for kind in before:
         assert len(set((cache / kind).glob("*")) - before[kind]) == 1  # one whole entry each
+
+
+def test_the_joint_pass_on_litert_builds_tensorflows_entries(tmp_path, monkeypatch):
+    """The frozen pass on LiteRT (MobileNetV2 from 1 image here, as from 1,000 with real data sets):
+    the entries TensorFlow builds, to float rounding, under the same keys."""
+    pytest.importorskip("ai_edge_litert", reason="LiteRT has no wheels for this platform")
+    from tests.test_folding import _randomise_statistics
+
+    monkeypatch.setattr(folding, "FOLD_FROM", 0)
+    root = write_class_folders(tmp_path / "data", 6, size=40)
+    data = prepare_data(root, val_split=0.25, seed=0)
+    model, inner, cut = _cut(unfreeze=8)
+    _randomise_statistics(model)  # batch norms away from the identity: values that do not vanish
+    inputs = CacheInputs(data.train, data.val, (32, 32), 4, AugmentConfig(), 2, seed=0,
+                         augmentations=augmented_copies(AugmentConfig(), 2, 1))  # fmt: skip
+    spec = get_spec("mobilenet_v2")
+    built = {}
+    for runtime, threshold in (("litert", 1), ("tensorflow", None)):
+        monkeypatch.setitem(
+            registry._REGISTRY, "mobilenet_v2", dataclasses.replace(spec, litert_from_images=threshold)
+        )
+        built[runtime] = one_pass.build_both(inner, cut, inputs, inputs, cache_root=tmp_path / runtime)
+    (lite_features, lite_activations), (tf_features, tf_activations) = built["litert"], built["tensorflow"]
+    assert lite_features.key == tf_features.key and lite_activations.key == tf_activations.key
+    for name in ("train", "val"):
+        lite, tf = (entry.read(getattr(entry, name)) for entry in (lite_activations, tf_activations))
+        assert np.abs(tf).max() > 0.1  # not the vanishing values of a random network's deep layers
+        assert not np.array_equal(lite, tf)  # computed by each runtime: the last bits differ somewhere
+        assert np.allclose(lite, tf, rtol=1e-3, atol=1e-3 * np.abs(tf).max())
+        lite, tf = getattr(lite_features, name), getattr(tf_features, name)
+        assert np.allclose(lite, tf, rtol=1e-4, atol=1e-4 * np.abs(tf).max())

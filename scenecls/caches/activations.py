@@ -44,7 +44,8 @@ from scenecls.files import (
 from scenecls.progress import NullReporter, Reporter
 from scenecls.unfreeze import UnfreezePolicy
 
-CACHE_VERSION = 3  # 2: stored times a power-of-two scale; 3: batch normalisation folded
+CACHE_VERSION = 4  # 2: stored times a power-of-two scale; 3: batch normalisation folded; 4: LiteRT
+# computes the frozen pass where it is faster (frozen_pass.py), an entry of 3 may differ in its last bits
 STORED_DTYPE = np.float16  # half the disk and page cache of float32; see benchmarks/README.md
 HEADROOM = 64.0  # how much larger than the first batch's largest value later values may be in float16
 
@@ -62,6 +63,7 @@ class CutModels:
     lower: object  # keras.Model: image -> activations at the cut
     upper: object  # keras.Model: activations -> probabilities
     lower_layers: tuple  # the backbone layers below the cut (what the activations depend on)
+    backbone: str | None = None  # its registered name (which runtime is faster for its frozen passes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -99,7 +101,9 @@ def split_classifier(model, backbone, index: int) -> CutModels:
     for layer in model.layers[position + 1 :]:
         x = layer(x)
     upper = keras.Model(inputs, x, name="upper")
-    return CutModels(first.name, lower, upper, tuple(backbone.layers[:index]))
+    from scenecls.frozen_pass import registered_backbone
+
+    return CutModels(first.name, lower, upper, tuple(backbone.layers[:index]), registered_backbone(model))
 
 
 def cache_key(backbone, cut: CutModels, inputs: CacheInputs) -> tuple[str, dict]:
@@ -237,12 +241,11 @@ def entry_bytes(copies: int, n_train: int, n_val: int, shape: tuple[int, ...]) -
 def _build(
     folder: Path, fields: dict, cut: CutModels, inputs: CacheInputs, augmentations: list, reporter: Reporter
 ) -> None:
-    from scenecls.classifier import inference_function
-    from scenecls.models.folding import for_inference
+    from scenecls.frozen_pass import frozen_forward
 
     copies, train, val, batch_size = fields["copies"], inputs.train, inputs.val, inputs.batch_size
     count = copies * len(train) + len(val)
-    forward = inference_function(for_inference(cut.lower, images=count), batch_size, images=count)
+    forward = frozen_forward(cut.lower, batch_size, images=count, backbone=cut.backbone)
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
     try:

@@ -35,7 +35,8 @@ from scenecls.files import (
 from scenecls.heads import POOL_LAYER
 from scenecls.progress import NullReporter, Reporter
 
-CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
+CACHE_VERSION = 4  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded;
+# 4: LiteRT computes the frozen pass where it is faster (frozen_pass.py), so its last bits may differ
 
 
 @dataclass
@@ -91,15 +92,14 @@ def feature_model(classifier):
     return keras.Model(classifier.input, classifier.get_layer(POOL_LAYER).output, name="features")
 
 
-def extractor(classifier, batch_size: int, images: int | None = None):
-    """``images -> pooled features`` as one traced function (see ``classifier.inference_function``),
-    batch normalisation folded (the backbone is frozen while features are computed) when it will see
-    enough ``images`` for that to pay (see :func:`~scenecls.models.folding.for_inference`)."""
-    from scenecls.classifier import inference_function
-    from scenecls.models.folding import for_inference
+def extractor(classifier, batch_size: int, images: int):
+    """``images -> pooled features`` for a pass over ``images`` images, the backbone frozen: on the
+    faster runtime for its backbone, batch normalisation folded (see
+    :func:`~scenecls.frozen_pass.frozen_forward`)."""
+    from scenecls.frozen_pass import frozen_forward, registered_backbone
 
-    model = for_inference(feature_model(classifier), images=images)
-    return inference_function(model, batch_size, images=images)
+    backbone = registered_backbone(classifier)
+    return frozen_forward(feature_model(classifier), batch_size, images=images, backbone=backbone)
 
 
 def head_model(classifier):

@@ -159,8 +159,8 @@ def pooled_model(cut: CutModels):
 
 @dataclass(frozen=True)
 class _Forward:
-    """The two halves of the pass, each one traced function with batch normalisation folded (see
-    :func:`~scenecls.caches.features.extractor`), and the images they take."""
+    """The two halves of the pass, each on the faster runtime for the backbone, batch normalisation
+    folded (see :func:`~scenecls.frozen_pass.frozen_forward`), and the images they take."""
 
     lower: Callable  # images -> activations at the cut
     pool: Callable  # activations at the cut -> pooled features
@@ -169,15 +169,14 @@ class _Forward:
 
 
 def _forward(cut: CutModels, inputs: CacheInputs, views: _Views) -> _Forward:
-    from scenecls.classifier import inference_function
-    from scenecls.models.folding import for_inference
+    from scenecls.frozen_pass import frozen_forward
 
     n_train, n_val, batch_size = len(inputs.train), len(inputs.val), inputs.batch_size
     lower_images = len(views.layers) * n_train + n_val
     pool_images = views.count(views.feature_copies) * n_train + n_val
-    lower = inference_function(for_inference(cut.lower, images=lower_images), batch_size, images=lower_images)
+    lower = frozen_forward(cut.lower, batch_size, images=lower_images, backbone=cut.backbone)
     pooled = pooled_model(cut)
-    pool = inference_function(for_inference(pooled, images=pool_images), batch_size, images=pool_images)
+    pool = frozen_forward(pooled, batch_size, images=pool_images, backbone=cut.backbone)
     return _Forward(lower, pool, int(pooled.output.shape[-1]), inputs)
 
 

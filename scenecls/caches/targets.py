@@ -25,7 +25,7 @@ from scenecls.errors import DataError
 from scenecls.files import UNWRITABLE, cannot_write, check_free_space
 from scenecls.progress import NullReporter, Reporter
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: LiteRT computes the teacher's pass where it is faster (frozen_pass.py)
 KIND = "targets"
 
 
@@ -100,11 +100,11 @@ def teacher_probabilities(
 
 def _compute(model, images: Split, batch_size: int, reporter: Reporter) -> np.ndarray:
     """The model's probabilities on every image, un-augmented, in batches, with progress."""
-    from scenecls.classifier import inference_function, input_size
+    from scenecls.classifier import input_size
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
-    from scenecls.models.folding import for_inference
+    from scenecls.frozen_pass import frozen_forward, registered_backbone
 
-    forward = inference_function(for_inference(model, images=len(images)), batch_size, images=len(images))
+    forward = frozen_forward(model, batch_size, images=len(images), backbone=registered_backbone(model))
     dataset = make_dataset(images, input_size(model), batch_size, drop_unreadable=False)
     task = reporter.task("Teacher's targets", total=-(-len(images) // batch_size), unit="batches")
     batches = []

@@ -36,6 +36,9 @@ class BackboneSpec:
     params: int  # without top; the same at any input size
     layers: int
     blocks: int
+    # From how many images a frozen pass (a cache's build) runs on LiteRT's CPU kernels, where they beat
+    # TensorFlow's by more than the conversion costs; None: never (as fast on either). See frozen_pass.py.
+    litert_from_images: int | None = None
 
     def block_map(self, backbone) -> BlockMap:
         return build_block_map(backbone, self.block_of)
