@@ -1,16 +1,20 @@
-"""Inference of a frozen model over many images, on the faster of two CPU runtimes.
+"""Inference of a frozen model over many images, on TensorFlow or on LiteRT.
 
 Building a cache sends every image, and every augmented copy, once through the frozen part of a
-backbone: most of a first run's waiting. On CPUs, LiteRT's kernels (XNNPACK) run the depthwise
-convolutions of MobileNetV2, EfficientNetV2 and ConvNeXt 1.25 to 4.9 times as fast as TensorFlow's, while
-Xception, InceptionResNetV2 and ResNet50V2 run as fast on either and take seconds to convert
-(``benchmarks/frozen_pass.py``). So each backbone's spec says from how many images converting pays
-(:attr:`~scenecls.models.registry.BackboneSpec.litert_from_images`), and such passes convert the model's
+backbone: most of a first run's waiting. On CPUs, LiteRT's kernels (XNNPACK) run MobileNetV2's frozen
+passes 1.5 times and ConvNeXt-Tiny's 4.2 to 4.7 times as fast as TensorFlow's, EfficientNetV2-B0's 1.1
+times, while Xception, InceptionResNetV2 and ResNet50V2 run as fast on either and take seconds to convert
+(``benchmarks/frozen_pass.py``). A backbone's spec can say from how many images converting pays
+(:attr:`~scenecls.models.registry.BackboneSpec.litert_from_images`); such passes then convert the model's
 traced function, its variables frozen into constants, into a LiteRT model held in memory.
 
+No backbone does yet. The outputs are TensorFlow's to float rounding (relative differences of about
+1e-6; one float16 step in 1.6 % of a MobileNetV2 activation entry), but a default intel-dev run fine-tuned
+on such entries scored 0.27 points lower on average over 15 seeds (t = -2.1; ``benchmarks/README.md``,
+"Frozen passes on LiteRT"), and a default does not change without its accuracy shown unchanged.
+
 Where LiteRT cannot run the model (not installed, as on Windows; a GPU that TensorFlow runs on; mixed
-precision; an operation LiteRT's built-in kernels lack) the pass runs on TensorFlow as before. Both give
-the same outputs to float rounding (relative differences of about 1e-6), and each repeats itself exactly.
+precision; an operation LiteRT's built-in kernels lack) the pass runs on TensorFlow.
 """
 
 from __future__ import annotations

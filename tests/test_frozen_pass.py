@@ -106,4 +106,5 @@ def test_a_run_knows_its_backbone_by_its_registered_name(model):
     classifier = build_classifier("mobilenet_v2", 3, size=32, weights="none")
     assert frozen_pass.registered_backbone(classifier) == "mobilenet_v2"
     assert frozen_pass.registered_backbone(model) is None  # not made by scenecls: TensorFlow runs it
-    assert frozen_pass.litert_threshold("mobilenet_v2") > 0
+    for name in registry.backbone_names():  # none yet: see frozen_pass.py
+        assert frozen_pass.litert_threshold(name) is None

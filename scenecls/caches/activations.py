@@ -44,8 +44,7 @@ from scenecls.files import (
 from scenecls.progress import NullReporter, Reporter
 from scenecls.unfreeze import UnfreezePolicy
 
-CACHE_VERSION = 4  # 2: stored times a power-of-two scale; 3: batch normalisation folded; 4: LiteRT
-# computes the frozen pass where it is faster (frozen_pass.py), an entry of 3 may differ in its last bits
+CACHE_VERSION = 3  # 2: stored times a power-of-two scale; 3: batch normalisation folded
 STORED_DTYPE = np.float16  # half the disk and page cache of float32; see benchmarks/README.md
 HEADROOM = 64.0  # how much larger than the first batch's largest value later values may be in float16
 

@@ -35,8 +35,7 @@ from scenecls.files import (
 from scenecls.heads import POOL_LAYER
 from scenecls.progress import NullReporter, Reporter
 
-CACHE_VERSION = 4  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded;
-# 4: LiteRT computes the frozen pass where it is faster (frozen_pass.py), so its last bits may differ
+CACHE_VERSION = 3  # 2: augmented copies made by one affine resampling; 3: batch normalisation folded
 
 
 @dataclass

@@ -25,7 +25,7 @@ from scenecls.errors import DataError
 from scenecls.files import UNWRITABLE, cannot_write, check_free_space
 from scenecls.progress import NullReporter, Reporter
 
-CACHE_VERSION = 2  # 2: LiteRT computes the teacher's pass where it is faster (frozen_pass.py)
+CACHE_VERSION = 1
 KIND = "targets"
 
 

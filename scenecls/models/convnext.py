@@ -50,6 +50,5 @@ SPEC = register(
         params=27_820_128,
         layers=133,
         blocks=22,
-        litert_from_images=100,  # 4.9x TensorFlow's speed at 150 px; converting takes 4 s
     )
 )
