@@ -28,7 +28,7 @@ from scenecls.models.registry import get_spec
 
 def frozen_forward(model, batch_size: int, *, images: int, backbone: str | None) -> Callable:
     """``images -> outputs`` (numpy float32) of ``model`` in inference, for a pass over ``images`` images:
-    on LiteRT when ``backbone`` (a registered name) runs faster there from that many images and LiteRT
+    on LiteRT when the spec of ``backbone`` (a registered name) says so from that many images and LiteRT
     can run the model, else one traced TensorFlow function
     (:func:`~scenecls.classifier.inference_function`); batch normalisation folded either way
     (:func:`~scenecls.models.folding.for_inference`)."""

@@ -62,7 +62,7 @@ class CutModels:
     lower: object  # keras.Model: image -> activations at the cut
     upper: object  # keras.Model: activations -> probabilities
     lower_layers: tuple  # the backbone layers below the cut (what the activations depend on)
-    backbone: str | None = None  # its registered name (which runtime is faster for its frozen passes)
+    backbone: str | None = None  # its registered name (its spec names the runtime of frozen passes)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -93,7 +93,7 @@ def feature_model(classifier):
 
 def extractor(classifier, batch_size: int, images: int):
     """``images -> pooled features`` for a pass over ``images`` images, the backbone frozen: on the
-    faster runtime for its backbone, batch normalisation folded (see
+    runtime its backbone's spec names, batch normalisation folded (see
     :func:`~scenecls.frozen_pass.frozen_forward`)."""
     from scenecls.frozen_pass import frozen_forward, registered_backbone
 

@@ -159,7 +159,7 @@ def pooled_model(cut: CutModels):
 
 @dataclass(frozen=True)
 class _Forward:
-    """The two halves of the pass, each on the faster runtime for the backbone, batch normalisation
+    """The two halves of the pass, each on the runtime the backbone's spec names, batch normalisation
     folded (see :func:`~scenecls.frozen_pass.frozen_forward`), and the images they take."""
 
     lower: Callable  # images -> activations at the cut
