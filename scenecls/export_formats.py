@@ -72,22 +72,12 @@ def _tflite(model, path: Path, *, quantize: str | None, representative: np.ndarr
     """
     import tensorflow as tf
 
+    from scenecls.litert import inference_converter
+
     height, width = input_size(model)
 
-    def serve(pixels):
-        return model(pixels, training=False)
-
-    holder = tf.Module()  # what the converter tracks the function by
-    holder.serve = tf.function(
-        serve,
-        input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="pixels")],
-        autograph=False,
-    )
-
     def convert() -> bytes:
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [holder.serve.get_concrete_function()], holder
-        )
+        converter = inference_converter(model, (height, width, 3), input_name="pixels")
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
         if quantize == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -149,18 +139,13 @@ def _openvino(model, path: Path, **_) -> None:
 
 
 def _quietly(export) -> None:
-    """Run a converter; its failures become one-line errors (converters print much and raise anything).
-    What they print is held back: Python's prints would land in a script's JSON on stdout, and the
-    converter's C++ notes ("fully_quantize: 0, inference_type: 6, ...") in its log."""
-    import contextlib
-    import io
-    import warnings
-
-    from scenecls.progress import native_stderr_silenced
+    """Run a converter, what it prints held back
+    (:func:`~scenecls.litert.conversion_output_held_back`); its failures become one-line errors
+    (converters raise anything)."""
+    from scenecls.litert import conversion_output_held_back
 
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
-            warnings.simplefilter("ignore")
+        with conversion_output_held_back():
             export()
     except (ModelError, UsageError):
         raise

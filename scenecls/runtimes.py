@@ -21,10 +21,9 @@ from typing import Protocol
 
 import numpy as np
 
+from scenecls import litert
 from scenecls.checksums import changed_since_written, checksum_matches
-from scenecls.cores import usable_cores
 from scenecls.errors import ModelError, first_line
-from scenecls.progress import native_stderr_silenced
 
 INSTALL = {
     "tflite": "pip install ai-edge-litert",
@@ -201,16 +200,15 @@ class LiteRTRuntime:
 
     def __init__(self, path: Path, *, batch_size: int = 32) -> None:
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            import ai_edge_litert.interpreter  # noqa: F401
         except ImportError:
             raise _missing_runtime("tflite", "ai-edge-litert") from None
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
         self._path = path
         try:
-            with native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
-                # LiteRT runs one thread unless told; every core: 1.7x `predict`'s images a second (2 cores)
-                self._interpreter = Interpreter(model_path=str(path), num_threads=usable_cores())
+            # every core, where LiteRT runs one thread unless told: 1.7x `predict`'s images a second (2 cores)
+            self._interpreter = litert.interpreter(path=path)
             self._input = self._interpreter.get_input_details()[0]
             self._output = self._interpreter.get_output_details()[0]
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a damaged file
@@ -226,11 +224,8 @@ class LiteRTRuntime:
         images = np.asarray(images, dtype=np.float32)
         try:
             if len(images) != self._batch:  # the interpreter is sized for one batch size at a time
-                self._interpreter.resize_tensor_input(
-                    self._input["index"], [len(images), *self.input_size, 3]
-                )
-                with native_stderr_silenced():
-                    self._interpreter.allocate_tensors()
+                shape = [len(images), *self.input_size, 3]
+                litert.resize_input(self._interpreter, self._input["index"], shape)
                 self._batch = len(images)
             self._interpreter.set_tensor(self._input["index"], images)
             self._interpreter.invoke()
