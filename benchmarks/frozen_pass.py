@@ -1,4 +1,4 @@
-"""A frozen pass on TensorFlow and on LiteRT, per backbone: which runtime builds the caches.
+"""A frozen pass on TensorFlow and on LiteRT, per backbone: what ``--cache-runtime litert`` gains.
 
 Run: python benchmarks/frozen_pass.py [--backbones mobilenet_v2,xception,...] [--size 150] [--unfreeze 5]
 
@@ -9,8 +9,8 @@ cache). Each runs batch normalisation folded, as one traced TensorFlow function 
 ``scenecls.classifier.inference_function`` runs) and as a LiteRT model on every usable core (what
 ``scenecls.frozen_pass.litert_function`` runs), with the seconds converting took, the largest difference
 between the two outputs relative to the largest output, and from how many images converting pays
-(the conversion's seconds over the seconds LiteRT saves per image). The backbones' specs
-(``litert_from_images``) are set from these figures.
+(the conversion's seconds over the seconds LiteRT saves per image). ``docs/caches.md`` quotes these
+figures.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> None:
     from scenecls.caches.activations import cut_index, split_classifier
     from scenecls.caches.features import feature_model
     from scenecls.classifier import build_classifier, find_backbone, inference_function
-    from scenecls.frozen_pass import litert_function
+    from scenecls.frozen_pass import LiteRTUnavailable, litert_function
     from scenecls.heads import HeadConfig
     from scenecls.models.folding import for_inference
     from scenecls.models.registry import get_spec
@@ -63,7 +63,10 @@ def main() -> None:
             folded = for_inference(frozen)
             on_tensorflow = inference_function(folded, args.batch)
             started = time.perf_counter()
-            on_litert = litert_function(folded, args.batch)
+            try:
+                on_litert = litert_function(folded, args.batch)
+            except LiteRTUnavailable:
+                on_litert = None
             converting = time.perf_counter() - started
             tf_rate = _rate(on_tensorflow, images)
             shape = "x".join(str(d) for d in frozen.output.shape[1:])

@@ -4,17 +4,17 @@ Building a cache sends every image, and every augmented copy, once through the f
 backbone: most of a first run's waiting. On CPUs, LiteRT's kernels (XNNPACK) run MobileNetV2's frozen
 passes 1.5 times and ConvNeXt-Tiny's 4.2 to 4.7 times as fast as TensorFlow's, EfficientNetV2-B0's 1.1
 times, while Xception, InceptionResNetV2 and ResNet50V2 run as fast on either and take seconds to convert
-(``benchmarks/frozen_pass.py``). A backbone's spec can say from how many images converting pays
-(:attr:`~scenecls.models.registry.BackboneSpec.litert_from_images`); such passes then convert the model's
-traced function, its variables frozen into constants, into a LiteRT model held in memory.
+(``benchmarks/frozen_pass.py``). ``--cache-runtime litert`` asks for it: each pass then converts the
+model's traced function, its variables frozen into constants, into a LiteRT model held in memory.
 
-No backbone does yet. The outputs are TensorFlow's to float rounding (relative differences of about
-1e-6; one float16 step in 1.6 % of a MobileNetV2 activation entry), but a default intel-dev run fine-tuned
-on such entries scored 0.27 points lower on average over 15 seeds (t = -2.1; ``benchmarks/README.md``,
-"Frozen passes on LiteRT"), and a default does not change without its accuracy shown unchanged.
+It is not the default. The outputs are TensorFlow's to float rounding (relative differences of about
+1e-6; one float16 step in 1.6 % of a MobileNetV2 activation entry), not bit for bit, and a default
+intel-dev run fine-tuned on such entries scored 0.27 points lower on average over 15 seeds (t = -2.1;
+``benchmarks/README.md``, "Frozen passes on LiteRT"). The runtime is part of the caches' keys, so that
+the entries of either are never read for the other.
 
 Where LiteRT cannot run the model (not installed, as on Windows; a GPU that TensorFlow runs on; mixed
-precision; an operation LiteRT's built-in kernels lack) the pass runs on TensorFlow.
+precision; an operation LiteRT's built-in kernels lack) the pass runs on TensorFlow, and says so.
 """
 
 from __future__ import annotations
@@ -23,71 +23,70 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scenecls.models.registry import get_spec
+from scenecls.progress import NullReporter, Reporter
+
+DEFAULT_RUNTIME = "tensorflow"
+RUNTIMES = (DEFAULT_RUNTIME, "litert")
+
+_said: set[str] = set()  # why LiteRT could not run a pass, said once per process
 
 
-def frozen_forward(model, batch_size: int, *, images: int, backbone: str | None) -> Callable:
-    """``images -> outputs`` (numpy float32) of ``model`` in inference, for a pass over ``images`` images:
-    on LiteRT when the spec of ``backbone`` (a registered name) says so from that many images and LiteRT
-    can run the model, else one traced TensorFlow function
-    (:func:`~scenecls.classifier.inference_function`); batch normalisation folded either way
-    (:func:`~scenecls.models.folding.for_inference`)."""
+class LiteRTUnavailable(Exception):
+    """LiteRT cannot run this model here; the message says why."""
+
+
+def frozen_forward(
+    model, batch_size: int, *, images: int, runtime: str = DEFAULT_RUNTIME, reporter: Reporter | None = None
+) -> Callable:
+    """``images -> outputs`` (numpy float32) of ``model`` in inference, for a pass over ``images`` images,
+    batch normalisation folded (:func:`~scenecls.models.folding.for_inference`): on LiteRT when
+    ``runtime`` is ``litert`` and LiteRT can run the model (else ``reporter`` is told why, once), else one
+    traced TensorFlow function (:func:`~scenecls.classifier.inference_function`)."""
     from scenecls.classifier import inference_function
     from scenecls.models.folding import for_inference
 
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     folded = for_inference(model, images=images)
-    threshold = litert_threshold(backbone)
-    if threshold is not None and images >= threshold:
-        forward = litert_function(folded, batch_size)
-        if forward is not None:
-            return forward
+    if runtime == "litert":
+        try:
+            return litert_function(folded, batch_size)
+        except LiteRTUnavailable as exc:
+            if str(exc) not in _said:
+                _said.add(str(exc))
+                (reporter or NullReporter()).warn(f"{exc}: the caches' frozen passes run on TensorFlow")
     return inference_function(folded, batch_size, images=images)
 
 
-def litert_threshold(backbone: str | None) -> int | None:
-    """From how many images a frozen pass of ``backbone`` (a registered name) runs on LiteRT; None:
-    never."""
-    return None if backbone is None else get_spec(backbone).litert_from_images
-
-
-def registered_backbone(classifier) -> str | None:
-    """The registered name of the backbone ``classifier`` was built on; None for an ensemble or a model
-    scenecls did not make (TensorFlow runs those)."""
-    from scenecls.classifier import backbone_of, is_ensemble
-    from scenecls.errors import ModelError, UsageError
-
-    if is_ensemble(classifier):
-        return None
-    try:
-        return backbone_of(classifier).name
-    except (ModelError, UsageError):
-        return None
-
-
-def litert_function(model, batch_size: int) -> Callable | None:
+def litert_function(model, batch_size: int) -> Callable:
     """``model``'s inference as a LiteRT interpreter on every usable core, batches padded to
-    ``batch_size``; None when LiteRT cannot run it here (see the module's docstring)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        return None
+    ``batch_size``. :class:`LiteRTUnavailable` when LiteRT cannot run it here (see the module's
+    docstring)."""
     import tensorflow as tf
 
-    from scenecls.cores import usable_cores
-    from scenecls.progress import native_stderr_silenced
+    from scenecls import litert
+    from scenecls.errors import first_line
 
-    if tf.config.list_physical_devices("GPU") or getattr(model, "compute_dtype", "float32") != "float32":
-        return None
     try:
-        flatbuffer = _convert(model)
-        with native_stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
-            interpreter = Interpreter(model_content=flatbuffer, num_threads=usable_cores())
-            source = interpreter.get_input_details()[0]
-            target = interpreter.get_output_details()[0]
-            interpreter.resize_tensor_input(source["index"], [batch_size, *source["shape"][1:]])
-            interpreter.allocate_tensors()
-    except Exception:  # the converter and LiteRT raise anything for an operation they lack
-        return None
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        raise LiteRTUnavailable("LiteRT is not installed (pip install ai-edge-litert)") from None
+    if tf.config.list_physical_devices("GPU"):
+        raise LiteRTUnavailable("a GPU is visible to TensorFlow")
+    if getattr(model, "compute_dtype", "float32") != "float32":
+        raise LiteRTUnavailable("LiteRT runs float32 passes, not mixed precision")
+    try:
+        converter = litert.inference_converter(model, model.input.shape[1:])
+        # built-in operations only: the interpreter here has no TensorFlow kernels to fall back on
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        with litert.conversion_output_held_back():
+            flatbuffer = converter.convert()
+        interpreter = litert.interpreter(content=flatbuffer)
+        source = interpreter.get_input_details()[0]
+        target = interpreter.get_output_details()[0]
+        litert.resize_input(interpreter, source["index"], [batch_size, *source["shape"][1:]])
+    except Exception as exc:  # the converter and LiteRT raise anything for an operation they lack
+        raise LiteRTUnavailable(f"LiteRT cannot run {model.name}: {first_line(exc, 200)}") from exc
 
     def run(batch: np.ndarray) -> np.ndarray:
         count = len(batch)
@@ -105,26 +104,3 @@ def litert_function(model, batch_size: int) -> Callable | None:
         return np.concatenate([run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
     return forward
-
-
-def _convert(model) -> bytes:
-    """The LiteRT flatbuffer of ``model``'s inference function, built-in operations only (the
-    interpreter here has no TensorFlow kernels to fall back on), converter output held back."""
-    import contextlib
-    import io
-    import warnings
-
-    import tensorflow as tf
-
-    from scenecls.progress import native_stderr_silenced
-
-    shape = [None, *(int(d) for d in model.input.shape[1:])]
-    holder = tf.Module()  # what the converter tracks the function by
-    signature = [tf.TensorSpec(shape, tf.float32)]
-    holder.infer = tf.function(lambda x: model(x, training=False), input_signature=signature, autograph=False)
-    function = holder.infer.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
-        warnings.simplefilter("ignore")
-        return converter.convert()

@@ -1,9 +1,8 @@
-"""Frozen passes (the caches' builds) on LiteRT where it is faster: TensorFlow's outputs to float
-rounding, the same outputs every time, and TensorFlow wherever LiteRT cannot run the model."""
+"""Frozen passes (the caches' builds) on LiteRT when asked: TensorFlow's outputs to float rounding, the
+same outputs every time, and TensorFlow, said once, wherever LiteRT cannot run the model."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import numpy as np
@@ -11,8 +10,8 @@ import pytest
 
 from scenecls import frozen_pass
 from scenecls.classifier import build_classifier, inference_function
-from scenecls.models import registry
 from scenecls.models.folding import for_inference
+from tests.conftest import RecordingReporter
 from tests.test_folding import _randomise_statistics, _small_model
 
 pytest.importorskip("ai_edge_litert", reason="LiteRT has no wheels for this platform")
@@ -32,15 +31,8 @@ def images():
     return np.random.default_rng(1).uniform(0, 255, (6, 12, 12, 3)).astype(np.float32)
 
 
-def _litert_from(monkeypatch, backbone: str, images: int | None) -> None:
-    """The registered spec of ``backbone`` with another threshold, for this test only."""
-    spec = registry.get_spec(backbone)
-    monkeypatch.setitem(registry._REGISTRY, backbone, dataclasses.replace(spec, litert_from_images=images))
-
-
 def test_litert_gives_tensorflows_outputs_and_repeats_itself(model, images):
     forward = frozen_pass.litert_function(model, 4)
-    assert forward is not None
     expected = np.asarray(model(images, training=False))
     got = forward(images)  # a whole batch of 4, then 2 padded to 4
     assert got.shape == expected.shape == (6, 6) and got.dtype == np.float32
@@ -51,41 +43,54 @@ def test_litert_gives_tensorflows_outputs_and_repeats_itself(model, images):
     assert np.array_equal(forward(images[:4]), got[:4])
 
 
-def test_the_backbones_spec_says_from_how_many_images(model, images, monkeypatch):
-    _litert_from(monkeypatch, "mobilenet_v2", 8)
+def test_the_runtime_asked_for_runs_the_pass(model, images):
     on_litert = frozen_pass.litert_function(for_inference(model, images=8), 4)(images)
-    more = frozen_pass.frozen_forward(model, 4, images=8, backbone="mobilenet_v2")(images)
-    assert np.array_equal(more, on_litert)
-    on_tensorflow = inference_function(for_inference(model, images=7), 4, images=7)(images)
-    fewer = frozen_pass.frozen_forward(model, 4, images=7, backbone="mobilenet_v2")(images)
-    assert np.array_equal(fewer, on_tensorflow)
+    asked = frozen_pass.frozen_forward(model, 4, images=8, runtime="litert")(images)
+    assert np.array_equal(asked, on_litert)
+    on_tensorflow = inference_function(for_inference(model, images=8), 4, images=8)(images)
+    default = frozen_pass.frozen_forward(model, 4, images=8)(images)
+    assert np.array_equal(default, on_tensorflow)
+    named = frozen_pass.frozen_forward(model, 4, images=8, runtime="tensorflow")
+    assert np.array_equal(named(images), default)
     assert not np.array_equal(on_litert, on_tensorflow)  # two runtimes, told apart by their last bits
-    tolerance = 1e-5 * np.abs(on_tensorflow).max()
-    for other in (None, "xception", "inception_resnet_v2", "resnet50_v2"):  # as fast on TensorFlow
-        assert frozen_pass.litert_threshold(other) is None
-        forward = frozen_pass.frozen_forward(model, 4, images=10**6, backbone=other)
-        assert not np.array_equal(forward(images), on_litert)
-        assert np.allclose(forward(images), on_tensorflow, rtol=1e-4, atol=tolerance)
+    assert np.allclose(on_litert, on_tensorflow, rtol=1e-4, atol=1e-5 * np.abs(on_tensorflow).max())
+    with pytest.raises(ValueError, match="onnx"):
+        frozen_pass.frozen_forward(model, 4, images=8, runtime="onnx")
 
 
-def test_without_litert_the_pass_runs_on_tensorflow(model, images, monkeypatch):
-    _litert_from(monkeypatch, "mobilenet_v2", 1)
+def _warned_afresh(monkeypatch) -> RecordingReporter:
+    monkeypatch.setattr(frozen_pass, "_said", set())  # what earlier tests were told is not this one's
+    return RecordingReporter()
+
+
+def test_without_litert_the_pass_runs_on_tensorflow_and_says_so_once(model, images, monkeypatch):
+    reporter = _warned_afresh(monkeypatch)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as where LiteRT has no wheels
-    assert frozen_pass.litert_function(model, 4) is None
-    forward = frozen_pass.frozen_forward(model, 4, images=6, backbone="mobilenet_v2")
-    assert np.array_equal(forward(images), inference_function(model, 4, images=6)(images))
+    with pytest.raises(frozen_pass.LiteRTUnavailable, match="pip install ai-edge-litert"):
+        frozen_pass.litert_function(model, 4)
+    for _ in range(2):  # the lower part and the pooling of one pass: one warning
+        forward = frozen_pass.frozen_forward(model, 4, images=6, runtime="litert", reporter=reporter)
+        assert np.array_equal(forward(images), inference_function(model, 4, images=6)(images))
+    assert reporter.warnings == [
+        "LiteRT is not installed (pip install ai-edge-litert): the caches' frozen passes run on TensorFlow"
+    ]
 
 
-def test_an_operation_litert_lacks_leaves_the_model_to_tensorflow():
+def test_an_operation_litert_lacks_leaves_the_model_to_tensorflow(monkeypatch):
     import keras
     import tensorflow as tf
 
+    reporter = _warned_afresh(monkeypatch)
     inputs = keras.Input((8,))
-    model = keras.Model(inputs, keras.layers.Lambda(tf.math.lgamma)(keras.layers.Dense(4)(inputs)))
-    assert frozen_pass.litert_function(model, 4) is None
+    outputs = keras.layers.Lambda(tf.math.lgamma)(keras.layers.Dense(4)(inputs))
+    model = keras.Model(inputs, outputs, name="odd")
+    with pytest.raises(frozen_pass.LiteRTUnavailable, match="LiteRT cannot run odd"):
+        frozen_pass.litert_function(model, 4)
     x = np.random.default_rng(2).uniform(0.5, 2, (5, 8)).astype(np.float32)
-    got = frozen_pass.frozen_forward(model, 4, images=5, backbone=None)(x)
+    got = frozen_pass.frozen_forward(model, 4, images=5, runtime="litert", reporter=reporter)(x)
     assert np.allclose(got, np.asarray(model(x)), rtol=1e-5)
+    assert len(reporter.warnings) == 1 and reporter.warnings[0].startswith("LiteRT cannot run odd: ")
+    assert "\n" not in reporter.warnings[0]
 
 
 def test_a_model_in_mixed_precision_stays_on_tensorflow():
@@ -98,13 +103,6 @@ def test_a_model_in_mixed_precision_stays_on_tensorflow():
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     assert mixed.compute_dtype == "bfloat16"
-    assert frozen_pass.litert_function(mixed, 4) is None
+    with pytest.raises(frozen_pass.LiteRTUnavailable, match="mixed precision"):
+        frozen_pass.litert_function(mixed, 4)
     assert frozen_pass.litert_function(float32, 4) is not None
-
-
-def test_a_run_knows_its_backbone_by_its_registered_name(model):
-    classifier = build_classifier("mobilenet_v2", 3, size=32, weights="none")
-    assert frozen_pass.registered_backbone(classifier) == "mobilenet_v2"
-    assert frozen_pass.registered_backbone(model) is None  # not made by scenecls: TensorFlow runs it
-    for name in registry.backbone_names():  # none yet: see frozen_pass.py
-        assert frozen_pass.litert_threshold(name) is None

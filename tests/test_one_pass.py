@@ -16,7 +16,7 @@ from scenecls.caches.store import CacheInputs
 from scenecls.classifier import build_classifier, find_backbone
 from scenecls.data.augment import NO_AUGMENTATION, AugmentConfig, augmented_copies
 from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset, prepare_data, view_batches
-from scenecls.models import folding, registry
+from scenecls.models import folding
 from scenecls.models.registry import get_spec
 from scenecls.unfreeze import UnfreezePolicy, apply_unfreeze
 from tests.conftest import invoke, write_class_folders
@@ -186,9 +186,9 @@ def test_ctrl_c_in_the_joint_pass_leaves_no_entry_and_the_resumed_run_builds_bot
         assert len(set((cache / kind).glob("*")) - before[kind]) == 1  # one whole entry each
 
 
-def test_the_joint_pass_on_litert_builds_tensorflows_entries(tmp_path, monkeypatch):
-    """The frozen pass on LiteRT (MobileNetV2 from 1 image here, as from 1,000 with real data sets):
-    the entries TensorFlow builds, to float rounding, under the same keys."""
+def test_the_joint_pass_on_litert_builds_tensorflows_entries_under_their_own_keys(tmp_path, monkeypatch):
+    """``--cache-runtime litert``: the entries TensorFlow builds, to float rounding, kept apart from them
+    (their keys name the runtime; the default's keys are those from before there was a choice)."""
     pytest.importorskip("ai_edge_litert", reason="LiteRT has no wheels for this platform")
     from tests.test_folding import _randomise_statistics
 
@@ -199,15 +199,17 @@ def test_the_joint_pass_on_litert_builds_tensorflows_entries(tmp_path, monkeypat
     _randomise_statistics(model)  # batch norms away from the identity: values that do not vanish
     inputs = CacheInputs(data.train, data.val, (32, 32), 4, AugmentConfig(), 2, seed=0,
                          augmentations=augmented_copies(AugmentConfig(), 2, 1))  # fmt: skip
-    spec = get_spec("mobilenet_v2")
     built = {}
-    for runtime, threshold in (("litert", 1), ("tensorflow", None)):
-        monkeypatch.setitem(
-            registry._REGISTRY, "mobilenet_v2", dataclasses.replace(spec, litert_from_images=threshold)
-        )
-        built[runtime] = one_pass.build_both(inner, cut, inputs, inputs, cache_root=tmp_path / runtime)
+    for runtime in ("litert", "tensorflow"):
+        these = dataclasses.replace(inputs, runtime=runtime)
+        built[runtime] = one_pass.build_both(inner, cut, these, these, cache_root=tmp_path / "cache")
     (lite_features, lite_activations), (tf_features, tf_activations) = built["litert"], built["tensorflow"]
-    assert lite_features.key == tf_features.key and lite_activations.key == tf_activations.key
+    assert lite_features.key != tf_features.key and lite_activations.key != tf_activations.key
+    assert features.cache_key(inner, inputs)[1].get("runtime") is None  # the default's fields as they were
+    assert activations.cache_key(inner, cut, dataclasses.replace(inputs, runtime="litert"))[1]["runtime"] == (
+        "litert"
+    )
+    assert len(list((tmp_path / "cache" / "activations").iterdir())) == 2  # both kept
     for name in ("train", "val"):
         lite, tf = (entry.read(getattr(entry, name)) for entry in (lite_activations, tf_activations))
         assert np.abs(tf).max() > 0.1  # not the vanishing values of a random network's deep layers
@@ -215,3 +217,36 @@ def test_the_joint_pass_on_litert_builds_tensorflows_entries(tmp_path, monkeypat
         assert np.allclose(lite, tf, rtol=1e-3, atol=1e-3 * np.abs(tf).max())
         lite, tf = getattr(lite_features, name), getattr(tf_features, name)
         assert np.allclose(lite, tf, rtol=1e-4, atol=1e-4 * np.abs(tf).max())
+
+
+@pytest.mark.slow  # trains end to end, three times
+def test_a_run_on_litert_keeps_its_entries_apart_and_reuses_them(data, tmp_path):
+    pytest.importorskip("ai_edge_litert", reason="LiteRT has no wheels for this platform")
+    project = tmp_path / "runs"
+    args = ["train", "--data", str(data), *QUICK, "--epochs", "1", "--finetune-epochs", "1",
+            "--unfreeze", "1", "--seed", "23", "--project", str(project)]  # fmt: skip
+    cache = Path(os.environ["SCENECLS_HOME"]) / "cache"
+
+    def entries() -> set[Path]:
+        return {p for kind in ("features", "activations") for p in (cache / kind).glob("*")}
+
+    before = entries()
+    lite = invoke(*args, "--cache-runtime", "litert", "--name", "lite")
+    assert lite.exit_code == 0, lite.output
+    assert "Caching features and activations: done" in lite.stderr and "TensorFlow" not in lite.stderr
+    assert json.loads((project / "lite" / "config.json").read_text())["cache_runtime"] == "litert"
+    on_litert = entries() - before
+    assert len(on_litert) == 2
+    listed = json.loads(invoke("cache", "--format", "json").stdout)
+    assert {row["detail"].endswith(", litert") for row in listed if Path(row["path"]) in on_litert} == {True}
+
+    again = invoke(*args, "--cache-runtime", "litert", "--name", "again")
+    assert again.exit_code == 0, again.output
+    metrics = json.loads((project / "again" / "metrics.json").read_text())
+    assert metrics["feature_cache"] == "reused" and metrics["activation_cache"] == {"finetune": "reused"}
+
+    default = invoke(*args, "--name", "default")  # TensorFlow's entries: built, never LiteRT's read
+    assert default.exit_code == 0, default.output
+    metrics = json.loads((project / "default" / "metrics.json").read_text())
+    assert metrics["feature_cache"] == "built" and metrics["activation_cache"] == {"finetune": "built"}
+    assert len(entries() - before) == 4

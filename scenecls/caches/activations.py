@@ -41,6 +41,7 @@ from scenecls.files import (
     cannot_write,
     check_free_space,
 )
+from scenecls.frozen_pass import DEFAULT_RUNTIME
 from scenecls.progress import NullReporter, Reporter
 from scenecls.unfreeze import UnfreezePolicy
 
@@ -62,7 +63,6 @@ class CutModels:
     lower: object  # keras.Model: image -> activations at the cut
     upper: object  # keras.Model: activations -> probabilities
     lower_layers: tuple  # the backbone layers below the cut (what the activations depend on)
-    backbone: str | None = None  # its registered name (its spec names the runtime of frozen passes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -100,9 +100,7 @@ def split_classifier(model, backbone, index: int) -> CutModels:
     for layer in model.layers[position + 1 :]:
         x = layer(x)
     upper = keras.Model(inputs, x, name="upper")
-    from scenecls.frozen_pass import registered_backbone
-
-    return CutModels(first.name, lower, upper, tuple(backbone.layers[:index]), registered_backbone(model))
+    return CutModels(first.name, lower, upper, tuple(backbone.layers[:index]))
 
 
 def cache_key(backbone, cut: CutModels, inputs: CacheInputs) -> tuple[str, dict]:
@@ -126,6 +124,8 @@ def cache_key(backbone, cut: CutModels, inputs: CacheInputs) -> tuple[str, dict]
     compute = backbone.dtype_policy.name
     if compute != "float32":
         fields["compute"] = compute
+    if inputs.runtime != DEFAULT_RUNTIME:  # LiteRT's values are TensorFlow's to rounding, not bit for bit
+        fields["runtime"] = inputs.runtime
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 
@@ -244,7 +244,7 @@ def _build(
 
     copies, train, val, batch_size = fields["copies"], inputs.train, inputs.val, inputs.batch_size
     count = copies * len(train) + len(val)
-    forward = frozen_forward(cut.lower, batch_size, images=count, backbone=cut.backbone)
+    forward = frozen_forward(cut.lower, batch_size, images=count, runtime=inputs.runtime, reporter=reporter)
     steps_train, steps_val = -(-len(train) // batch_size), -(-len(val) // batch_size)
     task = reporter.task("Caching activations", total=copies * steps_train + steps_val, unit="batches")
     try:

@@ -32,6 +32,7 @@ from scenecls.files import (
     cannot_write,
     check_free_space,
 )
+from scenecls.frozen_pass import DEFAULT_RUNTIME
 from scenecls.heads import POOL_LAYER
 from scenecls.progress import NullReporter, Reporter
 
@@ -80,6 +81,8 @@ def cache_key(backbone, inputs: CacheInputs) -> tuple[str, dict]:
     compute = backbone.dtype_policy.name  # mixed precision gives other features than float32
     if compute != "float32":
         fields["compute"] = compute
+    if inputs.runtime != DEFAULT_RUNTIME:  # LiteRT's values are TensorFlow's to rounding, not bit for bit
+        fields["runtime"] = inputs.runtime
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 
@@ -91,14 +94,21 @@ def feature_model(classifier):
     return keras.Model(classifier.input, classifier.get_layer(POOL_LAYER).output, name="features")
 
 
-def extractor(classifier, batch_size: int, images: int):
-    """``images -> pooled features`` for a pass over ``images`` images, the backbone frozen: on the
-    runtime its backbone's spec names, batch normalisation folded (see
-    :func:`~scenecls.frozen_pass.frozen_forward`)."""
-    from scenecls.frozen_pass import frozen_forward, registered_backbone
+def extractor(
+    classifier,
+    batch_size: int,
+    images: int,
+    *,
+    runtime: str = DEFAULT_RUNTIME,
+    reporter: Reporter | None = None,
+):
+    """``images -> pooled features`` for a pass over ``images`` images, the backbone frozen: on
+    ``runtime``, batch normalisation folded (see :func:`~scenecls.frozen_pass.frozen_forward`)."""
+    from scenecls.frozen_pass import frozen_forward
 
-    backbone = registered_backbone(classifier)
-    return frozen_forward(feature_model(classifier), batch_size, images=images, backbone=backbone)
+    return frozen_forward(
+        feature_model(classifier), batch_size, images=images, runtime=runtime, reporter=reporter
+    )
 
 
 def head_model(classifier):
@@ -190,7 +200,8 @@ def load_or_compute(
         reporter.warn(f"feature cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
     augmentations = copy_layers(inputs)[1:]
-    forward = extractor(classifier, batch_size, images=len(train) * (inputs.copies + 1) + len(val))
+    images = len(train) * (inputs.copies + 1) + len(val)
+    forward = extractor(classifier, batch_size, images, runtime=inputs.runtime, reporter=reporter)
     width = int(classifier.get_layer(POOL_LAYER).output.shape[-1])
     shapes = (len(augmentations) + 1, len(train), len(val), width)
     with EntryBuild(folder, fields, *shapes, reporter=reporter, publish=publish) as build:

@@ -136,6 +136,8 @@ def _folder_entry(kind: str, path: Path) -> CacheEntry | None:
         detail = f"cut {meta.get('cut')}, {meta.get('copies')} cop{'y' if meta.get('copies') == 1 else 'ies'}"
     else:
         detail = "x".join(str(s) for s in meta.get("size") or []) or ""
+    if meta.get("runtime"):  # built on another runtime than TensorFlow (--cache-runtime)
+        detail = f"{detail}, {meta['runtime']}" if detail else str(meta["runtime"])
     return CacheEntry(kind, path, size, created, used, state, meta.get("backbone"), detail)
 
 

@@ -103,7 +103,7 @@ def build_both(
     for copy, layer in enumerate(features.copy_layers(feature_inputs)):
         views.add(layer, feature=copy)
 
-    forward = _forward(cut, activation_inputs, views)
+    forward = _forward(cut, activation_inputs, views, reporter)
     train_steps, val_steps = (-(-len(split) // activation_inputs.batch_size) for split in (train, val))
     task = reporter.task("Caching features and activations", total=train_steps + val_steps, unit="batches")
     copies = views.count(views.feature_copies)
@@ -138,9 +138,13 @@ def build_both(
 
 
 def _alike(a: CacheInputs, b: CacheInputs) -> bool:
-    """Whether the two entries take their images at the same size, in the same batches, augmented alike
-    (whether they are the same images, their keys tell)."""
-    return (a.size, a.batch_size, a.augment, a.seed) == (b.size, b.batch_size, b.augment, b.seed)
+    """Whether the two entries take their images at the same size, in the same batches, augmented alike,
+    on the same runtime (whether they are the same images, their keys tell)."""
+
+    def how(inputs: CacheInputs) -> tuple:
+        return inputs.size, inputs.batch_size, inputs.augment, inputs.seed, inputs.runtime
+
+    return how(a) == how(b)
 
 
 def pooled_model(cut: CutModels):
@@ -159,8 +163,8 @@ def pooled_model(cut: CutModels):
 
 @dataclass(frozen=True)
 class _Forward:
-    """The two halves of the pass, each on the runtime the backbone's spec names, batch normalisation
-    folded (see :func:`~scenecls.frozen_pass.frozen_forward`), and the images they take."""
+    """The two halves of the pass, each on the inputs' runtime, batch normalisation folded (see
+    :func:`~scenecls.frozen_pass.frozen_forward`), and the images they take."""
 
     lower: Callable  # images -> activations at the cut
     pool: Callable  # activations at the cut -> pooled features
@@ -168,15 +172,16 @@ class _Forward:
     inputs: CacheInputs
 
 
-def _forward(cut: CutModels, inputs: CacheInputs, views: _Views) -> _Forward:
+def _forward(cut: CutModels, inputs: CacheInputs, views: _Views, reporter: Reporter) -> _Forward:
     from scenecls.frozen_pass import frozen_forward
 
     n_train, n_val, batch_size = len(inputs.train), len(inputs.val), inputs.batch_size
     lower_images = len(views.layers) * n_train + n_val
     pool_images = views.count(views.feature_copies) * n_train + n_val
-    lower = frozen_forward(cut.lower, batch_size, images=lower_images, backbone=cut.backbone)
+    how = {"runtime": inputs.runtime, "reporter": reporter}
+    lower = frozen_forward(cut.lower, batch_size, images=lower_images, **how)
     pooled = pooled_model(cut)
-    pool = frozen_forward(pooled, batch_size, images=pool_images, backbone=cut.backbone)
+    pool = frozen_forward(pooled, batch_size, images=pool_images, **how)
     return _Forward(lower, pool, int(pooled.output.shape[-1]), inputs)
 
 

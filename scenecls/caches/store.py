@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from scenecls.checksums import file_sha256
 from scenecls.files import STAGING_MARKER, make_staging, remove_abandoned, staging_path
+from scenecls.frozen_pass import DEFAULT_RUNTIME
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,7 +43,8 @@ class CacheInputs:
     """What an entry is computed from, besides the model: the images of both splits at one size, the
     batch they are computed in, and the augmented copies of the training images (``copies`` of them,
     drawn from ``augment`` with ``seed``; ``augmentations`` their layers when made beforehand, so that
-    several processes make the same ones). A run's context gives them (see ``sources.py``)."""
+    several processes make the same ones), and the runtime of the frozen passes. A run's context gives
+    them (see ``sources.py``)."""
 
     train: Split
     val: Split
@@ -52,6 +54,7 @@ class CacheInputs:
     copies: int
     seed: int
     augmentations: list | None = field(default=None, compare=False)
+    runtime: str = DEFAULT_RUNTIME  # what runs the frozen passes (see frozen_pass.py): part of the key
 
 
 @contextlib.contextmanager

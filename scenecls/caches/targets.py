@@ -23,15 +23,19 @@ from scenecls.caches import store
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
 from scenecls.files import UNWRITABLE, cannot_write, check_free_space
+from scenecls.frozen_pass import DEFAULT_RUNTIME
 from scenecls.progress import NullReporter, Reporter
 
 CACHE_VERSION = 1
 KIND = "targets"
 
 
-def targets_key(model_sha256: str, size: int, images: Split) -> tuple[str, dict]:
-    """The entry's key and the fields it hashes (the teacher's model file by its SHA-256). Labels are
-    left out of the images' hash: the teacher does not read them."""
+def targets_key(
+    model_sha256: str, size: int, images: Split, runtime: str = DEFAULT_RUNTIME
+) -> tuple[str, dict]:
+    """The entry's key and the fields it hashes (the teacher's model file by its SHA-256; the runtime
+    that ran it when not TensorFlow). Labels are left out of the images' hash: the teacher does not read
+    them."""
     unlabelled = Split(list(images.paths), [-1] * len(images))
     fields = {
         "version": CACHE_VERSION,
@@ -41,6 +45,8 @@ def targets_key(model_sha256: str, size: int, images: Split) -> tuple[str, dict]
         "images": unlabelled.digest(),
         "count": len(images),
     }
+    if runtime != DEFAULT_RUNTIME:  # LiteRT's values are TensorFlow's to rounding, not bit for bit
+        fields["runtime"] = runtime
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 
@@ -55,17 +61,19 @@ def teacher_probabilities(
     teacher: str = "",
     reporter: Reporter | None = None,
     publish: bool = True,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> tuple[np.ndarray, bool]:
     """``(probabilities, reused)``: the model's probabilities for ``images`` (in order), from the cache
     when an entry for this very model file (``model_sha256``, hashed once by the caller) and these images
     is there, else computed (and, with
-    ``publish``, kept for the next student). ``teacher`` names it in the entry, for ``scenecls cache``."""
+    ``publish``, kept for the next student), the teacher run on ``runtime`` (see
+    :mod:`scenecls.frozen_pass`). ``teacher`` names it in the entry, for ``scenecls cache``."""
     from scenecls.classifier import input_size, load_model
 
     reporter = reporter or NullReporter()
     model = load_model(model_file)
     size = input_size(model)[0]
-    key, fields = targets_key(model_sha256, size, images)
+    key, fields = targets_key(model_sha256, size, images, runtime)
     folder = cache_root / KIND / key
     classes = int(model.output_shape[-1])
     cached = _read(folder, fields, len(images), classes)
@@ -76,7 +84,7 @@ def teacher_probabilities(
     if folder.exists() and publish:
         reporter.warn(f"teacher's target cache {folder} is stale or damaged; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-    probabilities = _compute(model, images, batch_size, reporter)
+    probabilities = _compute(model, images, batch_size, runtime, reporter)
     if publish:
         needs = probabilities.nbytes
         try:
@@ -98,13 +106,13 @@ def teacher_probabilities(
     return probabilities, False
 
 
-def _compute(model, images: Split, batch_size: int, reporter: Reporter) -> np.ndarray:
+def _compute(model, images: Split, batch_size: int, runtime: str, reporter: Reporter) -> np.ndarray:
     """The model's probabilities on every image, un-augmented, in batches, with progress."""
     from scenecls.classifier import input_size
     from scenecls.data.pipeline import finite_dataset_warnings_silenced, make_dataset
-    from scenecls.frozen_pass import frozen_forward, registered_backbone
+    from scenecls.frozen_pass import frozen_forward
 
-    forward = frozen_forward(model, batch_size, images=len(images), backbone=registered_backbone(model))
+    forward = frozen_forward(model, batch_size, images=len(images), runtime=runtime, reporter=reporter)
     dataset = make_dataset(images, input_size(model), batch_size, drop_unreadable=False)
     task = reporter.task("Teacher's targets", total=-(-len(images) // batch_size), unit="batches")
     batches = []

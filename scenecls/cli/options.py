@@ -183,6 +183,7 @@ def finetune_cache_options(func):
             ),
             option("finetune_copies"),
             option("finetune_map_aug"),
+            option("cache_runtime"),
         ],
     )
 

@@ -36,9 +36,6 @@ class BackboneSpec:
     params: int  # without top; the same at any input size
     layers: int
     blocks: int
-    # From how many images a frozen pass (a cache's build) runs on LiteRT's CPU kernels instead of
-    # TensorFlow's; None (every backbone today): never. See frozen_pass.py for why none does yet.
-    litert_from_images: int | None = None
 
     def block_map(self, backbone) -> BlockMap:
         return build_block_map(backbone, self.block_of)

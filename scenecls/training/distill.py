@@ -130,6 +130,7 @@ def attach_teacher(context) -> Any:
     probabilities, reused = teacher_probabilities(
         teacher.model, teacher.sha256, rows, cache_root=cache_dir(), batch_size=config.batch_size,
         teacher=teacher.name, reporter=reporter, publish=context.distribution.chief,
+        runtime=config.cache_runtime,
     )  # fmt: skip
     probabilities = np.asarray(probabilities, dtype=np.float32)
     known = np.asarray(labelled.labels, dtype=np.int64)

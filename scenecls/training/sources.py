@@ -419,4 +419,5 @@ def _cache_inputs(context: RunContext, copies: int) -> CacheInputs:
         copies,
         config.seed,
         augmentations,
+        config.cache_runtime,
     )
