@@ -119,6 +119,9 @@ def test_a_run_ends_calibrated_and_says_so_in_its_metrics(run):
     calibration = metrics["calibration"]
     assert metrics["temperature"] == calibration["temperature"] > 0
     assert calibration["fitted_on"] == "val" and calibration["bins"] == 15 and calibration["images"] > 0
+    # on the validation rows the fine-tuning phase trained against (the same temperature as on the
+    # images: see test_calibrating_again_keeps_the_classes_and_the_temperature)
+    assert calibration["read_from"] == "cache"
     for split in ("val", "test"):
         assert (
             set(calibration[split]["before"]) == set(calibration[split]["after"]) == {"ece", "nll", "brier"}
@@ -261,3 +264,73 @@ def test_a_class_named_unknown_is_warned_at_training_and_kept_apart_from_abstent
     assert all(row["label"] == row["best_guess"] for row in rows)
     always = invoke("predict", images, "--model", model, "--min-confidence", "1", "--format", "csv")
     assert {row["unknown"] for row in csv.DictReader(io.StringIO(always.stdout))} == {"true"}
+
+
+def test_the_cached_validation_rows_give_the_models_probabilities_for_their_own_weights_only(tmp_path):
+    """What the end of a run fits the temperature on: the model's probabilities from the validation rows
+    its last phase cached (the images' features; their activations at the cut as float16), for the model
+    it is given; none when the layers those rows came from hold other weights."""
+    import keras
+
+    from scenecls.caches import activations, features
+    from scenecls.caches.store import CacheInputs
+    from scenecls.classifier import build_classifier, find_backbone
+    from scenecls.data.augment import NO_AUGMENTATION
+    from scenecls.data.pipeline import make_dataset, prepare_data
+    from scenecls.heads import HeadConfig
+    from scenecls.metrics import predict_split
+    from scenecls.models.registry import get_spec
+    from scenecls.training.sources import CutPointSource, FeatureSource
+    from scenecls.unfreeze import UnfreezePolicy
+    from tests.test_folding import _randomise_statistics
+
+    data = prepare_data(write_class_folders(tmp_path / "data", 6, size=40), val_split=0.25, seed=0)
+    keras.utils.set_random_seed(0)
+    # ResNet50V2, not MobileNetV2: with random weights its features still differ from image to image
+    model = build_classifier("resnet50_v2", 3, size=32, weights="none", head=HeadConfig(dense=0))
+    _randomise_statistics(model)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    inner = find_backbone(model)
+    index = activations.cut_index(get_spec("resnet50_v2").block_map(inner), UnfreezePolicy("blocks", 2))
+    cut = activations.split_classifier(model, inner, index)
+    inputs = CacheInputs(data.train, data.val, (32, 32), 4, NO_AUGMENTATION, 0, seed=0)
+    cached_features = features.load_or_compute(model, inner, inputs, cache_root=tmp_path)
+    on_features = FeatureSource(model, cached_features, batch_size=4, seed=0)
+    entry = activations.load_or_build(cut, inner, inputs, cache_root=tmp_path)
+    on_activations = CutPointSource(model, cut, entry, batch_size=4, seed=0)
+    # logits spread over the images (the caches hold what lies below the head: they stay as they are)
+    rows = np.asarray(cached_features.val)
+    kernel = np.random.default_rng(0).normal(size=(rows.shape[1], 3))
+    kernel *= 2 / ((rows - rows.mean(axis=0)) @ kernel).std()
+    model.get_layer("predictions").set_weights([kernel, -rows.mean(axis=0) @ kernel])
+    other = keras.models.clone_model(model)  # as the best model read back: the same weights, another object
+    other.set_weights(model.get_weights())
+    images = np.concatenate([x for x, _ in make_dataset(data.val, (32, 32), 4)])
+    exact = np.asarray(cut.lower(images, training=False))
+    # as the entry holds them: float16 at its scale
+    rounded = (exact * entry.scale).astype(np.float16).astype(np.float32) / entry.scale
+
+    def expected(which, activations_at_cut):
+        upper = activations.split_classifier(which, find_backbone(which), index).upper
+        return np.asarray(upper(activations_at_cut, training=False))
+
+    on_images = predict_split(model, data.val, 4)
+    assert np.ptp(on_images, axis=0).max() > 0.5
+    np.testing.assert_allclose(expected(model, exact), on_images, atol=1e-5)
+    for which in (model, other):
+        np.testing.assert_allclose(on_features.val_probabilities(which), on_images, atol=1e-5)
+        held = on_activations.val_probabilities(which)
+        np.testing.assert_allclose(held, expected(which, rounded), atol=1e-5)
+
+    head = other.get_layer("predictions")  # the head changed: its own probabilities, from the same rows
+    head.set_weights([w * 1.5 for w in head.get_weights()])
+    changed = predict_split(other, data.val, 4)
+    assert np.abs(changed - on_images).max() > 0.05
+    np.testing.assert_allclose(on_features.val_probabilities(other), changed, atol=1e-5)
+    np.testing.assert_allclose(on_activations.val_probabilities(other), expected(other, rounded), atol=1e-5)
+
+    lowest = next(layer for layer in cut.lower_layers if layer.weights)  # below the cut: other rows
+    mine = find_backbone(other).get_layer(lowest.name)
+    mine.set_weights([w * 1.01 for w in mine.get_weights()])
+    assert on_activations.val_probabilities(other) is None
+    assert on_features.val_probabilities(other) is None

@@ -9,6 +9,7 @@ and after, on the validation split and, when there is one, the test split).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,12 @@ from scenecls.training.context import RunContext
 
 
 def calibrate_best(
-    context: RunContext, best_epoch: int, inside: float = 1.0, *, model=None
+    context: RunContext,
+    best_epoch: int,
+    inside: float = 1.0,
+    *,
+    model=None,
+    val_probabilities: Callable[[Any], np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Fit the temperature of the run's ``best.keras`` on the validation split and put it in the model
     (the calibrated model, as saved, is in the record's ``"model"``, not written to JSON).
@@ -42,7 +48,10 @@ def calibrate_best(
     the probabilities without it, and the model's logits are scaled by what is missing. With no
     validation images (``--val-split 0``) there is nothing to fit on: the model stays as trained.
     ``model``: ``best.keras`` as it is in memory already (the end of a run whose last epoch was its best),
-    which saves loading it.
+    which saves loading it. ``val_probabilities``: the model's probabilities on the validation images
+    from the rows the last phase trained against (their cached activations or features, which the run's
+    own validation read every epoch; None when it cannot give them), instead of a pass over the images:
+    the same probabilities to float16 rounding of the activations, in a quarter of the time.
     """
     data, reporter, path = context.data, context.reporter, context.run_dir / runs.BEST
     if not data.validated:
@@ -56,7 +65,11 @@ def calibrate_best(
         with dtype_policy(context.config.mixed_precision):  # as the run loads its checkpoints
             model = load_model(path)  # to predict with; the file keeps its optimizer's state (below)
     labels = np.asarray(data.val.labels)
-    raw = with_temperature(predict_split(model, data.val, context.config.batch_size), 1.0 / inside)
+    probabilities = None if val_probabilities is None else val_probabilities(model)
+    read_from = "cache"
+    if probabilities is None or len(probabilities) != len(labels):
+        probabilities, read_from = predict_split(model, data.val, context.config.batch_size), "images"
+    raw = with_temperature(probabilities, 1.0 / inside)
     fitted = fit_temperature(raw, labels)
     check, not_applied = judge_temperature(raw, labels, fitted)
     temperature = 1.0 if not_applied else fitted
@@ -86,6 +99,7 @@ def calibrate_best(
         "held_out": check,
         "epoch": best_epoch,
         "fitted_on": "val",
+        "read_from": read_from,  # the validation images, or the rows the run's last phase cached of them
         "images": len(labels),
         "bins": ECE_BINS,
         "val": {"before": before, "after": after},

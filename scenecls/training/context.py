@@ -102,6 +102,9 @@ class Learner:
     # The fine-tuning phase's activation cache entry, when the head phase built it in the same pass over
     # the images as its features (see caches/one_pass.py); None once used, or when it was not.
     built_activations: Any = None
+    # The epoch source of the last phase this process trained: the end of the run reads the validation
+    # rows it holds (cached features or activations) instead of the images, to fit the temperature.
+    last_source: Any = None
 
     def unfreeze(self, policy: UnfreezePolicy) -> UnfreezeReport:
         """Make ``policy``'s part of the backbone trainable (the rest frozen) and say what trains."""

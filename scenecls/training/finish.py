@@ -28,16 +28,18 @@ from scenecls.units import count
 
 
 def finish_run(
-    context: RunContext, ledger: Ledger, reports: list[UnfreezeReport], *, best_model=None
+    context: RunContext, ledger: Ledger, reports: list[UnfreezeReport], *, best_model=None, held=None
 ) -> TrainResult:
     """Calibrate and test the best model and write ``metrics.json``; the run is finished.
 
     ``best_model``: the trained model when it is ``best.keras`` as saved (the run's last epoch was its
-    best): calibrated, tested and exported as it is, instead of loaded again from the file.
+    best): calibrated, tested and exported as it is, instead of loaded again from the file. ``held``: the
+    last phase's epoch source, whose cached validation rows the temperature is fitted on when it can
+    give them (see :func:`~scenecls.training.calibrate.calibrate_best`).
     """
     run_dir, data, config = context.run_dir, context.data, context.config
     state = ledger.state
-    calibration = _calibration(context, state, best_model)
+    calibration = _calibration(context, state, best_model, held)
     # calibrated now, in memory as saved; else best.keras as trained, in memory or read when first needed
     best = _BestModel(run_dir, calibration.pop("model", None) or best_model)
     metrics = _final_metrics(context, state, calibration, best)
@@ -84,13 +86,14 @@ def _log_confusion(run_dir: Path, data: PreparedData, config: TrainConfig, state
     log_confusion_matrix(run_dir / LOGDIR, evaluation.confusion, data.classes, step=state.epoch, title=title)
 
 
-def _calibration(context: RunContext, state: RunState, best_model=None) -> dict[str, Any]:
+def _calibration(context: RunContext, state: RunState, best_model=None, held=None) -> dict[str, Any]:
     """The best model's temperature: fitted now, unless the best model is the one an earlier end of
     this run calibrated (an extended run whose extra epochs did not beat it)."""
     earlier = Run(context.run_dir).optional(runs.METRICS).get("calibration")
     if isinstance(earlier, dict) and earlier.get("epoch") == state.best_epoch and "temperature" in earlier:
         return earlier
-    return calibrate_best(context, state.best_epoch, model=best_model)
+    held_rows = None if held is None else held.val_probabilities
+    return calibrate_best(context, state.best_epoch, model=best_model, val_probabilities=held_rows)
 
 
 def _final_metrics(

@@ -228,7 +228,9 @@ def _train(
         ledger.state.status = "finished"
         return train_result(run_dir, ledger.state, {}, [r.to_dict() for r in reports])
     best_model = _best_in_memory(learner, ledger, epochs_before)
-    return finish_run(learner.context, ledger, reports, best_model=best_model)
+    # on one process: a model spread over several devices predicts through the strategy, on images
+    held = learner.last_source if distribution.strategy is None else None
+    return finish_run(learner.context, ledger, reports, best_model=best_model, held=held)
 
 
 def _best_in_memory(learner: Learner, ledger: Ledger, epochs_before: int):
@@ -300,6 +302,7 @@ def _run_phase(
     ledger.phase = info = PhaseInfo(index, phase.name, phase.lr, first_epoch=state.epoch - done)
     ledger.phase_started = time.monotonic() - state.phase_seconds.get(phase.name, 0.0)
     source, cache = epoch_source(learner, phase.policy, images)
+    learner.last_source = source
     if cache and phase.policy.frozen:
         state.feature_cache = cache
     elif cache:

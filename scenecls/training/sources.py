@@ -43,6 +43,11 @@ class EpochSource(Protocol):
 
     def checkpoints(self, run_dir: Path) -> ModelCheckpoints: ...
 
+    def val_probabilities(self, model) -> np.ndarray | None:
+        """``model``'s probabilities on the validation images, in order, from what this source holds
+        instead of the images (for the temperature fitted after the last epoch); None when it cannot."""
+        ...
+
 
 class ImageSource:
     """Images through the whole classifier (augmented as the pipeline says)."""
@@ -57,6 +62,9 @@ class ImageSource:
 
     def checkpoints(self, run_dir: Path) -> ModelCheckpoints:
         return ModelCheckpoints(self.model, run_dir)
+
+    def val_probabilities(self, model) -> np.ndarray | None:
+        return None  # the images are all it has: they are read again
 
 
 class FeatureSource:
@@ -74,7 +82,7 @@ class FeatureSource:
     ) -> None:  # fmt: skip
         import tensorflow as tf
 
-        self.model = model
+        self.model, self._cached = model, cached
         self.trainer = head_model(model)
         self.trainer.compile(
             optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile
@@ -122,6 +130,17 @@ class FeatureSource:
     def checkpoints(self, run_dir: Path) -> ModelCheckpoints:
         return HeadCheckpoints(self.model, self.trainer, run_dir)
 
+    def val_probabilities(self, model) -> np.ndarray | None:
+        """Through ``model``'s head, from the cached features (when its backbone is the one they came
+        from: one whose weights changed since, as after fine-tuning, gives other features)."""
+        from scenecls.classifier import find_backbone
+
+        backbone_layers = find_backbone(self.model).layers
+        if not len(self._cached.val) or not _same_weights(model, self.model, backbone_layers):
+            return None
+        head = self.trainer if model is self.model else head_model(model)
+        return _predict_rows(head, self._cached.val, lambda rows: np.asarray(rows, np.float32))
+
 
 class _EpochCounter(keras.callbacks.Callback):
     """Tells :class:`FeatureSource`'s data which epoch is starting (before its iterator is made)."""
@@ -151,7 +170,7 @@ class CutPointSource:
     ) -> None:  # fmt: skip
         import tensorflow as tf
 
-        self.model = model
+        self.model, self._cut, self._cached = model, cut, cached
         self.trainer = cut.upper
         self.trainer.compile(
             optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=model.jit_compile
@@ -221,6 +240,51 @@ class CutPointSource:
 
     def checkpoints(self, run_dir: Path) -> ModelCheckpoints:
         return ModelCheckpoints(self.model, run_dir)
+
+    def val_probabilities(self, model) -> np.ndarray | None:
+        """Through the part of ``model`` above the cut, from the cached activations (when its layers
+        below the cut are the ones they came from: a best epoch of an earlier stage of a schedule such
+        as ``--unfreeze 5,1`` trained some of them)."""
+        from scenecls.caches.activations import split_classifier
+        from scenecls.classifier import find_backbone
+
+        if not len(self._cached.val) or not _same_weights(model, self.model, self._cut.lower_layers):
+            return None
+        upper = self.trainer
+        if model is not self.model:
+            backbone = find_backbone(model)
+            index = [layer.name for layer in backbone.layers].index(self._cut.layer)
+            upper = split_classifier(model, backbone, index).upper
+        return _predict_rows(upper, self._cached.val, self._cached.read)
+
+
+def _same_weights(model, trained, layers) -> bool:
+    """Whether ``model`` (the classifier to predict with) holds the very weights ``trained`` (the run's
+    model, which the cache was built from) holds in ``layers`` (backbone layers, found by name)."""
+    from scenecls.classifier import find_backbone
+
+    if model is trained:
+        return True
+    try:
+        backbone = find_backbone(model)
+        theirs = [backbone.get_layer(layer.name).get_weights() for layer in layers]
+    except ValueError:  # not the run's architecture
+        return False
+    ours = [layer.get_weights() for layer in layers]
+    return all(
+        len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        for a, b in zip(theirs, ours, strict=True)
+    )
+
+
+def _predict_rows(model, rows: np.ndarray, read, batch_size: int = 64) -> np.ndarray:
+    """``model``'s float32 outputs on ``rows`` (cached features or activations, ``read`` into float32
+    a batch at a time, so that a memory-mapped entry is never copied whole)."""
+    from scenecls.classifier import inference_function
+
+    forward = inference_function(model, batch_size, images=len(rows))
+    batches = [forward(read(rows[at : at + batch_size])) for at in range(0, len(rows), batch_size)]
+    return np.concatenate(batches)
 
 
 def flip_half(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
