@@ -43,10 +43,11 @@ def frozen_forward(
     ``runtime`` is ``litert`` and LiteRT can run the model (else ``reporter`` is told why, once), else one
     traced TensorFlow function (:func:`~scenecls.classifier.inference_function`)."""
     from scenecls.classifier import inference_function
+    from scenecls.errors import UsageError
     from scenecls.models.folding import for_inference
 
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime not in RUNTIMES:  # a run's config.json edited by hand
+        raise UsageError(f"cache runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     folded = for_inference(model, images=images)
     if runtime == "litert":
         try:

@@ -10,6 +10,7 @@ import pytest
 
 from scenecls import frozen_pass
 from scenecls.classifier import build_classifier, inference_function
+from scenecls.errors import UsageError
 from scenecls.models.folding import for_inference
 from tests.conftest import RecordingReporter
 from tests.test_folding import _randomise_statistics, _small_model
@@ -54,7 +55,7 @@ def test_the_runtime_asked_for_runs_the_pass(model, images):
     assert np.array_equal(named(images), default)
     assert not np.array_equal(on_litert, on_tensorflow)  # two runtimes, told apart by their last bits
     assert np.allclose(on_litert, on_tensorflow, rtol=1e-4, atol=1e-5 * np.abs(on_tensorflow).max())
-    with pytest.raises(ValueError, match="onnx"):
+    with pytest.raises(UsageError, match="cache runtime 'onnx' is not one of tensorflow, litert"):
         frozen_pass.frozen_forward(model, 4, images=8, runtime="onnx")
 
 
