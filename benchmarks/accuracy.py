@@ -64,6 +64,8 @@ RECIPES: dict[str, list[str]] = {
     # Deeper fine-tuning: the last 8 or 10 of MobileNetV2's 18 blocks (the cut moves down with them).
     "unfreeze-8": ["--unfreeze", "8"],
     "unfreeze-10": ["--unfreeze", "10"],
+    # Shallower fine-tuning: the last 3 blocks (the cut at 5x5, each step about 1.7x as fast as at 5).
+    "unfreeze-3": ["--unfreeze", "3"],
     # Only the last block fine-tuned, on the activation cache and on images.
     "unfreeze-1": ["--unfreeze", "1"],
     "unfreeze-1-images": ["--unfreeze", "1", "--finetune-copies", "0"],
