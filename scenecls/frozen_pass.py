@@ -9,7 +9,7 @@ model's traced function, its variables frozen into constants, into a LiteRT mode
 
 It is not the default. The outputs are TensorFlow's to float rounding (relative differences of about
 1e-6; one float16 step in 1.6 % of a MobileNetV2 activation entry), not bit for bit, and a default
-intel-dev run fine-tuned on such entries scored 0.27 points lower on average over 15 seeds (t = -2.1;
+intel-dev run fine-tuned on such entries scored 0.21 points lower on average over 20 seeds (t = -2.1;
 ``benchmarks/README.md``, "Frozen passes on LiteRT"). The runtime is part of the caches' keys, so that
 the entries of either are never read for the other.
 
