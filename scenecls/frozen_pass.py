@@ -31,6 +31,13 @@ RUNTIMES = (DEFAULT_RUNTIME, "litert")
 _said: set[str] = set()  # why LiteRT could not run a pass, said once per process
 
 
+def runtime_key_fields(runtime: str) -> dict[str, str]:
+    """What a cache entry's key holds of the runtime its frozen pass ran on: nothing for TensorFlow, so that
+    the entries from before there was a choice keep their keys; else its name, since LiteRT's values are
+    TensorFlow's to rounding, not bit for bit, and the two must never be read for each other."""
+    return {} if runtime == DEFAULT_RUNTIME else {"runtime": runtime}
+
+
 class LiteRTUnavailable(Exception):
     """LiteRT cannot run this model here; the message says why."""
 

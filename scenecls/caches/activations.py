@@ -41,7 +41,7 @@ from scenecls.files import (
     cannot_write,
     check_free_space,
 )
-from scenecls.frozen_pass import DEFAULT_RUNTIME
+from scenecls.frozen_pass import runtime_key_fields
 from scenecls.progress import NullReporter, Reporter
 from scenecls.unfreeze import UnfreezePolicy
 
@@ -124,8 +124,7 @@ def cache_key(backbone, cut: CutModels, inputs: CacheInputs) -> tuple[str, dict]
     compute = backbone.dtype_policy.name
     if compute != "float32":
         fields["compute"] = compute
-    if inputs.runtime != DEFAULT_RUNTIME:  # LiteRT's values are TensorFlow's to rounding, not bit for bit
-        fields["runtime"] = inputs.runtime
+    fields.update(runtime_key_fields(inputs.runtime))
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 

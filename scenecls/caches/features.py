@@ -32,7 +32,7 @@ from scenecls.files import (
     cannot_write,
     check_free_space,
 )
-from scenecls.frozen_pass import DEFAULT_RUNTIME
+from scenecls.frozen_pass import DEFAULT_RUNTIME, runtime_key_fields
 from scenecls.heads import POOL_LAYER
 from scenecls.progress import NullReporter, Reporter
 
@@ -81,8 +81,7 @@ def cache_key(backbone, inputs: CacheInputs) -> tuple[str, dict]:
     compute = backbone.dtype_policy.name  # mixed precision gives other features than float32
     if compute != "float32":
         fields["compute"] = compute
-    if inputs.runtime != DEFAULT_RUNTIME:  # LiteRT's values are TensorFlow's to rounding, not bit for bit
-        fields["runtime"] = inputs.runtime
+    fields.update(runtime_key_fields(inputs.runtime))
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 

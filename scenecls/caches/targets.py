@@ -23,7 +23,7 @@ from scenecls.caches import store
 from scenecls.data.layout import Split
 from scenecls.errors import DataError
 from scenecls.files import UNWRITABLE, cannot_write, check_free_space
-from scenecls.frozen_pass import DEFAULT_RUNTIME
+from scenecls.frozen_pass import DEFAULT_RUNTIME, runtime_key_fields
 from scenecls.progress import NullReporter, Reporter
 
 CACHE_VERSION = 1
@@ -45,8 +45,7 @@ def targets_key(
         "images": unlabelled.digest(),
         "count": len(images),
     }
-    if runtime != DEFAULT_RUNTIME:  # LiteRT's values are TensorFlow's to rounding, not bit for bit
-        fields["runtime"] = runtime
+    fields.update(runtime_key_fields(runtime))
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return key, fields
 
