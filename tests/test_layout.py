@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
+
 import pytest
 
 from scenecls.data.layout import INTEL_CLASSES, index_dataset
+from scenecls.data.pipeline import prepare_data
 from scenecls.errors import DataError
-from tests.conftest import write_class_folders
+from tests.conftest import (
+    RecordingReporter,
+    file_snapshot,
+    intel_like_zip,
+    invoke,
+    write_class_folders,
+)
 
 
 def test_class_folders(class_folders):
@@ -83,3 +93,56 @@ def test_fingerprint_changes_with_files(class_folders):
     assert index_dataset(class_folders).fingerprint() == first
     next((class_folders / "alpha").iterdir()).unlink()
     assert index_dataset(class_folders).fingerprint() != first
+
+
+def test_kaggles_archive_unpacked_by_hand_is_read_as_its_splits_where_it_lies(tmp_path):
+    """seg_train/seg_train/<class> and seg_test/seg_test/<class>, as the Intel archive unpacks: the
+    training and test splits with the archive's classes, not two classes named seg_train and seg_test."""
+    data = tmp_path / "intel"
+    with zipfile.ZipFile(io.BytesIO(intel_like_zip(tmp_path))) as archive:
+        archive.extractall(data)
+    before = file_snapshot(data)
+    index = index_dataset(data)
+    assert index.layout == "splits"
+    assert index.classes == ["alpha", "beta", "gamma"]
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 9, "test": 6}
+    assert all("/seg_test/seg_test/" in p for p in index.splits["test"].paths)
+    assert index.warnings() == []
+    assert file_snapshot(data) == before  # read where it lies: nothing moved or renamed
+
+
+def test_a_split_folder_is_unwrapped_only_from_a_folder_of_its_own_name(tmp_path):
+    write_class_folders(tmp_path / "a" / "train" / "train", 2)
+    assert index_dataset(tmp_path / "a").classes == ["alpha", "beta", "gamma"]
+    write_class_folders(tmp_path / "b" / "train" / "other", 2)  # a class called "other" with sub-folders
+    index = index_dataset(tmp_path / "b")
+    assert index.classes == ["other"]
+
+
+def test_class_folders_that_hold_the_same_sub_folders_are_named_in_a_warning(tmp_path):
+    for site in ("site_a", "site_b"):
+        write_class_folders(tmp_path / "grouped" / site, 2, classes=("forest", "sea"))
+    index = index_dataset(tmp_path / "grouped")
+    assert index.classes == ["site_a", "site_b"]
+    assert index.shared_subfolders == ["forest", "sea"]
+    (warning,) = index.warnings()
+    assert "site_a, site_b" in warning and "(forest, sea)" in warning
+
+    reporter = RecordingReporter()
+    prepare_data(tmp_path / "grouped", reporter=reporter, cache_root=tmp_path / "cache")
+    assert reporter.warnings == [warning]
+
+    # Sub-folders of other names, or one shared name per class (a "misc" folder), are classes' own.
+    write_class_folders(tmp_path / "own" / "forest", 2, classes=("pines", "oaks"))
+    write_class_folders(tmp_path / "own" / "sea", 2, classes=("calm", "misc"))
+    write_class_folders(tmp_path / "own" / "street", 2, classes=("misc",))
+    own = index_dataset(tmp_path / "own")
+    assert own.classes == ["forest", "sea", "street"] and own.warnings() == []
+
+
+def test_inspect_says_so_too(tmp_path):
+    for site in ("site_a", "site_b"):
+        write_class_folders(tmp_path / "grouped" / site, 2, classes=("forest", "sea"))
+    result = invoke("inspect", str(tmp_path / "grouped"), "--no-features", "--output", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert "hold folders of the same names (forest, sea)" in " ".join(result.stderr.split())

@@ -3,7 +3,8 @@
 Three layouts are understood, tried in this order:
 
 * a root with ``train/`` (and optionally ``val/``, ``test/``) folders of class folders, as ``fetch-data``
-  writes the Intel set;
+  writes the Intel set, or as Kaggle's archive of it unpacks (``seg_train/seg_train/<class>``,
+  ``seg_test/seg_test/<class>``: read where it lies, nothing moved);
 * a CSV of ``image_name,label`` beside a folder of images (the Analytics Vidhya variant of the Intel set
   labels 0-5 = buildings, forest, glacier, mountain, sea, street);
 * a folder of class folders, one per class.
@@ -23,9 +24,9 @@ from scenecls.files import OUTPUT_MARKERS, holds_our_output
 
 INTEL_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 SPLIT_ALIASES = {
-    "train": ("train", "training"),
+    "train": ("train", "training", "seg_train"),
     "val": ("val", "valid", "validation"),
-    "test": ("test", "testing"),
+    "test": ("test", "testing", "seg_test"),
 }
 IGNORED_DIRS = {"__MACOSX", "pred", "seg_pred"}
 
@@ -66,8 +67,27 @@ class DatasetIndex:
     splits: dict[str, Split]
     empty_dirs: list[Path] = field(default_factory=list)  # class-like folders without one image
     empty_classes: list[str] = field(default_factory=list)  # CSV classes none of whose files exist
+    # Class folders that hold the same sub-folders of images (``a/x``, ``a/y``, ``b/x``, ``b/y``): worth a
+    # word, since they may be splits or groups of one set's classes rather than classes themselves.
+    shared_subfolders: list[str] = field(default_factory=list)
     excluded: str | None = None  # a hash of the images an exclude list left out, when it left some
     left_out: int = 0  # how many images an exclude list left out
+
+    def warnings(self) -> list[str]:
+        """What a command reading this set should say about its layout before it trains on it."""
+        said = [f"{folder} holds no images; left out" for folder in self.empty_dirs]
+        said += [
+            f"class {name!r}: every row of {self.root.name} that names it points to a missing file; left out"
+            for name in self.empty_classes
+        ]
+        if self.shared_subfolders:
+            shown = ", ".join(self.shared_subfolders[:6]) + ", ..." * (len(self.shared_subfolders) > 6)
+            said.append(
+                f"the classes {', '.join(self.classes[:6])}{', ...' * (len(self.classes) > 6)} hold folders "
+                f"of the same names ({shown}): if those are the classes, point --data at a folder of them, "
+                f"or lay the set out as train/ and test/ folders of class folders"
+            )
+        return said
 
     def fingerprint(self) -> str:
         """Changes whenever a file is added, removed, relabelled, rewritten or left out (paths as indexed,
@@ -117,9 +137,11 @@ def index_dataset(path: Path) -> DatasetIndex:
     class_dirs = _class_dirs(path)
     if class_dirs:
         classes = [d.name for d in class_dirs]
-        return DatasetIndex(
+        index = DatasetIndex(
             path, "class-folders", classes, {"train": _index_classes(class_dirs)}, _empty_dirs(path)
         )
+        index.shared_subfolders = _shared_subfolders(class_dirs)
+        return index
     raise DataError(
         f"cannot recognise a data set in {path}: expected class folders, train/ [val/ test/] "
         f"folders of class folders, or a CSV of image_name,label beside an image folder"
@@ -130,11 +152,39 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for split, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
-            candidate = root / alias
+            candidate = _unwrapped(root / alias)
             if candidate.is_dir() and _class_dirs(candidate):
                 found[split] = candidate
                 break
     return found
+
+
+def _unwrapped(folder: Path) -> Path:
+    """``folder``, or the folder of the same name it wraps (Kaggle nests each split in itself:
+    ``seg_train/seg_train/<class>``), when that is all it holds besides hidden files."""
+    if not folder.is_dir():
+        return folder
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    if len(entries) == 1 and entries[0].name == folder.name and entries[0].is_dir():
+        return entries[0]
+    return folder
+
+
+def _shared_subfolders(class_dirs: list[Path]) -> list[str]:
+    """Names of image-holding sub-folders found under two or more class folders, when some class holds
+    two or more of them: ``seg_train/.../buildings`` and ``seg_test/.../buildings`` read as classes
+    ``seg_train`` and ``seg_test`` would otherwise train a classifier of the wrong labels silently."""
+    names_by_class = []
+    for folder in class_dirs:
+        files = _walk_files(folder)
+        names_by_class.append({f.parent.name for f in files if f.parent != folder and is_image_path(f)})
+    shared = set()
+    for i, names in enumerate(names_by_class):
+        for other in names_by_class[i + 1 :]:
+            shared |= names & other
+    if not any(len(names & shared) >= 2 for names in names_by_class):
+        return []
+    return sorted(shared)
 
 
 def _class_dirs(folder: Path) -> list[Path]:

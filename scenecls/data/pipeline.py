@@ -81,12 +81,8 @@ def prepare_data(
     index = index_dataset(path)
     if exclude:
         leave_out(index, Path(exclude), reporter)
-    for folder in index.empty_dirs:
-        reporter.warn(f"{folder} holds no images; left out")
-    for name in index.empty_classes:
-        reporter.warn(
-            f"class {name!r}: every row of {index.root.name} that names it points to a missing file; left out"
-        )
+    for message in index.warnings():
+        reporter.warn(message)
     all_paths = [p for split in index.splits.values() for p in split.paths]
     cache_file = scan_cache_path(index.root, cache_root or cache_dir())
     scan = scan_images(all_paths, cache_file, reporter=reporter)

@@ -54,6 +54,8 @@ def inspect_dataset(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     index = index_dataset(path)
+    for message in index.warnings():
+        reporter.warn(message)
     listed = [
         (name, p, label)
         for name in _ordered(index.splits)
