@@ -3,7 +3,7 @@
 Three parts use LiteRT: the export (``best.tflite``), the runtime that predicts with an exported file,
 and the caches' frozen passes with ``--cache-runtime litert``. They convert and run alike: the model's
 traced inference function, its variables frozen into constants (faster to convert than a SavedModel of
-the whole Keras object, see :func:`~scenecls.export_formats.write_format`), with the converter's chatter
+the whole Keras object: the timings are in ``scenecls.export_formats._tflite``), with the converter's chatter
 held back, and an interpreter on every usable core (LiteRT runs one thread unless told) whose
 announcement of its XNNPACK delegate is held back too.
 """
