@@ -146,3 +146,15 @@ def test_inspect_says_so_too(tmp_path):
     result = invoke("inspect", str(tmp_path / "grouped"), "--no-features", "--output", str(tmp_path / "o"))
     assert result.exit_code == 0, result.output
     assert "hold folders of the same names (forest, sea)" in " ".join(result.stderr.split())
+
+
+def test_split_folders_are_found_whatever_the_case_of_their_names(tmp_path):
+    write_class_folders(tmp_path / "set" / "Training", 3, seed=1)
+    write_class_folders(tmp_path / "set" / "Testing", 2, seed=2)
+    index = index_dataset(tmp_path / "set")
+    assert index.layout == "splits" and index.classes == ["alpha", "beta", "gamma"]
+    assert {k: len(v) for k, v in index.splits.items()} == {"train": 9, "test": 6}
+
+    write_class_folders(tmp_path / "set" / "training", 1, seed=3)  # which one is meant?
+    with pytest.raises(DataError, match="has both Training and training: keep one folder per split"):
+        index_dataset(tmp_path / "set")

@@ -149,14 +149,28 @@ def index_dataset(path: Path) -> DatasetIndex:
 
 
 def _find_split_dirs(root: Path) -> dict[str, Path]:
+    """The split folders under ``root`` by split, their names matched in any case (``Train/``,
+    ``Testing/``), since a split read as a class would train on the wrong labels."""
+    by_name: dict[str, list[Path]] = {}
+    for child in sorted(root.iterdir(), key=lambda p: p.name):
+        if child.is_dir():
+            by_name.setdefault(child.name.lower(), []).append(child)
     found: dict[str, Path] = {}
     for split, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
-            candidate = _unwrapped(root / alias)
-            if candidate.is_dir() and _class_dirs(candidate):
+            named = by_name.get(alias, [])
+            if len(named) > 1:
+                names = " and ".join(p.name for p in named)
+                raise DataError(f"{root} has both {names}: keep one folder per split")
+            candidate = _unwrapped(named[0]) if named else None
+            if candidate is not None and _class_dirs(candidate):
                 found[split] = candidate
                 break
     return found
+
+
+def _is_split_name(name: str) -> bool:
+    return name.lower() in {a for aliases in SPLIT_ALIASES.values() for a in aliases}
 
 
 def _unwrapped(folder: Path) -> Path:
@@ -193,7 +207,7 @@ def _class_dirs(folder: Path) -> list[Path]:
     for child in sorted(folder.iterdir(), key=lambda p: p.name):
         if not child.is_dir() or child.name.startswith(".") or child.name in IGNORED_DIRS:
             continue
-        if child.name in {a for aliases in SPLIT_ALIASES.values() for a in aliases}:
+        if _is_split_name(child.name):
             continue
         if holds_our_output(child):  # inspect's sheets or explain's maps, written inside the data set
             continue
@@ -204,13 +218,13 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 def _empty_dirs(folder: Path) -> list[Path]:
     """Class-like sub-folders that hold no image: worth a word, since they are left out."""
-    skip = {a for aliases in SPLIT_ALIASES.values() for a in aliases} | IGNORED_DIRS
     return [
         child
         for child in sorted(folder.iterdir(), key=lambda p: p.name)
         if child.is_dir()
         and not child.name.startswith(".")
-        and child.name not in skip
+        and child.name not in IGNORED_DIRS
+        and not _is_split_name(child.name)
         and not any(is_image_path(p) for p in _walk_files(child))
     ]
 
