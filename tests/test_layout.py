@@ -16,6 +16,7 @@ from tests.conftest import (
     intel_like_zip,
     invoke,
     write_class_folders,
+    write_train_test,
 )
 
 
@@ -158,3 +159,20 @@ def test_split_folders_are_found_whatever_the_case_of_their_names(tmp_path):
     write_class_folders(tmp_path / "set" / "training", 1, seed=3)  # which one is meant?
     with pytest.raises(DataError, match="has both Training and training: keep one folder per split"):
         index_dataset(tmp_path / "set")
+
+
+def test_a_lone_folder_around_a_data_set_is_read_through(tmp_path):
+    write_class_folders(tmp_path / "outer" / "photos", 2)
+    index = index_dataset(tmp_path / "outer")
+    assert index.classes == ["alpha", "beta", "gamma"] and index.root == tmp_path / "outer" / "photos"
+    assert index.identity() == index_dataset(tmp_path / "outer" / "photos").identity()
+
+    write_train_test(tmp_path / "around" / "intel", 2, 1)
+    assert set(index_dataset(tmp_path / "around").splits) == {"train", "test"}
+
+    # A lone class folder with images of its own, or with one class folder inside, stays one class.
+    write_class_folders(tmp_path / "one" / "only", 2, classes=("inner",))
+    assert index_dataset(tmp_path / "one").classes == ["only"]
+    write_class_folders(tmp_path / "own", 2, classes=("only",))
+    write_class_folders(tmp_path / "own" / "only", 1, classes=("alpha", "beta"))
+    assert index_dataset(tmp_path / "own").classes == ["only"]

@@ -8,6 +8,9 @@ Three layouts are understood, tried in this order:
 * a CSV of ``image_name,label`` beside a folder of images (the Analytics Vidhya variant of the Intel set
   labels 0-5 = buildings, forest, glacier, mountain, sea, street);
 * a folder of class folders, one per class.
+
+A lone folder around split or class folders (``photos/<class>/...`` under the folder given) is read
+through.
 """
 
 from __future__ import annotations
@@ -135,6 +138,8 @@ def index_dataset(path: Path) -> DatasetIndex:
         names = ", ".join(c.name for c in label_csvs)
         raise DataError(f"{path} holds several CSV files ({names}); pass the one to use with --data")
     class_dirs = _class_dirs(path)
+    if len(class_dirs) == 1 and _wraps_a_data_set(class_dirs[0]):
+        return index_dataset(class_dirs[0])  # one folder around the set, as many archives unpack
     if class_dirs:
         classes = [d.name for d in class_dirs]
         index = DatasetIndex(
@@ -171,6 +176,15 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
 
 def _is_split_name(name: str) -> bool:
     return name.lower() in {a for aliases in SPLIT_ALIASES.values() for a in aliases}
+
+
+def _wraps_a_data_set(folder: Path) -> bool:
+    """Whether ``folder``, the only class folder found, is rather a folder around a data set: no image of
+    its own, and split folders or two or more class folders inside. (A set of one class trains nothing,
+    so reading through it takes no meaning away.)"""
+    if any(is_image_path(p) for p in folder.iterdir() if p.is_file()):
+        return False
+    return "train" in _find_split_dirs(folder) or len(_class_dirs(folder)) >= 2
 
 
 def _unwrapped(folder: Path) -> Path:
