@@ -148,6 +148,32 @@ def test_a_second_student_of_the_same_teacher_reuses_its_targets_and_hard_labels
 
 
 @pytest.mark.slow
+def test_a_student_on_litert_keeps_its_teachers_targets_apart_and_reuses_them(finished_run, scenes, tmp_path):
+    """``--cache-runtime litert`` runs the teacher on LiteRT too: an entry of its own beside TensorFlow's
+    (the two agree to rounding, not bit for bit), built once and reused by the next such student."""
+    data, unlabelled = scenes
+    project = tmp_path / "runs"
+    common = ["--unlabelled", str(unlabelled), "--teacher", str(finished_run), "--targets", "soft"]
+    runs = [
+        ("on-tf", []),
+        ("on-litert", ["--cache-runtime", "litert"]),
+        ("again", ["--cache-runtime", "litert"]),
+    ]
+    for name, extra in runs:
+        result = _student(data, project, name, *common, *extra)
+        assert result.exit_code == 0, result.output
+    assert [_record(project / name)["targets_cache"] for name, _ in runs] == ["built", "built", "reused"]
+    cache = Path(os.environ["SCENECLS_HOME"]) / "cache" / "targets"
+    entries = {}
+    for entry in (e for e in cache.iterdir() if not e.name.startswith(".")):
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta["teacher_name"] == finished_run.name and meta["count"] == 42:
+            entries[meta.get("runtime", "tensorflow")] = np.load(entry / "train.npy")
+    assert sorted(entries) == ["litert", "tensorflow"]
+    np.testing.assert_allclose(entries["litert"], entries["tensorflow"], atol=1e-4)
+
+
+@pytest.mark.slow
 def test_an_ensemble_is_a_teacher_too(finished_run, scenes, tmp_path):
     data, unlabelled = scenes
     project = tmp_path / "runs"
