@@ -169,6 +169,8 @@ def test_a_lone_folder_around_a_data_set_is_read_through(tmp_path):
 
     write_train_test(tmp_path / "around" / "intel", 2, 1)
     assert set(index_dataset(tmp_path / "around").splits) == {"train", "test"}
+    write_class_folders(tmp_path / "deep" / "archive" / "photos", 1)
+    assert index_dataset(tmp_path / "deep").classes == ["alpha", "beta", "gamma"]
 
     # A lone class folder with images of its own, or with one class folder inside, stays one class.
     write_class_folders(tmp_path / "one" / "only", 2, classes=("inner",))

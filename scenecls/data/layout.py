@@ -184,7 +184,10 @@ def _wraps_a_data_set(folder: Path) -> bool:
     so reading through it takes no meaning away.)"""
     if any(is_image_path(p) for p in folder.iterdir() if p.is_file()):
         return False
-    return "train" in _find_split_dirs(folder) or len(_class_dirs(folder)) >= 2
+    inner = _class_dirs(folder)
+    if len(inner) == 1:  # another folder around it
+        return _wraps_a_data_set(inner[0])
+    return "train" in _find_split_dirs(folder) or len(inner) >= 2
 
 
 def _unwrapped(folder: Path) -> Path:
