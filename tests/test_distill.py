@@ -162,7 +162,8 @@ def test_a_student_on_litert_keeps_its_teachers_targets_apart_and_reuses_them(fi
     for name, extra in runs:
         result = _student(data, project, name, *common, *extra)
         assert result.exit_code == 0, result.output
-    assert [_record(project / name)["targets_cache"] for name, _ in runs] == ["built", "built", "reused"]
+    # TensorFlow's entry may be an earlier test's (the same teacher and images); LiteRT's is its own.
+    assert [_record(project / name)["targets_cache"] for name, _ in runs][1:] == ["built", "reused"]
     cache = Path(os.environ["SCENECLS_HOME"]) / "cache" / "targets"
     entries = {}
     for entry in (e for e in cache.iterdir() if not e.name.startswith(".")):
