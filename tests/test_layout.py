@@ -15,6 +15,7 @@ from tests.conftest import (
     file_snapshot,
     intel_like_zip,
     invoke,
+    one_error_line,
     write_class_folders,
     write_train_test,
 )
@@ -178,3 +179,11 @@ def test_a_lone_folder_around_a_data_set_is_read_through(tmp_path):
     write_class_folders(tmp_path / "own", 2, classes=("only",))
     write_class_folders(tmp_path / "own" / "only", 1, classes=("alpha", "beta"))
     assert index_dataset(tmp_path / "own").classes == ["only"]
+
+
+def test_an_archive_given_as_data_is_told_how_to_unpack(intel_zip, tmp_path):
+    with pytest.raises(DataError, match=r"is an archive; .*scenecls fetch-data --from .* --dest FOLDER"):
+        index_dataset(intel_zip)
+    result = invoke("train", "--data", str(intel_zip), "--project", str(tmp_path / "runs"))
+    assert result.exit_code != 0 and "is an archive" in one_error_line(result)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

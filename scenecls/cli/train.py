@@ -81,6 +81,7 @@ def train(
     them and prints how to resume.
     """
     from scenecls import runs
+    from scenecls.data.layout import check_data_path
     from scenecls.models.registry import check_weights, fetch_weights
     from scenecls.paths import data_source
     from scenecls.training.recipe import plan_phases
@@ -110,7 +111,7 @@ def train(
         return
     config = config_from_options(data, no_augment, no_cache, options)
     config.export_tflite = not no_export
-    data_source(config.data)  # no data set: say so before a runs/ folder is made for nothing
+    check_data_path(data_source(config.data))  # no data set: say so before a runs/ folder or a download
     plan_phases(config)  # a recipe that cannot run is a usage error before any download
     fetch_weights(config.backbone, config.weights, config.image_size, quiet=out.quiet)
     config.unlabelled, config.teacher = student_inputs(config.unlabelled, config.teacher, project)

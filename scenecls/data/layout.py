@@ -18,9 +18,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scenecls.data.archives import is_tar
 from scenecls.data.images import is_image_path
 from scenecls.errors import DataError
 from scenecls.files import OUTPUT_MARKERS, holds_our_output
@@ -113,16 +115,28 @@ class DatasetIndex:
         return digest.hexdigest()[:16]
 
 
-def index_dataset(path: Path) -> DatasetIndex:
-    """Index the data set at ``path`` (a folder or a CSV file), whatever its layout."""
+def check_data_path(path: Path) -> Path:
+    """``path`` if it can be a data set (a folder, or a CSV file); else a one-line DataError that says what
+    to pass instead. Cheap: a command checks it before it loads or downloads anything."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist")
     if not path.is_dir() and not path.is_file():
         raise DataError(f"{path} is neither a folder nor a regular file (a device, FIFO or socket)")
+    if path.is_file() and path.suffix.lower() != ".csv":
+        if zipfile.is_zipfile(path) or is_tar(path):
+            raise DataError(
+                f"{path} is an archive; --data takes a folder: unpack it with "
+                f"'scenecls fetch-data --from {path} --dest FOLDER', then use --data FOLDER"
+            )
+        raise DataError(f"{path} is a file; --data takes a folder or a CSV of image_name,label")
+    return path
+
+
+def index_dataset(path: Path) -> DatasetIndex:
+    """Index the data set at ``path`` (a folder or a CSV file), whatever its layout."""
+    path = check_data_path(path)
     if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(f"{path} is a file; --data takes a folder or a CSV of image_name,label")
         return _index_csv(path)
     splits = _find_split_dirs(path)
     if "train" in splits:
