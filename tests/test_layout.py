@@ -184,6 +184,10 @@ def test_a_lone_folder_around_a_data_set_is_read_through(tmp_path):
 def test_an_archive_given_as_data_is_told_how_to_unpack(intel_zip, tmp_path):
     with pytest.raises(DataError, match=r"is an archive; .*scenecls fetch-data --from .* --dest FOLDER"):
         index_dataset(intel_zip)
-    result = invoke("train", "--data", str(intel_zip), "--project", str(tmp_path / "runs"))
-    assert result.exit_code != 0 and "is an archive" in one_error_line(result)
+    for command in ("train", "sweep"):  # before weights are looked for (xception's are not here)
+        result = invoke(command, "--data", str(intel_zip), "--project", str(tmp_path / "runs"))
+        assert result.exit_code != 0 and "is an archive" in one_error_line(result)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    result = invoke("inspect", str(intel_zip), "--output", str(tmp_path / "findings"))
+    assert result.exit_code != 0 and "is an archive" in one_error_line(result)
+    assert not (tmp_path / "findings").exists()

@@ -100,12 +100,13 @@ def inspect(
     """
     from scenecls.data.exclude import check_replaceable
     from scenecls.data.exclude import write_exclude as write_list
+    from scenecls.data.layout import check_data_path
     from scenecls.files import claim_folder
     from scenecls.inspection import MARKER, default_output, inspect_dataset, write_findings
     from scenecls.models.registry import check_weights, fetch_weights
     from scenecls.paths import data_source
 
-    source = data_source(data)
+    source = check_data_path(data_source(data))
     if not no_features:
         check_weights(options["weights"], options["backbone"])  # before every image is hashed
     folder = output or default_output(source)

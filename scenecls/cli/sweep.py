@@ -109,9 +109,12 @@ def sweep(
         _collect(out, folder, points, fmt, ensembles, tracking)
         return
     distribution = choose_distribution(out, distribute)
+    from scenecls.data.layout import check_data_path
     from scenecls.models.registry import fetch_weights
+    from scenecls.paths import data_source
     from scenecls.training import TrainingInterrupted
 
+    check_data_path(data_source(base.data))  # a wrong --data: said before any download or run
     for backbone in dict.fromkeys(point.backbone for point in points):  # before the first run, not the n-th
         fetch_weights(backbone, base.weights, base.image_size, quiet=out.quiet)
 
