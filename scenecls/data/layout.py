@@ -33,6 +33,7 @@ SPLIT_ALIASES = {
     "val": ("val", "valid", "validation"),
     "test": ("test", "testing", "seg_test"),
 }
+SPLIT_NAMES = frozenset(alias for aliases in SPLIT_ALIASES.values() for alias in aliases)
 IGNORED_DIRS = {"__MACOSX", "pred", "seg_pred"}
 
 
@@ -156,11 +157,11 @@ def index_dataset(path: Path) -> DatasetIndex:
         return index_dataset(class_dirs[0])  # one folder around the set, as many archives unpack
     if class_dirs:
         classes = [d.name for d in class_dirs]
-        index = DatasetIndex(
-            path, "class-folders", classes, {"train": _index_classes(class_dirs)}, _empty_dirs(path)
-        )
-        index.shared_subfolders = _shared_subfolders(class_dirs)
-        return index
+        images = _index_classes(class_dirs)
+        return DatasetIndex(
+            path, "class-folders", classes, {"train": images}, _empty_dirs(path),
+            shared_subfolders=_shared_subfolders(class_dirs, images),
+        )  # fmt: skip
     raise DataError(
         f"cannot recognise a data set in {path}: expected class folders, train/ [val/ test/] "
         f"folders of class folders, or a CSV of image_name,label beside an image folder"
@@ -189,7 +190,7 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
 
 
 def _is_split_name(name: str) -> bool:
-    return name.lower() in {a for aliases in SPLIT_ALIASES.values() for a in aliases}
+    return name.lower() in SPLIT_NAMES
 
 
 def _wraps_a_data_set(folder: Path) -> bool:
@@ -215,14 +216,16 @@ def _unwrapped(folder: Path) -> Path:
     return folder
 
 
-def _shared_subfolders(class_dirs: list[Path]) -> list[str]:
+def _shared_subfolders(class_dirs: list[Path], images: Split) -> list[str]:
     """Names of image-holding sub-folders found under two or more class folders, when some class holds
     two or more of them: ``seg_train/.../buildings`` and ``seg_test/.../buildings`` read as classes
-    ``seg_train`` and ``seg_test`` would otherwise train a classifier of the wrong labels silently."""
-    names_by_class = []
-    for folder in class_dirs:
-        files = _walk_files(folder)
-        names_by_class.append({f.parent.name for f in files if f.parent != folder and is_image_path(f)})
+    ``seg_train`` and ``seg_test`` would otherwise train a classifier of the wrong labels silently.
+    ``images``: the class folders' images as :func:`_index_classes` found them (not walked again)."""
+    names_by_class: list[set[str]] = [set() for _ in class_dirs]
+    for path, label in zip(images.paths, images.labels, strict=True):
+        parent = Path(path).parent
+        if parent != class_dirs[label]:
+            names_by_class[label].add(parent.name)
     shared = set()
     for i, names in enumerate(names_by_class):
         for other in names_by_class[i + 1 :]:
