@@ -307,8 +307,10 @@ def test_the_cached_validation_rows_give_the_models_probabilities_for_their_own_
     other.set_weights(model.get_weights())
     images = np.concatenate([x for x, _ in make_dataset(data.val, (32, 32), 4)])
     exact = np.asarray(cut.lower(images, training=False))
-    # as the entry holds them: float16 at its scale
-    rounded = (exact * entry.scale).astype(np.float16).astype(np.float32) / entry.scale
+    # the entry holds them as float16 at its scale, from the lower part with batch normalisation folded
+    held_rows = entry.read(entry.val)
+    assert held_rows.shape == exact.shape
+    assert np.abs(held_rows - exact).max() <= 2e-3 * np.abs(exact).max()
 
     def expected(which, activations_at_cut):
         upper = activations.split_classifier(which, find_backbone(which), index).upper
@@ -316,18 +318,22 @@ def test_the_cached_validation_rows_give_the_models_probabilities_for_their_own_
 
     on_images = predict_split(model, data.val, 4)
     assert np.ptp(on_images, axis=0).max() > 0.5
-    np.testing.assert_allclose(expected(model, exact), on_images, atol=1e-5)
+    # The whole model and its two halves, or the cached features and the images, go through different
+    # kernels: oneDNN picks them by the CPU's instruction set, and on a CPU without AVX-512 the sums
+    # differ by up to 3e-5. The same layers on the same rows agree to 1e-5.
+    across = 1e-4
+    np.testing.assert_allclose(expected(model, exact), on_images, atol=across)
     for which in (model, other):
-        np.testing.assert_allclose(on_features.val_probabilities(which), on_images, atol=1e-5)
+        np.testing.assert_allclose(on_features.val_probabilities(which), on_images, atol=across)
         held = on_activations.val_probabilities(which)
-        np.testing.assert_allclose(held, expected(which, rounded), atol=1e-5)
+        np.testing.assert_allclose(held, expected(which, held_rows), atol=1e-5)
 
     head = other.get_layer("predictions")  # the head changed: its own probabilities, from the same rows
     head.set_weights([w * 1.5 for w in head.get_weights()])
     changed = predict_split(other, data.val, 4)
     assert np.abs(changed - on_images).max() > 0.05
-    np.testing.assert_allclose(on_features.val_probabilities(other), changed, atol=1e-5)
-    np.testing.assert_allclose(on_activations.val_probabilities(other), expected(other, rounded), atol=1e-5)
+    np.testing.assert_allclose(on_features.val_probabilities(other), changed, atol=across)
+    np.testing.assert_allclose(on_activations.val_probabilities(other), expected(other, held_rows), atol=1e-5)
 
     lowest = next(layer for layer in cut.lower_layers if layer.weights)  # below the cut: other rows
     mine = find_backbone(other).get_layer(lowest.name)
